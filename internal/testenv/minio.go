@@ -1,0 +1,191 @@
+package testenv
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/minio/minio-go/v7"
+	"github.com/minio/minio-go/v7/pkg/credentials"
+)
+
+// MinIO is a running MinIO server process.
+type MinIO struct {
+	// Endpoint is host:port on loopback.
+	Endpoint  string
+	AccessKey string
+	SecretKey string
+	Client    *minio.Client
+	cmd       *exec.Cmd
+	dir       string
+}
+
+// Missing fails the test under CI (where every prerequisite must be present)
+// and skips it elsewhere, saying what to install.
+func Missing(tb testing.TB, what, install string) {
+	tb.Helper()
+	msg := fmt.Sprintf("%s not found: %s", what, install)
+	if os.Getenv("CI") != "" {
+		tb.Fatal(msg)
+	}
+	tb.Skip(msg)
+}
+
+// MinIOBinary finds the minio server binary: $MINIO_BIN, PATH, or GOPATH/bin.
+func MinIOBinary() (string, error) {
+	if p := os.Getenv("MINIO_BIN"); p != "" {
+		return p, nil
+	}
+	if p, err := exec.LookPath("minio"); err == nil {
+		return p, nil
+	}
+	gopath, err := exec.Command("go", "env", "GOPATH").Output()
+	if err == nil {
+		p := filepath.Join(string(bytes.TrimSpace(gopath)), "bin", "minio")
+		if _, err := os.Stat(p); err == nil {
+			return p, nil
+		}
+	}
+	return "", fmt.Errorf("minio server binary not found")
+}
+
+// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
+func FreePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// StartMinIO starts a MinIO server on a free loopback port with its data in
+// dir. Stop it with Stop.
+func StartMinIO(dir string) (*MinIO, error) {
+	bin, err := MinIOBinary()
+	if err != nil {
+		return nil, fmt.Errorf("%w: run scripts/install-minio.sh", err)
+	}
+	var lastErr error
+	for range 3 {
+		port, err := FreePort()
+		if err != nil {
+			return nil, err
+		}
+		cport, err := FreePort()
+		if err != nil {
+			return nil, err
+		}
+		m := &MinIO{Endpoint: "127.0.0.1:" + strconv.Itoa(port), AccessKey: "provisioner-test", SecretKey: "provisioner-test-secret", dir: dir}
+		m.cmd = exec.Command(bin, "server", "--quiet", "--address", m.Endpoint, "--console-address", "127.0.0.1:"+strconv.Itoa(cport), filepath.Join(dir, "data"))
+		m.cmd.Env = append(os.Environ(), "MINIO_ROOT_USER="+m.AccessKey, "MINIO_ROOT_PASSWORD="+m.SecretKey, "MINIO_BROWSER=off", "MINIO_UPDATE=off")
+		logf, err := os.Create(filepath.Join(dir, "minio.log"))
+		if err != nil {
+			return nil, err
+		}
+		m.cmd.Stdout, m.cmd.Stderr = logf, logf
+		if err := m.cmd.Start(); err != nil {
+			return nil, fmt.Errorf("start minio: %w", err)
+		}
+		if lastErr = m.waitReady(30 * time.Second); lastErr == nil {
+			return m, nil
+		}
+		m.Stop()
+	}
+	return nil, lastErr
+}
+
+func (m *MinIO) waitReady(timeout time.Duration) error {
+	c, err := minio.New(m.Endpoint, &minio.Options{Creds: credentials.NewStaticV4(m.AccessKey, m.SecretKey, "")})
+	if err != nil {
+		return err
+	}
+	m.Client = c
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		_, err = c.ListBuckets(ctx)
+		cancel()
+		if err == nil {
+			return nil
+		}
+		if m.cmd.ProcessState != nil {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	log, _ := os.ReadFile(filepath.Join(m.dir, "minio.log"))
+	return fmt.Errorf("minio on %s not ready: %v\n%s", m.Endpoint, err, log)
+}
+
+// Stop kills the server.
+func (m *MinIO) Stop() {
+	if m.cmd != nil && m.cmd.Process != nil {
+		_ = m.cmd.Process.Kill()
+		_ = m.cmd.Wait()
+	}
+}
+
+// Bucket creates a bucket (ignoring "already exists").
+func (m *MinIO) Bucket(ctx context.Context, name string) error {
+	err := m.Client.MakeBucket(ctx, name, minio.MakeBucketOptions{})
+	if err != nil {
+		if exists, e2 := m.Client.BucketExists(ctx, name); e2 == nil && exists {
+			return nil
+		}
+	}
+	return err
+}
+
+// PutFile uploads a file as bucket/object.
+func (m *MinIO) PutFile(ctx context.Context, bucket, object, path string) error {
+	_, err := m.Client.FPutObject(ctx, bucket, object, path, minio.PutObjectOptions{})
+	return err
+}
+
+// PutBytes uploads data as bucket/object.
+func (m *MinIO) PutBytes(ctx context.Context, bucket, object string, data []byte) error {
+	_, err := m.Client.PutObject(ctx, bucket, object, bytes.NewReader(data), int64(len(data)), minio.PutObjectOptions{})
+	return err
+}
+
+// PutImage uploads the file at path and, when withChecksum, its .sha256 in
+// sha256sum format. It returns the image's URL and hex digest.
+func (m *MinIO) PutImage(ctx context.Context, bucket, object, path string, withChecksum bool) (string, string, error) {
+	if err := m.Bucket(ctx, bucket); err != nil {
+		return "", "", err
+	}
+	if err := m.PutFile(ctx, bucket, object, path); err != nil {
+		return "", "", err
+	}
+	digest, err := FileSHA256(path)
+	if err != nil {
+		return "", "", err
+	}
+	if withChecksum {
+		line := fmt.Sprintf("%s  %s\n", digest, filepath.Base(object))
+		if err := m.PutBytes(ctx, bucket, object+".sha256", []byte(line)); err != nil {
+			return "", "", err
+		}
+	}
+	return fmt.Sprintf("http://%s/%s/%s", m.Endpoint, bucket, object), digest, nil
+}
+
+// FileSHA256 is the hex SHA-256 of a file.
+func FileSHA256(path string) (string, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return "", err
+	}
+	sum := sha256.Sum256(data)
+	return hex.EncodeToString(sum[:]), nil
+}

@@ -1,0 +1,207 @@
+package kvstate
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/libvirt-volume-provisioner/provisioner/messaging"
+)
+
+// Status is a job's state.
+type Status string
+
+// Job states: pending → running → completed | failed | cancelled. A pending
+// job can also be cancelled or failed before it runs.
+const (
+	StatusPending   Status = "pending"
+	StatusRunning   Status = "running"
+	StatusCompleted Status = "completed"
+	StatusFailed    Status = "failed"
+	StatusCancelled Status = "cancelled"
+)
+
+// Terminal reports whether no further transition is allowed.
+func (s Status) Terminal() bool {
+	return s == StatusCompleted || s == StatusFailed || s == StatusCancelled
+}
+
+// CanMove reports whether the state machine allows from → to. Running → running
+// is allowed: a redelivered job starts a new attempt.
+func CanMove(from, to Status) bool {
+	switch from {
+	case StatusPending:
+		return to == StatusRunning || to == StatusFailed || to == StatusCancelled
+	case StatusRunning:
+		return to == StatusRunning || to.Terminal()
+	}
+	return false
+}
+
+// Progress is how far a job has come.
+type Progress struct {
+	Stage          string `json:"stage"`
+	Percent        int    `json:"percent"`
+	BytesProcessed int64  `json:"bytes_processed"`
+	BytesTotal     int64  `json:"bytes_total"`
+	ETASec         *int64 `json:"eta_sec,omitempty"`
+}
+
+// Job is a job record. Its JSON is what GET /api/v1/jobs/{job_id} returns.
+type Job struct {
+	JobID         string    `json:"job_id"`
+	Status        Status    `json:"status"`
+	Progress      *Progress `json:"progress,omitempty"`
+	CorrelationID string    `json:"correlation_id,omitempty"`
+	CacheHit      *bool     `json:"cache_hit,omitempty"`
+	ImagePath     string    `json:"image_path,omitempty"`
+	Error         string    `json:"error,omitempty"`
+	CreatedAt     time.Time `json:"created_at"`
+	UpdatedAt     time.Time `json:"updated_at"`
+
+	// Fields beyond the API reference's.
+	Kind         string     `json:"kind"`
+	Hypervisor   string     `json:"hypervisor"`
+	ImageURL     string     `json:"image_url"`
+	ImageType    string     `json:"image_type,omitempty"`
+	VolumeName   string     `json:"volume_name,omitempty"`
+	VolumeSizeGB int64      `json:"volume_size_gb,omitempty"`
+	VolumePath   string     `json:"volume_path,omitempty"`
+	Checksum     string     `json:"checksum,omitempty"`
+	Attempt      int        `json:"attempt"`
+	Caller       string     `json:"caller,omitempty"`
+	TraceID      string     `json:"trace_id,omitempty"`
+	StartedAt    *time.Time `json:"started_at,omitempty"`
+	FinishedAt   *time.Time `json:"finished_at,omitempty"`
+	// VolumeCreated is set before the job creates its volume, so a later
+	// attempt knows the volume is its own to reuse or roll back.
+	VolumeCreated bool `json:"volume_created,omitempty"`
+}
+
+// NewJob is the pending record of a job message.
+func NewJob(m messaging.Job, host string, now time.Time) Job {
+	now = now.UTC()
+	created := m.SubmittedAt
+	if created.IsZero() {
+		created = now
+	}
+	return Job{
+		JobID: m.JobID, Status: StatusPending, CorrelationID: m.CorrelationID,
+		CreatedAt: created.UTC(), UpdatedAt: now,
+		Kind: m.Kind, Hypervisor: host, ImageURL: m.ImageURL, ImageType: m.ImageType,
+		VolumeName: m.VolumeName, VolumeSizeGB: m.VolumeSizeGB, Caller: m.Caller,
+	}
+}
+
+// Errors returned by the job store.
+var (
+	// ErrNotFound: no record under that key.
+	ErrNotFound = errors.New("job not found")
+	// ErrExists: a record already exists under that key.
+	ErrExists = errors.New("job already exists")
+)
+
+// TransitionError is a change the state machine does not allow.
+type TransitionError struct {
+	From, To Status
+}
+
+func (e *TransitionError) Error() string {
+	return fmt.Sprintf("cannot move job from %q to %q", e.From, e.To)
+}
+
+// Jobs stores job records in the provisioner_jobs bucket.
+type Jobs struct {
+	KV jetstream.KeyValue
+}
+
+// Create stores a new record; ErrExists if the key is taken.
+func (s Jobs) Create(ctx context.Context, j Job) (uint64, error) {
+	data, err := json.Marshal(j)
+	if err != nil {
+		return 0, err
+	}
+	rev, err := s.KV.Create(ctx, messaging.JobKey(j.Hypervisor, j.JobID), data)
+	if errors.Is(err, jetstream.ErrKeyExists) {
+		return 0, ErrExists
+	}
+	if err != nil {
+		return 0, fmt.Errorf("create job record %s: %w", j.JobID, err)
+	}
+	return rev, nil
+}
+
+// Get returns the record of host's job and its revision.
+func (s Jobs) Get(ctx context.Context, host, jobID string) (Job, uint64, error) {
+	e, err := s.KV.Get(ctx, messaging.JobKey(host, jobID))
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return Job{}, 0, ErrNotFound
+	}
+	if err != nil {
+		return Job{}, 0, fmt.Errorf("read job record %s: %w", jobID, err)
+	}
+	j, err := DecodeJob(e.Value())
+	return j, e.Revision(), err
+}
+
+// DecodeJob parses a stored job record.
+func DecodeJob(data []byte) (Job, error) {
+	var j Job
+	if err := json.Unmarshal(data, &j); err != nil {
+		return j, fmt.Errorf("decode job record: %w", err)
+	}
+	return j, nil
+}
+
+// Update applies fn to the current record and stores the result with a
+// compare-and-set, retrying on concurrent changes. fn returns an error to
+// abandon the update. A status change the state machine forbids is a
+// *TransitionError and nothing is written.
+func (s Jobs) Update(ctx context.Context, host, jobID string, fn func(*Job) error) (Job, uint64, error) {
+	for attempt := 0; ; attempt++ {
+		cur, rev, err := s.Get(ctx, host, jobID)
+		if err != nil {
+			return cur, 0, err
+		}
+		next := cur
+		if cur.Progress != nil {
+			p := *cur.Progress
+			next.Progress = &p
+		}
+		if err := fn(&next); err != nil {
+			return cur, rev, err
+		}
+		if next.Status != cur.Status && !CanMove(cur.Status, next.Status) {
+			return cur, rev, &TransitionError{From: cur.Status, To: next.Status}
+		}
+		next.UpdatedAt = time.Now().UTC()
+		data, err := json.Marshal(next)
+		if err != nil {
+			return cur, rev, err
+		}
+		newRev, err := s.KV.Update(ctx, messaging.JobKey(host, jobID), data, rev)
+		if err == nil {
+			return next, newRev, nil
+		}
+		if !isRevisionMismatch(err) || attempt >= 50 {
+			return cur, rev, fmt.Errorf("update job record %s: %w", jobID, err)
+		}
+	}
+}
+
+func isRevisionMismatch(err error) bool {
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence {
+		return true
+	}
+	return errors.Is(err, jetstream.ErrKeyExists)
+}
+
+// Watch streams changes of one job record until ctx ends.
+func (s Jobs) Watch(ctx context.Context, host, jobID string) (jetstream.KeyWatcher, error) {
+	return s.KV.Watch(ctx, messaging.JobKey(host, jobID))
+}

@@ -1,0 +1,92 @@
+package kvstate
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/libvirt-volume-provisioner/provisioner/messaging"
+)
+
+// Lease says which job may write a volume, until when.
+type Lease struct {
+	JobID   string    `json:"job_id"`
+	Expires time.Time `json:"expires"`
+}
+
+// ErrLeaseHeld: another job holds the volume's lease.
+var ErrLeaseHeld = errors.New("volume is leased by another job")
+
+// Leases are volume leases in the provisioner_volumes bucket: two jobs never
+// write one volume at once.
+type Leases struct {
+	KV jetstream.KeyValue
+}
+
+// HeldLease is a lease this job holds.
+type HeldLease struct {
+	leases Leases
+	key    string
+	jobID  string
+	rev    uint64
+}
+
+// Acquire takes the lease of host's volume for jobID for ttl. A lease of the
+// same job (an earlier attempt) or an expired one is taken over.
+func (l Leases) Acquire(ctx context.Context, host, volume, jobID string, ttl time.Duration) (*HeldLease, error) {
+	key := messaging.VolumeKey(host, volume)
+	data, _ := json.Marshal(Lease{JobID: jobID, Expires: time.Now().Add(ttl).UTC()})
+	for range 10 {
+		e, err := l.KV.Get(ctx, key)
+		if errors.Is(err, jetstream.ErrKeyNotFound) {
+			rev, err := l.KV.Create(ctx, key, data)
+			if isRevisionMismatch(err) {
+				continue
+			}
+			if err != nil {
+				return nil, fmt.Errorf("take lease of volume %s: %w", volume, err)
+			}
+			return &HeldLease{leases: l, key: key, jobID: jobID, rev: rev}, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("read lease of volume %s: %w", volume, err)
+		}
+		var cur Lease
+		if err := json.Unmarshal(e.Value(), &cur); err == nil && cur.JobID != jobID && time.Now().Before(cur.Expires) {
+			return nil, fmt.Errorf("%w: job %s is writing volume %q", ErrLeaseHeld, cur.JobID, volume)
+		}
+		rev, err := l.KV.Update(ctx, key, data, e.Revision())
+		if isRevisionMismatch(err) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("take lease of volume %s: %w", volume, err)
+		}
+		return &HeldLease{leases: l, key: key, jobID: jobID, rev: rev}, nil
+	}
+	return nil, fmt.Errorf("take lease of volume %s: too many concurrent changes", volume)
+}
+
+// Renew extends the lease by ttl from now.
+func (h *HeldLease) Renew(ctx context.Context, ttl time.Duration) error {
+	data, _ := json.Marshal(Lease{JobID: h.jobID, Expires: time.Now().Add(ttl).UTC()})
+	rev, err := h.leases.KV.Update(ctx, h.key, data, h.rev)
+	if err != nil {
+		return fmt.Errorf("renew lease %s: %w", h.key, err)
+	}
+	h.rev = rev
+	return nil
+}
+
+// Release gives the lease up, if it is still ours.
+func (h *HeldLease) Release(ctx context.Context) error {
+	err := h.leases.KV.Delete(ctx, h.key, jetstream.LastRevision(h.rev))
+	if err != nil && !isRevisionMismatch(err) {
+		return fmt.Errorf("release lease %s: %w", h.key, err)
+	}
+	return nil
+}

@@ -1,0 +1,302 @@
+package messaging
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/url"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+)
+
+// JobVersion is the version of the job message this code writes. Messages
+// without a version are read as version 1.
+const JobVersion = 1
+
+// Kinds of job.
+const (
+	// KindProvision fills a volume from an image.
+	KindProvision = "provision"
+	// KindCacheFetch downloads an image into the host's cache only.
+	KindCacheFetch = "cache_fetch"
+)
+
+// Image types.
+const (
+	ImageQCOW2 = "qcow2"
+	ImageRaw   = "raw"
+)
+
+// Limits of a job's fields.
+const (
+	// MaxVolumeSizeGB is the largest volume a job may ask for (64 TiB).
+	MaxVolumeSizeGB = 65536
+	// MaxVolumeNameLen is the longest volume name accepted (LVM's limit is 127).
+	MaxVolumeNameLen = 127
+	// MaxURLLen is the longest image URL accepted.
+	MaxURLLen = 2048
+	// MaxCorrelationIDLen is the longest correlation id accepted.
+	MaxCorrelationIDLen = 128
+	// MaxJobMessageBytes caps a job message on the wire.
+	MaxJobMessageBytes = 64 * 1024
+)
+
+// Headers set on job messages.
+const (
+	// HeaderMsgID is JetStream's de-duplication header; it carries the job id.
+	HeaderMsgID = "Nats-Msg-Id"
+	// HeaderJobVersion carries the job message version.
+	HeaderJobVersion = "Provisioner-Job-Version"
+)
+
+// Job is a job message as published on a job subject. A message carrying the
+// REST request's fields plus job_id is valid: version and kind default.
+type Job struct {
+	Version       int    `json:"version,omitempty"`
+	Kind          string `json:"kind,omitempty"`
+	JobID         string `json:"job_id"`
+	Hypervisor    string `json:"hypervisor,omitempty"`
+	ImageURL      string `json:"image_url"`
+	ImageType     string `json:"image_type,omitempty"`
+	VolumeName    string `json:"volume_name,omitempty"`
+	VolumeSizeGB  int64  `json:"volume_size_gb,omitempty"`
+	CorrelationID string `json:"correlation_id,omitempty"`
+	// Caller is the identity that submitted the job (set by the API).
+	Caller string `json:"caller,omitempty"`
+	// SubmittedAt is when the job was accepted.
+	SubmittedAt time.Time `json:"submitted_at,omitzero"`
+}
+
+// FieldError is a validation failure of one field; its message is meant for
+// the person who sent the request.
+type FieldError struct {
+	Field   string
+	Message string
+}
+
+func (e *FieldError) Error() string { return e.Field + ": " + e.Message }
+
+func fieldErr(field, format string, args ...any) error {
+	return &FieldError{Field: field, Message: fmt.Sprintf(format, args...)}
+}
+
+// DecodeJob parses a job message strictly: unknown fields, wrong types and
+// trailing data are errors.
+func DecodeJob(data []byte) (Job, error) {
+	var j Job
+	if len(data) > MaxJobMessageBytes {
+		return j, fmt.Errorf("job message is %d bytes, more than the %d allowed", len(data), MaxJobMessageBytes)
+	}
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&j); err != nil {
+		return j, fmt.Errorf("job message is not valid JSON for a job: %w", DescribeJSONError(err))
+	}
+	if dec.More() {
+		return j, errors.New("job message has data after the JSON object")
+	}
+	return j, nil
+}
+
+// DescribeJSONError turns encoding/json errors into messages that name the field.
+func DescribeJSONError(err error) error {
+	var typeErr *json.UnmarshalTypeError
+	var syntaxErr *json.SyntaxError
+	switch {
+	case errors.As(err, &typeErr):
+		field := typeErr.Field
+		if field == "" {
+			field = "body"
+		}
+		return fmt.Errorf("field %q must be %s, not %s", field, jsonTypeName(typeErr.Type.Kind().String()), typeErr.Value)
+	case errors.As(err, &syntaxErr):
+		return fmt.Errorf("malformed JSON at byte %d: %v", syntaxErr.Offset, err)
+	case strings.HasPrefix(err.Error(), "json: unknown field "):
+		return fmt.Errorf("unknown field %s", strings.TrimPrefix(err.Error(), "json: unknown field "))
+	}
+	return err
+}
+
+func jsonTypeName(kind string) string {
+	switch kind {
+	case "int", "int64", "int32", "uint", "uint64", "float64":
+		return "a number"
+	case "string":
+		return "a string"
+	case "bool":
+		return "a boolean"
+	}
+	return "a " + kind
+}
+
+// Normalize fills defaults: version, kind and image type.
+func (j *Job) Normalize() {
+	if j.Version == 0 {
+		j.Version = JobVersion
+	}
+	if j.Kind == "" {
+		j.Kind = KindProvision
+	}
+	if j.ImageType == "" {
+		j.ImageType = ImageQCOW2
+	}
+	j.ImageType = strings.ToLower(j.ImageType)
+}
+
+// Validate checks every field of a normalized job. The job id is checked too;
+// callers that derive the id themselves set it first.
+func (j *Job) Validate() error {
+	if j.Version != JobVersion {
+		return fieldErr("version", "unsupported job version %d (this worker reads version %d)", j.Version, JobVersion)
+	}
+	if _, err := uuid.Parse(j.JobID); err != nil || len(j.JobID) != 36 {
+		return fieldErr("job_id", "must be a UUID such as 550e8400-e29b-41d4-a716-446655440000")
+	}
+	if j.Hypervisor != "" && !ValidHost(j.Hypervisor) {
+		return fieldErr("hypervisor", "%q is not a host name (lower-case letters, digits and dashes, at most 63)", j.Hypervisor)
+	}
+	if err := ValidateImageURL(j.ImageURL); err != nil {
+		return err
+	}
+	if j.ImageType != ImageQCOW2 && j.ImageType != ImageRaw {
+		return fieldErr("image_type", "must be %q or %q, not %q", ImageQCOW2, ImageRaw, j.ImageType)
+	}
+	if len(j.CorrelationID) > MaxCorrelationIDLen {
+		return fieldErr("correlation_id", "is longer than %d characters", MaxCorrelationIDLen)
+	}
+	switch j.Kind {
+	case KindProvision:
+		if err := ValidateVolumeName(j.VolumeName); err != nil {
+			return err
+		}
+		if j.VolumeSizeGB < 1 || j.VolumeSizeGB > MaxVolumeSizeGB {
+			return fieldErr("volume_size_gb", "must be between 1 and %d (GiB), not %d", MaxVolumeSizeGB, j.VolumeSizeGB)
+		}
+	case KindCacheFetch:
+		if j.VolumeName != "" || j.VolumeSizeGB != 0 {
+			return fieldErr("volume_name", "a cache_fetch job takes no volume")
+		}
+	default:
+		return fieldErr("kind", "must be %q or %q, not %q", KindProvision, KindCacheFetch, j.Kind)
+	}
+	return nil
+}
+
+// VolumeSizeBytes is the requested size in bytes (volume_size_gb is GiB).
+func (j *Job) VolumeSizeBytes() int64 { return j.VolumeSizeGB << 30 }
+
+var volumeNameRE = regexp.MustCompile(`^[A-Za-z0-9_.][A-Za-z0-9_.-]*$`)
+
+// lvmReserved are substrings LVM reserves for its internal volumes.
+var lvmReserved = []string{"_cdata", "_cmeta", "_corig", "_iorig", "_mimage", "_mlog", "_pmspare",
+	"_rimage", "_rmeta", "_tdata", "_tmeta", "_vdata", "_vorigin", "_wcorig"}
+
+// ValidateVolumeName accepts names that are valid LVM logical volume names,
+// plain file names and libvirt volume names at once.
+func ValidateVolumeName(name string) error {
+	switch {
+	case name == "":
+		return fieldErr("volume_name", "is required")
+	case len(name) > MaxVolumeNameLen:
+		return fieldErr("volume_name", "is %d characters, more than the %d allowed", len(name), MaxVolumeNameLen)
+	case name == "." || name == "..":
+		return fieldErr("volume_name", "%q is reserved", name)
+	case strings.HasPrefix(name, "-"):
+		return fieldErr("volume_name", "must not start with '-'")
+	case !volumeNameRE.MatchString(name):
+		return fieldErr("volume_name", "%q may hold only letters, digits, '_', '.' and '-'", name)
+	case strings.HasPrefix(name, "snapshot") || strings.HasPrefix(name, "pvmove"):
+		return fieldErr("volume_name", "%q starts with a prefix LVM reserves (snapshot, pvmove)", name)
+	}
+	for _, r := range lvmReserved {
+		if strings.Contains(name, r) {
+			return fieldErr("volume_name", "%q contains %q, which LVM reserves", name, r)
+		}
+	}
+	return nil
+}
+
+// ImageRef is an image URL split into what the object store needs.
+type ImageRef struct {
+	// URL is the URL as given.
+	URL string
+	// Secure is true for https.
+	Secure bool
+	// Endpoint is host:port, with the scheme's default port filled in.
+	Endpoint string
+	// Bucket and Object name the image in the object store.
+	Bucket string
+	Object string
+}
+
+// ParseImageURL checks an image URL's form and splits it: http or https, a
+// host, /<bucket>/<object>, and no user info, query or fragment.
+func ParseImageURL(raw string) (ImageRef, error) {
+	var ref ImageRef
+	if raw == "" {
+		return ref, fieldErr("image_url", "is required")
+	}
+	if len(raw) > MaxURLLen {
+		return ref, fieldErr("image_url", "is longer than %d characters", MaxURLLen)
+	}
+	u, err := url.Parse(raw)
+	if err != nil {
+		return ref, fieldErr("image_url", "is not a URL: %v", err)
+	}
+	if u.Scheme != "http" && u.Scheme != "https" {
+		return ref, fieldErr("image_url", "scheme must be http or https, not %q", u.Scheme)
+	}
+	if u.User != nil {
+		return ref, fieldErr("image_url", "must not carry credentials; the worker uses its own")
+	}
+	if u.RawQuery != "" || u.ForceQuery || u.Fragment != "" {
+		return ref, fieldErr("image_url", "must not have a query string or fragment")
+	}
+	if u.Hostname() == "" {
+		return ref, fieldErr("image_url", "has no host")
+	}
+	port := u.Port()
+	if port == "" {
+		port = map[string]string{"http": "80", "https": "443"}[u.Scheme]
+	}
+	p := strings.TrimPrefix(u.EscapedPath(), "/")
+	bucket, object, ok := strings.Cut(p, "/")
+	if !ok || bucket == "" || object == "" || strings.HasSuffix(object, "/") {
+		return ref, fieldErr("image_url", "must name an object as <scheme>://<endpoint>/<bucket>/<object>")
+	}
+	if object, err = url.PathUnescape(object); err != nil {
+		return ref, fieldErr("image_url", "has a bad escape in its path")
+	}
+	for _, seg := range strings.Split(object, "/") {
+		if seg == "." || seg == ".." {
+			return ref, fieldErr("image_url", "must not contain '.' or '..' path segments")
+		}
+	}
+	ref = ImageRef{URL: raw, Secure: u.Scheme == "https", Endpoint: strings.ToLower(u.Hostname()) + ":" + port, Bucket: bucket, Object: object}
+	return ref, nil
+}
+
+// ValidateImageURL reports whether raw is a well-formed image URL.
+func ValidateImageURL(raw string) error {
+	_, err := ParseImageURL(raw)
+	return err
+}
+
+// NormalizeEndpoint turns a configured endpoint (host or host:port) into
+// host:port, filling the default port for the scheme.
+func NormalizeEndpoint(endpoint string, secure bool) string {
+	endpoint = strings.ToLower(strings.TrimSpace(endpoint))
+	endpoint = strings.TrimPrefix(strings.TrimPrefix(endpoint, "https://"), "http://")
+	endpoint = strings.TrimSuffix(endpoint, "/")
+	if !strings.Contains(endpoint, ":") {
+		if secure {
+			return endpoint + ":443"
+		}
+		return endpoint + ":80"
+	}
+	return endpoint
+}
