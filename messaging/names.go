@@ -80,7 +80,9 @@ func (s Subjects) JobsFilter(host string) string { return fmt.Sprintf("%s.jobs.%
 func (s Subjects) AllJobs() string { return s.Prefix + ".jobs.>" }
 
 // AnyHostJob matches the job jobID on any host.
-func (s Subjects) AnyHostJob(jobID string) string { return fmt.Sprintf("%s.jobs.*.%s", s.Prefix, jobID) }
+func (s Subjects) AnyHostJob(jobID string) string {
+	return fmt.Sprintf("%s.jobs.*.%s", s.Prefix, jobID)
+}
 
 // Event is the subject progress events of a job are published on.
 func (s Subjects) Event(host, jobID string) string {

@@ -1,0 +1,66 @@
+package api
+
+import (
+	"encoding/json"
+	"errors"
+	"net/http"
+
+	"context"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Error categories of the API's error body.
+const (
+	catInvalid     = "invalid request"
+	catNotFound    = "job not found"
+	catCancel      = "failed to cancel job"
+	catUnavailable = "service unavailable"
+	catInternal    = "internal error"
+)
+
+// errorBody is the API's error format.
+type errorBody struct {
+	Error   string `json:"error"`
+	Message string `json:"message"`
+	Code    int    `json:"code"`
+}
+
+func writeJSON(w http.ResponseWriter, code int, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(code)
+	enc := json.NewEncoder(w)
+	_ = enc.Encode(v)
+}
+
+func writeError(w http.ResponseWriter, code int, category, message string) {
+	writeJSON(w, code, errorBody{Error: category, Message: message, Code: code})
+}
+
+// natsDown reports whether err means NATS could not be reached in time.
+func natsDown(err error) bool {
+	return errors.Is(err, nats.ErrConnectionClosed) || errors.Is(err, nats.ErrTimeout) ||
+		errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrNoStreamResponse) ||
+		errors.Is(err, context.DeadlineExceeded) || errors.Is(err, nats.ErrDisconnected) ||
+		errors.Is(err, nats.ErrConnectionReconnecting) || errors.Is(err, jetstream.ErrJetStreamNotEnabled)
+}
+
+// failNATS answers an error from NATS: 503 when NATS is unreachable, 500 otherwise.
+func (s *Server) failNATS(w http.ResponseWriter, r *http.Request, what string, err error) {
+	if natsDown(err) || !s.nc.IsConnected() {
+		writeError(w, http.StatusServiceUnavailable, catUnavailable, "NATS is unreachable ("+what+"); try again later")
+		return
+	}
+	s.log.WithError(err).WithField("request_id", requestID(r)).Error(what)
+	writeError(w, http.StatusInternalServerError, catInternal, what+": "+err.Error())
+}
+
+// connected answers 503 at once when NATS is unreachable, so a request
+// never waits on a connection that is down.
+func (s *Server) connected(w http.ResponseWriter) bool {
+	if s.nc.IsConnected() {
+		return true
+	}
+	writeError(w, http.StatusServiceUnavailable, catUnavailable, "NATS is unreachable; try again later")
+	return false
+}

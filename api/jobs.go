@@ -1,0 +1,344 @@
+package api
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/google/uuid"
+	"github.com/gorilla/mux"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/libvirt-volume-provisioner/provisioner/kvstate"
+	"github.com/libvirt-volume-provisioner/provisioner/messaging"
+)
+
+// jobRequest is the body of POST /api/v1/jobs.
+type jobRequest struct {
+	ImageURL      string `json:"image_url"`
+	VolumeName    string `json:"volume_name"`
+	VolumeSizeGB  *int64 `json:"volume_size_gb"`
+	ImageType     string `json:"image_type"`
+	CorrelationID string `json:"correlation_id"`
+	Hypervisor    string `json:"hypervisor"`
+}
+
+// fetchRequest is the body of POST /api/v1/cache/fetch.
+type fetchRequest struct {
+	ImageURL      string `json:"image_url"`
+	CorrelationID string `json:"correlation_id"`
+	Hypervisor    string `json:"hypervisor"`
+}
+
+type jobAccepted struct {
+	JobID string `json:"job_id"`
+}
+
+// decodeBody reads a capped JSON body strictly into dst; it answers the
+// request itself and returns false on any problem.
+func (s *Server) decodeBody(w http.ResponseWriter, r *http.Request, dst any) bool {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, s.cfg.MaxBodyBytes))
+	if err != nil {
+		var tooBig *http.MaxBytesError
+		if errors.As(err, &tooBig) {
+			writeError(w, http.StatusRequestEntityTooLarge, catInvalid, fmt.Sprintf("request body is larger than %d bytes", s.cfg.MaxBodyBytes))
+			return false
+		}
+		writeError(w, http.StatusBadRequest, catInvalid, "could not read the request body: "+err.Error())
+		return false
+	}
+	if len(bytes.TrimSpace(body)) == 0 {
+		writeError(w, http.StatusBadRequest, catInvalid, "request body is empty; send a JSON object")
+		return false
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(dst); err != nil {
+		writeError(w, http.StatusBadRequest, catInvalid, messaging.DescribeJSONError(err).Error())
+		return false
+	}
+	if dec.More() {
+		writeError(w, http.StatusBadRequest, catInvalid, "request body has data after the JSON object")
+		return false
+	}
+	return true
+}
+
+func joinMissing(missing []string) string {
+	switch len(missing) {
+	case 1:
+		return missing[0] + " is required"
+	default:
+		return strings.Join(missing[:len(missing)-1], ", ") + " and " + missing[len(missing)-1] + " are required"
+	}
+}
+
+func (s *Server) createJob(w http.ResponseWriter, r *http.Request) {
+	var req jobRequest
+	if !s.decodeBody(w, r, &req) {
+		return
+	}
+	var missing []string
+	if req.ImageURL == "" {
+		missing = append(missing, "image_url")
+	}
+	if req.VolumeName == "" {
+		missing = append(missing, "volume_name")
+	}
+	if req.VolumeSizeGB == nil {
+		missing = append(missing, "volume_size_gb")
+	}
+	if len(missing) > 0 {
+		writeError(w, http.StatusBadRequest, catInvalid, joinMissing(missing))
+		return
+	}
+	m := messaging.Job{Kind: messaging.KindProvision, ImageURL: req.ImageURL, VolumeName: req.VolumeName,
+		VolumeSizeGB: *req.VolumeSizeGB, ImageType: req.ImageType, CorrelationID: req.CorrelationID, Hypervisor: req.Hypervisor}
+	s.submit(w, r, m)
+}
+
+func (s *Server) fetchCache(w http.ResponseWriter, r *http.Request) {
+	var req fetchRequest
+	if !s.decodeBody(w, r, &req) {
+		return
+	}
+	if req.ImageURL == "" {
+		writeError(w, http.StatusBadRequest, catInvalid, "image_url is required")
+		return
+	}
+	m := messaging.Job{Kind: messaging.KindCacheFetch, ImageURL: req.ImageURL, CorrelationID: req.CorrelationID, Hypervisor: req.Hypervisor}
+	s.submit(w, r, m)
+}
+
+// submit validates a job, records it as pending and publishes it.
+func (s *Server) submit(w http.ResponseWriter, r *http.Request, m messaging.Job) {
+	m.JobID = uuid.NewString()
+	m.Caller = "anonymous"
+	m.SubmittedAt = time.Now().UTC()
+	m.Normalize()
+	if err := m.Validate(); err != nil {
+		writeError(w, http.StatusBadRequest, catInvalid, err.Error())
+		return
+	}
+	if len(s.cfg.ImageEndpoints) > 0 {
+		ref, _ := messaging.ParseImageURL(m.ImageURL)
+		if !slices.Contains(s.cfg.ImageEndpoints, ref.Endpoint) {
+			writeError(w, http.StatusBadRequest, catInvalid, fmt.Sprintf("image_url: endpoint %s is not a configured object store (allowed: %s)", ref.Endpoint, strings.Join(s.cfg.ImageEndpoints, ", ")))
+			return
+		}
+	}
+	if !s.connected(w) {
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.NATSTimeout)
+	defer cancel()
+	host, ok := s.resolveHost(ctx, w, r, m.Hypervisor)
+	if !ok {
+		return
+	}
+	m.Hypervisor = host
+	rec := kvstate.NewJob(m, host, m.SubmittedAt)
+	if _, err := s.jobs.Create(ctx, rec); err != nil {
+		s.failNATS(w, r, "record job", err)
+		return
+	}
+	data, _ := json.Marshal(m)
+	msg := nats.NewMsg(s.subjects.Job(host, m.JobID))
+	msg.Data = data
+	msg.Header.Set(messaging.HeaderJobVersion, fmt.Sprint(m.Version))
+	if _, err := s.js.PublishMsg(ctx, msg, jetstream.WithMsgID(m.JobID)); err != nil {
+		// Nothing was queued: take the record back so no phantom job stays pending.
+		delCtx, delCancel := context.WithTimeout(context.Background(), s.cfg.NATSTimeout)
+		_ = s.jobs.KV.Delete(delCtx, messaging.JobKey(host, m.JobID))
+		delCancel()
+		s.failNATS(w, r, "queue job", err)
+		return
+	}
+	s.metrics.jobs.WithLabelValues("started").Inc()
+	s.log.WithFields(map[string]any{"job_id": m.JobID, "host": host, "kind": m.Kind, "volume": m.VolumeName,
+		"request_id": requestID(r), "caller": m.Caller}).Info("job accepted")
+	w.Header().Set("Location", "/api/v1/jobs/"+m.JobID)
+	writeJSON(w, http.StatusAccepted, jobAccepted{JobID: m.JobID})
+}
+
+// resolveHost picks the request's hypervisor or the configured default and
+// checks it registered; it answers the request itself when it cannot.
+func (s *Server) resolveHost(ctx context.Context, w http.ResponseWriter, r *http.Request, requested string) (string, bool) {
+	host := requested
+	if host == "" {
+		host = s.cfg.DefaultHypervisor
+	}
+	if host != "" && !messaging.ValidHost(host) {
+		writeError(w, http.StatusBadRequest, catInvalid, fmt.Sprintf("hypervisor %q is not a host name (lower-case letters, digits and dashes)", host))
+		return "", false
+	}
+	if host != "" {
+		_, err := s.hosts.Get(ctx, host)
+		if err == nil {
+			return host, true
+		}
+		if !errors.Is(err, kvstate.ErrNotFound) {
+			s.failNATS(w, r, "read host registry", err)
+			return "", false
+		}
+	}
+	hosts, err := s.hosts.List(ctx)
+	if err != nil {
+		s.failNATS(w, r, "read host registry", err)
+		return "", false
+	}
+	names := make([]string, 0, len(hosts))
+	for _, h := range hosts {
+		names = append(names, h.Name)
+	}
+	known := "none has registered yet (start a worker)"
+	if len(names) > 0 {
+		known = strings.Join(names, ", ")
+	}
+	if host == "" {
+		writeError(w, http.StatusBadRequest, catInvalid, "hypervisor is required (no default is configured); known hypervisors: "+known)
+	} else {
+		writeError(w, http.StatusBadRequest, catInvalid, fmt.Sprintf("unknown hypervisor %q; known hypervisors: %s", host, known))
+	}
+	return "", false
+}
+
+// jobIDFromPath validates the {job_id} path variable; it answers the
+// request itself when it is not a UUID.
+func jobIDFromPath(w http.ResponseWriter, r *http.Request) (string, bool) {
+	id := mux.Vars(r)["job_id"]
+	if u, err := uuid.Parse(id); err != nil || len(id) != 36 || u.String() != strings.ToLower(id) {
+		writeError(w, http.StatusBadRequest, catInvalid, fmt.Sprintf("job_id %q is not a UUID", id))
+		return "", false
+	}
+	return strings.ToLower(id), true
+}
+
+// findJob finds a job on any host: its record in KV, or else its message
+// still waiting in the job stream (published straight to NATS), whose record
+// it then creates so the job can be read and cancelled.
+func (s *Server) findJob(ctx context.Context, jobID string) (kvstate.Job, error) {
+	kvStream, err := s.js.Stream(ctx, "KV_"+messaging.JobBucket)
+	if err != nil {
+		return kvstate.Job{}, err
+	}
+	raw, err := kvStream.GetLastMsgForSubject(ctx, "$KV."+messaging.JobBucket+".*."+jobID)
+	if err == nil {
+		op := raw.Header.Get("KV-Operation")
+		if op != "DEL" && op != "PURGE" {
+			return kvstate.DecodeJob(raw.Data)
+		}
+	} else if !errors.Is(err, jetstream.ErrMsgNotFound) {
+		return kvstate.Job{}, err
+	}
+	jobStream, err := s.js.Stream(ctx, messaging.JobStream)
+	if err != nil {
+		return kvstate.Job{}, err
+	}
+	raw, err = jobStream.GetLastMsgForSubject(ctx, s.subjects.AnyHostJob(jobID))
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return kvstate.Job{}, kvstate.ErrNotFound
+	}
+	if err != nil {
+		return kvstate.Job{}, err
+	}
+	host, _, err := s.subjects.ParseJob(raw.Subject)
+	if err != nil {
+		return kvstate.Job{}, kvstate.ErrNotFound
+	}
+	rec, _, _ := kvstate.FromMessage(raw.Data, host, jobID, raw.Time)
+	rec.Caller = "nats"
+	if _, err := s.jobs.Create(ctx, rec); err != nil && !errors.Is(err, kvstate.ErrExists) {
+		return kvstate.Job{}, err
+	}
+	rec, _, err = s.jobs.Get(ctx, host, jobID)
+	return rec, err
+}
+
+func (s *Server) getJob(w http.ResponseWriter, r *http.Request) {
+	jobID, ok := jobIDFromPath(w, r)
+	if !ok || !s.connected(w) {
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.NATSTimeout)
+	defer cancel()
+	rec, err := s.findJob(ctx, jobID)
+	if errors.Is(err, kvstate.ErrNotFound) {
+		writeError(w, http.StatusNotFound, catNotFound, "job not found")
+		return
+	}
+	if err != nil {
+		s.failNATS(w, r, "read job", err)
+		return
+	}
+	writeJSON(w, http.StatusOK, rec)
+}
+
+type cancelled struct {
+	Status string `json:"status"`
+	JobID  string `json:"job_id"`
+}
+
+func (s *Server) cancelJob(w http.ResponseWriter, r *http.Request) {
+	jobID, ok := jobIDFromPath(w, r)
+	if !ok || !s.connected(w) {
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.NATSTimeout)
+	defer cancel()
+	rec, err := s.findJob(ctx, jobID)
+	if errors.Is(err, kvstate.ErrNotFound) {
+		writeError(w, http.StatusNotFound, catNotFound, "job not found")
+		return
+	}
+	if err != nil {
+		s.failNATS(w, r, "read job", err)
+		return
+	}
+	updated, _, err := s.jobs.Update(ctx, rec.Hypervisor, jobID, func(j *kvstate.Job) error {
+		if j.Status.Terminal() {
+			return &kvstate.TransitionError{From: j.Status, To: kvstate.StatusCancelled}
+		}
+		now := time.Now().UTC()
+		j.Status = kvstate.StatusCancelled
+		j.FinishedAt = &now
+		return nil
+	})
+	var te *kvstate.TransitionError
+	if errors.As(err, &te) {
+		writeError(w, http.StatusBadRequest, catCancel, fmt.Sprintf("cannot cancel job in '%s' status", te.From))
+		return
+	}
+	if err != nil {
+		s.failNATS(w, r, "cancel job", err)
+		return
+	}
+	if rec.Status == kvstate.StatusPending {
+		s.dropQueued(ctx, updated.Hypervisor, jobID)
+	}
+	s.metrics.jobs.WithLabelValues("cancelled").Inc()
+	s.log.WithFields(map[string]any{"job_id": jobID, "host": updated.Hypervisor, "request_id": requestID(r)}).Info("job cancelled")
+	writeJSON(w, http.StatusOK, cancelled{Status: string(kvstate.StatusCancelled), JobID: jobID})
+}
+
+// dropQueued removes a cancelled job's message from the queue, best effort:
+// a worker that already holds it sees the cancelled record and acks it.
+func (s *Server) dropQueued(ctx context.Context, host, jobID string) {
+	stream, err := s.js.Stream(ctx, messaging.JobStream)
+	if err != nil {
+		return
+	}
+	raw, err := stream.GetLastMsgForSubject(ctx, s.subjects.Job(host, jobID))
+	if err != nil {
+		return
+	}
+	_ = stream.DeleteMsg(ctx, raw.Sequence)
+}

@@ -1,0 +1,195 @@
+package api
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/gorilla/mux"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/sirupsen/logrus"
+
+	"github.com/libvirt-volume-provisioner/provisioner/kvstate"
+	"github.com/libvirt-volume-provisioner/provisioner/messaging"
+)
+
+// Config configures the API server.
+type Config struct {
+	// DefaultHypervisor is used when a request names none; empty means a
+	// request must name one.
+	DefaultHypervisor string
+	// ImageEndpoints are the object store endpoints (host:port) image URLs
+	// may name; empty allows any.
+	ImageEndpoints []string
+	// Version is reported by the health endpoints.
+	Version string
+	// NATSTimeout bounds each NATS operation of a request.
+	NATSTimeout time.Duration
+	// MaxBodyBytes caps request bodies.
+	MaxBodyBytes int64
+}
+
+// Server serves the REST API.
+type Server struct {
+	cfg      Config
+	nc       *nats.Conn
+	js       jetstream.JetStream
+	subjects messaging.Subjects
+	jobs     kvstate.Jobs
+	cache    kvstate.CacheIndex
+	hosts    kvstate.Hosts
+	log      *logrus.Logger
+	started  time.Time
+	metrics  *metrics
+	router   *mux.Router
+}
+
+type metrics struct {
+	registry *prometheus.Registry
+	requests *prometheus.CounterVec
+	jobs     *prometheus.CounterVec
+}
+
+func newMetrics() *metrics {
+	m := &metrics{registry: prometheus.NewRegistry()}
+	m.requests = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "libvirt_volume_provisioner_requests_total",
+		Help: "HTTP requests by route template, method and status code.",
+	}, []string{"endpoint", "method", "status"})
+	m.jobs = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "libvirt_volume_provisioner_jobs_total",
+		Help: "Jobs accepted (status=started) and cancelled through this API replica; workers count completed and failed.",
+	}, []string{"status"})
+	m.registry.MustRegister(m.requests, m.jobs, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// New builds a server on a connected NATS connection. The streams and
+// buckets must exist (messaging.Setup).
+func New(ctx context.Context, cfg Config, nc *nats.Conn, subjects messaging.Subjects, log *logrus.Logger) (*Server, error) {
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, err
+	}
+	b, err := messaging.BindBuckets(ctx, js)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.NATSTimeout <= 0 {
+		cfg.NATSTimeout = 5 * time.Second
+	}
+	if cfg.MaxBodyBytes <= 0 {
+		cfg.MaxBodyBytes = 64 << 10
+	}
+	for i, e := range cfg.ImageEndpoints {
+		cfg.ImageEndpoints[i] = strings.ToLower(e)
+	}
+	s := &Server{cfg: cfg, nc: nc, js: js, subjects: subjects, log: log, started: time.Now(), metrics: newMetrics(),
+		jobs: kvstate.Jobs{KV: b.Jobs}, cache: kvstate.CacheIndex{KV: b.Cache}, hosts: kvstate.Hosts{KV: b.Hosts}}
+	s.routes()
+	return s, nil
+}
+
+func (s *Server) routes() {
+	r := mux.NewRouter()
+	r.HandleFunc("/api/v1/jobs", s.createJob).Methods(http.MethodPost)
+	r.HandleFunc("/api/v1/jobs/{job_id}", s.getJob).Methods(http.MethodGet)
+	r.HandleFunc("/api/v1/jobs/{job_id}/cancel", s.cancelJob).Methods(http.MethodPost)
+	r.HandleFunc("/api/v1/cache/images", s.listCache).Methods(http.MethodGet)
+	r.HandleFunc("/api/v1/cache/fetch", s.fetchCache).Methods(http.MethodPost)
+	r.HandleFunc("/health", s.health).Methods(http.MethodGet)
+	r.HandleFunc("/healthz", s.health).Methods(http.MethodGet)
+	r.HandleFunc("/livez", s.health).Methods(http.MethodGet)
+	r.Handle("/metrics", promhttp.HandlerFor(s.metrics.registry, promhttp.HandlerOpts{})).Methods(http.MethodGet)
+	r.NotFoundHandler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusNotFound, "not found", "no such endpoint: "+r.Method+" "+r.URL.Path)
+	})
+	r.MethodNotAllowedHandler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, http.StatusMethodNotAllowed, "method not allowed", r.Method+" is not allowed on "+r.URL.Path)
+	})
+	r.Use(s.instrument)
+	s.router = r
+}
+
+// Handler is the server's HTTP handler, with request ids on every response.
+func (s *Server) Handler() http.Handler { return withRequestID(s.router) }
+
+type ctxKey int
+
+const requestIDKey ctxKey = 0
+
+// HeaderRequestID is the request id header, echoed or generated.
+const HeaderRequestID = "X-Request-ID"
+
+func validRequestID(id string) bool {
+	if id == "" || len(id) > 128 {
+		return false
+	}
+	for _, c := range id {
+		if c < 0x21 || c > 0x7e {
+			return false
+		}
+	}
+	return true
+}
+
+func newRequestID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	h := hex.EncodeToString(b[:])
+	return h[:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:]
+}
+
+// withRequestID echoes the caller's X-Request-ID (when printable and at most
+// 128 characters) or generates one, on every response.
+func withRequestID(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		id := r.Header.Get(HeaderRequestID)
+		if !validRequestID(id) {
+			id = newRequestID()
+		}
+		w.Header().Set(HeaderRequestID, id)
+		next.ServeHTTP(w, r.WithContext(context.WithValue(r.Context(), requestIDKey, id)))
+	})
+}
+
+func requestID(r *http.Request) string {
+	id, _ := r.Context().Value(requestIDKey).(string)
+	return id
+}
+
+type statusWriter struct {
+	http.ResponseWriter
+	code int
+}
+
+func (w *statusWriter) WriteHeader(code int) {
+	w.code = code
+	w.ResponseWriter.WriteHeader(code)
+}
+
+// instrument counts requests by route template (never the raw path).
+func (s *Server) instrument(next http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		sw := &statusWriter{ResponseWriter: w, code: http.StatusOK}
+		next.ServeHTTP(sw, r)
+		endpoint := "unmatched"
+		if route := mux.CurrentRoute(r); route != nil {
+			if tpl, err := route.GetPathTemplate(); err == nil {
+				endpoint = tpl
+			}
+		}
+		s.metrics.requests.WithLabelValues(endpoint, r.Method, strconv.Itoa(sw.code)).Inc()
+		s.log.WithFields(logrus.Fields{"request_id": requestID(r), "method": r.Method, "endpoint": endpoint, "status": sw.code}).Debug("request")
+	})
+}

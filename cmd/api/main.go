@@ -1,0 +1,141 @@
+// Command api is the provisioner's REST front-end. With no NATS URL it starts
+// an embedded nats-server with JetStream (the single-machine default).
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/sirupsen/logrus"
+
+	"github.com/libvirt-volume-provisioner/provisioner/api"
+	"github.com/libvirt-volume-provisioner/provisioner/config"
+	"github.com/libvirt-volume-provisioner/provisioner/embedded"
+	"github.com/libvirt-volume-provisioner/provisioner/internal/logging"
+	"github.com/libvirt-volume-provisioner/provisioner/internal/version"
+	"github.com/libvirt-volume-provisioner/provisioner/messaging"
+)
+
+func main() {
+	if err := run(os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "api:", err)
+		os.Exit(1)
+	}
+}
+
+func run(args []string) error {
+	c := config.New("api")
+	httpAddr := c.String("PROVISIONER_HTTP_ADDR", "127.0.0.1:8080", "REST listen address")
+	natsURL := c.String("PROVISIONER_NATS_URL", "", "NATS server URL(s), comma-separated; empty starts an embedded server")
+	natsListen := c.String("PROVISIONER_NATS_LISTEN", "127.0.0.1:4222", "listen address of the embedded NATS server")
+	dataDir := c.String("PROVISIONER_DATA_DIR", "./var", "state directory of the embedded NATS server")
+	jsMem := c.Int64("PROVISIONER_JETSTREAM_MAX_MEMORY", 256<<20, "embedded JetStream memory limit in bytes")
+	jsStore := c.Int64("PROVISIONER_JETSTREAM_MAX_STORE", 8<<30, "embedded JetStream storage limit in bytes")
+	prefix := c.String("PROVISIONER_SUBJECT_PREFIX", messaging.DefaultPrefix, "first token of every subject")
+	replicas := c.Int("PROVISIONER_REPLICAS", 1, "replicas of streams and buckets (3 on a NATS cluster)")
+	jobRetention := c.Duration("PROVISIONER_JOB_RETENTION", 7*24*time.Hour, "how long job records are kept after their last change")
+	defaultHost := c.String("PROVISIONER_DEFAULT_HYPERVISOR", "", "hypervisor used when a request names none (empty: requests must name one)")
+	endpoints := c.String("PROVISIONER_IMAGE_ENDPOINTS", os.Getenv("MINIO_ENDPOINT"), "object store endpoints (host:port, comma-separated) image URLs may name; defaults to $MINIO_ENDPOINT; empty allows any")
+	logLevel := c.String("PROVISIONER_LOG_LEVEL", "info", "log level: debug, info, warn, error")
+	if err := c.Parse(args); err != nil {
+		return err
+	}
+	log, err := logging.New(*logLevel)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+
+	url := *natsURL
+	if url == "" {
+		ns, err := embedded.Start(embedded.Options{Listen: *natsListen, DataDir: *dataDir, MaxMemory: *jsMem, MaxStore: *jsStore})
+		if err != nil {
+			return err
+		}
+		defer func() {
+			ns.Shutdown()
+			ns.WaitForShutdown()
+		}()
+		url = ns.ClientURL()
+		log.WithFields(logrus.Fields{"listen": *natsListen, "store": *dataDir}).Info("embedded NATS server started")
+	}
+	nc, err := nats.Connect(url, nats.Name("provisioner-api"), nats.RetryOnFailedConnect(true), nats.MaxReconnects(-1),
+		nats.ReconnectWait(time.Second), nats.Timeout(5*time.Second),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) { log.WithError(err).Warn("NATS disconnected") }),
+		nats.ReconnectHandler(func(nc *nats.Conn) { log.WithField("url", nc.ConnectedUrl()).Info("NATS reconnected") }))
+	if err != nil {
+		return fmt.Errorf("connect to NATS %s: %w", url, err)
+	}
+	defer nc.Drain()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	subjects := messaging.NewSubjects(*prefix)
+	limits := messaging.DefaultLimits()
+	limits.Replicas = *replicas
+	limits.JobRetention = *jobRetention
+	if err := setupWithRetry(ctx, js, subjects, limits, log); err != nil {
+		return err
+	}
+	var eps []string
+	for _, e := range strings.Split(*endpoints, ",") {
+		if e = strings.TrimSpace(e); e != "" {
+			secure := os.Getenv("MINIO_USE_SSL") == "true"
+			eps = append(eps, messaging.NormalizeEndpoint(e, secure))
+		}
+	}
+	srv, err := api.New(ctx, api.Config{DefaultHypervisor: *defaultHost, ImageEndpoints: eps, Version: version.Version}, nc, subjects, log)
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", *httpAddr)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", *httpAddr, err)
+	}
+	hs := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, WriteTimeout: 60 * time.Second}
+	errc := make(chan error, 1)
+	go func() { errc <- hs.Serve(ln) }()
+	log.WithFields(logrus.Fields{"addr": ln.Addr().String(), "version": version.Version}).Info("API listening")
+	select {
+	case <-ctx.Done():
+	case err := <-errc:
+		if !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+	}
+	log.Info("shutting down")
+	shutCtx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return hs.Shutdown(shutCtx)
+}
+
+// setupWithRetry creates the streams and buckets, waiting for NATS to be
+// reachable (a cluster may still be starting).
+func setupWithRetry(ctx context.Context, js jetstream.JetStream, s messaging.Subjects, l messaging.Limits, log *logrus.Logger) error {
+	for {
+		sctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		err := messaging.Setup(sctx, js, s, l)
+		cancel()
+		if err == nil {
+			return nil
+		}
+		log.WithError(err).Warn("cannot set up streams and buckets yet; retrying")
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("set up streams and buckets: %w", err)
+		case <-time.After(2 * time.Second):
+		}
+	}
+}

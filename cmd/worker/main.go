@@ -1,0 +1,135 @@
+// Command worker runs one hypervisor host's provisioning jobs: it pulls them
+// from the host's JetStream consumer, caches images from MinIO and writes
+// volumes.
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/sirupsen/logrus"
+
+	"github.com/libvirt-volume-provisioner/provisioner/config"
+	"github.com/libvirt-volume-provisioner/provisioner/internal/logging"
+	"github.com/libvirt-volume-provisioner/provisioner/internal/version"
+	"github.com/libvirt-volume-provisioner/provisioner/kvstate"
+	"github.com/libvirt-volume-provisioner/provisioner/messaging"
+	"github.com/libvirt-volume-provisioner/provisioner/pipeline"
+	"github.com/libvirt-volume-provisioner/provisioner/worker"
+)
+
+func main() {
+	if err := run(os.Args[1:]); err != nil {
+		fmt.Fprintln(os.Stderr, "worker:", err)
+		os.Exit(1)
+	}
+}
+
+func defaultHost() string {
+	h, err := os.Hostname()
+	if err != nil {
+		return "localhost"
+	}
+	return messaging.SanitizeHost(h)
+}
+
+func machineID() string {
+	for _, p := range []string{"/etc/machine-id", "/var/lib/dbus/machine-id"} {
+		if b, err := os.ReadFile(p); err == nil && len(bytes.TrimSpace(b)) > 0 {
+			return string(bytes.TrimSpace(b))
+		}
+	}
+	h, _ := os.Hostname()
+	return "host-" + h
+}
+
+func run(args []string) error {
+	c := config.New("worker")
+	host := c.String("PROVISIONER_HOST", defaultHost(), "host name this worker serves (default: the machine's hostname, sanitized)")
+	machine := c.String("PROVISIONER_MACHINE_ID", machineID(), "identity of this machine in the host registry (default: /etc/machine-id)")
+	httpAddr := c.String("PROVISIONER_HTTP_ADDR", "127.0.0.1:8081", "listen address of /metrics and the health endpoints")
+	natsURL := c.String("PROVISIONER_NATS_URL", nats.DefaultURL, "NATS server URL(s), comma-separated")
+	prefix := c.String("PROVISIONER_SUBJECT_PREFIX", messaging.DefaultPrefix, "first token of every subject")
+	ackWait := c.Duration("PROVISIONER_ACK_WAIT", 2*time.Minute, "consumer ack wait; in-progress acks go out every third of it")
+	maxDeliver := c.Int("PROVISIONER_MAX_DELIVER", 5, "deliveries of one job before it fails")
+	heartbeat := c.Duration("PROVISIONER_HEARTBEAT", 5*time.Second, "host registry heartbeat interval")
+	cacheDir := c.String("PROVISIONER_CACHE_DIR", "/var/lib/libvirt/images", "image cache directory")
+	backend := c.String("PROVISIONER_VOLUME_BACKEND", "file", "volume backend: file")
+	volumeDir := c.String("PROVISIONER_VOLUME_DIR", "/var/lib/provisioner/volumes", "directory of the file backend's volumes")
+	qemuImg := c.String("PROVISIONER_QEMU_IMG", "qemu-img", "qemu-img binary")
+	writeLimit := c.Int64("PROVISIONER_WRITE_LIMIT", 0, "cap on volume writes in bytes per second (0: no limit)")
+	minioEndpoint := c.String("MINIO_ENDPOINT", "", "MinIO endpoint host:port image URLs must name")
+	minioAccess := c.String("MINIO_ACCESS_KEY", "", "MinIO access key")
+	minioSecret := c.String("MINIO_SECRET_KEY", "", "MinIO secret key")
+	minioSSL := c.Bool("MINIO_USE_SSL", false, "use https to reach MinIO")
+	logLevel := c.String("PROVISIONER_LOG_LEVEL", "info", "log level: debug, info, warn, error")
+	if err := c.Parse(args); err != nil {
+		return err
+	}
+	log, err := logging.New(*logLevel)
+	if err != nil {
+		return err
+	}
+	if *minioEndpoint == "" {
+		return errors.New("MINIO_ENDPOINT is not set: the worker needs the object store that holds the images")
+	}
+	qemuPath, err := exec.LookPath(*qemuImg)
+	if err != nil {
+		return fmt.Errorf("qemu-img not found (%s): install Debian's qemu-utils", *qemuImg)
+	}
+	if *backend != "file" {
+		return fmt.Errorf("PROVISIONER_VOLUME_BACKEND=%q is not supported (supported: file)", *backend)
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	defer stop()
+
+	nc, err := nats.Connect(*natsURL, nats.Name("provisioner-worker-"+*host), nats.RetryOnFailedConnect(true), nats.MaxReconnects(-1),
+		nats.ReconnectWait(time.Second), nats.Timeout(5*time.Second),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) { log.WithError(err).Warn("NATS disconnected") }),
+		nats.ReconnectHandler(func(nc *nats.Conn) { log.WithField("url", nc.ConnectedUrl()).Info("NATS reconnected") }))
+	if err != nil {
+		return fmt.Errorf("connect to NATS %s: %w", *natsURL, err)
+	}
+	defer nc.Drain()
+
+	source, err := pipeline.NewMinIOSource(*minioEndpoint, *minioAccess, *minioSecret, *minioSSL)
+	if err != nil {
+		return err
+	}
+	files, err := pipeline.NewFileBackend(*volumeDir)
+	if err != nil {
+		return err
+	}
+	subjects := messaging.NewSubjects(*prefix)
+	// The cache index needs the buckets; New waits for the API to create them.
+	w, err := worker.New(ctx, worker.Config{Host: *host, MachineID: *machine, Version: version.Version, AckWait: *ackWait,
+		MaxDeliver: *maxDeliver, Heartbeat: *heartbeat}, nc, subjects, worker.Parts{Source: source, Backend: files, Converter: pipeline.QemuImg{Path: qemuPath, RateLimit: *writeLimit}}, log)
+	if err != nil {
+		return err
+	}
+	cache, err := pipeline.NewCache(*cacheDir, *host, kvstate.CacheIndex{KV: w.CacheBucket()})
+	if err != nil {
+		return err
+	}
+	w.SetCache(cache)
+
+	ln, err := net.Listen("tcp", *httpAddr)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", *httpAddr, err)
+	}
+	hs := &http.Server{Handler: w.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = hs.Serve(ln) }()
+	defer hs.Close()
+	log.WithFields(logrus.Fields{"addr": ln.Addr().String(), "host": *host, "cache_dir": *cacheDir, "volume_dir": *volumeDir}).Info("worker HTTP listening")
+	return w.Run(ctx)
+}

@@ -1,0 +1,327 @@
+package pipeline
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+	"golang.org/x/time/rate"
+
+	"github.com/libvirt-volume-provisioner/provisioner/messaging"
+)
+
+// stderrTail is how much of qemu-img's stderr is kept for error messages.
+const stderrTail = 4 << 10
+
+// QemuImg converts images with qemu-img.
+type QemuImg struct {
+	// Path is the qemu-img binary; "" means "qemu-img" on PATH.
+	Path string
+	// RateLimit caps volume writes in bytes per second (0: no limit), so
+	// provisioning does not starve running VMs of disk bandwidth.
+	RateLimit int64
+}
+
+var _ Converter = QemuImg{}
+
+// Convert writes img's disk into vol: it zeroes the whole volume, writes the
+// image's data over it (qemu-img for qcow2, a Go copy for raw) and flushes
+// the volume to stable storage.
+func (q QemuImg) Convert(ctx context.Context, img Image, imagePath string, vol Volume, progress ProgressFunc) error {
+	if progress == nil {
+		progress = func(string, int64, int64) {}
+	}
+	if err := img.CheckFits(vol.Size); err != nil {
+		return fmt.Errorf("populate volume %q: %w", vol.Name, err)
+	}
+	target, err := filepath.Abs(vol.Path)
+	if err != nil {
+		return fmt.Errorf("volume path %q: %w", vol.Path, err)
+	}
+	src, err := filepath.Abs(imagePath)
+	if err != nil {
+		return fmt.Errorf("image path %q: %w", imagePath, err)
+	}
+	st, err := os.Lstat(target)
+	if err != nil {
+		return fmt.Errorf("volume %q: %w", vol.Name, err)
+	}
+	if st.Mode().IsRegular() && st.Size() != vol.Size {
+		return fmt.Errorf("volume file %s is %d bytes, not the %d bytes volume %q should have", target, st.Size(), vol.Size, vol.Name)
+	}
+	if err := ZeroFill(ctx, target, vol.Size); err != nil {
+		return err
+	}
+	progress(StagePopulate, 0, img.VirtualSize)
+	switch img.Format {
+	case messaging.ImageQCOW2:
+		err = q.convertQCOW2(ctx, img, src, target, progress)
+	case messaging.ImageRaw:
+		err = copyRaw(ctx, img, src, target, q.RateLimit, progress)
+	default:
+		err = fmt.Errorf("cannot populate a volume from an image of format %q", img.Format)
+	}
+	if err != nil {
+		return err
+	}
+	if err := syncPath(target); err != nil {
+		return err
+	}
+	progress(StagePopulate, img.VirtualSize, img.VirtualSize)
+	return nil
+}
+
+var progressRE = regexp.MustCompile(`\((\d+(?:\.\d+)?)/100%\)`)
+
+func (q QemuImg) convertQCOW2(ctx context.Context, img Image, src, target string, progress ProgressFunc) error {
+	bin := q.Path
+	if bin == "" {
+		bin = "qemu-img"
+	}
+	// -n: the target exists; --target-is-zero: ZeroFill made it read as zeros,
+	// so qemu-img writes only data. Explicit formats: nothing is probed.
+	args := []string{"convert", "-p", "-f", "qcow2", "-O", "raw", "-t", "writeback", "-n", "--target-is-zero"}
+	if q.RateLimit > 0 {
+		args = append(args, "-r", strconv.FormatInt(q.RateLimit, 10))
+	}
+	args = append(args, src, target)
+	cmd := exec.CommandContext(ctx, bin, args...)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
+	cmd.Cancel = func() error {
+		// Kill the whole process group, qemu-img and anything it started.
+		return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+	}
+	cmd.WaitDelay = 5 * time.Second
+	stderr := &tailBuffer{max: stderrTail}
+	cmd.Stderr = stderr
+	cmd.Stdout = &progressWriter{fn: func(pct float64) {
+		progress(StagePopulate, int64(pct/100*float64(img.VirtualSize)), img.VirtualSize)
+	}}
+
+	// Pdeathsig fires when the thread that started the child exits, so the
+	// starting goroutine keeps its thread until the child is reaped.
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		if err := cmd.Start(); err != nil {
+			errc <- fmt.Errorf("start %s: %w", bin, err)
+			return
+		}
+		errc <- cmd.Wait()
+	}()
+	err := <-errc
+	if err == nil {
+		return nil
+	}
+	if ctxErr := ctx.Err(); ctxErr != nil {
+		return fmt.Errorf("qemu-img convert of %s stopped: %w", src, ctxErr)
+	}
+	var exitErr *exec.ExitError
+	if errors.As(err, &exitErr) {
+		return fmt.Errorf("qemu-img convert failed: %v: %s", exitErr, strings.TrimSpace(stderr.String()))
+	}
+	return fmt.Errorf("qemu-img convert failed: %w", err)
+}
+
+// copyRaw copies a raw image into the zeroed target, skipping zero chunks.
+func copyRaw(ctx context.Context, img Image, src, target string, rateLimit int64, progress ProgressFunc) error {
+	var limiter *rate.Limiter
+	if rateLimit > 0 {
+		limiter = rate.NewLimiter(rate.Limit(rateLimit), copyBufSize)
+	}
+	in, err := os.Open(src)
+	if err != nil {
+		return fmt.Errorf("open image %q: %w", src, err)
+	}
+	defer in.Close()
+	out, err := os.OpenFile(target, os.O_WRONLY|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return fmt.Errorf("open volume %q: %w", target, err)
+	}
+	defer out.Close()
+	buf := make([]byte, copyBufSize)
+	var off int64
+	for off < img.VirtualSize {
+		if err := ctx.Err(); err != nil {
+			return fmt.Errorf("copy of %s stopped: %w", src, err)
+		}
+		want := min(int64(len(buf)), img.VirtualSize-off)
+		n, err := io.ReadFull(in, buf[:want])
+		if err != nil {
+			return fmt.Errorf("read image %q at offset %d: %w", src, off, err)
+		}
+		if !allZero(buf[:n]) {
+			if limiter != nil {
+				if err := limiter.WaitN(ctx, n); err != nil {
+					return fmt.Errorf("copy of %s stopped: %w", src, err)
+				}
+			}
+			if _, err := out.WriteAt(buf[:n], off); err != nil {
+				return fmt.Errorf("write volume %q at offset %d: %w", target, off, err)
+			}
+		}
+		off += int64(n)
+		progress(StagePopulate, off, img.VirtualSize)
+	}
+	if err := out.Close(); err != nil {
+		return fmt.Errorf("close volume %q: %w", target, err)
+	}
+	return nil
+}
+
+var zeroChunk = make([]byte, copyBufSize)
+
+func allZero(b []byte) bool {
+	for len(b) > 0 {
+		n := min(len(b), len(zeroChunk))
+		if !bytes.Equal(b[:n], zeroChunk[:n]) {
+			return false
+		}
+		b = b[n:]
+	}
+	return true
+}
+
+// ZeroFill makes the first size bytes of the file or block device at path
+// read as zeros, without changing a file's size, and flushes it. It punches
+// a hole in a file (BLKZEROOUT on a block device) and writes zeros where
+// that is not supported.
+func ZeroFill(ctx context.Context, path string, size int64) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return fmt.Errorf("open volume %q to zero it: %w", path, err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return fmt.Errorf("stat volume %q: %w", path, err)
+	}
+	if size <= 0 {
+		return f.Close()
+	}
+	var fast error
+	switch {
+	case st.Mode().IsRegular():
+		fast = unix.Fallocate(int(f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, 0, size)
+	case st.Mode()&os.ModeDevice != 0 && st.Mode()&os.ModeCharDevice == 0:
+		rng := [2]uint64{0, uint64(size)}
+		_, _, errno := unix.Syscall(unix.SYS_IOCTL, f.Fd(), unix.BLKZEROOUT, uintptr(unsafe.Pointer(&rng)))
+		if errno != 0 {
+			fast = errno
+		}
+	default:
+		return fmt.Errorf("volume %q is neither a regular file nor a block device", path)
+	}
+	if fast != nil {
+		if !errors.Is(fast, unix.EOPNOTSUPP) && !errors.Is(fast, unix.EINVAL) && !errors.Is(fast, unix.ENOTTY) {
+			return fmt.Errorf("zero volume %q: %w", path, fast)
+		}
+		if err := writeZeros(ctx, f, size); err != nil {
+			return fmt.Errorf("zero volume %q: %w", path, err)
+		}
+	}
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("flush volume %q: %w", path, err)
+	}
+	if err := f.Close(); err != nil {
+		return fmt.Errorf("close volume %q: %w", path, err)
+	}
+	return nil
+}
+
+func writeZeros(ctx context.Context, f *os.File, size int64) error {
+	for off := int64(0); off < size; {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		n := min(int64(len(zeroChunk)), size-off)
+		if _, err := f.WriteAt(zeroChunk[:n], off); err != nil {
+			return err
+		}
+		off += n
+	}
+	return nil
+}
+
+// syncPath opens path and fsyncs it.
+func syncPath(path string) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return fmt.Errorf("open volume %q to flush it: %w", path, err)
+	}
+	defer f.Close()
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("flush volume %q: %w", path, err)
+	}
+	return f.Close()
+}
+
+// progressWriter parses qemu-img -p output, "    (12.34/100%)\r".
+type progressWriter struct {
+	fn  func(pct float64)
+	buf []byte
+}
+
+func (w *progressWriter) Write(p []byte) (int, error) {
+	w.buf = append(w.buf, p...)
+	for {
+		i := bytes.IndexAny(w.buf, "\r\n")
+		if i < 0 {
+			break
+		}
+		w.line(w.buf[:i])
+		w.buf = w.buf[i+1:]
+	}
+	if len(w.buf) > 4096 {
+		w.buf = w.buf[len(w.buf)-4096:]
+	}
+	return len(p), nil
+}
+
+func (w *progressWriter) line(b []byte) {
+	m := progressRE.FindSubmatch(b)
+	if m == nil {
+		return
+	}
+	if pct, err := strconv.ParseFloat(string(m[1]), 64); err == nil {
+		w.fn(pct)
+	}
+}
+
+// tailBuffer keeps the last max bytes written to it.
+type tailBuffer struct {
+	mu  sync.Mutex
+	max int
+	buf []byte
+}
+
+func (t *tailBuffer) Write(p []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.buf = append(t.buf, p...)
+	if len(t.buf) > t.max {
+		t.buf = append([]byte(nil), t.buf[len(t.buf)-t.max:]...)
+	}
+	return len(p), nil
+}
+
+func (t *tailBuffer) String() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return string(t.buf)
+}

@@ -1,0 +1,150 @@
+package pipeline
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// FileBackend keeps volumes as raw files in one directory; a volume's file
+// name is its name.
+type FileBackend struct {
+	// Dir is the directory holding the volumes.
+	Dir string
+}
+
+var _ Backend = FileBackend{}
+
+// NewFileBackend makes a backend in dir, creating it if needed.
+func NewFileBackend(dir string) (*FileBackend, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, fmt.Errorf("volume directory %q: %w", dir, err)
+	}
+	if err := os.MkdirAll(abs, 0o750); err != nil {
+		return nil, fmt.Errorf("create volume directory %s: %w", abs, err)
+	}
+	return &FileBackend{Dir: abs}, nil
+}
+
+// path returns the file of volume name, refusing names that would leave Dir.
+func (b FileBackend) path(name string) (string, error) {
+	if name == "" || name == "." || name == ".." || strings.ContainsAny(name, "/\x00") {
+		return "", fmt.Errorf("volume name %q is not a plain file name", name)
+	}
+	return filepath.Join(b.Dir, name), nil
+}
+
+// checkVolumeFile refuses a volume path p (described by st) that is not a
+// regular file.
+func checkVolumeFile(p string, st os.FileInfo) error {
+	switch {
+	case st.Mode()&os.ModeSymlink != 0:
+		return fmt.Errorf("volume path %s is a symlink; refusing to touch it", p)
+	case !st.Mode().IsRegular():
+		return fmt.Errorf("volume path %s is not a regular file (%s); refusing to touch it", p, st.Mode().Type())
+	}
+	return nil
+}
+
+// Lookup finds the volume name; ok is false when there is no such file.
+func (b FileBackend) Lookup(_ context.Context, name string) (Volume, bool, error) {
+	p, err := b.path(name)
+	if err != nil {
+		return Volume{}, false, err
+	}
+	st, err := os.Lstat(p)
+	if errors.Is(err, os.ErrNotExist) {
+		return Volume{}, false, nil
+	}
+	if err != nil {
+		return Volume{}, false, fmt.Errorf("look up volume %s: %w", p, err)
+	}
+	if err := checkVolumeFile(p, st); err != nil {
+		return Volume{}, false, err
+	}
+	return Volume{Name: name, Path: p, Size: st.Size()}, true, nil
+}
+
+// Create makes a sparse file of size bytes, reading as zeros; it fails if
+// the name exists.
+func (b FileBackend) Create(_ context.Context, name string, size int64) (vol Volume, err error) {
+	p, err := b.path(name)
+	if err != nil {
+		return Volume{}, err
+	}
+	if size <= 0 {
+		return Volume{}, fmt.Errorf("create volume %s: size %d is not positive", p, size)
+	}
+	f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE|os.O_EXCL|unix.O_NOFOLLOW, 0o600)
+	if errors.Is(err, os.ErrExist) {
+		return Volume{}, fmt.Errorf("create volume %s: it already exists", p)
+	}
+	if err != nil {
+		return Volume{}, fmt.Errorf("create volume %s: %w", p, err)
+	}
+	defer func() {
+		if f != nil {
+			_ = f.Close()
+		}
+		if err != nil {
+			_ = os.Remove(p)
+		}
+	}()
+	if err := f.Truncate(size); err != nil {
+		return Volume{}, fmt.Errorf("size volume %s to %d bytes: %w", p, size, err)
+	}
+	if err := f.Sync(); err != nil {
+		return Volume{}, fmt.Errorf("flush volume %s: %w", p, err)
+	}
+	cerr := f.Close()
+	f = nil
+	if cerr != nil {
+		return Volume{}, fmt.Errorf("close volume %s: %w", p, cerr)
+	}
+	if err := syncDir(b.Dir); err != nil {
+		return Volume{}, err
+	}
+	return Volume{Name: name, Path: p, Size: size}, nil
+}
+
+// Delete removes the volume's file; a missing volume is not an error.
+func (b FileBackend) Delete(_ context.Context, name string) error {
+	p, err := b.path(name)
+	if err != nil {
+		return err
+	}
+	st, err := os.Lstat(p)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("delete volume %s: %w", p, err)
+	}
+	if err := checkVolumeFile(p, st); err != nil {
+		return err
+	}
+	if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("delete volume %s: %w", p, err)
+	}
+	return syncDir(b.Dir)
+}
+
+// CheckReuse returns nil when an existing volume may be reused for a request
+// of requested bytes: its size is within 5% of the request.
+func CheckReuse(vol Volume, requested int64) error {
+	diff := vol.Size - requested
+	if diff < 0 {
+		diff = -diff
+	}
+	if diff <= requested*5/100 {
+		return nil
+	}
+	return fmt.Errorf("volume %q exists with %d bytes (%.2f GiB); the request is %d bytes (%d GiB), outside the ±5%% a reused volume may differ; refusing to overwrite it",
+		vol.Name, vol.Size, float64(vol.Size)/(1<<30), requested, requested>>30)
+}

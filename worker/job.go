@@ -1,0 +1,398 @@
+package worker
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/sirupsen/logrus"
+
+	"github.com/libvirt-volume-provisioner/provisioner/kvstate"
+	"github.com/libvirt-volume-provisioner/provisioner/messaging"
+	"github.com/libvirt-volume-provisioner/provisioner/pipeline"
+)
+
+// Causes that stop a running job.
+var (
+	errCancelled = errors.New("job cancelled")
+	errFenced    = errors.New("lost contact with NATS: in-progress acks failed for too long, so the job may be redelivered elsewhere; stopped writing")
+	errShutdown  = errors.New("worker shutting down; the job will be redelivered")
+)
+
+// nakDelay is how long a job stopped by shutdown waits before redelivery.
+const nakDelay = 2 * time.Second
+
+// kvTimeout bounds one KV operation of the worker.
+const kvTimeout = 10 * time.Second
+
+// handle runs one delivered job message to its end.
+func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
+	meta, err := msg.Metadata()
+	if err != nil {
+		w.log.WithError(err).Error("message without metadata; terminating it")
+		_ = msg.Term()
+		return
+	}
+	host, jobID, err := w.subjects.ParseJob(msg.Subject())
+	if err != nil || host != w.cfg.Host {
+		w.log.WithField("subject", msg.Subject()).Error("message on a subject this worker does not serve; terminating it")
+		_ = msg.TermWithReason("bad subject")
+		return
+	}
+	log := w.log.WithFields(logrus.Fields{"job_id": jobID, "host": host, "delivery": meta.NumDelivered})
+	kctx, cancel := context.WithTimeout(ctx, kvTimeout)
+	defer cancel()
+
+	rec, m, verr := kvstate.FromMessage(msg.Data(), host, jobID, meta.Timestamp)
+	if _, err := w.jobs.Create(kctx, rec); err != nil && !errors.Is(err, kvstate.ErrExists) {
+		if verr != nil {
+			log.WithError(verr).Error("malformed job message whose record cannot be written; terminating it")
+			_ = msg.TermWithReason("malformed")
+			return
+		}
+		log.WithError(err).Warn("cannot write job record; will retry")
+		_ = msg.NakWithDelay(nakDelay)
+		return
+	}
+	cur, _, err := w.jobs.Get(kctx, host, jobID)
+	if err != nil {
+		log.WithError(err).Warn("cannot read job record; will retry")
+		_ = msg.NakWithDelay(nakDelay)
+		return
+	}
+	if cur.Status.Terminal() {
+		log.WithField("status", cur.Status).Info("job already ended; acknowledging without running")
+		if cur.Status == kvstate.StatusFailed && verr != nil {
+			w.metrics.jobs.WithLabelValues(string(kvstate.StatusFailed)).Inc()
+		}
+		_ = msg.Term()
+		return
+	}
+	if verr != nil {
+		w.fail(kctx, log, host, jobID, "invalid job message: "+verr.Error())
+		_ = msg.TermWithReason("malformed")
+		return
+	}
+	if int(meta.NumDelivered) >= w.cfg.MaxDeliver {
+		w.fail(kctx, log, host, jobID, fmt.Sprintf("gave up after %d deliveries: the job never finished (its worker stopped or lost contact while running it)", meta.NumDelivered))
+		_ = msg.TermWithReason("max deliveries")
+		return
+	}
+	now := time.Now().UTC()
+	rec, _, err = w.jobs.Update(kctx, host, jobID, func(j *kvstate.Job) error {
+		j.Status = kvstate.StatusRunning
+		j.Attempt = int(meta.NumDelivered)
+		j.StartedAt = &now
+		j.Error = ""
+		j.Progress = &kvstate.Progress{Stage: pipeline.StageChecksum}
+		return nil
+	})
+	var te *kvstate.TransitionError
+	if errors.As(err, &te) {
+		log.WithField("status", te.From).Info("job ended before it started; acknowledging without running")
+		_ = msg.Term()
+		return
+	}
+	if err != nil {
+		log.WithError(err).Warn("cannot mark job running; will retry")
+		_ = msg.NakWithDelay(nakDelay)
+		return
+	}
+	cancel()
+	w.run(ctx, log, msg, rec, m)
+}
+
+// fail writes a failed record (unless the job already ended).
+func (w *Worker) fail(ctx context.Context, log *logrus.Entry, host, jobID, reason string) {
+	_, _, err := w.jobs.Update(ctx, host, jobID, func(j *kvstate.Job) error {
+		now := time.Now().UTC()
+		j.Status = kvstate.StatusFailed
+		j.Error = reason
+		j.FinishedAt = &now
+		return nil
+	})
+	if err != nil {
+		log.WithError(err).Warn("could not record failure")
+		return
+	}
+	w.metrics.jobs.WithLabelValues(string(kvstate.StatusFailed)).Inc()
+	log.WithField("error", reason).Error("job failed")
+	w.publishEvent(host, jobID, kvstate.Job{JobID: jobID, Status: kvstate.StatusFailed, Error: reason})
+}
+
+// run executes a running job with its keep-alive and cancel watcher.
+func (w *Worker) run(ctx context.Context, log *logrus.Entry, msg jetstream.Msg, rec kvstate.Job, m messaging.Job) {
+	w.active.Add(1)
+	w.metrics.active.Inc()
+	defer func() {
+		w.active.Add(-1)
+		w.metrics.active.Dec()
+	}()
+	started := time.Now()
+	host, jobID := rec.Hypervisor, rec.JobID
+	jobCtx, stop := context.WithCancelCause(context.WithoutCancel(ctx))
+	defer stop(nil)
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Go(func() {
+		select {
+		case <-ctx.Done():
+			stop(errShutdown)
+		case <-jobCtx.Done():
+		}
+	})
+	var lease leaseRenewer
+	wg.Go(func() { w.keepAlive(jobCtx, stop, msg, &lease) })
+	wg.Go(func() { w.watchCancel(jobCtx, stop, host, jobID) })
+	log = log.WithField("attempt", rec.Attempt)
+	log.WithFields(logrus.Fields{"kind": m.Kind, "volume": m.VolumeName, "image_url": m.ImageURL}).Info("job started")
+
+	rep := newReporter(w, rec)
+	res, err := w.execute(jobCtx, rep, rec, m, &lease)
+	cause := context.Cause(jobCtx)
+	stop(nil)
+
+	bg, cancel := context.WithTimeout(context.Background(), kvTimeout)
+	defer cancel()
+	if errors.Is(cause, errFenced) {
+		log.WithError(cause).Error("job stopped")
+		return
+	}
+	if errors.Is(cause, errShutdown) {
+		log.Info("job interrupted by shutdown; it will be redelivered")
+		_ = msg.NakWithDelay(nakDelay)
+		return
+	}
+	if err == nil && cause == nil {
+		final, _, uerr := w.jobs.Update(bg, host, jobID, func(j *kvstate.Job) error {
+			now := time.Now().UTC()
+			j.Status = kvstate.StatusCompleted
+			j.FinishedAt = &now
+			j.Progress = rep.final()
+			j.CacheHit = &res.cacheHit
+			j.ImagePath = res.imagePath
+			j.VolumePath = res.volumePath
+			j.Checksum = res.checksum
+			return nil
+		})
+		var te *kvstate.TransitionError
+		if errors.As(uerr, &te) {
+			cause = errCancelled // cancelled at the last moment: undo below
+		} else if uerr != nil {
+			log.WithError(uerr).Warn("could not record completion; the job will be redelivered")
+			_ = msg.NakWithDelay(nakDelay)
+			return
+		} else {
+			_ = msg.DoubleAck(bg)
+			w.metrics.jobs.WithLabelValues(string(kvstate.StatusCompleted)).Inc()
+			w.metrics.duration.WithLabelValues("completed").Observe(time.Since(started).Seconds())
+			w.publishEvent(host, jobID, final)
+			log.WithFields(logrus.Fields{"cache_hit": res.cacheHit, "volume_path": res.volumePath, "seconds": time.Since(started).Seconds()}).Info("job completed")
+			return
+		}
+	}
+	if res.created {
+		if derr := w.parts.Backend.Delete(bg, m.VolumeName); derr != nil {
+			log.WithError(derr).Error("rollback: could not remove the volume this job created")
+			if err != nil {
+				err = fmt.Errorf("%w (and removing the volume this job created failed: %v)", err, derr)
+			}
+		} else {
+			log.WithField("volume", m.VolumeName).Info("rollback: removed the volume this job created")
+		}
+	}
+	if errors.Is(cause, errCancelled) {
+		_ = msg.Term()
+		w.metrics.jobs.WithLabelValues(string(kvstate.StatusCancelled)).Inc()
+		w.metrics.duration.WithLabelValues("cancelled").Observe(time.Since(started).Seconds())
+		w.publishEvent(host, jobID, kvstate.Job{JobID: jobID, Status: kvstate.StatusCancelled})
+		log.Info("job cancelled")
+		return
+	}
+	w.metrics.duration.WithLabelValues("failed").Observe(time.Since(started).Seconds())
+	w.fail(bg, log, host, jobID, err.Error())
+	_ = msg.TermWithReason("failed")
+}
+
+// leaseRenewer holds the volume lease once the job has taken it, so the
+// keep-alive timer renews it.
+type leaseRenewer struct {
+	mu    sync.Mutex
+	lease *kvstate.HeldLease
+}
+
+func (l *leaseRenewer) set(h *kvstate.HeldLease) {
+	l.mu.Lock()
+	l.lease = h
+	l.mu.Unlock()
+}
+
+func (l *leaseRenewer) renew(ctx context.Context, ttl time.Duration) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.lease == nil {
+		return nil
+	}
+	return l.lease.Renew(ctx, ttl)
+}
+
+// keepAlive sends in-progress acks from a timer (not from progress: some
+// stages are silent for minutes) and renews the volume lease. When renewal
+// fails for so long that the message may be redelivered, it stops the job.
+func (w *Worker) keepAlive(ctx context.Context, stop context.CancelCauseFunc, msg jetstream.Msg, lease *leaseRenewer) {
+	every := w.cfg.AckWait / 3
+	t := time.NewTicker(every)
+	defer t.Stop()
+	lastOK := time.Now()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		rctx, cancel := context.WithTimeout(ctx, every)
+		err := msg.InProgress()
+		if err == nil {
+			err = lease.renew(rctx, w.cfg.AckWait)
+		}
+		cancel()
+		if err == nil {
+			lastOK = time.Now()
+			continue
+		}
+		w.log.WithError(err).Warn("in-progress ack failed")
+		if time.Since(lastOK) > w.cfg.AckWait-every/2 {
+			stop(errFenced)
+			return
+		}
+	}
+}
+
+// watchCancel stops the job when its record turns cancelled.
+func (w *Worker) watchCancel(ctx context.Context, stop context.CancelCauseFunc, host, jobID string) {
+	for ctx.Err() == nil {
+		watcher, err := w.jobs.Watch(ctx, host, jobID)
+		if err != nil {
+			time.Sleep(time.Second)
+			continue
+		}
+		for e := range watcher.Updates() {
+			if e == nil {
+				continue
+			}
+			if e.Operation() != jetstream.KeyValuePut {
+				continue
+			}
+			var j kvstate.Job
+			if json.Unmarshal(e.Value(), &j) == nil && j.Status == kvstate.StatusCancelled {
+				stop(errCancelled)
+			}
+		}
+		_ = watcher.Stop()
+	}
+}
+
+type result struct {
+	cacheHit   bool
+	imagePath  string
+	volumePath string
+	checksum   string
+	created    bool
+}
+
+// execute runs the pipeline's stages. res.created tells the caller whether
+// there is a volume of this job's to roll back.
+func (w *Worker) execute(ctx context.Context, rep *reporter, rec kvstate.Job, m messaging.Job, lease *leaseRenewer) (res result, err error) {
+	ref, err := messaging.ParseImageURL(m.ImageURL)
+	if err != nil {
+		return res, err
+	}
+	if ref.Endpoint != w.parts.Source.Endpoint() {
+		return res, fmt.Errorf("image_url names endpoint %s, but this worker's object store is %s", ref.Endpoint, w.parts.Source.Endpoint())
+	}
+	entry, hit, err := w.parts.Cache.Ensure(ctx, w.parts.Source, ref, rep.progress)
+	if err != nil {
+		return res, fmt.Errorf("fetch image: %w", err)
+	}
+	res.cacheHit, res.imagePath, res.checksum = hit, entry.Path, entry.Checksum
+	rep.setCache(ctx, hit, entry.Path, entry.Checksum)
+
+	rep.progress(pipeline.StageInspect, 0, 0)
+	imageType := m.ImageType
+	img, err := pipeline.Inspect(entry.Path, imageType)
+	if err != nil {
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), kvTimeout)
+		defer cancel()
+		if rerr := w.parts.Cache.Remove(rctx, entry.Key); rerr != nil {
+			return res, fmt.Errorf("image refused: %w (removing it from the cache failed: %v)", err, rerr)
+		}
+		return res, fmt.Errorf("image refused, removed from the cache, nothing written: %w", err)
+	}
+	if m.Kind == messaging.KindCacheFetch {
+		return res, nil
+	}
+
+	rep.progress(pipeline.StageVolume, 0, 0)
+	held, err := w.leases.Acquire(ctx, rec.Hypervisor, m.VolumeName, rec.JobID, w.cfg.AckWait)
+	if err != nil {
+		return res, err
+	}
+	lease.set(held)
+	defer func() {
+		lease.set(nil)
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), kvTimeout)
+		defer cancel()
+		_ = held.Release(rctx)
+	}()
+
+	want := m.VolumeSizeBytes()
+	vol, exists, err := w.parts.Backend.Lookup(ctx, m.VolumeName)
+	if err != nil {
+		return res, err
+	}
+	if exists {
+		if rec.VolumeCreated {
+			res.created = true // an earlier attempt of this job created it
+		} else if err := pipeline.CheckReuse(vol, want); err != nil {
+			return res, err
+		}
+	} else {
+		if err := img.CheckFits(want); err != nil {
+			return res, err
+		}
+		if err := rep.markVolumeCreated(ctx); err != nil {
+			return res, err
+		}
+		vol, err = w.parts.Backend.Create(ctx, m.VolumeName, want)
+		if err != nil {
+			return res, fmt.Errorf("create volume %q: %w", m.VolumeName, err)
+		}
+		res.created = true
+	}
+	res.volumePath = vol.Path
+	if err := img.CheckFits(vol.Size); err != nil {
+		return res, err
+	}
+	rep.progress(pipeline.StagePopulate, 0, img.VirtualSize)
+	if err := w.parts.Converter.Convert(ctx, img, entry.Path, vol, rep.progress); err != nil {
+		if cause := context.Cause(ctx); cause != nil {
+			return res, cause
+		}
+		return res, fmt.Errorf("populate volume %q: %w", m.VolumeName, err)
+	}
+	rep.progress(pipeline.StageFinalize, 0, 0)
+	return res, nil
+}
+
+func (w *Worker) publishEvent(host, jobID string, j kvstate.Job) {
+	ev := messaging.Event{JobID: jobID, Host: host, Status: string(j.Status), Attempt: j.Attempt, Error: j.Error, Time: time.Now().UTC()}
+	if j.Progress != nil {
+		ev.Stage, ev.Percent, ev.Bytes, ev.Total, ev.ETASec = j.Progress.Stage, j.Progress.Percent, j.Progress.BytesProcessed, j.Progress.BytesTotal, j.Progress.ETASec
+	}
+	data, _ := json.Marshal(ev)
+	_ = w.nc.Publish(w.subjects.Event(host, jobID), data)
+}

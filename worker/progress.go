@@ -1,0 +1,130 @@
+package worker
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/libvirt-volume-provisioner/provisioner/kvstate"
+	"github.com/libvirt-volume-provisioner/provisioner/messaging"
+	"github.com/libvirt-volume-provisioner/provisioner/pipeline"
+)
+
+// stageRange is the part of the overall percentage a stage covers.
+type stageRange struct{ from, to int }
+
+var provisionStages = map[string]stageRange{
+	pipeline.StageChecksum:   {0, 1},
+	pipeline.StageCacheCheck: {1, 1},
+	pipeline.StageDownload:   {1, 45},
+	pipeline.StageVerify:     {45, 50},
+	pipeline.StageInspect:    {50, 50},
+	pipeline.StageVolume:     {51, 51},
+	pipeline.StagePopulate:   {52, 98},
+	pipeline.StageFinalize:   {99, 99},
+}
+
+var fetchStages = map[string]stageRange{
+	pipeline.StageChecksum:   {0, 1},
+	pipeline.StageCacheCheck: {1, 1},
+	pipeline.StageDownload:   {1, 90},
+	pipeline.StageVerify:     {90, 98},
+	pipeline.StageInspect:    {99, 99},
+}
+
+// reporter turns stage progress into an overall percentage that never goes
+// backwards within an attempt (and reaches 100 only on completion), and
+// writes it to the record and as an event: at most once per interval, and
+// on every stage change.
+type reporter struct {
+	w       *Worker
+	host    string
+	jobID   string
+	attempt int
+	stages  map[string]stageRange
+	started time.Time
+
+	mu        sync.Mutex
+	progress_ kvstate.Progress
+	lastStage string
+	lastSent  time.Time
+}
+
+func newReporter(w *Worker, rec kvstate.Job) *reporter {
+	stages := provisionStages
+	if rec.Kind == messaging.KindCacheFetch {
+		stages = fetchStages
+	}
+	return &reporter{w: w, host: rec.Hypervisor, jobID: rec.JobID, attempt: rec.Attempt, stages: stages, started: time.Now()}
+}
+
+func (r *reporter) progress(stage string, done, total int64) {
+	r.mu.Lock()
+	rng, ok := r.stages[stage]
+	if !ok {
+		rng = stageRange{r.progress_.Percent, r.progress_.Percent}
+	}
+	pct := rng.from
+	if total > 0 && rng.to > rng.from {
+		pct = rng.from + int(int64(rng.to-rng.from)*min(done, total)/total)
+	}
+	pct = max(pct, r.progress_.Percent)
+	r.progress_ = kvstate.Progress{Stage: stage, Percent: pct, BytesProcessed: done, BytesTotal: total}
+	if pct >= 2 {
+		elapsed := time.Since(r.started)
+		eta := int64(elapsed.Seconds() * float64(100-pct) / float64(pct))
+		r.progress_.ETASec = &eta
+	}
+	changed := stage != r.lastStage
+	due := time.Since(r.lastSent) >= r.w.cfg.ProgressInterval
+	if !changed && !due {
+		r.mu.Unlock()
+		return
+	}
+	r.lastStage, r.lastSent = stage, time.Now()
+	p := r.progress_
+	r.mu.Unlock()
+
+	ctx, cancel := context.WithTimeout(context.Background(), kvTimeout)
+	defer cancel()
+	rec, _, err := r.w.jobs.Update(ctx, r.host, r.jobID, func(j *kvstate.Job) error {
+		if j.Status != kvstate.StatusRunning {
+			return &kvstate.TransitionError{From: j.Status, To: j.Status}
+		}
+		j.Progress = &p
+		return nil
+	})
+	if err == nil {
+		r.w.publishEvent(r.host, r.jobID, rec)
+	}
+}
+
+// final is the progress of a completed job.
+func (r *reporter) final() *kvstate.Progress {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return &kvstate.Progress{Stage: pipeline.StageFinalize, Percent: 100, BytesProcessed: r.progress_.BytesTotal, BytesTotal: r.progress_.BytesTotal}
+}
+
+// setCache records whether the image came from the cache.
+func (r *reporter) setCache(ctx context.Context, hit bool, path, checksum string) {
+	_, _, _ = r.w.jobs.Update(ctx, r.host, r.jobID, func(j *kvstate.Job) error {
+		j.CacheHit = &hit
+		j.ImagePath = path
+		j.Checksum = checksum
+		return nil
+	})
+}
+
+// markVolumeCreated records, before the volume exists, that this job creates
+// it, so a later attempt after a crash knows the volume is its own.
+func (r *reporter) markVolumeCreated(ctx context.Context) error {
+	_, _, err := r.w.jobs.Update(ctx, r.host, r.jobID, func(j *kvstate.Job) error {
+		if j.Status != kvstate.StatusRunning {
+			return &kvstate.TransitionError{From: j.Status, To: j.Status}
+		}
+		j.VolumeCreated = true
+		return nil
+	})
+	return err
+}

@@ -1,0 +1,268 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/sirupsen/logrus"
+
+	"github.com/libvirt-volume-provisioner/provisioner/kvstate"
+	"github.com/libvirt-volume-provisioner/provisioner/messaging"
+	"github.com/libvirt-volume-provisioner/provisioner/pipeline"
+)
+
+// Slots is how many jobs a worker runs at once; the consumer's
+// MaxAckPending is the same, so the rest wait in the stream.
+const Slots = 2
+
+// Config configures a worker.
+type Config struct {
+	// Host is the host token this worker serves.
+	Host string
+	// MachineID identifies the machine that owns Host.
+	MachineID string
+	Version   string
+	// AckWait is the consumer's ack wait; in-progress acks go out every third of it.
+	AckWait time.Duration
+	// MaxDeliver bounds deliveries of one job; the last one fails it.
+	MaxDeliver int
+	// Heartbeat is the host registry renewal interval.
+	Heartbeat time.Duration
+	// ProgressInterval rate-limits progress updates and events.
+	ProgressInterval time.Duration
+}
+
+// Parts are the pipeline's implementations a worker drives.
+type Parts struct {
+	Source    Source
+	Cache     ImageCache
+	Backend   pipeline.Backend
+	Converter pipeline.Converter
+}
+
+// Source is the image store as the worker needs it.
+type Source interface {
+	pipeline.Source
+	// Endpoint is the configured endpoint, host:port.
+	Endpoint() string
+}
+
+// ImageCache is the host's image cache as the worker needs it.
+type ImageCache interface {
+	Ensure(ctx context.Context, src pipeline.Source, ref messaging.ImageRef, progress pipeline.ProgressFunc) (kvstate.CacheEntry, bool, error)
+	// Remove deletes an entry and its file (an image found to be unusable).
+	Remove(ctx context.Context, key string) error
+	Reconcile(ctx context.Context) error
+}
+
+// Worker runs one host's jobs.
+type Worker struct {
+	cfg      Config
+	nc       *nats.Conn
+	js       jetstream.JetStream
+	subjects messaging.Subjects
+	jobs     kvstate.Jobs
+	hosts    kvstate.Hosts
+	leases   kvstate.Leases
+	cacheKV  jetstream.KeyValue
+	parts    Parts
+	log      *logrus.Logger
+	metrics  *metrics
+	started  time.Time
+	active   atomic.Int32
+	waiting  atomic.Int64
+}
+
+type metrics struct {
+	registry *prometheus.Registry
+	jobs     *prometheus.CounterVec
+	active   prometheus.Gauge
+	duration *prometheus.HistogramVec
+	waiting  prometheus.GaugeFunc
+}
+
+func newMetrics(w *Worker) *metrics {
+	m := &metrics{registry: prometheus.NewRegistry()}
+	m.jobs = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "libvirt_volume_provisioner_jobs_total", Help: "Jobs this worker ended, by status (completed, failed, cancelled).",
+	}, []string{"status"})
+	m.active = prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "libvirt_volume_provisioner_active_jobs", Help: "Jobs this worker is running now.",
+	})
+	m.duration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name: "libvirt_volume_provisioner_job_duration_seconds", Help: "Duration of jobs by outcome.",
+		Buckets: prometheus.ExponentialBuckets(0.25, 2, 14),
+	}, []string{"outcome"})
+	m.waiting = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "libvirt_volume_provisioner_jobs_waiting", Help: "Jobs waiting in this host's queue (last seen).",
+	}, func() float64 { return float64(w.waiting.Load()) })
+	m.registry.MustRegister(m.jobs, m.active, m.duration, m.waiting, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// New binds a worker to the streams and buckets the API created; it waits
+// for them until ctx ends.
+func New(ctx context.Context, cfg Config, nc *nats.Conn, subjects messaging.Subjects, parts Parts, log *logrus.Logger) (*Worker, error) {
+	if !messaging.ValidHost(cfg.Host) {
+		return nil, fmt.Errorf("host name %q is not a valid host token (lower-case letters, digits, dashes)", cfg.Host)
+	}
+	if cfg.AckWait <= 0 {
+		cfg.AckWait = 2 * time.Minute
+	}
+	if cfg.MaxDeliver <= 1 {
+		cfg.MaxDeliver = 5
+	}
+	if cfg.Heartbeat <= 0 {
+		cfg.Heartbeat = 5 * time.Second
+	}
+	if cfg.ProgressInterval <= 0 {
+		cfg.ProgressInterval = time.Second
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return nil, err
+	}
+	var b messaging.Buckets
+	for {
+		bctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		b, err = messaging.BindBuckets(bctx, js)
+		cancel()
+		if err == nil {
+			break
+		}
+		log.WithError(err).Warn("waiting for the API to create streams and buckets")
+		select {
+		case <-ctx.Done():
+			return nil, err
+		case <-time.After(time.Second):
+		}
+	}
+	w := &Worker{cfg: cfg, nc: nc, js: js, subjects: subjects, parts: parts, log: log, started: time.Now(),
+		jobs: kvstate.Jobs{KV: b.Jobs}, hosts: kvstate.Hosts{KV: b.Hosts}, leases: kvstate.Leases{KV: b.Volumes}, cacheKV: b.Cache}
+	w.metrics = newMetrics(w)
+	return w, nil
+}
+
+// Registry is the worker's Prometheus registry.
+func (w *Worker) Registry() *prometheus.Registry { return w.metrics.registry }
+
+// Run claims the host, reconciles the cache and works jobs until ctx ends.
+// Jobs still running then are stopped and left for redelivery.
+func (w *Worker) Run(ctx context.Context) error {
+	h := kvstate.Host{Name: w.cfg.Host, MachineID: w.cfg.MachineID, Version: w.cfg.Version, StartedAt: time.Now().UTC(), LastSeen: time.Now().UTC(), Heartbeat: w.cfg.Heartbeat}
+	rev, err := w.hosts.Claim(ctx, h)
+	if err != nil {
+		return fmt.Errorf("register host %s: %w", w.cfg.Host, err)
+	}
+	if err := w.parts.Cache.Reconcile(ctx); err != nil {
+		return fmt.Errorf("reconcile image cache: %w", err)
+	}
+	cons, err := w.js.CreateOrUpdateConsumer(ctx, messaging.JobStream, messaging.ConsumerConfig(w.subjects, w.cfg.Host, w.cfg.AckWait, w.cfg.MaxDeliver))
+	if err != nil {
+		return fmt.Errorf("bind consumer %s: %w", messaging.ConsumerName(w.cfg.Host), err)
+	}
+	w.log.WithFields(logrus.Fields{"host": w.cfg.Host, "consumer": messaging.ConsumerName(w.cfg.Host), "ack_wait": w.cfg.AckWait.String()}).Info("worker started")
+
+	runCtx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		if err := w.heartbeat(runCtx, h, rev, cons); err != nil {
+			cancel(err)
+		}
+	})
+	for slot := range Slots {
+		wg.Go(func() { w.slot(runCtx, slot, cons) })
+	}
+	wg.Wait()
+	if err := context.Cause(runCtx); err != nil && !errors.Is(err, context.Canceled) {
+		return err
+	}
+	return nil
+}
+
+// heartbeat renews the host entry; losing the name to another machine stops the worker.
+func (w *Worker) heartbeat(ctx context.Context, h kvstate.Host, rev uint64, cons jetstream.Consumer) error {
+	t := time.NewTicker(w.cfg.Heartbeat)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+		}
+		h.LastSeen = time.Now().UTC()
+		h.ActiveJobs = int(w.active.Load())
+		rctx, cancel := context.WithTimeout(ctx, w.cfg.Heartbeat)
+		newRev, err := w.hosts.Renew(rctx, h, rev)
+		if info, ierr := cons.Info(rctx); ierr == nil {
+			w.waiting.Store(int64(info.NumPending))
+		}
+		cancel()
+		if errors.Is(err, kvstate.ErrHostClaimed) {
+			w.log.WithError(err).Error("host name lost; stopping")
+			return err
+		}
+		if err != nil {
+			w.log.WithError(err).Warn("host heartbeat failed")
+			continue
+		}
+		rev = newRev
+	}
+}
+
+// slot fetches and runs one job at a time until ctx ends.
+func (w *Worker) slot(ctx context.Context, slot int, cons jetstream.Consumer) {
+	for ctx.Err() == nil {
+		msg, err := cons.Next(jetstream.FetchMaxWait(time.Second), jetstream.FetchContext(ctx))
+		if err != nil {
+			if !errors.Is(err, jetstream.ErrNoMessages) && !errors.Is(err, nats.ErrTimeout) && ctx.Err() == nil && !errors.Is(err, context.DeadlineExceeded) {
+				w.log.WithError(err).WithField("slot", slot).Warn("fetch failed")
+				time.Sleep(500 * time.Millisecond)
+			}
+			continue
+		}
+		w.handle(ctx, msg)
+	}
+}
+
+// Health is the body of the worker's health endpoints.
+type Health struct {
+	Status     string    `json:"status"`
+	Timestamp  time.Time `json:"timestamp"`
+	Version    string    `json:"version"`
+	Uptime     string    `json:"uptime"`
+	Host       string    `json:"hypervisor"`
+	ActiveJobs int       `json:"active_jobs"`
+	Waiting    int64     `json:"waiting_jobs"`
+	NATS       string    `json:"nats"`
+}
+
+// Health reports "degraded" when more than two jobs are active on the host
+// (running and waiting together) or NATS is unreachable.
+func (w *Worker) Health() Health {
+	h := Health{Status: "healthy", Timestamp: time.Now().UTC(), Version: w.cfg.Version, Uptime: time.Since(w.started).Round(time.Second).String(),
+		Host: w.cfg.Host, ActiveJobs: int(w.active.Load()), Waiting: w.waiting.Load(), NATS: "ok"}
+	if !w.nc.IsConnected() {
+		h.NATS = "unreachable"
+		h.Status = "degraded"
+	}
+	if int64(h.ActiveJobs)+h.Waiting > 2 {
+		h.Status = "degraded"
+	}
+	return h
+}
+
+// CacheBucket is the cache index bucket, for building the image cache.
+func (w *Worker) CacheBucket() jetstream.KeyValue { return w.cacheKV }
+
+// SetCache sets the image cache (built from CacheBucket) before Run.
+func (w *Worker) SetCache(c ImageCache) { w.parts.Cache = c }
