@@ -36,7 +36,7 @@ func JobStreamConfig(s Subjects, l Limits) jetstream.StreamConfig {
 		Storage:              jetstream.FileStorage,
 		Replicas:             l.Replicas,
 		MaxMsgs:              l.MaxQueuedJobs,
-		MaxBytes:             l.MaxQueuedJobs * 4096,
+		MaxBytes:             256 << 20,
 		MaxMsgSize:           MaxJobMessageBytes,
 		MaxMsgsPerSubject:    1,
 		Discard:              jetstream.DiscardNew,
@@ -56,7 +56,7 @@ func EventStreamConfig(s Subjects, l Limits) jetstream.StreamConfig {
 		Storage:           jetstream.FileStorage,
 		Replicas:          l.Replicas,
 		MaxAge:            l.EventRetention,
-		MaxBytes:          256 << 20,
+		MaxBytes:          128 << 20,
 		MaxMsgsPerSubject: 500,
 		Discard:           jetstream.DiscardOld,
 		AllowDirect:       true,
@@ -66,12 +66,16 @@ func EventStreamConfig(s Subjects, l Limits) jetstream.StreamConfig {
 // BucketConfigs are the configurations of the KV buckets.
 func BucketConfigs(l Limits) []jetstream.KeyValueConfig {
 	return []jetstream.KeyValueConfig{
-		{Bucket: JobBucket, Description: "job records, <host>.<job_id>", TTL: l.JobRetention, MaxBytes: 1 << 30, Replicas: l.Replicas, Storage: jetstream.FileStorage},
-		{Bucket: CacheBucket, Description: "image cache index, <host>.<sha256>", MaxBytes: 256 << 20, Replicas: l.Replicas, Storage: jetstream.FileStorage},
-		{Bucket: HostBucket, Description: "host registry, <host>", MaxBytes: 64 << 20, Replicas: l.Replicas, Storage: jetstream.FileStorage},
-		{Bucket: VolumeBucket, Description: "volume leases, <host>.<volume>", MaxBytes: 64 << 20, Replicas: l.Replicas, Storage: jetstream.FileStorage},
+		{Bucket: JobBucket, Description: "job records, <host>.<job_id>", TTL: l.JobRetention, MaxBytes: 256 << 20, Replicas: l.Replicas, Storage: jetstream.FileStorage},
+		{Bucket: CacheBucket, Description: "image cache index, <host>.<sha256>", MaxBytes: 64 << 20, Replicas: l.Replicas, Storage: jetstream.FileStorage},
+		{Bucket: HostBucket, Description: "host registry, <host>", MaxBytes: 16 << 20, Replicas: l.Replicas, Storage: jetstream.FileStorage},
+		{Bucket: VolumeBucket, Description: "volume leases, <host>.<volume>", MaxBytes: 16 << 20, Replicas: l.Replicas, Storage: jetstream.FileStorage},
 	}
 }
+
+// ReservedBytes is the storage the streams and buckets reserve together
+// (about 736 MiB); JetStream's storage limit must be at least this.
+const ReservedBytes = (256 + 128 + 256 + 64 + 16 + 16) << 20
 
 // Setup creates or updates the streams and KV buckets. It is idempotent and
 // is run by the API at start-up; workers only bind to what it made.

@@ -31,7 +31,7 @@ func TestAPIErrors(t *testing.T) {
 	requireError(t, post(map[string]any{"volume_size_gb": 1}), 400, "invalid request", "image_url and volume_name are required")
 	requireError(t, post(map[string]any{"image_url": url, "volume_size_gb": 1}), 400, "invalid request", "volume_name is required")
 	requireError(t, post(map[string]any{"image_url": url, "volume_name": "v"}), 400, "invalid request", "volume_size_gb is required")
-	requireError(t, post(`{"image_url": `), 400, "invalid request", "malformed JSON at byte 14: unexpected EOF")
+	requireError(t, post(`{"image_url": `), 400, "invalid request", "malformed JSON: the body ends before the JSON object does")
 	requireError(t, post(""), 400, "invalid request", "request body is empty; send a JSON object")
 	requireError(t, post(map[string]any{"image_url": url, "volume_name": "v", "volume_size_gb": "ten"}), 400, "invalid request", `field "volume_size_gb" must be a number, not string`)
 	requireError(t, post(map[string]any{"image_url": url, "volume_name": "v", "volume_size_gb": 1, "colour": "red"}), 400, "invalid request", `unknown field "colour"`)

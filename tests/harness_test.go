@@ -160,7 +160,7 @@ func newEnv(t *testing.T, o envOptions) *env {
 		"PROVISIONER_DEFAULT_HYPERVISOR=h1",
 		"PROVISIONER_JETSTREAM_MAX_STORE=1073741824",
 		"MINIO_ENDPOINT=" + m.Endpoint,
-		"PROVISIONER_LOG_LEVEL=debug",
+		"PROVISIONER_LOG_LEVEL=info",
 	}, o.apiEnv...)
 	e.api = startProc(t, "api", filepath.Join(dir, "api.log"), apiEnv)
 	e.waitHTTP(e.apiURL + "/livez")
@@ -224,7 +224,7 @@ func (e *env) workerEnv(host string, extra ...string) []string {
 		"MINIO_ENDPOINT=" + e.minio.Endpoint,
 		"MINIO_ACCESS_KEY=" + e.minio.AccessKey,
 		"MINIO_SECRET_KEY=" + e.minio.SecretKey,
-		"PROVISIONER_LOG_LEVEL=debug",
+		"PROVISIONER_LOG_LEVEL=info",
 	}, extra...)
 }
 

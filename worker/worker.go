@@ -222,7 +222,9 @@ func (w *Worker) heartbeat(ctx context.Context, h kvstate.Host, rev uint64, cons
 // slot fetches and runs one job at a time until ctx ends.
 func (w *Worker) slot(ctx context.Context, slot int, cons jetstream.Consumer) {
 	for ctx.Err() == nil {
-		msg, err := cons.Next(jetstream.FetchMaxWait(time.Second), jetstream.FetchContext(ctx))
+		fctx, cancel := context.WithTimeout(ctx, time.Second)
+		msg, err := cons.Next(jetstream.FetchContext(fctx))
+		cancel()
 		if err != nil {
 			if !errors.Is(err, jetstream.ErrNoMessages) && !errors.Is(err, nats.ErrTimeout) && ctx.Err() == nil && !errors.Is(err, context.DeadlineExceeded) {
 				w.log.WithError(err).WithField("slot", slot).Warn("fetch failed")

@@ -131,6 +131,10 @@ func setupWithRetry(ctx context.Context, js jetstream.JetStream, s messaging.Sub
 		if err == nil {
 			return nil
 		}
+		var apiErr *jetstream.APIError
+		if errors.As(err, &apiErr) {
+			return fmt.Errorf("set up streams and buckets: %w (they reserve %d MiB of JetStream storage)", err, messaging.ReservedBytes>>20)
+		}
 		log.WithError(err).Warn("cannot set up streams and buckets yet; retrying")
 		select {
 		case <-ctx.Done():
