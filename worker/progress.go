@@ -44,8 +44,10 @@ type reporter struct {
 	stages  map[string]stageRange
 	started time.Time
 
-	mu        sync.Mutex
-	progress_ kvstate.Progress
+	mu  sync.Mutex
+	cur kvstate.Progress
+	// sized is the last progress with a known total, kept for the final record.
+	sized     kvstate.Progress
 	lastStage string
 	lastSent  time.Time
 }
@@ -62,18 +64,21 @@ func (r *reporter) progress(stage string, done, total int64) {
 	r.mu.Lock()
 	rng, ok := r.stages[stage]
 	if !ok {
-		rng = stageRange{r.progress_.Percent, r.progress_.Percent}
+		rng = stageRange{r.cur.Percent, r.cur.Percent}
 	}
 	pct := rng.from
 	if total > 0 && rng.to > rng.from {
 		pct = rng.from + int(int64(rng.to-rng.from)*min(done, total)/total)
 	}
-	pct = max(pct, r.progress_.Percent)
-	r.progress_ = kvstate.Progress{Stage: stage, Percent: pct, BytesProcessed: done, BytesTotal: total}
+	pct = max(pct, r.cur.Percent)
+	r.cur = kvstate.Progress{Stage: stage, Percent: pct, BytesProcessed: done, BytesTotal: total}
+	if total > 0 {
+		r.sized = r.cur
+	}
 	if pct >= 2 {
 		elapsed := time.Since(r.started)
 		eta := int64(elapsed.Seconds() * float64(100-pct) / float64(pct))
-		r.progress_.ETASec = &eta
+		r.cur.ETASec = &eta
 	}
 	changed := stage != r.lastStage
 	due := time.Since(r.lastSent) >= r.w.cfg.ProgressInterval
@@ -82,7 +87,7 @@ func (r *reporter) progress(stage string, done, total int64) {
 		return
 	}
 	r.lastStage, r.lastSent = stage, time.Now()
-	p := r.progress_
+	p := r.cur
 	r.mu.Unlock()
 
 	ctx, cancel := context.WithTimeout(context.Background(), kvTimeout)
@@ -103,7 +108,7 @@ func (r *reporter) progress(stage string, done, total int64) {
 func (r *reporter) final() *kvstate.Progress {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return &kvstate.Progress{Stage: pipeline.StageFinalize, Percent: 100, BytesProcessed: r.progress_.BytesTotal, BytesTotal: r.progress_.BytesTotal}
+	return &kvstate.Progress{Stage: pipeline.StageFinalize, Percent: 100, BytesProcessed: r.sized.BytesTotal, BytesTotal: r.sized.BytesTotal}
 }
 
 // setCache records whether the image came from the cache.

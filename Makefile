@@ -1,0 +1,47 @@
+# The front door: make demo, make test, make run, make bench, make lint.
+SHELL := /bin/bash
+GO ?= go
+BIN := bin
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+LDFLAGS := -X github.com/libvirt-volume-provisioner/provisioner/internal/version.Version=$(VERSION)
+
+.PHONY: all build deps run demo test unit integration bench lint clean
+
+all: build
+
+## build: compile bin/api and bin/worker
+build:
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/ ./cmd/api ./cmd/worker
+
+## deps: install what the tests and the demo need (Debian packages, MinIO server)
+deps:
+	scripts/install-deps.sh
+
+## run: start the API (embedded NATS) and one worker (host "local", file backend), state under ./var
+run: build
+	scripts/run.sh
+
+## demo: run everything on one machine and provision two volumes from a realistic QCOW2 in MinIO
+demo: deps build
+	demo/run.sh
+
+## test: unit and integration tests against real NATS, MinIO and qemu-img
+test: deps
+	$(GO) vet ./...
+	$(GO) test -count=1 -timeout 20m ./...
+
+## unit: the tests that need nothing but Go
+unit:
+	$(GO) test -count=1 ./messaging/... ./kvstate/... ./config/... ./api/...
+
+## bench: Go benchmarks
+bench: deps
+	$(GO) test -run '^$$' -bench . -benchmem ./...
+
+## lint: formatting and vet
+lint:
+	@test -z "$$(gofmt -l .)" || (gofmt -l .; exit 1)
+	$(GO) vet ./...
+
+clean:
+	rm -rf $(BIN) var
