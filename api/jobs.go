@@ -255,7 +255,6 @@ func (s *Server) findJob(ctx context.Context, jobID string) (kvstate.Job, error)
 		return kvstate.Job{}, kvstate.ErrNotFound
 	}
 	rec, _, _ := kvstate.FromMessage(raw.Data, host, jobID, raw.Time)
-	rec.Caller = "nats"
 	if _, err := s.jobs.Create(ctx, rec); err != nil && !errors.Is(err, kvstate.ErrExists) {
 		return kvstate.Job{}, err
 	}

@@ -32,12 +32,19 @@ func FromMessage(data []byte, host, jobID string, now time.Time) (Job, messaging
 	}
 	if err != nil {
 		rec := NewJob(messaging.Job{JobID: jobID, Kind: m.Kind, ImageURL: m.ImageURL, ImageType: m.ImageType,
-			VolumeName: m.VolumeName, VolumeSizeGB: m.VolumeSizeGB, CorrelationID: m.CorrelationID}, host, now)
+			VolumeName: m.VolumeName, VolumeSizeGB: m.VolumeSizeGB, CorrelationID: m.CorrelationID, Caller: CallerNATS}, host, now)
 		rec.Status = StatusFailed
 		rec.Error = "invalid job message: " + err.Error()
 		t := now.UTC()
 		rec.FinishedAt = &t
 		return rec, m, err
 	}
+	if m.Caller == "" {
+		m.Caller = CallerNATS
+	}
 	return NewJob(m, host, now), m, nil
 }
+
+// CallerNATS is the caller recorded for a job published straight to NATS
+// without one.
+const CallerNATS = "nats"
