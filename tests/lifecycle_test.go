@@ -235,3 +235,66 @@ func TestHostNameClaimedByAnotherMachine(t *testing.T) {
 	require.Error(t, p.err)
 	require.Contains(t, p.output(), `host name is claimed by another machine: host "h1" belongs to machine machine-h1`)
 }
+
+func TestLastDeliveryFailsTheJob(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{noWorker: true})
+	w := e.startWorker("h1", slow, "PROVISIONER_MAX_DELIVER=2")
+	qcow2, _ := image(t, 64<<20, 10)
+	url := e.upload("images/last.qcow2", qcow2, true)
+
+	id := e.submit(map[string]any{"image_url": url, "volume_name": "vm-last", "volume_size_gb": 1})
+	e.waitJob(id, 30*time.Second, func(j job) bool { return j.Progress != nil && j.Progress.Stage == "populating" })
+	w.kill()
+	e.startWorker("h1", "PROVISIONER_MAX_DELIVER=2")
+	j := e.waitStatus(id, "failed")
+	require.Equal(t, "gave up after 2 deliveries: the job never finished (its worker stopped or lost contact while running it)", j.Error)
+	require.Equal(t, 1, j.Attempt, "the last delivery does not run the job")
+}
+
+func TestProgressEventsNeverGoBackwards(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{noWorker: true})
+	e.startWorker("h1", "PROVISIONER_WRITE_LIMIT=8388608")
+	qcow2, _ := image(t, 32<<20, 11)
+	url := e.upload("images/events.qcow2", qcow2, true)
+	nc := e.connectNATS()
+	events := make(chan *nats.Msg, 1000)
+	sub, err := nc.ChanSubscribe("provisioner.events.h1.*", events)
+	require.NoError(t, err)
+	defer sub.Unsubscribe()
+	require.NoError(t, nc.Flush())
+
+	id := e.submit(map[string]any{"image_url": url, "volume_name": "vm-ev", "volume_size_gb": 1})
+	e.waitStatus(id, "completed")
+	last, stages := -1, map[string]bool{}
+	for {
+		select {
+		case m := <-events:
+			require.Equal(t, "provisioner.events.h1."+id, m.Subject)
+			var ev struct {
+				Status  string `json:"status"`
+				Stage   string `json:"stage"`
+				Percent int    `json:"percent"`
+				Attempt int    `json:"attempt"`
+			}
+			require.NoError(t, json.Unmarshal(m.Data, &ev))
+			require.GreaterOrEqual(t, ev.Percent, last, "progress went backwards: %s", m.Data)
+			last = ev.Percent
+			stages[ev.Stage] = true
+			if ev.Status != "completed" {
+				require.Less(t, ev.Percent, 100, "100%% only on completion: %s", m.Data)
+				require.Equal(t, "running", ev.Status)
+				require.Equal(t, 1, ev.Attempt)
+				continue
+			}
+			require.Equal(t, 100, ev.Percent)
+			for _, s := range []string{"checksum", "downloading", "inspecting", "creating_volume", "populating"} {
+				require.True(t, stages[s], "no event for stage %s (saw %v)", s, stages)
+			}
+			return
+		case <-time.After(5 * time.Second):
+			t.Fatalf("no completed event; last percent %d, stages %v", last, stages)
+		}
+	}
+}
