@@ -50,6 +50,19 @@ type Cache struct {
 
 	mu    sync.Mutex
 	locks map[string]*keyLock
+
+	// onChange runs after a file is added to or removed from the cache.
+	onChange func(ctx context.Context)
+}
+
+// SetOnChange registers fn to run after a file is added to or removed from
+// the cache (e.g. to refresh libvirt's images pool). Call it before use.
+func (c *Cache) SetOnChange(fn func(ctx context.Context)) { c.onChange = fn }
+
+func (c *Cache) changed(ctx context.Context) {
+	if c.onChange != nil {
+		c.onChange(ctx)
+	}
 }
 
 // keyLock is a per-key lock: a one-slot channel, so waiting can be abandoned.
@@ -164,6 +177,7 @@ func (c *Cache) lookup(ctx context.Context, key, kind string, progress ProgressF
 		if err := c.index.Delete(ctx, c.host, key); err != nil {
 			return e, false, fmt.Errorf("drop stale cache entry of %s: %w", e.SourceURL, err)
 		}
+		c.changed(ctx)
 		return e, false, nil
 	}
 	e.LastUsed = time.Now().UTC()
@@ -275,6 +289,7 @@ func (c *Cache) download(ctx context.Context, src Source, ref messaging.ImageRef
 		_ = os.Remove(final)
 		return kvstate.CacheEntry{}, fmt.Errorf("record %s in the cache index: %w", ref.URL, err)
 	}
+	c.changed(ctx)
 	return e, nil
 }
 
@@ -436,5 +451,9 @@ func (c *Cache) Remove(ctx context.Context, key string) error {
 			return err
 		}
 	}
-	return c.index.Delete(ctx, c.host, key)
+	if err := c.index.Delete(ctx, c.host, key); err != nil {
+		return err
+	}
+	c.changed(ctx)
+	return nil
 }

@@ -69,3 +69,11 @@ type Backend interface {
 type Converter interface {
 	Convert(ctx context.Context, img Image, imagePath string, vol Volume, progress ProgressFunc) error
 }
+
+// UseChecker is implemented by backends that can tell whether something,
+// such as a running VM, holds a volume; the worker refuses to overwrite a
+// volume in use.
+type UseChecker interface {
+	// CheckNotInUse returns an error naming the user when vol is in use.
+	CheckNotInUse(ctx context.Context, vol Volume) error
+}
