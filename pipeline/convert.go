@@ -56,22 +56,34 @@ func (q QemuImg) Convert(ctx context.Context, img Image, imagePath string, vol V
 	if err != nil {
 		return fmt.Errorf("image path %q: %w", imagePath, err)
 	}
-	st, err := os.Lstat(target)
+	target, block, err := resolveTarget(target)
 	if err != nil {
 		return fmt.Errorf("volume %q: %w", vol.Name, err)
 	}
-	if st.Mode().IsRegular() && st.Size() != vol.Size {
-		return fmt.Errorf("volume file %s is %d bytes, not the %d bytes volume %q should have", target, st.Size(), vol.Size, vol.Name)
+	size, err := targetSize(target)
+	if err != nil {
+		return fmt.Errorf("volume %q: %w", vol.Name, err)
 	}
-	if err := ZeroFill(ctx, target, vol.Size); err != nil {
+	switch {
+	case !block && size != vol.Size:
+		return fmt.Errorf("volume file %s is %d bytes, not the %d bytes volume %q should have", target, size, vol.Size, vol.Name)
+	case block && size < vol.Size:
+		return fmt.Errorf("block device %s is %d bytes, smaller than the %d bytes volume %q should have", target, size, vol.Size, vol.Name)
+	}
+	if err := img.CheckFits(size); err != nil {
+		return fmt.Errorf("populate volume %q: %w", vol.Name, err)
+	}
+	// The whole device or file reads as zeros first: the image leaves its
+	// empty ranges unwritten, and nothing an earlier owner left may survive.
+	if err := ZeroFill(ctx, target, size); err != nil {
 		return err
 	}
 	progress(StagePopulate, 0, img.VirtualSize)
 	switch img.Format {
 	case messaging.ImageQCOW2:
-		err = q.convertQCOW2(ctx, img, src, target, progress)
+		err = q.convertQCOW2(ctx, img, src, target, block, progress)
 	case messaging.ImageRaw:
-		err = copyRaw(ctx, img, src, target, q.RateLimit, progress)
+		err = copyRaw(ctx, img, src, target, block, q.RateLimit, progress)
 	default:
 		err = fmt.Errorf("cannot populate a volume from an image of format %q", img.Format)
 	}
@@ -87,14 +99,20 @@ func (q QemuImg) Convert(ctx context.Context, img Image, imagePath string, vol V
 
 var progressRE = regexp.MustCompile(`\((\d+(?:\.\d+)?)/100%\)`)
 
-func (q QemuImg) convertQCOW2(ctx context.Context, img Image, src, target string, progress ProgressFunc) error {
+func (q QemuImg) convertQCOW2(ctx context.Context, img Image, src, target string, block bool, progress ProgressFunc) error {
 	bin := q.Path
 	if bin == "" {
 		bin = "qemu-img"
 	}
 	// -n: the target exists; --target-is-zero: ZeroFill made it read as zeros,
 	// so qemu-img writes only data. Explicit formats: nothing is probed.
-	args := []string{"convert", "-p", "-f", "qcow2", "-O", "raw", "-t", "writeback", "-n", "--target-is-zero"}
+	// Block devices are written with O_DIRECT (-t none), so the page cache
+	// does not fill with dirty pages; files go through it and are fsynced.
+	cache := "writeback"
+	if block {
+		cache = "none"
+	}
+	args := []string{"convert", "-p", "-f", "qcow2", "-O", "raw", "-t", cache, "-n", "--target-is-zero"}
 	if q.RateLimit > 0 {
 		args = append(args, "-r", strconv.FormatInt(q.RateLimit, 10))
 	}
@@ -139,7 +157,9 @@ func (q QemuImg) convertQCOW2(ctx context.Context, img Image, src, target string
 }
 
 // copyRaw copies a raw image into the zeroed target, skipping zero chunks.
-func copyRaw(ctx context.Context, img Image, src, target string, rateLimit int64, progress ProgressFunc) error {
+// A block device is written with O_DIRECT from a page-aligned buffer, the
+// last chunk padded with zeros to the device's logical block size.
+func copyRaw(ctx context.Context, img Image, src, target string, block bool, rateLimit int64, progress ProgressFunc) error {
 	var limiter *rate.Limiter
 	if rateLimit > 0 {
 		limiter = rate.NewLimiter(rate.Limit(rateLimit), copyBufSize)
@@ -149,12 +169,27 @@ func copyRaw(ctx context.Context, img Image, src, target string, rateLimit int64
 		return fmt.Errorf("open image %q: %w", src, err)
 	}
 	defer in.Close()
-	out, err := os.OpenFile(target, os.O_WRONLY|unix.O_NOFOLLOW, 0)
+	flags := os.O_WRONLY | unix.O_NOFOLLOW
+	if block {
+		flags |= unix.O_DIRECT
+	}
+	out, err := os.OpenFile(target, flags, 0)
 	if err != nil {
 		return fmt.Errorf("open volume %q: %w", target, err)
 	}
 	defer out.Close()
-	buf := make([]byte, copyBufSize)
+	align := 1
+	if block {
+		if align, err = unix.IoctlGetInt(int(out.Fd()), unix.BLKSSZGET); err != nil {
+			return fmt.Errorf("logical block size of %s: %w", target, err)
+		}
+	}
+	mem, err := unix.Mmap(-1, 0, copyBufSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_ANON|unix.MAP_PRIVATE)
+	if err != nil {
+		return fmt.Errorf("allocate copy buffer: %w", err)
+	}
+	defer unix.Munmap(mem)
+	buf := mem[:copyBufSize]
 	var off int64
 	for off < img.VirtualSize {
 		if err := ctx.Err(); err != nil {
@@ -171,7 +206,12 @@ func copyRaw(ctx context.Context, img Image, src, target string, rateLimit int64
 					return fmt.Errorf("copy of %s stopped: %w", src, err)
 				}
 			}
-			if _, err := out.WriteAt(buf[:n], off); err != nil {
+			w := n
+			if rem := w % align; rem != 0 {
+				clear(buf[w : w+align-rem])
+				w += align - rem
+			}
+			if _, err := out.WriteAt(buf[:w], off); err != nil {
 				return fmt.Errorf("write volume %q at offset %d: %w", target, off, err)
 			}
 		}
@@ -324,4 +364,60 @@ func (t *tailBuffer) String() string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	return string(t.buf)
+}
+
+// resolveTarget returns the path to write: a regular file as is, or a block
+// device, following a symlink only when it leads to a block device under
+// /dev (as /dev/<vg>/<lv> leads to /dev/dm-N). block tells which.
+func resolveTarget(path string) (string, bool, error) {
+	st, err := os.Lstat(path)
+	if err != nil {
+		return "", false, err
+	}
+	if st.Mode()&os.ModeSymlink != 0 {
+		real, err := filepath.EvalSymlinks(path)
+		if err != nil {
+			return "", false, err
+		}
+		rst, err := os.Stat(real)
+		if err != nil {
+			return "", false, err
+		}
+		if !isBlockDevice(rst) || !strings.HasPrefix(real, "/dev/") {
+			return "", false, fmt.Errorf("%s is a symlink to %s, not to a block device; refusing to follow it", path, real)
+		}
+		return real, true, nil
+	}
+	switch {
+	case st.Mode().IsRegular():
+		return path, false, nil
+	case isBlockDevice(st):
+		return path, true, nil
+	}
+	return "", false, fmt.Errorf("%s is neither a regular file nor a block device", path)
+}
+
+func isBlockDevice(st os.FileInfo) bool {
+	return st.Mode()&os.ModeDevice != 0 && st.Mode()&os.ModeCharDevice == 0
+}
+
+// targetSize is a file's size or a block device's size (BLKGETSIZE64).
+func targetSize(path string) (int64, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return 0, err
+	}
+	if !isBlockDevice(st) {
+		return st.Size(), nil
+	}
+	var size uint64
+	if _, _, errno := unix.Syscall(unix.SYS_IOCTL, f.Fd(), unix.BLKGETSIZE64, uintptr(unsafe.Pointer(&size))); errno != 0 {
+		return 0, fmt.Errorf("size of block device %s: %w", path, errno)
+	}
+	return int64(size), nil
 }
