@@ -77,3 +77,9 @@ type UseChecker interface {
 	// CheckNotInUse returns an error naming the user when vol is in use.
 	CheckNotInUse(ctx context.Context, vol Volume) error
 }
+
+// Refresher is implemented by backends whose catalogue must be refreshed
+// after a volume's content changed (libvirt pools).
+type Refresher interface {
+	Refresh(ctx context.Context) error
+}

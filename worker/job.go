@@ -360,6 +360,11 @@ func (w *Worker) execute(ctx context.Context, rep *reporter, rec kvstate.Job, m 
 		} else if err := pipeline.CheckReuse(vol, want); err != nil {
 			return res, err
 		}
+		if uc, ok := w.parts.Backend.(pipeline.UseChecker); ok {
+			if err := uc.CheckNotInUse(ctx, vol); err != nil {
+				return res, err
+			}
+		}
 	} else {
 		if err := img.CheckFits(want); err != nil {
 			return res, err
@@ -385,6 +390,11 @@ func (w *Worker) execute(ctx context.Context, rep *reporter, rec kvstate.Job, m 
 		return res, fmt.Errorf("populate volume %q: %w", m.VolumeName, err)
 	}
 	rep.progress(pipeline.StageFinalize, 0, 0)
+	if r, ok := w.parts.Backend.(pipeline.Refresher); ok {
+		if err := r.Refresh(ctx); err != nil {
+			return res, fmt.Errorf("refresh the volume's pool: %w", err)
+		}
+	}
 	return res, nil
 }
 
