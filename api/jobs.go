@@ -16,9 +16,13 @@ import (
 	"github.com/gorilla/mux"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/libvirt-volume-provisioner/provisioner/kvstate"
 	"github.com/libvirt-volume-provisioner/provisioner/messaging"
+	"github.com/libvirt-volume-provisioner/provisioner/telemetry"
 )
 
 // jobRequest is the body of POST /api/v1/jobs.
@@ -146,6 +150,7 @@ func (s *Server) submit(w http.ResponseWriter, r *http.Request, m messaging.Job)
 	}
 	m.Hypervisor = host
 	rec := kvstate.NewJob(m, host, m.SubmittedAt)
+	rec.TraceID, _, _ = telemetry.IDs(ctx)
 	if _, err := s.jobs.Create(ctx, rec); err != nil {
 		s.failNATS(w, r, "record job", err)
 		return
@@ -154,7 +159,17 @@ func (s *Server) submit(w http.ResponseWriter, r *http.Request, m messaging.Job)
 	msg := nats.NewMsg(s.subjects.Job(host, m.JobID))
 	msg.Data = data
 	msg.Header.Set(messaging.HeaderJobVersion, fmt.Sprint(m.Version))
-	if _, err := s.js.PublishMsg(ctx, msg, jetstream.WithMsgID(m.JobID)); err != nil {
+	pctx, span := s.tracer.Start(ctx, "publish "+s.subjects.Prefix+".jobs."+host, trace.WithSpanKind(trace.SpanKindProducer),
+		trace.WithAttributes(attribute.String("messaging.system", "nats"), attribute.String("messaging.destination.name", msg.Subject),
+			attribute.String("job_id", m.JobID), attribute.String("host", host), attribute.String("volume", m.VolumeName), attribute.String("kind", m.Kind)))
+	telemetry.Propagator.Inject(pctx, messaging.HeaderCarrier(msg.Header))
+	_, err := s.js.PublishMsg(pctx, msg, jetstream.WithMsgID(m.JobID))
+	if err != nil {
+		span.RecordError(err)
+		span.SetStatus(codes.Error, err.Error())
+	}
+	span.End()
+	if err != nil {
 		// Nothing was queued: take the record back so no phantom job stays pending.
 		delCtx, delCancel := context.WithTimeout(context.Background(), s.cfg.NATSTimeout)
 		_ = s.jobs.KV.Delete(delCtx, messaging.JobKey(host, m.JobID))
@@ -163,7 +178,7 @@ func (s *Server) submit(w http.ResponseWriter, r *http.Request, m messaging.Job)
 		return
 	}
 	s.metrics.jobs.WithLabelValues("started").Inc()
-	s.log.WithFields(map[string]any{"job_id": m.JobID, "host": host, "kind": m.Kind, "volume": m.VolumeName,
+	s.log.WithFields(telemetry.LogFields(ctx)).WithFields(map[string]any{"job_id": m.JobID, "host": host, "kind": m.Kind, "volume": m.VolumeName,
 		"request_id": requestID(r), "caller": m.Caller}).Info("job accepted")
 	w.Header().Set("Location", "/api/v1/jobs/"+m.JobID)
 	writeJSON(w, http.StatusAccepted, jobAccepted{JobID: m.JobID})

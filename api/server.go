@@ -16,9 +16,14 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"github.com/sirupsen/logrus"
+	"go.opentelemetry.io/contrib/instrumentation/net/http/otelhttp"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/libvirt-volume-provisioner/provisioner/kvstate"
 	"github.com/libvirt-volume-provisioner/provisioner/messaging"
+	"github.com/libvirt-volume-provisioner/provisioner/telemetry"
 )
 
 // Config configures the API server.
@@ -35,6 +40,8 @@ type Config struct {
 	NATSTimeout time.Duration
 	// MaxBodyBytes caps request bodies.
 	MaxBodyBytes int64
+	// TracerProvider makes the API's spans; nil means the global one.
+	TracerProvider trace.TracerProvider
 }
 
 // Server serves the REST API.
@@ -50,6 +57,7 @@ type Server struct {
 	started  time.Time
 	metrics  *metrics
 	router   *mux.Router
+	tracer   trace.Tracer
 }
 
 type metrics struct {
@@ -89,11 +97,15 @@ func New(ctx context.Context, cfg Config, nc *nats.Conn, subjects messaging.Subj
 	if cfg.MaxBodyBytes <= 0 {
 		cfg.MaxBodyBytes = 64 << 10
 	}
+	if cfg.TracerProvider == nil {
+		cfg.TracerProvider = otel.GetTracerProvider()
+	}
 	for i, e := range cfg.ImageEndpoints {
 		cfg.ImageEndpoints[i] = strings.ToLower(e)
 	}
 	s := &Server{cfg: cfg, nc: nc, js: js, subjects: subjects, log: log, started: time.Now(), metrics: newMetrics(),
-		jobs: kvstate.Jobs{KV: b.Jobs}, cache: kvstate.CacheIndex{KV: b.Cache}, hosts: kvstate.Hosts{KV: b.Hosts}}
+		jobs: kvstate.Jobs{KV: b.Jobs}, cache: kvstate.CacheIndex{KV: b.Cache}, hosts: kvstate.Hosts{KV: b.Hosts},
+		tracer: cfg.TracerProvider.Tracer("github.com/libvirt-volume-provisioner/provisioner/api")}
 	s.routes()
 	return s, nil
 }
@@ -119,8 +131,14 @@ func (s *Server) routes() {
 	s.router = r
 }
 
-// Handler is the server's HTTP handler, with request ids on every response.
-func (s *Server) Handler() http.Handler { return withRequestID(s.router) }
+// Handler is the server's HTTP handler: a span for every request (named
+// from the route template, continuing the caller's W3C trace context) and
+// request ids on every response.
+func (s *Server) Handler() http.Handler {
+	return otelhttp.NewHandler(withRequestID(s.router), "http",
+		otelhttp.WithTracerProvider(s.cfg.TracerProvider), otelhttp.WithPropagators(telemetry.Propagator),
+		otelhttp.WithSpanNameFormatter(func(_ string, r *http.Request) string { return r.Method + " unmatched" }))
+}
 
 type ctxKey int
 
@@ -182,14 +200,17 @@ func (w *statusWriter) WriteHeader(code int) {
 func (s *Server) instrument(next http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		sw := &statusWriter{ResponseWriter: w, code: http.StatusOK}
-		next.ServeHTTP(sw, r)
 		endpoint := "unmatched"
 		if route := mux.CurrentRoute(r); route != nil {
 			if tpl, err := route.GetPathTemplate(); err == nil {
 				endpoint = tpl
 			}
 		}
+		span := trace.SpanFromContext(r.Context())
+		span.SetName(r.Method + " " + endpoint)
+		span.SetAttributes(attribute.String("http.route", endpoint), attribute.String("request_id", requestID(r)))
+		next.ServeHTTP(sw, r)
 		s.metrics.requests.WithLabelValues(endpoint, r.Method, strconv.Itoa(sw.code)).Inc()
-		s.log.WithFields(logrus.Fields{"request_id": requestID(r), "method": r.Method, "endpoint": endpoint, "status": sw.code}).Debug("request")
+		s.log.WithFields(telemetry.LogFields(r.Context())).WithFields(logrus.Fields{"request_id": requestID(r), "method": r.Method, "endpoint": endpoint, "status": sw.code}).Debug("request")
 	})
 }

@@ -10,10 +10,14 @@ import (
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/sirupsen/logrus"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/libvirt-volume-provisioner/provisioner/kvstate"
 	"github.com/libvirt-volume-provisioner/provisioner/messaging"
 	"github.com/libvirt-volume-provisioner/provisioner/pipeline"
+	"github.com/libvirt-volume-provisioner/provisioner/telemetry"
 )
 
 // Causes that stop a running job.
@@ -82,6 +86,14 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
 		_ = msg.TermWithReason("max deliveries")
 		return
 	}
+	// The job's span continues the trace of the request that queued it.
+	pctx := telemetry.Propagator.Extract(ctx, messaging.HeaderCarrier(msg.Headers()))
+	sctx, span := w.tracer.Start(pctx, "job "+m.Kind, trace.WithSpanKind(trace.SpanKindConsumer),
+		trace.WithAttributes(attribute.String("job_id", jobID), attribute.String("host", host), attribute.String("volume", m.VolumeName),
+			attribute.String("image_url", m.ImageURL), attribute.Int("attempt", int(meta.NumDelivered))))
+	defer span.End()
+	log = log.WithFields(telemetry.LogFields(sctx))
+	traceID, _, _ := telemetry.IDs(sctx)
 	now := time.Now().UTC()
 	rec, _, err = w.jobs.Update(kctx, host, jobID, func(j *kvstate.Job) error {
 		j.Status = kvstate.StatusRunning
@@ -89,6 +101,9 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
 		j.StartedAt = &now
 		j.Error = ""
 		j.Progress = &kvstate.Progress{Stage: pipeline.StageChecksum}
+		if j.TraceID == "" {
+			j.TraceID = traceID
+		}
 		return nil
 	})
 	var te *kvstate.TransitionError
@@ -103,7 +118,11 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
 		return
 	}
 	cancel()
-	w.run(ctx, log, msg, rec, m)
+	outcome := w.run(sctx, log, msg, rec, m)
+	span.SetAttributes(attribute.String("outcome", outcome))
+	if outcome == string(kvstate.StatusFailed) {
+		span.SetStatus(codes.Error, "job failed")
+	}
 }
 
 // fail writes a failed record (unless the job already ended).
@@ -125,7 +144,7 @@ func (w *Worker) fail(ctx context.Context, log *logrus.Entry, host, jobID, reaso
 }
 
 // run executes a running job with its keep-alive and cancel watcher.
-func (w *Worker) run(ctx context.Context, log *logrus.Entry, msg jetstream.Msg, rec kvstate.Job, m messaging.Job) {
+func (w *Worker) run(ctx context.Context, log *logrus.Entry, msg jetstream.Msg, rec kvstate.Job, m messaging.Job) string {
 	w.active.Add(1)
 	w.metrics.active.Inc()
 	defer func() {
@@ -134,6 +153,7 @@ func (w *Worker) run(ctx context.Context, log *logrus.Entry, msg jetstream.Msg, 
 	}()
 	started := time.Now()
 	host, jobID := rec.Hypervisor, rec.JobID
+	// The job outlives ctx (shutdown) only until it is stopped cleanly below.
 	jobCtx, stop := context.WithCancelCause(context.WithoutCancel(ctx))
 	defer stop(nil)
 	var wg sync.WaitGroup
@@ -151,21 +171,22 @@ func (w *Worker) run(ctx context.Context, log *logrus.Entry, msg jetstream.Msg, 
 	log = log.WithField("attempt", rec.Attempt)
 	log.WithFields(logrus.Fields{"kind": m.Kind, "volume": m.VolumeName, "image_url": m.ImageURL}).Info("job started")
 
-	rep := newReporter(w, rec)
+	rep := newReporter(w, jobCtx, log, rec)
 	res, err := w.execute(jobCtx, rep, rec, m, &lease)
 	cause := context.Cause(jobCtx)
 	stop(nil)
+	rep.endStage(err)
 
 	bg, cancel := context.WithTimeout(context.Background(), kvTimeout)
 	defer cancel()
 	if errors.Is(cause, errFenced) {
 		log.WithError(cause).Error("job stopped")
-		return
+		return "fenced"
 	}
 	if errors.Is(cause, errShutdown) {
 		log.Info("job interrupted by shutdown; it will be redelivered")
 		_ = msg.NakWithDelay(nakDelay)
-		return
+		return "interrupted"
 	}
 	if err == nil && cause == nil {
 		final, _, uerr := w.jobs.Update(bg, host, jobID, func(j *kvstate.Job) error {
@@ -185,14 +206,14 @@ func (w *Worker) run(ctx context.Context, log *logrus.Entry, msg jetstream.Msg, 
 		} else if uerr != nil {
 			log.WithError(uerr).Warn("could not record completion; the job will be redelivered")
 			_ = msg.NakWithDelay(nakDelay)
-			return
+			return "interrupted"
 		} else {
 			_ = msg.DoubleAck(bg)
 			w.metrics.jobs.WithLabelValues(string(kvstate.StatusCompleted)).Inc()
 			w.metrics.duration.WithLabelValues("completed").Observe(time.Since(started).Seconds())
 			w.publishEvent(host, jobID, final)
-			log.WithFields(logrus.Fields{"cache_hit": res.cacheHit, "volume_path": res.volumePath, "seconds": time.Since(started).Seconds()}).Info("job completed")
-			return
+			log.WithFields(logrus.Fields{"cache_hit": res.cacheHit, "volume_path": res.volumePath, "seconds": time.Since(started).Seconds(), "stage": pipeline.StageFinalize}).Info("job completed")
+			return string(kvstate.StatusCompleted)
 		}
 	}
 	if res.created {
@@ -211,11 +232,12 @@ func (w *Worker) run(ctx context.Context, log *logrus.Entry, msg jetstream.Msg, 
 		w.metrics.duration.WithLabelValues("cancelled").Observe(time.Since(started).Seconds())
 		w.publishEvent(host, jobID, kvstate.Job{JobID: jobID, Status: kvstate.StatusCancelled})
 		log.Info("job cancelled")
-		return
+		return string(kvstate.StatusCancelled)
 	}
 	w.metrics.duration.WithLabelValues("failed").Observe(time.Since(started).Seconds())
-	w.fail(bg, log, host, jobID, err.Error())
+	w.fail(bg, log.WithField("stage", rep.stage()), host, jobID, err.Error())
 	_ = msg.TermWithReason("failed")
+	return string(kvstate.StatusFailed)
 }
 
 // leaseRenewer holds the volume lease once the job has taken it, so the

@@ -5,9 +5,15 @@ import (
 	"sync"
 	"time"
 
+	"github.com/sirupsen/logrus"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/libvirt-volume-provisioner/provisioner/kvstate"
 	"github.com/libvirt-volume-provisioner/provisioner/messaging"
 	"github.com/libvirt-volume-provisioner/provisioner/pipeline"
+	"github.com/libvirt-volume-provisioner/provisioner/telemetry"
 )
 
 // stageRange is the part of the overall percentage a stage covers.
@@ -38,6 +44,8 @@ var fetchStages = map[string]stageRange{
 // on every stage change.
 type reporter struct {
 	w       *Worker
+	ctx     context.Context // the job's, parent of the stage spans
+	log     *logrus.Entry
 	host    string
 	jobID   string
 	attempt int
@@ -50,14 +58,54 @@ type reporter struct {
 	sized     kvstate.Progress
 	lastStage string
 	lastSent  time.Time
+	// span is the current stage's span, started at stageStart.
+	span       trace.Span
+	stageStart time.Time
 }
 
-func newReporter(w *Worker, rec kvstate.Job) *reporter {
+func newReporter(w *Worker, ctx context.Context, log *logrus.Entry, rec kvstate.Job) *reporter {
 	stages := provisionStages
 	if rec.Kind == messaging.KindCacheFetch {
 		stages = fetchStages
 	}
-	return &reporter{w: w, host: rec.Hypervisor, jobID: rec.JobID, attempt: rec.Attempt, stages: stages, started: time.Now()}
+	return &reporter{w: w, ctx: ctx, log: log, host: rec.Hypervisor, jobID: rec.JobID, attempt: rec.Attempt, stages: stages, started: time.Now()}
+}
+
+// startStage ends the previous stage's span and starts one for stage.
+// Called with r.mu held.
+func (r *reporter) startStage(stage string) {
+	r.endStageLocked(nil)
+	_, r.span = r.w.tracer.Start(r.ctx, "stage "+stage, trace.WithAttributes(
+		attribute.String("stage", stage), attribute.String("job_id", r.jobID), attribute.String("host", r.host)))
+	r.log.WithFields(telemetry.LogFields(trace.ContextWithSpan(r.ctx, r.span))).WithField("stage", stage).Info("stage started")
+}
+
+func (r *reporter) endStageLocked(err error) {
+	if r.span == nil {
+		return
+	}
+	r.span.SetAttributes(attribute.Int64("bytes_processed", r.cur.BytesProcessed), attribute.Int64("bytes_total", r.cur.BytesTotal))
+	if err != nil {
+		r.span.RecordError(err)
+		r.span.SetStatus(codes.Error, err.Error())
+	}
+	r.span.End()
+	r.w.metrics.stageDuration.WithLabelValues(r.lastStage).Observe(time.Since(r.stageStart).Seconds())
+	r.span = nil
+}
+
+// endStage ends the current stage's span, recording err on it.
+func (r *reporter) endStage(err error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.endStageLocked(err)
+}
+
+// stage is the current stage.
+func (r *reporter) stage() string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.lastStage
 }
 
 func (r *reporter) progress(stage string, done, total int64) {
@@ -86,6 +134,10 @@ func (r *reporter) progress(stage string, done, total int64) {
 		r.mu.Unlock()
 		return
 	}
+	if changed {
+		r.startStage(stage)
+		r.stageStart = time.Now()
+	}
 	r.lastStage, r.lastSent = stage, time.Now()
 	p := r.cur
 	r.mu.Unlock()
@@ -113,6 +165,12 @@ func (r *reporter) final() *kvstate.Progress {
 
 // setCache records whether the image came from the cache.
 func (r *reporter) setCache(ctx context.Context, hit bool, path, checksum string) {
+	trace.SpanFromContext(r.ctx).SetAttributes(attribute.Bool("cache_hit", hit), attribute.String("image_path", path))
+	if hit {
+		r.w.metrics.cache.WithLabelValues("hit").Inc()
+	} else {
+		r.w.metrics.cache.WithLabelValues("miss").Inc()
+	}
 	_, _, _ = r.w.jobs.Update(ctx, r.host, r.jobID, func(j *kvstate.Job) error {
 		j.CacheHit = &hit
 		j.ImagePath = path

@@ -13,6 +13,8 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/sirupsen/logrus"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/libvirt-volume-provisioner/provisioner/kvstate"
 	"github.com/libvirt-volume-provisioner/provisioner/messaging"
@@ -38,6 +40,8 @@ type Config struct {
 	Heartbeat time.Duration
 	// ProgressInterval rate-limits progress updates and events.
 	ProgressInterval time.Duration
+	// TracerProvider makes the worker's spans; nil means the global one.
+	TracerProvider trace.TracerProvider
 }
 
 // Parts are the pipeline's implementations a worker drives.
@@ -79,14 +83,17 @@ type Worker struct {
 	started  time.Time
 	active   atomic.Int32
 	waiting  atomic.Int64
+	tracer   trace.Tracer
 }
 
 type metrics struct {
-	registry *prometheus.Registry
-	jobs     *prometheus.CounterVec
-	active   prometheus.Gauge
-	duration *prometheus.HistogramVec
-	waiting  prometheus.GaugeFunc
+	registry      *prometheus.Registry
+	jobs          *prometheus.CounterVec
+	active        prometheus.Gauge
+	duration      *prometheus.HistogramVec
+	stageDuration *prometheus.HistogramVec
+	cache         *prometheus.CounterVec
+	waiting       prometheus.GaugeFunc
 }
 
 func newMetrics(w *Worker) *metrics {
@@ -101,10 +108,17 @@ func newMetrics(w *Worker) *metrics {
 		Name: "libvirt_volume_provisioner_job_duration_seconds", Help: "Duration of jobs by outcome.",
 		Buckets: prometheus.ExponentialBuckets(0.25, 2, 14),
 	}, []string{"outcome"})
+	m.stageDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name: "libvirt_volume_provisioner_stage_duration_seconds", Help: "Duration of job stages.",
+		Buckets: prometheus.ExponentialBuckets(0.01, 2.5, 14),
+	}, []string{"stage"})
+	m.cache = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "libvirt_volume_provisioner_cache_lookups_total", Help: "Image cache lookups by result (hit, miss).",
+	}, []string{"result"})
 	m.waiting = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "libvirt_volume_provisioner_jobs_waiting", Help: "Jobs waiting in this host's queue (last seen).",
 	}, func() float64 { return float64(w.waiting.Load()) })
-	m.registry.MustRegister(m.jobs, m.active, m.duration, m.waiting, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m.registry.MustRegister(m.jobs, m.active, m.duration, m.stageDuration, m.cache, m.waiting, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
 
@@ -125,6 +139,9 @@ func New(ctx context.Context, cfg Config, nc *nats.Conn, subjects messaging.Subj
 	}
 	if cfg.ProgressInterval <= 0 {
 		cfg.ProgressInterval = time.Second
+	}
+	if cfg.TracerProvider == nil {
+		cfg.TracerProvider = otel.GetTracerProvider()
 	}
 	js, err := jetstream.New(nc)
 	if err != nil {
@@ -148,6 +165,7 @@ func New(ctx context.Context, cfg Config, nc *nats.Conn, subjects messaging.Subj
 	w := &Worker{cfg: cfg, nc: nc, js: js, subjects: subjects, parts: parts, log: log, started: time.Now(),
 		jobs: kvstate.Jobs{KV: b.Jobs}, hosts: kvstate.Hosts{KV: b.Hosts}, leases: kvstate.Leases{KV: b.Volumes}, cacheKV: b.Cache}
 	w.metrics = newMetrics(w)
+	w.tracer = cfg.TracerProvider.Tracer("github.com/libvirt-volume-provisioner/provisioner/worker")
 	return w, nil
 }
 

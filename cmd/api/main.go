@@ -24,6 +24,7 @@ import (
 	"github.com/libvirt-volume-provisioner/provisioner/internal/logging"
 	"github.com/libvirt-volume-provisioner/provisioner/internal/version"
 	"github.com/libvirt-volume-provisioner/provisioner/messaging"
+	"github.com/libvirt-volume-provisioner/provisioner/telemetry"
 )
 
 func main() {
@@ -56,6 +57,15 @@ func run(args []string) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	tp, shutdownTracing, err := telemetry.Setup(ctx, "provisioner-api", version.Version)
+	if err != nil {
+		return fmt.Errorf("set up tracing from OTEL_* variables: %w", err)
+	}
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = shutdownTracing(sctx)
+	}()
 
 	url := *natsURL
 	if url == "" {
@@ -96,7 +106,7 @@ func run(args []string) error {
 			eps = append(eps, messaging.NormalizeEndpoint(e, secure))
 		}
 	}
-	srv, err := api.New(ctx, api.Config{DefaultHypervisor: *defaultHost, ImageEndpoints: eps, Version: version.Version}, nc, subjects, log)
+	srv, err := api.New(ctx, api.Config{DefaultHypervisor: *defaultHost, ImageEndpoints: eps, Version: version.Version, TracerProvider: tp}, nc, subjects, log)
 	if err != nil {
 		return err
 	}

@@ -25,6 +25,7 @@ import (
 	"github.com/libvirt-volume-provisioner/provisioner/kvstate"
 	"github.com/libvirt-volume-provisioner/provisioner/messaging"
 	"github.com/libvirt-volume-provisioner/provisioner/pipeline"
+	"github.com/libvirt-volume-provisioner/provisioner/telemetry"
 	"github.com/libvirt-volume-provisioner/provisioner/worker"
 )
 
@@ -92,6 +93,15 @@ func run(args []string) error {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
+	tp, shutdownTracing, err := telemetry.Setup(ctx, "provisioner-worker", version.Version)
+	if err != nil {
+		return fmt.Errorf("set up tracing from OTEL_* variables: %w", err)
+	}
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = shutdownTracing(sctx)
+	}()
 
 	nc, err := nats.Connect(*natsURL, nats.Name("provisioner-worker-"+*host), nats.RetryOnFailedConnect(true), nats.MaxReconnects(-1),
 		nats.ReconnectWait(time.Second), nats.Timeout(5*time.Second),
@@ -113,7 +123,7 @@ func run(args []string) error {
 	subjects := messaging.NewSubjects(*prefix)
 	// The cache index needs the buckets; New waits for the API to create them.
 	w, err := worker.New(ctx, worker.Config{Host: *host, MachineID: *machine, Version: version.Version, AckWait: *ackWait,
-		MaxDeliver: *maxDeliver, Heartbeat: *heartbeat}, nc, subjects, worker.Parts{Source: source, Backend: files, Converter: pipeline.QemuImg{Path: qemuPath, RateLimit: *writeLimit}}, log)
+		MaxDeliver: *maxDeliver, Heartbeat: *heartbeat, TracerProvider: tp}, nc, subjects, worker.Parts{Source: source, Backend: files, Converter: pipeline.QemuImg{Path: qemuPath, RateLimit: *writeLimit}}, log)
 	if err != nil {
 		return err
 	}
