@@ -63,14 +63,11 @@ func (s *Server) decodeBody(w http.ResponseWriter, r *http.Request, dst any) boo
 		writeError(w, http.StatusBadRequest, catInvalid, "request body is empty; send a JSON object")
 		return false
 	}
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(dst); err != nil {
-		writeError(w, http.StatusBadRequest, catInvalid, messaging.DescribeJSONError(err).Error())
-		return false
-	}
-	if dec.More() {
-		writeError(w, http.StatusBadRequest, catInvalid, "request body has data after the JSON object")
+	if err := messaging.DecodeStrict(body, dst); err != nil {
+		if errors.Is(err, messaging.ErrTrailingData) {
+			err = errors.New("request body has data after the JSON object")
+		}
+		writeError(w, http.StatusBadRequest, catInvalid, err.Error())
 		return false
 	}
 	return true

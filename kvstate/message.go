@@ -1,6 +1,7 @@
 package kvstate
 
 import (
+	"cmp"
 	"fmt"
 	"time"
 
@@ -32,7 +33,7 @@ func FromMessage(data []byte, host, jobID string, now time.Time) (Job, messaging
 	}
 	if err != nil {
 		rec := NewJob(messaging.Job{JobID: jobID, Kind: m.Kind, ImageURL: m.ImageURL, ImageType: m.ImageType,
-			VolumeName: m.VolumeName, VolumeSizeGB: m.VolumeSizeGB, CorrelationID: m.CorrelationID, Caller: CallerNATS}, host, now)
+			VolumeName: m.VolumeName, VolumeSizeGB: m.VolumeSizeGB, CorrelationID: m.CorrelationID, Caller: cmp.Or(m.Caller, CallerNATS)}, host, now)
 		rec.Status = StatusFailed
 		rec.Error = "invalid job message: " + err.Error()
 		t := now.UTC()

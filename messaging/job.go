@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"net/url"
 	"regexp"
 	"strings"
@@ -92,15 +93,30 @@ func DecodeJob(data []byte) (Job, error) {
 	if len(data) > MaxJobMessageBytes {
 		return j, fmt.Errorf("job message is %d bytes, more than the %d allowed", len(data), MaxJobMessageBytes)
 	}
-	dec := json.NewDecoder(bytes.NewReader(data))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&j); err != nil {
-		return j, fmt.Errorf("job message is not valid JSON for a job: %w", DescribeJSONError(err))
-	}
-	if dec.More() {
-		return j, errors.New("job message has data after the JSON object")
+	if err := DecodeStrict(data, &j); err != nil {
+		if errors.Is(err, ErrTrailingData) {
+			return j, errors.New("job message has data after the JSON object")
+		}
+		return j, fmt.Errorf("job message is not valid JSON for a job: %w", err)
 	}
 	return j, nil
+}
+
+// ErrTrailingData: more follows the JSON object.
+var ErrTrailingData = errors.New("data after the JSON object")
+
+// DecodeStrict decodes one JSON object into dst: unknown fields, wrong types
+// and anything after the object are errors, described for a person.
+func DecodeStrict(data []byte, dst any) error {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(dst); err != nil {
+		return DescribeJSONError(err)
+	}
+	if err := dec.Decode(&struct{}{}); !errors.Is(err, io.EOF) {
+		return ErrTrailingData
+	}
+	return nil
 }
 
 // DescribeJSONError turns encoding/json errors into messages that name the field.
@@ -111,9 +127,15 @@ func DescribeJSONError(err error) error {
 	case errors.As(err, &typeErr):
 		field := typeErr.Field
 		if field == "" {
-			field = "body"
+			return fmt.Errorf("the body must be a JSON object, not %s", typeErr.Value)
 		}
-		return fmt.Errorf("field %q must be %s, not %s", field, jsonTypeName(typeErr.Type.Kind().String()), typeErr.Value)
+		want := jsonTypeName(typeErr.Type.Kind().String())
+		if typeErr.Value == "number" || strings.HasPrefix(typeErr.Value, "number ") {
+			return fmt.Errorf("field %q must be %s, not %s", field, want, strings.Replace(typeErr.Value, "number ", "the fraction ", 1))
+		}
+		return fmt.Errorf("field %q must be %s, not %s", field, want, typeErr.Value)
+	case errors.Is(err, io.EOF):
+		return errors.New("the message is empty; send a JSON object")
 	case errors.As(err, &syntaxErr):
 		return fmt.Errorf("malformed JSON at byte %d: %v", syntaxErr.Offset, err)
 	case errors.Is(err, io.ErrUnexpectedEOF):
@@ -126,7 +148,9 @@ func DescribeJSONError(err error) error {
 
 func jsonTypeName(kind string) string {
 	switch kind {
-	case "int", "int64", "int32", "uint", "uint64", "float64":
+	case "int", "int64", "int32", "uint", "uint64":
+		return "a whole number"
+	case "float64":
 		return "a number"
 	case "string":
 		return "a string"
@@ -156,8 +180,8 @@ func (j *Job) Validate() error {
 	if j.Version != JobVersion {
 		return fieldErr("version", "unsupported job version %d (this worker reads version %d)", j.Version, JobVersion)
 	}
-	if _, err := uuid.Parse(j.JobID); err != nil || len(j.JobID) != 36 {
-		return fieldErr("job_id", "must be a UUID such as 550e8400-e29b-41d4-a716-446655440000")
+	if u, err := uuid.Parse(j.JobID); err != nil || u.String() != j.JobID {
+		return fieldErr("job_id", "must be a UUID in lower-case canonical form, such as 550e8400-e29b-41d4-a716-446655440000")
 	}
 	if j.Hypervisor != "" && !ValidHost(j.Hypervisor) {
 		return fieldErr("hypervisor", "%q is not a host name (lower-case letters, digits and dashes, at most 63)", j.Hypervisor)
@@ -271,17 +295,22 @@ func ParseImageURL(raw string) (ImageRef, error) {
 	if !ok || bucket == "" || object == "" || strings.HasSuffix(object, "/") {
 		return ref, fieldErr("image_url", "must name an object as <scheme>://<endpoint>/<bucket>/<object>")
 	}
+	if !bucketRE.MatchString(bucket) || strings.Contains(bucket, "..") {
+		return ref, fieldErr("image_url", "bucket %q is not a valid bucket name (3-63 lower-case letters, digits, '.' and '-')", bucket)
+	}
 	if object, err = url.PathUnescape(object); err != nil {
 		return ref, fieldErr("image_url", "has a bad escape in its path")
 	}
 	for _, seg := range strings.Split(object, "/") {
-		if seg == "." || seg == ".." {
-			return ref, fieldErr("image_url", "must not contain '.' or '..' path segments")
+		if seg == "" || seg == "." || seg == ".." {
+			return ref, fieldErr("image_url", "must not contain empty, '.' or '..' path segments")
 		}
 	}
-	ref = ImageRef{URL: raw, Secure: u.Scheme == "https", Endpoint: strings.ToLower(u.Hostname()) + ":" + port, Bucket: bucket, Object: object}
+	ref = ImageRef{URL: raw, Secure: u.Scheme == "https", Endpoint: net.JoinHostPort(strings.ToLower(u.Hostname()), port), Bucket: bucket, Object: object}
 	return ref, nil
 }
+
+var bucketRE = regexp.MustCompile(`^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$`)
 
 // ValidateImageURL reports whether raw is a well-formed image URL.
 func ValidateImageURL(raw string) error {
@@ -289,17 +318,23 @@ func ValidateImageURL(raw string) error {
 	return err
 }
 
-// NormalizeEndpoint turns a configured endpoint (host or host:port) into
-// host:port, filling the default port for the scheme.
+// NormalizeEndpoint turns a configured endpoint (host, host:port, [v6]:port,
+// optionally with a scheme, which then decides the default port) into the
+// host:port form ParseImageURL gives.
 func NormalizeEndpoint(endpoint string, secure bool) string {
 	endpoint = strings.ToLower(strings.TrimSpace(endpoint))
-	endpoint = strings.TrimPrefix(strings.TrimPrefix(endpoint, "https://"), "http://")
-	endpoint = strings.TrimSuffix(endpoint, "/")
-	if !strings.Contains(endpoint, ":") {
-		if secure {
-			return endpoint + ":443"
-		}
-		return endpoint + ":80"
+	if rest, ok := strings.CutPrefix(endpoint, "https://"); ok {
+		endpoint, secure = rest, true
+	} else if rest, ok := strings.CutPrefix(endpoint, "http://"); ok {
+		endpoint, secure = rest, false
 	}
-	return endpoint
+	endpoint = strings.TrimSuffix(endpoint, "/")
+	if host, port, err := net.SplitHostPort(endpoint); err == nil {
+		return net.JoinHostPort(host, port)
+	}
+	port := "80"
+	if secure {
+		port = "443"
+	}
+	return net.JoinHostPort(strings.Trim(endpoint, "[]"), port)
 }

@@ -59,7 +59,7 @@ func TestDecodeJobErrors(t *testing.T) {
 		{
 			name: "wrong type",
 			body: `{"job_id":"x","volume_size_gb":"10"}`,
-			want: `job message is not valid JSON for a job: field "volume_size_gb" must be a number, not string`,
+			want: `job message is not valid JSON for a job: field "volume_size_gb" must be a whole number, not string`,
 		},
 		{
 			name: "string field given a number",
@@ -69,7 +69,7 @@ func TestDecodeJobErrors(t *testing.T) {
 		{
 			name: "not an object",
 			body: `[1,2]`,
-			want: `job message is not valid JSON for a job: field "body" must be a struct, not array`,
+			want: `job message is not valid JSON for a job: the body must be a JSON object, not array`,
 		},
 		{
 			name: "trailing object",
@@ -94,7 +94,7 @@ func TestDecodeJobErrors(t *testing.T) {
 		{
 			name: "empty",
 			body: ``,
-			want: `job message is not valid JSON for a job: EOF`,
+			want: `job message is not valid JSON for a job: the message is empty; send a JSON object`,
 		},
 	}
 	for _, tt := range tests {
@@ -168,7 +168,6 @@ func TestValidate(t *testing.T) {
 		want   string
 	}{
 		{name: "valid provision", mutate: func(*messaging.Job) {}},
-		{name: "upper-case UUID accepted", mutate: func(j *messaging.Job) { j.JobID = strings.ToUpper(testJobID) }},
 		{name: "no hypervisor", mutate: func(j *messaging.Job) { j.Hypervisor = "" }},
 		{name: "raw image", mutate: func(j *messaging.Job) { j.ImageType = messaging.ImageRaw }},
 		{name: "size 1", mutate: func(j *messaging.Job) { j.VolumeSizeGB = 1 }},
@@ -187,23 +186,23 @@ func TestValidate(t *testing.T) {
 		},
 		{
 			name: "job id empty", mutate: func(j *messaging.Job) { j.JobID = "" },
-			field: "job_id", want: "job_id: must be a UUID such as 550e8400-e29b-41d4-a716-446655440000",
+			field: "job_id", want: "job_id: must be a UUID in lower-case canonical form, such as 550e8400-e29b-41d4-a716-446655440000",
 		},
 		{
 			name: "job id not a UUID", mutate: func(j *messaging.Job) { j.JobID = "job-1" },
-			field: "job_id", want: "job_id: must be a UUID such as 550e8400-e29b-41d4-a716-446655440000",
+			field: "job_id", want: "job_id: must be a UUID in lower-case canonical form, such as 550e8400-e29b-41d4-a716-446655440000",
 		},
 		{
 			name: "job id without dashes", mutate: func(j *messaging.Job) { j.JobID = strings.ReplaceAll(testJobID, "-", "") },
-			field: "job_id", want: "job_id: must be a UUID such as 550e8400-e29b-41d4-a716-446655440000",
+			field: "job_id", want: "job_id: must be a UUID in lower-case canonical form, such as 550e8400-e29b-41d4-a716-446655440000",
 		},
 		{
 			name: "job id in braces", mutate: func(j *messaging.Job) { j.JobID = "{" + testJobID + "}" },
-			field: "job_id", want: "job_id: must be a UUID such as 550e8400-e29b-41d4-a716-446655440000",
+			field: "job_id", want: "job_id: must be a UUID in lower-case canonical form, such as 550e8400-e29b-41d4-a716-446655440000",
 		},
 		{
 			name: "job id as URN", mutate: func(j *messaging.Job) { j.JobID = "urn:uuid:" + testJobID },
-			field: "job_id", want: "job_id: must be a UUID such as 550e8400-e29b-41d4-a716-446655440000",
+			field: "job_id", want: "job_id: must be a UUID in lower-case canonical form, such as 550e8400-e29b-41d4-a716-446655440000",
 		},
 		{
 			name: "hypervisor invalid", mutate: func(j *messaging.Job) { j.Hypervisor = "HV_01" },
@@ -357,8 +356,8 @@ func TestParseImageURLValid(t *testing.T) {
 		},
 		{
 			name: "upper-case host lowered, path case kept",
-			url:  "HTTPS://MinIO.Example.COM:9443/Images/U.qcow2",
-			want: messaging.ImageRef{Secure: true, Endpoint: "minio.example.com:9443", Bucket: "Images", Object: "U.qcow2"},
+			url:  "HTTPS://MinIO.Example.COM:9443/images/U.qcow2",
+			want: messaging.ImageRef{Secure: true, Endpoint: "minio.example.com:9443", Bucket: "images", Object: "U.qcow2"},
 		},
 		{
 			name: "nested object",
@@ -421,11 +420,11 @@ func TestParseImageURLInvalid(t *testing.T) {
 		{"bucket with slash", "http://minio/images/", noObject},
 		{"empty bucket", "http://minio//u.qcow2", noObject},
 		{"trailing slash", "http://minio/images/dir/", noObject},
-		{"dot-dot segment", "http://minio/images/a/../u.qcow2", "image_url: must not contain '.' or '..' path segments"},
-		{"dot segment", "http://minio/images/./u.qcow2", "image_url: must not contain '.' or '..' path segments"},
-		{"dot-dot object", "http://minio/images/..", "image_url: must not contain '.' or '..' path segments"},
-		{"escaped dot-dot", "http://minio/images/%2E%2E/u.qcow2", "image_url: must not contain '.' or '..' path segments"},
-		{"escaped slash dot-dot", "http://minio/images/a%2F..%2Fb", "image_url: must not contain '.' or '..' path segments"},
+		{"dot-dot segment", "http://minio/images/a/../u.qcow2", "image_url: must not contain empty, '.' or '..' path segments"},
+		{"dot segment", "http://minio/images/./u.qcow2", "image_url: must not contain empty, '.' or '..' path segments"},
+		{"dot-dot object", "http://minio/images/..", "image_url: must not contain empty, '.' or '..' path segments"},
+		{"escaped dot-dot", "http://minio/images/%2E%2E/u.qcow2", "image_url: must not contain empty, '.' or '..' path segments"},
+		{"escaped slash dot-dot", "http://minio/images/a%2F..%2Fb", "image_url: must not contain empty, '.' or '..' path segments"},
 		{"bad escape", "http://minio/images/%zz", `image_url: is not a URL: parse "http://minio/images/%zz": invalid URL escape "%zz"`},
 		{"bad port", "http://minio:port/images/u", `image_url: is not a URL: parse "http://minio:port/images/u": invalid port ":port" after host`},
 	}
@@ -500,4 +499,31 @@ func TestNormalizeEndpointMatchesImageRef(t *testing.T) {
 			require.Equal(t, messaging.NormalizeEndpoint(tt.configured, tt.secure), ref.Endpoint)
 		})
 	}
+}
+
+func TestParseImageURLBucketAndIPv6(t *testing.T) {
+	t.Parallel()
+	ref, err := messaging.ParseImageURL("http://[::1]:9000/images/u.qcow2")
+	require.NoError(t, err)
+	require.Equal(t, "[::1]:9000", ref.Endpoint)
+	require.Equal(t, ref.Endpoint, messaging.NormalizeEndpoint("[::1]:9000", false))
+	require.Equal(t, "[::1]:443", messaging.NormalizeEndpoint("[::1]", true))
+	require.Equal(t, "minio:443", messaging.NormalizeEndpoint("https://minio", false))
+	require.Equal(t, "minio:80", messaging.NormalizeEndpoint("http://minio/", true))
+	for _, bad := range []string{"http://minio/../u.qcow2", "http://minio/b%2Fx/u.qcow2", "http://minio/Images/u.qcow2", "http://minio/ab/u.qcow2"} {
+		_, err := messaging.ParseImageURL(bad)
+		require.ErrorContains(t, err, "is not a valid bucket name", bad)
+	}
+	_, err = messaging.ParseImageURL("http://minio/images//u.qcow2")
+	require.EqualError(t, err, "image_url: must not contain empty, '.' or '..' path segments")
+}
+
+func TestDecodeStrictTrailingBrackets(t *testing.T) {
+	t.Parallel()
+	for _, body := range []string{`{"job_id":"x"}}`, `{"job_id":"x"}]]]`, `{"job_id":"x"} {}`} {
+		_, err := messaging.DecodeJob([]byte(body))
+		require.EqualError(t, err, "job message has data after the JSON object", body)
+	}
+	_, err := messaging.DecodeJob([]byte(`{"volume_size_gb":1.5}`))
+	require.EqualError(t, err, `job message is not valid JSON for a job: field "volume_size_gb" must be a whole number, not the fraction 1.5`)
 }

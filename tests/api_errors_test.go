@@ -33,7 +33,7 @@ func TestAPIErrors(t *testing.T) {
 	requireError(t, post(map[string]any{"image_url": url, "volume_name": "v"}), 400, "invalid request", "volume_size_gb is required")
 	requireError(t, post(`{"image_url": `), 400, "invalid request", "malformed JSON: the body ends before the JSON object does")
 	requireError(t, post(""), 400, "invalid request", "request body is empty; send a JSON object")
-	requireError(t, post(map[string]any{"image_url": url, "volume_name": "v", "volume_size_gb": "ten"}), 400, "invalid request", `field "volume_size_gb" must be a number, not string`)
+	requireError(t, post(map[string]any{"image_url": url, "volume_name": "v", "volume_size_gb": "ten"}), 400, "invalid request", `field "volume_size_gb" must be a whole number, not string`)
 	requireError(t, post(map[string]any{"image_url": url, "volume_name": "v", "volume_size_gb": 1, "colour": "red"}), 400, "invalid request", `unknown field "colour"`)
 	requireError(t, post(map[string]any{"image_url": url, "volume_name": "v", "volume_size_gb": 0}), 400, "invalid request", "volume_size_gb: must be between 1 and 65536 (GiB), not 0")
 	requireError(t, post(map[string]any{"image_url": url, "volume_name": "v", "volume_size_gb": -3}), 400, "invalid request", "volume_size_gb: must be between 1 and 65536 (GiB), not -3")
@@ -42,7 +42,7 @@ func TestAPIErrors(t *testing.T) {
 	requireError(t, post(map[string]any{"image_url": url, "volume_name": "v", "volume_size_gb": 1, "image_type": "vmdk"}), 400, "invalid request", `image_type: must be "qcow2" or "raw", not "vmdk"`)
 	requireError(t, post(map[string]any{"image_url": "file:///etc/passwd", "volume_name": "v", "volume_size_gb": 1}), 400, "invalid request", `image_url: scheme must be http or https, not "file"`)
 	requireError(t, post(map[string]any{"image_url": url + "?x=1", "volume_name": "v", "volume_size_gb": 1}), 400, "invalid request", "image_url: must not have a query string or fragment")
-	requireError(t, post(map[string]any{"image_url": "http://elsewhere.example:9000/b/x.qcow2", "volume_name": "v", "volume_size_gb": 1}), 400, "invalid request",
+	requireError(t, post(map[string]any{"image_url": "http://elsewhere.example:9000/images/x.qcow2", "volume_name": "v", "volume_size_gb": 1}), 400, "invalid request",
 		"image_url: endpoint elsewhere.example:9000 is not a configured object store (allowed: "+e.minio.Endpoint+")")
 	requireError(t, post(map[string]any{"image_url": url, "volume_name": "v", "volume_size_gb": 1, "hypervisor": "nowhere"}), 400, "invalid request",
 		`unknown hypervisor "nowhere"; known hypervisors: h1`)
@@ -115,7 +115,7 @@ func TestNATSUnreachable(t *testing.T) {
 	time.Sleep(200 * time.Millisecond)
 
 	start := time.Now()
-	r := e.do(http.MethodPost, "/api/v1/jobs", map[string]any{"image_url": "http://" + m.Endpoint + "/b/x.qcow2", "volume_name": "v", "volume_size_gb": 1})
+	r := e.do(http.MethodPost, "/api/v1/jobs", map[string]any{"image_url": "http://" + m.Endpoint + "/images/x.qcow2", "volume_name": "v", "volume_size_gb": 1})
 	requireError(t, r, 503, "service unavailable", "NATS is unreachable; try again later")
 	require.Less(t, time.Since(start), 3*time.Second)
 	requireError(t, e.do(http.MethodGet, "/api/v1/jobs/550e8400-e29b-41d4-a716-446655440000", nil), 503, "service unavailable", "NATS is unreachable; try again later")

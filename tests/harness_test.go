@@ -310,6 +310,7 @@ type job struct {
 	Attempt    int        `json:"attempt"`
 	Hypervisor string     `json:"hypervisor"`
 	VolumePath string     `json:"volume_path"`
+	TraceID    string     `json:"trace_id"`
 	StartedAt  *time.Time `json:"started_at"`
 	FinishedAt *time.Time `json:"finished_at"`
 }
