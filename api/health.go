@@ -4,6 +4,8 @@ import (
 	"context"
 	"net/http"
 	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
 )
 
 // Health is the body of /health, /healthz and /livez.
@@ -49,4 +51,21 @@ func (s *Server) health(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	writeJSON(w, http.StatusOK, h)
+}
+
+// ready answers 200 when NATS is reachable and every KV bucket answers, and
+// 503 in the API's error format otherwise.
+func (s *Server) ready(w http.ResponseWriter, r *http.Request) {
+	if !s.connected(w) {
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	for _, kv := range []jetstream.KeyValue{s.jobs.KV, s.cache.KV, s.hosts.KV} {
+		if _, err := kv.Status(ctx); err != nil {
+			writeError(w, http.StatusServiceUnavailable, catUnavailable, "KV bucket "+kv.Bucket()+" does not answer: "+err.Error())
+			return
+		}
+	}
+	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
 }

@@ -115,11 +115,13 @@ func (s *Server) routes() {
 	r.HandleFunc("/api/v1/jobs", s.createJob).Methods(http.MethodPost)
 	r.HandleFunc("/api/v1/jobs/{job_id}", s.getJob).Methods(http.MethodGet)
 	r.HandleFunc("/api/v1/jobs/{job_id}/cancel", s.cancelJob).Methods(http.MethodPost)
+	r.HandleFunc("/api/v1/jobs/{job_id}/events", s.jobEvents).Methods(http.MethodGet)
 	r.HandleFunc("/api/v1/cache/images", s.listCache).Methods(http.MethodGet)
 	r.HandleFunc("/api/v1/cache/fetch", s.fetchCache).Methods(http.MethodPost)
 	r.HandleFunc("/health", s.health).Methods(http.MethodGet)
 	r.HandleFunc("/healthz", s.health).Methods(http.MethodGet)
 	r.HandleFunc("/livez", s.health).Methods(http.MethodGet)
+	r.HandleFunc("/readyz", s.ready).Methods(http.MethodGet)
 	r.Handle("/metrics", promhttp.HandlerFor(s.metrics.registry, promhttp.HandlerOpts{})).Methods(http.MethodGet)
 	r.NotFoundHandler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusNotFound, "not found", "no such endpoint: "+r.Method+" "+r.URL.Path)

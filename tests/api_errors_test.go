@@ -121,4 +121,6 @@ func TestNATSUnreachable(t *testing.T) {
 	requireError(t, e.do(http.MethodGet, "/api/v1/jobs/550e8400-e29b-41d4-a716-446655440000", nil), 503, "service unavailable", "NATS is unreachable; try again later")
 	h := e.do(http.MethodGet, "/health", nil).json(t)
 	require.Equal(t, "degraded", h["status"])
+	require.Equal(t, "unreachable", h["checks"].(map[string]any)["nats"])
+	requireError(t, e.do(http.MethodGet, "/readyz", nil), 503, "service unavailable", "NATS is unreachable; try again later")
 }

@@ -127,7 +127,7 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
 
 // fail writes a failed record (unless the job already ended).
 func (w *Worker) fail(ctx context.Context, log *logrus.Entry, host, jobID, reason string) {
-	_, _, err := w.jobs.Update(ctx, host, jobID, func(j *kvstate.Job) error {
+	rec, _, err := w.jobs.Update(ctx, host, jobID, func(j *kvstate.Job) error {
 		now := time.Now().UTC()
 		j.Status = kvstate.StatusFailed
 		j.Error = reason
@@ -140,7 +140,7 @@ func (w *Worker) fail(ctx context.Context, log *logrus.Entry, host, jobID, reaso
 	}
 	w.metrics.jobs.WithLabelValues(string(kvstate.StatusFailed)).Inc()
 	log.WithField("error", reason).Error("job failed")
-	w.publishEvent(host, jobID, kvstate.Job{JobID: jobID, Status: kvstate.StatusFailed, Error: reason})
+	w.publishEvent(host, jobID, rec)
 }
 
 // run executes a running job with its keep-alive and cancel watcher.
@@ -230,7 +230,9 @@ func (w *Worker) run(ctx context.Context, log *logrus.Entry, msg jetstream.Msg, 
 		_ = msg.Term()
 		w.metrics.jobs.WithLabelValues(string(kvstate.StatusCancelled)).Inc()
 		w.metrics.duration.WithLabelValues("cancelled").Observe(time.Since(started).Seconds())
-		w.publishEvent(host, jobID, kvstate.Job{JobID: jobID, Status: kvstate.StatusCancelled})
+		if cur, _, err := w.jobs.Get(bg, host, jobID); err == nil {
+			w.publishEvent(host, jobID, cur)
+		}
 		log.Info("job cancelled")
 		return string(kvstate.StatusCancelled)
 	}

@@ -119,6 +119,11 @@ func (r *reporter) progress(stage string, done, total int64) {
 		pct = rng.from + int(int64(rng.to-rng.from)*min(done, total)/total)
 	}
 	pct = max(pct, r.cur.Percent)
+	if delta := done - r.cur.BytesProcessed; stage != r.cur.Stage {
+		r.countBytes(stage, done)
+	} else if delta > 0 {
+		r.countBytes(stage, delta)
+	}
 	r.cur = kvstate.Progress{Stage: stage, Percent: pct, BytesProcessed: done, BytesTotal: total}
 	if total > 0 {
 		r.sized = r.cur
@@ -190,4 +195,14 @@ func (r *reporter) markVolumeCreated(ctx context.Context) error {
 		return nil
 	})
 	return err
+}
+
+// countBytes adds n bytes of stage to the byte counters.
+func (r *reporter) countBytes(stage string, n int64) {
+	switch stage {
+	case pipeline.StageDownload:
+		r.w.metrics.downloaded.Add(float64(n))
+	case pipeline.StagePopulate:
+		r.w.metrics.populated.Add(float64(n))
+	}
 }

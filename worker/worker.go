@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -65,6 +66,8 @@ type ImageCache interface {
 	// Remove deletes an entry and its file (an image found to be unusable).
 	Remove(ctx context.Context, key string) error
 	Reconcile(ctx context.Context) error
+	// Dir is the cache directory.
+	Dir() string
 }
 
 // Worker runs one host's jobs.
@@ -93,6 +96,9 @@ type metrics struct {
 	duration      *prometheus.HistogramVec
 	stageDuration *prometheus.HistogramVec
 	cache         *prometheus.CounterVec
+	downloaded    prometheus.Counter
+	populated     prometheus.Counter
+	cacheSize     prometheus.GaugeFunc
 	waiting       prometheus.GaugeFunc
 }
 
@@ -115,10 +121,19 @@ func newMetrics(w *Worker) *metrics {
 	m.cache = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "libvirt_volume_provisioner_cache_lookups_total", Help: "Image cache lookups by result (hit, miss).",
 	}, []string{"result"})
+	m.downloaded = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "libvirt_volume_provisioner_downloaded_bytes_total", Help: "Image bytes downloaded from the object store.",
+	})
+	m.populated = prometheus.NewCounter(prometheus.CounterOpts{
+		Name: "libvirt_volume_provisioner_populated_bytes_total", Help: "Virtual disk bytes written into volumes (image data and zeros).",
+	})
+	m.cacheSize = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "libvirt_volume_provisioner_cache_size_bytes", Help: "Bytes of images in this host's cache directory.",
+	}, func() float64 { return float64(w.cacheBytes()) })
 	m.waiting = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "libvirt_volume_provisioner_jobs_waiting", Help: "Jobs waiting in this host's queue (last seen).",
 	}, func() float64 { return float64(w.waiting.Load()) })
-	m.registry.MustRegister(m.jobs, m.active, m.duration, m.stageDuration, m.cache, m.waiting, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	m.registry.MustRegister(m.jobs, m.active, m.duration, m.stageDuration, m.cache, m.downloaded, m.populated, m.cacheSize, m.waiting, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
 
@@ -286,3 +301,21 @@ func (w *Worker) CacheBucket() jetstream.KeyValue { return w.cacheKV }
 
 // SetCache sets the image cache (built from CacheBucket) before Run.
 func (w *Worker) SetCache(c ImageCache) { w.parts.Cache = c }
+
+// cacheBytes is the size of the files in the cache directory.
+func (w *Worker) cacheBytes() int64 {
+	if w.parts.Cache == nil {
+		return 0
+	}
+	entries, err := os.ReadDir(w.parts.Cache.Dir())
+	if err != nil {
+		return 0
+	}
+	var n int64
+	for _, e := range entries {
+		if info, err := e.Info(); err == nil && info.Mode().IsRegular() {
+			n += info.Size()
+		}
+	}
+	return n
+}
