@@ -1,18 +1,27 @@
 #!/usr/bin/env bash
-# Installs what the tests and the demo need on Debian: qemu-utils (qemu-img),
-# e2fsprogs (mkfs.ext4 for the demo image), and the pinned MinIO server built
-# from the Go module proxy. Without root it says exactly what is missing.
+# Installs what the tests and the demo need on Debian, then builds the pinned
+# MinIO server from the Go module proxy. Without root it prints exactly what
+# is missing.
+#   qemu-utils            qemu-img (the converter)
+#   e2fsprogs             mkfs.ext4 (the demo's realistic image)
+#   qemu-system-x86       QEMU for the LVM guest VM and for libvirt domains
+#   lvm2                  LVM tools, copied into the LVM guest
+#   libvirt-daemon-system libvirtd for the libvirt backend's tests
+#   libvirt-dev pkg-config gcc   cgo build of libvirt.org/go/libvirt
+#   prometheus            the real Prometheus and promtool of the metrics tests
+#   util-linux curl       losetup (loop devices), curl
 set -euo pipefail
 cd "$(dirname "$0")/.."
+packages=(qemu-utils e2fsprogs qemu-system-x86 lvm2 libvirt-daemon-system libvirt-dev pkg-config gcc prometheus util-linux curl)
 need=()
-command -v qemu-img >/dev/null || need+=(qemu-utils)
-command -v mkfs.ext4 >/dev/null || need+=(e2fsprogs)
-command -v curl >/dev/null || need+=(curl)
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
+done
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     echo "installing Debian packages: ${need[*]}" >&2
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
   else
     echo "missing Debian packages: ${need[*]}; run: sudo apt-get install ${need[*]}" >&2
     exit 1

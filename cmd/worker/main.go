@@ -65,8 +65,12 @@ func run(args []string) error {
 	maxDeliver := c.Int("PROVISIONER_MAX_DELIVER", 5, "deliveries of one job before it fails")
 	heartbeat := c.Duration("PROVISIONER_HEARTBEAT", 5*time.Second, "host registry heartbeat interval")
 	cacheDir := c.String("PROVISIONER_CACHE_DIR", "/var/lib/libvirt/images", "image cache directory")
-	backend := c.String("PROVISIONER_VOLUME_BACKEND", "file", "volume backend: file")
+	backend := c.String("PROVISIONER_VOLUME_BACKEND", "file", "volume backend: file, lvm or libvirt")
 	volumeDir := c.String("PROVISIONER_VOLUME_DIR", "/var/lib/provisioner/volumes", "directory of the file backend's volumes")
+	lvmVG := c.String("PROVISIONER_LVM_VG", "", "volume group of the lvm backend")
+	libvirtURI := c.String("PROVISIONER_LIBVIRT_URI", "qemu:///system", "libvirt connection URI of the libvirt backend")
+	libvirtPool := c.String("PROVISIONER_LIBVIRT_POOL", "", "storage pool of the libvirt backend's volumes")
+	imagesPool := c.String("PROVISIONER_LIBVIRT_IMAGES_POOL", "images", "libvirt pool whose directory is the image cache (libvirt backend)")
 	qemuImg := c.String("PROVISIONER_QEMU_IMG", "qemu-img", "qemu-img binary")
 	writeLimit := c.Int64("PROVISIONER_WRITE_LIMIT", 0, "cap on volume writes in bytes per second (0: no limit)")
 	minioEndpoint := c.String("MINIO_ENDPOINT", "", "MinIO endpoint host:port image URLs must name")
@@ -87,9 +91,6 @@ func run(args []string) error {
 	qemuPath, err := exec.LookPath(*qemuImg)
 	if err != nil {
 		return fmt.Errorf("qemu-img not found (%s): install Debian's qemu-utils", *qemuImg)
-	}
-	if *backend != "file" {
-		return fmt.Errorf("PROVISIONER_VOLUME_BACKEND=%q is not supported (supported: file)", *backend)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
@@ -116,20 +117,29 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
-	files, err := pipeline.NewFileBackend(*volumeDir)
+	vols, err := openBackend(backendConfig{kind: *backend, volumeDir: *volumeDir, vg: *lvmVG, libvirtURI: *libvirtURI,
+		libvirtPool: *libvirtPool, imagesPool: *imagesPool, cacheDir: *cacheDir})
 	if err != nil {
 		return err
 	}
+	defer vols.close()
 	subjects := messaging.NewSubjects(*prefix)
 	// The cache index needs the buckets; New waits for the API to create them.
 	w, err := worker.New(ctx, worker.Config{Host: *host, MachineID: *machine, Version: version.Version, AckWait: *ackWait,
-		MaxDeliver: *maxDeliver, Heartbeat: *heartbeat, TracerProvider: tp}, nc, subjects, worker.Parts{Source: source, Backend: files, Converter: pipeline.QemuImg{Path: qemuPath, RateLimit: *writeLimit}}, log)
+		MaxDeliver: *maxDeliver, Heartbeat: *heartbeat, TracerProvider: tp}, nc, subjects, worker.Parts{Source: source, Backend: vols.backend, Converter: pipeline.QemuImg{Path: qemuPath, RateLimit: *writeLimit}}, log)
 	if err != nil {
 		return err
 	}
-	cache, err := pipeline.NewCache(*cacheDir, *host, kvstate.CacheIndex{KV: w.CacheBucket()})
+	cache, err := pipeline.NewCache(vols.cacheDir, *host, kvstate.CacheIndex{KV: w.CacheBucket()})
 	if err != nil {
 		return err
+	}
+	if vols.refreshCache != nil {
+		cache.SetOnChange(func(ctx context.Context) {
+			if err := vols.refreshCache(ctx); err != nil {
+				log.WithError(err).Warn("refresh the libvirt images pool")
+			}
+		})
 	}
 	w.SetCache(cache)
 
@@ -140,6 +150,6 @@ func run(args []string) error {
 	hs := &http.Server{Handler: w.Handler(), ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = hs.Serve(ln) }()
 	defer hs.Close()
-	log.WithFields(logrus.Fields{"addr": ln.Addr().String(), "host": *host, "cache_dir": *cacheDir, "volume_dir": *volumeDir}).Info("worker HTTP listening")
+	log.WithFields(logrus.Fields{"addr": ln.Addr().String(), "host": *host, "cache_dir": vols.cacheDir, "backend": *backend}).Info("worker HTTP listening")
 	return w.Run(ctx)
 }

@@ -1,0 +1,56 @@
+package main
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/libvirt-volume-provisioner/provisioner/pipeline"
+)
+
+// backendConfig selects and configures the volume backend.
+type backendConfig struct {
+	kind        string
+	volumeDir   string
+	vg          string
+	libvirtURI  string
+	libvirtPool string
+	imagesPool  string
+	cacheDir    string
+}
+
+// volumes is the opened backend and the cache directory that goes with it.
+type volumes struct {
+	backend pipeline.Backend
+	// cacheDir is PROVISIONER_CACHE_DIR, or the images pool's directory
+	// with the libvirt backend.
+	cacheDir string
+	// refreshCache, when set, runs after the cache changed.
+	refreshCache func(context.Context) error
+	close        func()
+}
+
+func openBackend(c backendConfig) (volumes, error) {
+	v := volumes{cacheDir: c.cacheDir, close: func() {}}
+	switch c.kind {
+	case "file":
+		b, err := pipeline.NewFileBackend(c.volumeDir)
+		if err != nil {
+			return v, err
+		}
+		v.backend = b
+	case "lvm":
+		if c.vg == "" {
+			return v, fmt.Errorf("PROVISIONER_LVM_VG is not set: the lvm backend needs a volume group")
+		}
+		b, err := pipeline.NewLVMBackend(c.vg)
+		if err != nil {
+			return v, err
+		}
+		v.backend = b
+	case "libvirt":
+		return openLibvirt(c)
+	default:
+		return v, fmt.Errorf("PROVISIONER_VOLUME_BACKEND=%q is not supported (supported: file, lvm, libvirt)", c.kind)
+	}
+	return v, nil
+}

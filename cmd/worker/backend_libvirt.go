@@ -1,0 +1,35 @@
+//go:build cgo
+
+package main
+
+import (
+	"fmt"
+
+	"github.com/libvirt-volume-provisioner/provisioner/libvirtpool"
+)
+
+// openLibvirt opens the libvirt backend's pool and the images pool, whose
+// directory becomes the image cache.
+func openLibvirt(c backendConfig) (volumes, error) {
+	v := volumes{close: func() {}}
+	if c.libvirtPool == "" {
+		return v, fmt.Errorf("PROVISIONER_LIBVIRT_POOL is not set: the libvirt backend needs the pool of its volumes")
+	}
+	b, err := libvirtpool.Open(c.libvirtURI, c.libvirtPool)
+	if err != nil {
+		return v, err
+	}
+	images, err := libvirtpool.OpenImagesPool(c.libvirtURI, c.imagesPool)
+	if err != nil {
+		_ = b.Close()
+		return v, err
+	}
+	v.backend = b
+	v.cacheDir = images.Dir()
+	v.refreshCache = images.Refresh
+	v.close = func() {
+		_ = images.Close()
+		_ = b.Close()
+	}
+	return v, nil
+}
