@@ -27,6 +27,8 @@ ACCEL=${ACCEL:-auto}
 TIMEOUT=${TIMEOUT:-600}
 RUN=${RUN:-^TestLVMGuest}
 KVM_START_TIMEOUT=${KVM_START_TIMEOUT:-30}
+case $TIMEOUT in ''|*[!0-9]*) echo "TIMEOUT must be a number of seconds, not $TIMEOUT" >&2; exit 2 ;; esac
+TEST_TIMEOUT=$(( TIMEOUT > 120 ? TIMEOUT - 60 : TIMEOUT / 2 ))   # go test's own, inside the VM
 CACHE=${LVMGUEST_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/provisioner-lvmguest}
 VG=lvmguestvg          # only inside the VM, on its own disk
 DISK_MB=1024           # the VM's PV (a sparse file)
@@ -60,7 +62,7 @@ KPKG=$(apt-cache depends linux-image-amd64 2>/dev/null | awk '/Depends: linux-im
 fetch() {  # $1 = package; downloads it into the cache unless a .deb is there
   ls "$CACHE/debs/$1"_*.deb >/dev/null 2>&1 && return 0
   log "downloading $1 into $CACHE/debs"
-  (cd "$CACHE/debs" && apt-get -q download "$1" 2>&1 | grep -v '^W: Download is performed unsandboxed' >&2) ||
+  (cd "$CACHE/debs" && apt-get -q download "$1" 2>&1 | { grep -v '^W: Download is performed unsandboxed' >&2 || true; }) ||
     die "cannot download $1 with apt-get (run apt-get update, or put its .deb in $CACHE/debs)"
   ls "$CACHE/debs/$1"_*.deb >/dev/null 2>&1 || die "apt-get download $1 left no .deb in $CACHE/debs"
 }
@@ -157,7 +159,7 @@ i=0; while ! [ -b /dev/vda ] && [ \$i -lt 100 ]; do sleep 0.1; i=\$((i+1)); done
 lvm pvcreate -q -y /dev/vda >/dev/null || verdict "FAIL pvcreate"
 lvm vgcreate -q $VG /dev/vda >/dev/null || verdict "FAIL vgcreate"
 echo "LVMGUEST-TESTS-BEGIN uptime=\$(cut -d' ' -f1 /proc/uptime)"
-LVMGUEST_VG=$VG LVMGUEST_IMAGES=/images pipeline.test -test.v -test.count=1 -test.timeout=$((TIMEOUT - 60))s -test.run '$RUN' 2>&1
+LVMGUEST_VG=$VG LVMGUEST_IMAGES=/images pipeline.test -test.v -test.count=1 -test.timeout=${TEST_TIMEOUT}s -test.run '$RUN' 2>&1
 rc=\$?
 echo "LVMGUEST-TESTS-END rc=\$rc uptime=\$(cut -d' ' -f1 /proc/uptime)"
 echo "LVMGUEST-LVS \$(lvm lvs --noheadings -o lv_name $VG | tr -s ' \n' ' ')"
