@@ -5,7 +5,7 @@ BIN := bin
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/libvirt-volume-provisioner/provisioner/internal/version.Version=$(VERSION)
 
-.PHONY: all build deps run demo test unit integration bench lint clean
+.PHONY: all build deps run demo test unit integration bench lint clean e2e-lvm
 
 all: build
 
@@ -25,10 +25,15 @@ run: build
 demo: deps build
 	demo/run.sh
 
-## test: unit and integration tests against real NATS, MinIO and qemu-img
+## test: unit and integration tests against real NATS, MinIO, qemu-img, libvirtd, loop devices, and LVM in a guest VM
 test: deps
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 20m ./...
+	tests/lvmguest/run.sh
+
+## e2e-lvm: the LVM backend against real LVM, in a small QEMU VM (tests/lvmguest/README.md)
+e2e-lvm:
+	tests/lvmguest/run.sh
 
 ## unit: the tests that need nothing but Go
 unit:

@@ -46,6 +46,9 @@ func openBackend(c backendConfig) (volumes, error) {
 		if err != nil {
 			return v, err
 		}
+		if err := b.CheckVolumeGroup(context.Background()); err != nil {
+			return v, err
+		}
 		v.backend = b
 	case "libvirt":
 		return openLibvirt(c)
