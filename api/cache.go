@@ -53,7 +53,7 @@ func (s *Server) listCache(w http.ResponseWriter, r *http.Request) {
 	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.NATSTimeout)
 	defer cancel()
 	host, ok := s.resolveHost(ctx, w, r, r.URL.Query().Get("hypervisor"))
-	if !ok {
+	if !ok || !allowHost(w, r, host) {
 		return
 	}
 	entries, err := s.cache.List(ctx, host)

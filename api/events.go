@@ -38,6 +38,9 @@ func (s *Server) jobEvents(w http.ResponseWriter, r *http.Request) {
 		s.failNATS(w, r, "read job", err)
 		return
 	}
+	if !allowHost(w, r, rec.Hypervisor) {
+		return
+	}
 	watcher, err := s.jobs.Watch(r.Context(), rec.Hypervisor, jobID)
 	if err != nil {
 		s.failNATS(w, r, "watch job", err)

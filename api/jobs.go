@@ -122,7 +122,7 @@ func (s *Server) fetchCache(w http.ResponseWriter, r *http.Request) {
 // submit validates a job, records it as pending and publishes it.
 func (s *Server) submit(w http.ResponseWriter, r *http.Request, m messaging.Job) {
 	m.JobID = uuid.NewString()
-	m.Caller = "anonymous"
+	m.Caller = identity(r).Name
 	m.SubmittedAt = time.Now().UTC()
 	m.Normalize()
 	if err := m.Validate(); err != nil {
@@ -142,8 +142,14 @@ func (s *Server) submit(w http.ResponseWriter, r *http.Request, m messaging.Job)
 	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.NATSTimeout)
 	defer cancel()
 	host, ok := s.resolveHost(ctx, w, r, m.Hypervisor)
-	if !ok {
+	if !ok || !allowHost(w, r, host) {
 		return
+	}
+	if m.Kind == messaging.KindProvision {
+		if err := identity(r).AllowVolume(m.VolumeName); err != nil {
+			writeError(w, http.StatusForbidden, catForbidden, err.Error())
+			return
+		}
 	}
 	m.Hypervisor = host
 	rec := kvstate.NewJob(m, host, m.SubmittedAt)
@@ -290,6 +296,9 @@ func (s *Server) getJob(w http.ResponseWriter, r *http.Request) {
 		s.failNATS(w, r, "read job", err)
 		return
 	}
+	if !allowHost(w, r, rec.Hypervisor) {
+		return
+	}
 	writeJSON(w, http.StatusOK, rec)
 }
 
@@ -314,6 +323,9 @@ func (s *Server) cancelJob(w http.ResponseWriter, r *http.Request) {
 		s.failNATS(w, r, "read job", err)
 		return
 	}
+	if !allowHost(w, r, rec.Hypervisor) {
+		return
+	}
 	updated, _, err := s.jobs.Update(ctx, rec.Hypervisor, jobID, func(j *kvstate.Job) error {
 		if j.Status.Terminal() {
 			return &kvstate.TransitionError{From: j.Status, To: kvstate.StatusCancelled}
@@ -336,7 +348,7 @@ func (s *Server) cancelJob(w http.ResponseWriter, r *http.Request) {
 		s.dropQueued(ctx, updated.Hypervisor, jobID)
 	}
 	s.metrics.jobs.WithLabelValues("cancelled").Inc()
-	s.log.WithFields(map[string]any{"job_id": jobID, "host": updated.Hypervisor, "request_id": requestID(r)}).Info("job cancelled")
+	s.log.WithFields(telemetry.LogFields(ctx)).WithFields(map[string]any{"job_id": jobID, "host": updated.Hypervisor, "request_id": requestID(r), "caller": identity(r).Name}).Info("job cancelled")
 	writeJSON(w, http.StatusOK, cancelled{Status: string(kvstate.StatusCancelled), JobID: jobID})
 }
 

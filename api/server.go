@@ -21,6 +21,7 @@ import (
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
 
+	"github.com/libvirt-volume-provisioner/provisioner/auth"
 	"github.com/libvirt-volume-provisioner/provisioner/kvstate"
 	"github.com/libvirt-volume-provisioner/provisioner/messaging"
 	"github.com/libvirt-volume-provisioner/provisioner/telemetry"
@@ -42,6 +43,9 @@ type Config struct {
 	MaxBodyBytes int64
 	// TracerProvider makes the API's spans; nil means the global one.
 	TracerProvider trace.TracerProvider
+	// Auth authenticates /api/v1 callers; nil (or empty) means every
+	// caller is anonymous, which the command allows only on loopback.
+	Auth *auth.Authenticator
 }
 
 // Server serves the REST API.
@@ -118,6 +122,7 @@ func (s *Server) routes() {
 	r.HandleFunc("/api/v1/jobs/{job_id}/events", s.jobEvents).Methods(http.MethodGet)
 	r.HandleFunc("/api/v1/cache/images", s.listCache).Methods(http.MethodGet)
 	r.HandleFunc("/api/v1/cache/fetch", s.fetchCache).Methods(http.MethodPost)
+	r.HandleFunc("/api/v1/openapi.yaml", s.openAPI).Methods(http.MethodGet)
 	r.HandleFunc("/health", s.health).Methods(http.MethodGet)
 	r.HandleFunc("/healthz", s.health).Methods(http.MethodGet)
 	r.HandleFunc("/livez", s.health).Methods(http.MethodGet)
@@ -129,7 +134,7 @@ func (s *Server) routes() {
 	r.MethodNotAllowedHandler = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, http.StatusMethodNotAllowed, "method not allowed", r.Method+" is not allowed on "+r.URL.Path)
 	})
-	r.Use(s.instrument)
+	r.Use(s.instrument, s.authenticate)
 	s.router = r
 }
 

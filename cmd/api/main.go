@@ -28,6 +28,13 @@ import (
 )
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "token" {
+		if err := tokenCommand(os.Args[2:], os.Stdout); err != nil {
+			fmt.Fprintln(os.Stderr, "api token:", err)
+			os.Exit(1)
+		}
+		return
+	}
 	if err := run(os.Args[1:]); err != nil {
 		fmt.Fprintln(os.Stderr, "api:", err)
 		os.Exit(1)
@@ -48,10 +55,15 @@ func run(args []string) error {
 	defaultHost := c.String("PROVISIONER_DEFAULT_HYPERVISOR", "", "hypervisor used when a request names none (empty: requests must name one)")
 	endpoints := c.String("PROVISIONER_IMAGE_ENDPOINTS", os.Getenv("MINIO_ENDPOINT"), "object store endpoints (host:port, comma-separated) image URLs may name; defaults to $MINIO_ENDPOINT; empty allows any")
 	logLevel := c.String("PROVISIONER_LOG_LEVEL", "info", "log level: debug, info, warn, error")
+	sec := securityFlags(c)
 	if err := c.Parse(args); err != nil {
 		return err
 	}
 	log, err := logging.New(*logLevel)
+	if err != nil {
+		return err
+	}
+	authn, tlsConfig, err := sec.load(*httpAddr)
 	if err != nil {
 		return err
 	}
@@ -106,7 +118,7 @@ func run(args []string) error {
 			eps = append(eps, messaging.NormalizeEndpoint(e, secure))
 		}
 	}
-	srv, err := api.New(ctx, api.Config{DefaultHypervisor: *defaultHost, ImageEndpoints: eps, Version: version.Version, TracerProvider: tp}, nc, subjects, log)
+	srv, err := api.New(ctx, api.Config{DefaultHypervisor: *defaultHost, ImageEndpoints: eps, Version: version.Version, TracerProvider: tp, Auth: authn}, nc, subjects, log)
 	if err != nil {
 		return err
 	}
@@ -114,10 +126,18 @@ func run(args []string) error {
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", *httpAddr, err)
 	}
-	hs := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, WriteTimeout: 60 * time.Second}
+	hs := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, WriteTimeout: 60 * time.Second,
+		TLSConfig: tlsConfig}
 	errc := make(chan error, 1)
-	go func() { errc <- hs.Serve(ln) }()
-	log.WithFields(logrus.Fields{"addr": ln.Addr().String(), "version": version.Version}).Info("API listening")
+	go func() {
+		if tlsConfig != nil {
+			errc <- hs.ServeTLS(ln, "", "")
+		} else {
+			errc <- hs.Serve(ln)
+		}
+	}()
+	log.WithFields(logrus.Fields{"addr": ln.Addr().String(), "version": version.Version, "tls": tlsConfig != nil,
+		"client_certificates": tlsConfig != nil && tlsConfig.ClientCAs != nil, "tokens": authn.Enabled() && len(authn.Keys) > 0}).Info("API listening")
 	select {
 	case <-ctx.Done():
 	case err := <-errc:
