@@ -47,9 +47,10 @@ PROVISIONER_HTTP_ADDR=$API_ADDR PROVISIONER_DATA_DIR=$VAR PROVISIONER_DEFAULT_HY
   bin/api >>"$VAR/api.log" 2>&1 &
 pids+=($!)
 wait_http "http://$API_ADDR/livez" API "$VAR/api.log"
-echo "API          http://$API_ADDR (embedded NATS on nats://${PROVISIONER_NATS_LISTEN:-127.0.0.1:4222}), log $VAR/api.log"
+echo "API          http://$API_ADDR (embedded NATS on nats://${PROVISIONER_NATS_LISTEN:-127.0.0.1:4222}, operator key $VAR/credentials/admin.nk), log $VAR/api.log"
 
 PROVISIONER_HTTP_ADDR=$WORKER_ADDR PROVISIONER_HOST=${PROVISIONER_HOST:-local} PROVISIONER_NATS_URL=nats://${PROVISIONER_NATS_LISTEN:-127.0.0.1:4222} \
+  PROVISIONER_NATS_NKEY=$VAR/credentials/worker.nk \
   PROVISIONER_CACHE_DIR=${PROVISIONER_CACHE_DIR:-$VAR/cache} PROVISIONER_VOLUME_BACKEND=file PROVISIONER_VOLUME_DIR=${PROVISIONER_VOLUME_DIR:-$VAR/volumes} \
   bin/worker >>"$VAR/worker.log" 2>&1 &
 pids+=($!)

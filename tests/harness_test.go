@@ -133,9 +133,21 @@ type env struct {
 	workers   map[string]*proc
 	cacheDirs map[string]string
 	volDirs   map[string]string
+	// client talks to the API (http.DefaultClient when nil).
+	client *http.Client
+}
+
+func (e *env) httpClient() *http.Client {
+	if e.client != nil {
+		return e.client
+	}
+	return http.DefaultClient
 }
 
 type envOptions struct {
+	// client is the HTTP client for the API; with it the API is reached
+	// over https.
+	client *http.Client
 	// noWorker starts no worker.
 	noWorker bool
 	// apiEnv adds environment to the API.
@@ -150,7 +162,11 @@ func newEnv(t *testing.T, o envOptions) *env {
 	require.NoError(t, err)
 	natsPort, err := testenv.FreePort()
 	require.NoError(t, err)
-	e := &env{t: t, dir: dir, apiURL: fmt.Sprintf("http://127.0.0.1:%d", httpPort), natsURL: fmt.Sprintf("nats://127.0.0.1:%d", natsPort),
+	scheme := "http"
+	if o.client != nil {
+		scheme = "https"
+	}
+	e := &env{t: t, dir: dir, apiURL: fmt.Sprintf("%s://127.0.0.1:%d", scheme, httpPort), natsURL: fmt.Sprintf("nats://127.0.0.1:%d", natsPort), client: o.client,
 		minio: m, bucket: "b" + strconv.FormatInt(time.Now().UnixNano(), 36), workers: map[string]*proc{}, cacheDirs: map[string]string{}, volDirs: map[string]string{}}
 	apiEnv := append([]string{
 		"PROVISIONER_HTTP_ADDR=127.0.0.1:" + strconv.Itoa(httpPort),
@@ -190,7 +206,7 @@ func (e *env) waitHTTP(url string) {
 	e.t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for time.Now().Before(deadline) {
-		resp, err := http.Get(url)
+		resp, err := e.httpClient().Get(url)
 		if err == nil {
 			resp.Body.Close()
 			return
@@ -216,6 +232,7 @@ func (e *env) workerEnv(host string, extra ...string) []string {
 		"PROVISIONER_MACHINE_ID=machine-" + host,
 		"PROVISIONER_HTTP_ADDR=127.0.0.1:" + strconv.Itoa(port),
 		"PROVISIONER_NATS_URL=" + e.natsURL,
+		"PROVISIONER_NATS_NKEY=" + e.credential("worker.nk"),
 		"PROVISIONER_ACK_WAIT=3s",
 		"PROVISIONER_HEARTBEAT=1s",
 		"PROVISIONER_CACHE_DIR=" + cacheDir,
@@ -288,7 +305,7 @@ func (e *env) do(method, path string, body any, headers ...string) response {
 	for i := 0; i+1 < len(headers); i += 2 {
 		req.Header.Set(headers[i], headers[i+1])
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := e.httpClient().Do(req)
 	require.NoError(e.t, err)
 	defer resp.Body.Close()
 	data, err := io.ReadAll(resp.Body)
@@ -360,9 +377,13 @@ func (e *env) waitStatus(id, status string) job {
 	})
 }
 
+// credential is the path of a key the embedded NATS server generated.
+func (e *env) credential(name string) string { return filepath.Join(e.dir, "var", "credentials", name) }
+
+// connectNATS connects as an operator (the admin key).
 func (e *env) connectNATS() *nats.Conn {
 	e.t.Helper()
-	nc, err := nats.Connect(e.natsURL)
+	nc, err := nats.Connect(e.natsURL, nats.Name("test-operator"), mustNkey(e.t, e.credential("admin.nk")))
 	require.NoError(e.t, err)
 	e.t.Cleanup(nc.Close)
 	return nc
@@ -421,3 +442,10 @@ func requireVolume(t *testing.T, path, refRaw string, size int64) {
 }
 
 func itoa(n int) string { return strconv.Itoa(n) }
+
+func mustNkey(t *testing.T, path string) nats.Option {
+	t.Helper()
+	opt, err := nats.NkeyOptionFromSeed(path)
+	require.NoError(t, err)
+	return opt
+}

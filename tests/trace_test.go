@@ -48,7 +48,7 @@ func TestOneTraceFromRequestToStages(t *testing.T) {
 	ns, err := embedded.Start(embedded.Options{Listen: "127.0.0.1:" + strconv.Itoa(port), DataDir: dir, MaxMemory: 64 << 20, MaxStore: 1 << 30})
 	require.NoError(t, err)
 	t.Cleanup(ns.Shutdown)
-	nc, err := nats.Connect(ns.ClientURL())
+	nc, err := nats.Connect(ns.ClientURL(), mustNkey(t, ns.Credentials.API))
 	require.NoError(t, err)
 	t.Cleanup(nc.Close)
 	js, err := jetstream.New(nc)

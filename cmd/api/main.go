@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	stdlog "log"
 	"net"
 	"net/http"
 	"os"
@@ -24,6 +25,7 @@ import (
 	"github.com/libvirt-volume-provisioner/provisioner/internal/logging"
 	"github.com/libvirt-volume-provisioner/provisioner/internal/version"
 	"github.com/libvirt-volume-provisioner/provisioner/messaging"
+	"github.com/libvirt-volume-provisioner/provisioner/natsconn"
 	"github.com/libvirt-volume-provisioner/provisioner/telemetry"
 )
 
@@ -56,6 +58,7 @@ func run(args []string) error {
 	endpoints := c.String("PROVISIONER_IMAGE_ENDPOINTS", os.Getenv("MINIO_ENDPOINT"), "object store endpoints (host:port, comma-separated) image URLs may name; defaults to $MINIO_ENDPOINT; empty allows any")
 	logLevel := c.String("PROVISIONER_LOG_LEVEL", "info", "log level: debug, info, warn, error")
 	sec := securityFlags(c)
+	natsCfg := config.NATSFlags(c)
 	if err := c.Parse(args); err != nil {
 		return err
 	}
@@ -79,9 +82,10 @@ func run(args []string) error {
 		_ = shutdownTracing(sctx)
 	}()
 
-	url := *natsURL
-	if url == "" {
-		ns, err := embedded.Start(embedded.Options{Listen: *natsListen, DataDir: *dataDir, MaxMemory: *jsMem, MaxStore: *jsStore})
+	nconf := natsCfg()
+	nconf.URL, nconf.Name = *natsURL, "provisioner-api"
+	if nconf.URL == "" {
+		ns, err := embedded.Start(embedded.Options{Listen: *natsListen, DataDir: *dataDir, MaxMemory: *jsMem, MaxStore: *jsStore, Prefix: *prefix})
 		if err != nil {
 			return err
 		}
@@ -89,15 +93,20 @@ func run(args []string) error {
 			ns.Shutdown()
 			ns.WaitForShutdown()
 		}()
-		url = ns.ClientURL()
-		log.WithFields(logrus.Fields{"listen": *natsListen, "store": *dataDir}).Info("embedded NATS server started")
+		nconf = natsconn.Config{URL: ns.ClientURL(), Name: "provisioner-api", NKeyFile: ns.Credentials.API}
+		log.WithFields(logrus.Fields{"listen": *natsListen, "store": *dataDir, "worker_nkey": ns.Credentials.Worker, "admin_nkey": ns.Credentials.Admin}).Info("embedded NATS server started")
 	}
-	nc, err := nats.Connect(url, nats.Name("provisioner-api"), nats.RetryOnFailedConnect(true), nats.MaxReconnects(-1),
+	opts, err := natsconn.Options(nconf)
+	if err != nil {
+		return err
+	}
+	opts = append(opts, nats.RetryOnFailedConnect(true), nats.MaxReconnects(-1),
 		nats.ReconnectWait(time.Second), nats.Timeout(5*time.Second),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) { log.WithError(err).Warn("NATS disconnected") }),
 		nats.ReconnectHandler(func(nc *nats.Conn) { log.WithField("url", nc.ConnectedUrl()).Info("NATS reconnected") }))
+	nc, err := nats.Connect(nconf.URL, opts...)
 	if err != nil {
-		return fmt.Errorf("connect to NATS %s: %w", url, err)
+		return fmt.Errorf("connect to NATS %s: %w", nconf.URL, err)
 	}
 	defer nc.Drain()
 	js, err := jetstream.New(nc)
@@ -127,7 +136,7 @@ func run(args []string) error {
 		return fmt.Errorf("listen on %s: %w", *httpAddr, err)
 	}
 	hs := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, WriteTimeout: 60 * time.Second,
-		TLSConfig: tlsConfig}
+		TLSConfig: tlsConfig, ErrorLog: stdlog.New(log.WriterLevel(logrus.WarnLevel), "", 0)}
 	errc := make(chan error, 1)
 	go func() {
 		if tlsConfig != nil {

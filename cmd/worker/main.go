@@ -24,6 +24,7 @@ import (
 	"github.com/libvirt-volume-provisioner/provisioner/internal/version"
 	"github.com/libvirt-volume-provisioner/provisioner/kvstate"
 	"github.com/libvirt-volume-provisioner/provisioner/messaging"
+	"github.com/libvirt-volume-provisioner/provisioner/natsconn"
 	"github.com/libvirt-volume-provisioner/provisioner/pipeline"
 	"github.com/libvirt-volume-provisioner/provisioner/telemetry"
 	"github.com/libvirt-volume-provisioner/provisioner/worker"
@@ -78,6 +79,7 @@ func run(args []string) error {
 	minioSecret := c.String("MINIO_SECRET_KEY", "", "MinIO secret key")
 	minioSSL := c.Bool("MINIO_USE_SSL", false, "use https to reach MinIO")
 	logLevel := c.String("PROVISIONER_LOG_LEVEL", "info", "log level: debug, info, warn, error")
+	natsCfg := config.NATSFlags(c)
 	if err := c.Parse(args); err != nil {
 		return err
 	}
@@ -104,10 +106,17 @@ func run(args []string) error {
 		_ = shutdownTracing(sctx)
 	}()
 
-	nc, err := nats.Connect(*natsURL, nats.Name("provisioner-worker-"+*host), nats.RetryOnFailedConnect(true), nats.MaxReconnects(-1),
+	nconf := natsCfg()
+	nconf.URL, nconf.Name, nconf.InboxPrefix = *natsURL, "provisioner-worker-"+*host, natsconn.WorkerInboxPrefix(*host)
+	opts, err := natsconn.Options(nconf)
+	if err != nil {
+		return err
+	}
+	opts = append(opts, nats.RetryOnFailedConnect(true), nats.MaxReconnects(-1),
 		nats.ReconnectWait(time.Second), nats.Timeout(5*time.Second),
 		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) { log.WithError(err).Warn("NATS disconnected") }),
 		nats.ReconnectHandler(func(nc *nats.Conn) { log.WithField("url", nc.ConnectedUrl()).Info("NATS reconnected") }))
+	nc, err := nats.Connect(*natsURL, opts...)
 	if err != nil {
 		return fmt.Errorf("connect to NATS %s: %w", *natsURL, err)
 	}
