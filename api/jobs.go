@@ -347,7 +347,6 @@ func (s *Server) cancelJob(w http.ResponseWriter, r *http.Request) {
 	if rec.Status == kvstate.StatusPending {
 		s.dropQueued(ctx, updated.Hypervisor, jobID)
 	}
-	s.metrics.jobs.WithLabelValues("cancelled").Inc()
 	s.log.WithFields(telemetry.LogFields(ctx)).WithFields(map[string]any{"job_id": jobID, "host": updated.Hypervisor, "request_id": requestID(r), "caller": identity(r).Name}).Info("job cancelled")
 	writeJSON(w, http.StatusOK, cancelled{Status: string(kvstate.StatusCancelled), JobID: jobID})
 }

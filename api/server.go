@@ -78,8 +78,9 @@ func newMetrics() *metrics {
 	}, []string{"endpoint", "method", "status"})
 	m.jobs = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "libvirt_volume_provisioner_jobs_total",
-		Help: "Jobs accepted (status=started) and cancelled through this API replica; workers count completed and failed.",
+		Help: "Jobs accepted by this API replica (status=started); workers export the jobs they ended (completed, failed, cancelled).",
 	}, []string{"status"})
+	m.jobs.WithLabelValues("started")
 	m.registry.MustRegister(m.requests, m.jobs, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

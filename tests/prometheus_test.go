@@ -272,14 +272,14 @@ scrape_configs:
 	// The worker's count of completed jobs appears with the first scrape
 	// after the job ended.
 	completed := waitQuery(t, base, `libvirt_volume_provisioner_jobs_total{status="completed"}`, 30*time.Second,
-		func(s []promSample) bool { return len(s) > 0 })
+		func(s []promSample) bool { return len(s) > 0 && s[0].Value > 0 })
 	require.Len(t, completed, 1, "%+v", completed)
 	require.Equal(t, "provisioner-worker", completed[0].Metric["job"])
 	require.Equal(t, "h1", completed[0].Metric["host"])
 	require.Equal(t, 1.0, completed[0].Value)
 
 	requests := waitQuery(t, base, `libvirt_volume_provisioner_requests_total{endpoint="/api/v1/jobs",method="POST",status="202"}`, 30*time.Second,
-		func(s []promSample) bool { return len(s) > 0 })
+		func(s []promSample) bool { return len(s) > 0 && s[0].Value > 0 })
 	require.Len(t, requests, 1, "%+v", requests)
 	require.Equal(t, "provisioner-api", requests[0].Metric["job"])
 	require.Equal(t, 1.0, requests[0].Value)

@@ -125,7 +125,7 @@ func newMetrics(w *Worker) *metrics {
 		Name: "libvirt_volume_provisioner_downloaded_bytes_total", Help: "Image bytes downloaded from the object store.",
 	})
 	m.populated = prometheus.NewCounter(prometheus.CounterOpts{
-		Name: "libvirt_volume_provisioner_populated_bytes_total", Help: "Virtual disk bytes written into volumes (image data and zeros).",
+		Name: "libvirt_volume_provisioner_populated_bytes_total", Help: "Bytes of images' virtual disks written into volumes (the image's virtual size per job, not the volume's size).",
 	})
 	m.cacheSize = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "libvirt_volume_provisioner_cache_size_bytes", Help: "Bytes of images in this host's cache directory.",
@@ -133,7 +133,19 @@ func newMetrics(w *Worker) *metrics {
 	m.waiting = prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "libvirt_volume_provisioner_jobs_waiting", Help: "Jobs waiting in this host's queue (last seen).",
 	}, func() float64 { return float64(w.waiting.Load()) })
-	m.registry.MustRegister(m.jobs, m.active, m.duration, m.stageDuration, m.cache, m.downloaded, m.populated, m.cacheSize, m.waiting, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	info := prometheus.NewGauge(prometheus.GaugeOpts{
+		Name: "libvirt_volume_provisioner_worker_info", Help: "Always 1; labels name this worker's host and version.",
+		ConstLabels: prometheus.Labels{"host": w.cfg.Host, "version": w.cfg.Version},
+	})
+	info.Set(1)
+	// Series start at zero, so rate() and increase() see the first event.
+	for _, s := range []string{"completed", "failed", "cancelled"} {
+		m.jobs.WithLabelValues(s)
+	}
+	for _, r := range []string{"hit", "miss"} {
+		m.cache.WithLabelValues(r)
+	}
+	m.registry.MustRegister(info, m.jobs, m.active, m.duration, m.stageDuration, m.cache, m.downloaded, m.populated, m.cacheSize, m.waiting, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
 

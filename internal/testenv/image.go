@@ -21,7 +21,7 @@ func QemuImg(tb testing.TB) string {
 }
 
 // RawImage writes a raw disk image of size bytes at path: seeded random data in
-// some 64 KiB blocks, zeros elsewhere, so a converter must get both right.
+// about one 64 KiB block in three, zeros elsewhere, so a converter must get both right.
 func RawImage(path string, size int64, seed uint64) error {
 	f, err := os.Create(path)
 	if err != nil {
@@ -34,7 +34,7 @@ func RawImage(path string, size int64, seed uint64) error {
 	r := rand.New(rand.NewPCG(seed, seed^0x9e3779b97f4a7c15))
 	block := make([]byte, 64<<10)
 	for off := int64(0); off < size; off += int64(len(block)) {
-		if r.IntN(3) != 0 { // two blocks in three hold data
+		if r.IntN(3) != 0 { // one block in three holds data
 			continue
 		}
 		for i := range block {
