@@ -129,12 +129,14 @@ func (s *Server) submit(w http.ResponseWriter, r *http.Request, m messaging.Job)
 		writeError(w, http.StatusBadRequest, catInvalid, err.Error())
 		return
 	}
-	if len(s.cfg.ImageEndpoints) > 0 {
-		ref, _ := messaging.ParseImageURL(m.ImageURL)
-		if !slices.Contains(s.cfg.ImageEndpoints, ref.Endpoint) {
-			writeError(w, http.StatusBadRequest, catInvalid, fmt.Sprintf("image_url: endpoint %s is not a configured object store (allowed: %s)", ref.Endpoint, strings.Join(s.cfg.ImageEndpoints, ", ")))
-			return
-		}
+	ref, _ := messaging.ParseImageURL(m.ImageURL)
+	switch {
+	case len(s.cfg.ImageEndpoints) > 0 && !slices.Contains(s.cfg.ImageEndpoints, ref.Endpoint):
+		writeError(w, http.StatusBadRequest, catInvalid, fmt.Sprintf("image_url: endpoint %s is not a configured object store (allowed: %s)", ref.Endpoint, strings.Join(s.cfg.ImageEndpoints, ", ")))
+		return
+	case len(s.cfg.ImageEndpoints) == 0 && messaging.RestrictedHost(ref.Host()):
+		writeError(w, http.StatusBadRequest, catInvalid, fmt.Sprintf("image_url: endpoint %s is a loopback, link-local or metadata address; an operator must configure it in PROVISIONER_IMAGE_ENDPOINTS to allow it", ref.Endpoint))
+		return
 	}
 	if !s.connected(w) {
 		return

@@ -260,6 +260,15 @@ type ImageRef struct {
 	Object string
 }
 
+// Host is the endpoint's host, without port or brackets.
+func (r ImageRef) Host() string {
+	host, _, err := net.SplitHostPort(r.Endpoint)
+	if err != nil {
+		return r.Endpoint
+	}
+	return host
+}
+
 // ParseImageURL checks an image URL's form and splits it: http or https, a
 // host, /<bucket>/<object>, and no user info, query or fragment.
 func ParseImageURL(raw string) (ImageRef, error) {
@@ -337,4 +346,27 @@ func NormalizeEndpoint(endpoint string, secure bool) string {
 		port = "443"
 	}
 	return net.JoinHostPort(strings.Trim(endpoint, "[]"), port)
+}
+
+// metadataHosts are cloud instance-metadata endpoints.
+var metadataHosts = map[string]bool{
+	"169.254.169.254": true, "fd00:ec2::254": true, "100.100.100.200": true,
+	"metadata.google.internal": true, "metadata": true,
+}
+
+// RestrictedHost reports whether host (a name or an IP literal, without a
+// port) is a loopback, link-local, unspecified, multicast or cloud metadata
+// address, which an image URL may name only when an operator configured it
+// as an object store endpoint.
+func RestrictedHost(host string) bool {
+	host = strings.ToLower(strings.Trim(host, "[]"))
+	if host == "localhost" || strings.HasSuffix(host, ".localhost") || metadataHosts[host] {
+		return true
+	}
+	ip := net.ParseIP(host)
+	if ip == nil {
+		return false
+	}
+	return ip.IsLoopback() || ip.IsLinkLocalUnicast() || ip.IsLinkLocalMulticast() || ip.IsUnspecified() ||
+		ip.IsMulticast() || ip.IsInterfaceLocalMulticast() || metadataHosts[ip.String()]
 }

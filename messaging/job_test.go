@@ -527,3 +527,16 @@ func TestDecodeStrictTrailingBrackets(t *testing.T) {
 	_, err := messaging.DecodeJob([]byte(`{"volume_size_gb":1.5}`))
 	require.EqualError(t, err, `job message is not valid JSON for a job: field "volume_size_gb" must be a whole number, not the fraction 1.5`)
 }
+
+func TestRestrictedHost(t *testing.T) {
+	t.Parallel()
+	for _, h := range []string{"localhost", "a.localhost", "127.0.0.1", "127.9.9.9", "[::1]", "::1", "169.254.169.254", "169.254.1.1", "fe80::1", "0.0.0.0", "::", "224.0.0.1", "fd00:ec2::254", "metadata.google.internal", "100.100.100.200"} {
+		require.True(t, messaging.RestrictedHost(h), h)
+	}
+	for _, h := range []string{"minio.internal", "10.0.0.5", "192.168.1.10", "2001:db8::1", "example.com"} {
+		require.False(t, messaging.RestrictedHost(h), h)
+	}
+	ref, err := messaging.ParseImageURL("http://[::1]:9000/images/x.qcow2")
+	require.NoError(t, err)
+	require.Equal(t, "::1", ref.Host())
+}

@@ -34,7 +34,13 @@ type QemuImg struct {
 	// RateLimit caps volume writes in bytes per second (0: no limit), so
 	// provisioning does not starve running VMs of disk bandwidth.
 	RateLimit int64
+	// MemoryLimit caps qemu-img's address space in bytes (RLIMIT_AS);
+	// 0 means DefaultQemuImgMemoryLimit, negative means no limit.
+	MemoryLimit int64
 }
+
+// DefaultQemuImgMemoryLimit is qemu-img's default address-space limit.
+const DefaultQemuImgMemoryLimit = 2 << 30
 
 var _ Converter = QemuImg{}
 
@@ -139,6 +145,14 @@ func (q QemuImg) convertQCOW2(ctx context.Context, img Image, src, target string
 		if err := cmd.Start(); err != nil {
 			errc <- fmt.Errorf("start %s: %w", bin, err)
 			return
+		}
+		// A hostile image must not make qemu-img use unbounded memory.
+		lim := q.MemoryLimit
+		if lim == 0 {
+			lim = DefaultQemuImgMemoryLimit
+		}
+		if lim > 0 {
+			_ = unix.Prlimit(cmd.Process.Pid, unix.RLIMIT_AS, &unix.Rlimit{Cur: uint64(lim), Max: uint64(lim)}, nil)
 		}
 		errc <- cmd.Wait()
 	}()

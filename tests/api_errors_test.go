@@ -124,3 +124,17 @@ func TestNATSUnreachable(t *testing.T) {
 	require.Equal(t, "unreachable", h["checks"].(map[string]any)["nats"])
 	requireError(t, e.do(http.MethodGet, "/readyz", nil), 503, "service unavailable", "NATS is unreachable; try again later")
 }
+
+// TestImageURLToLoopbackNeedsConfiguration: with no configured endpoints, an
+// image URL may not name loopback, link-local or metadata addresses.
+func TestImageURLToLoopbackNeedsConfiguration(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{apiEnv: []string{"PROVISIONER_IMAGE_ENDPOINTS="}})
+	for _, host := range []string{"127.0.0.1:9000", "169.254.169.254", "[::1]:9000", "localhost:9000"} {
+		r := e.do(http.MethodPost, "/api/v1/jobs", map[string]any{"image_url": "http://" + host + "/images/x.qcow2", "volume_name": "v", "volume_size_gb": 1})
+		require.Equal(t, 400, r.Status, host)
+		require.Contains(t, r.json(t)["message"], "is a loopback, link-local or metadata address; an operator must configure it in PROVISIONER_IMAGE_ENDPOINTS to allow it")
+	}
+	r := e.do(http.MethodPost, "/api/v1/jobs", map[string]any{"image_url": "http://minio.example:9000/images/x.qcow2", "volume_name": "v", "volume_size_gb": 1})
+	require.Equal(t, http.StatusAccepted, r.Status, "%s", r.Body)
+}

@@ -47,7 +47,7 @@ func newSecureEnv(t *testing.T) *secureEnv {
 	require.NoError(t, err)
 
 	noCert := &http.Client{Transport: &http.Transport{TLSClientConfig: testenv.ClientTLS(t, ca, nil, nil)}, Timeout: 30 * time.Second}
-	e := newEnv(t, envOptions{client: noCert, apiEnv: []string{
+	e := newEnv(t, envOptions{client: noCert, tls: true, apiEnv: []string{
 		"PROVISIONER_TLS_CERT=" + certPath, "PROVISIONER_TLS_KEY=" + keyPath,
 		"PROVISIONER_CLIENT_CA=" + caPath, "PROVISIONER_CLIENT_POLICY=" + policy,
 		"PROVISIONER_TOKEN_SECRETS_FILE=" + secretsPath,

@@ -145,9 +145,10 @@ func (e *env) httpClient() *http.Client {
 }
 
 type envOptions struct {
-	// client is the HTTP client for the API; with it the API is reached
-	// over https.
+	// client is the HTTP client for the API (http.DefaultClient when nil).
 	client *http.Client
+	// tls: the API is reached over https.
+	tls bool
 	// noWorker starts no worker.
 	noWorker bool
 	// apiEnv adds environment to the API.
@@ -163,7 +164,7 @@ func newEnv(t *testing.T, o envOptions) *env {
 	natsPort, err := testenv.FreePort()
 	require.NoError(t, err)
 	scheme := "http"
-	if o.client != nil {
+	if o.tls {
 		scheme = "https"
 	}
 	e := &env{t: t, dir: dir, apiURL: fmt.Sprintf("%s://127.0.0.1:%d", scheme, httpPort), natsURL: fmt.Sprintf("nats://127.0.0.1:%d", natsPort), client: o.client,

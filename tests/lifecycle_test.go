@@ -178,15 +178,18 @@ func TestDirectNATSPublish(t *testing.T) {
 }
 
 // qemuImgWriting reports whether a qemu-img process is writing path.
-func qemuImgWriting(path string) bool {
+func qemuImgWriting(path string) bool { return qemuImgProc(path) != "" }
+
+// qemuImgProc is the /proc directory of a qemu-img process writing path.
+func qemuImgProc(path string) string {
 	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
 	for _, p := range procs {
 		b, err := os.ReadFile(p)
 		if err == nil && strings.Contains(string(b), "qemu-img") && strings.Contains(string(b), path) {
-			return true
+			return filepath.Dir(p)
 		}
 	}
-	return false
+	return ""
 }
 
 func TestWorkerKilledMidJobCompletesOnce(t *testing.T) {
@@ -200,6 +203,9 @@ func TestWorkerKilledMidJobCompletesOnce(t *testing.T) {
 	e.waitJob(id, 30*time.Second, func(j job) bool { return j.Progress != nil && j.Progress.Stage == "populating" })
 	vol := e.volumePath("h1", "vm-crash")
 	require.Eventually(t, func() bool { return qemuImgWriting(vol) }, 5*time.Second, 20*time.Millisecond)
+	limits, err := os.ReadFile(filepath.Join(qemuImgProc(vol), "limits"))
+	require.NoError(t, err)
+	require.Regexp(t, `Max address space\s+2147483648\s+2147483648\s+bytes`, string(limits), "qemu-img runs with a bounded address space")
 	w.kill()
 	require.Eventually(t, func() bool { return !qemuImgWriting(vol) }, 5*time.Second, 20*time.Millisecond, "qemu-img must die with the worker")
 

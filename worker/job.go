@@ -168,7 +168,7 @@ func (w *Worker) run(ctx context.Context, log *logrus.Entry, msg jetstream.Msg, 
 	var lease leaseRenewer
 	wg.Go(func() { w.keepAlive(jobCtx, stop, msg, &lease) })
 	wg.Go(func() { w.watchCancel(jobCtx, stop, host, jobID) })
-	log = log.WithField("attempt", rec.Attempt)
+	log = log.WithFields(logrus.Fields{"attempt": rec.Attempt, "caller": rec.Caller})
 	log.WithFields(logrus.Fields{"kind": m.Kind, "volume": m.VolumeName, "image_url": m.ImageURL}).Info("job started")
 
 	rep := newReporter(w, jobCtx, log, rec)
