@@ -99,3 +99,29 @@ func TestConvertRefusesSymlinkToFile(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, byte(0xAB), data[0], "nothing written through the symlink")
 }
+
+// TestConvertRawIntoOddSizedFile: with O_DIRECT on a file, a last chunk that
+// padding would carry past the end of the volume is written without it, and
+// the file keeps its size.
+func TestConvertRawIntoOddSizedFile(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	ref := filepath.Join(dir, "ref.raw")
+	require.NoError(t, testenv.RawImage(ref, 3<<20+512, 23))
+	data, err := os.ReadFile(ref)
+	require.NoError(t, err)
+	for i := len(data) - 512; i < len(data); i++ { // the last sector holds data
+		data[i] = byte(i)
+	}
+	require.NoError(t, os.WriteFile(ref, data, 0o644))
+	vol := filepath.Join(dir, "vol")
+	const size = 3<<20 + 1000
+	garbageFile(t, vol, size)
+	img, err := Inspect(ref, "raw")
+	require.NoError(t, err)
+	require.NoError(t, QemuImg{}.Convert(t.Context(), img, ref, Volume{Name: "odd", Path: vol, Size: size}, nil))
+	requireImageThenZeros(t, vol, ref, size)
+	st, err := os.Stat(vol)
+	require.NoError(t, err)
+	require.EqualValues(t, size, st.Size())
+}

@@ -112,10 +112,11 @@ func (q QemuImg) convertQCOW2(ctx context.Context, img Image, src, target string
 	}
 	// -n: the target exists; --target-is-zero: ZeroFill made it read as zeros,
 	// so qemu-img writes only data. Explicit formats: nothing is probed.
-	// Block devices are written with O_DIRECT (-t none), so the page cache
-	// does not fill with dirty pages; files go through it and are fsynced.
+	// Targets are written with O_DIRECT (-t none) where they support it, so
+	// the page cache does not fill with dirty pages; other files go through
+	// it and are fsynced.
 	cache := "writeback"
-	if block {
+	if block || directIO(target) {
 		cache = "none"
 	}
 	args := []string{"convert", "-p", "-f", "qcow2", "-O", "raw", "-t", cache, "-n", "--target-is-zero"}
@@ -183,8 +184,9 @@ func copyRaw(ctx context.Context, img Image, src, target string, block bool, rat
 		return fmt.Errorf("open image %q: %w", src, err)
 	}
 	defer in.Close()
+	direct := block || directIO(target)
 	flags := os.O_WRONLY | unix.O_NOFOLLOW
-	if block {
+	if direct {
 		flags |= unix.O_DIRECT
 	}
 	out, err := os.OpenFile(target, flags, 0)
@@ -192,11 +194,25 @@ func copyRaw(ctx context.Context, img Image, src, target string, block bool, rat
 		return fmt.Errorf("open volume %q: %w", target, err)
 	}
 	defer out.Close()
+	// tail writes what O_DIRECT cannot: a last chunk that, padded to the
+	// alignment, would run past the end of the target.
+	tail, err := os.OpenFile(target, os.O_WRONLY|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return fmt.Errorf("open volume %q: %w", target, err)
+	}
+	defer tail.Close()
+	size, err := targetSize(target)
+	if err != nil {
+		return fmt.Errorf("volume %q: %w", target, err)
+	}
 	align := 1
-	if block {
+	switch {
+	case block:
 		if align, err = unix.IoctlGetInt(int(out.Fd()), unix.BLKSSZGET); err != nil {
 			return fmt.Errorf("logical block size of %s: %w", target, err)
 		}
+	case direct:
+		align = 4096
 	}
 	mem, err := unix.Mmap(-1, 0, copyBufSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_ANON|unix.MAP_PRIVATE)
 	if err != nil {
@@ -220,12 +236,16 @@ func copyRaw(ctx context.Context, img Image, src, target string, block bool, rat
 					return fmt.Errorf("copy of %s stopped: %w", src, err)
 				}
 			}
-			w := n
+			w, dst := n, out
 			if rem := w % align; rem != 0 {
-				clear(buf[w : w+align-rem])
-				w += align - rem
+				if off+int64(w+align-rem) <= size {
+					clear(buf[w : w+align-rem])
+					w += align - rem
+				} else {
+					dst = tail
+				}
 			}
-			if _, err := out.WriteAt(buf[:w], off); err != nil {
+			if _, err := dst.WriteAt(buf[:w], off); err != nil {
 				return fmt.Errorf("write volume %q at offset %d: %w", target, off, err)
 			}
 		}
@@ -235,7 +255,21 @@ func copyRaw(ctx context.Context, img Image, src, target string, block bool, rat
 	if err := out.Close(); err != nil {
 		return fmt.Errorf("close volume %q: %w", target, err)
 	}
-	return nil
+	if err := tail.Sync(); err != nil {
+		return fmt.Errorf("flush volume %q: %w", target, err)
+	}
+	return tail.Close()
+}
+
+// directIO reports whether path (a regular file) can be opened with
+// O_DIRECT; tmpfs, for one, cannot.
+func directIO(path string) bool {
+	f, err := os.OpenFile(path, os.O_WRONLY|unix.O_NOFOLLOW|unix.O_DIRECT, 0)
+	if err != nil {
+		return false
+	}
+	_ = f.Close()
+	return true
 }
 
 var zeroChunk = make([]byte, copyBufSize)
