@@ -6,7 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
+	"net/http"
 	"strings"
+	"syscall"
 
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
@@ -24,7 +27,7 @@ type MinIOSource struct {
 	secure   bool
 }
 
-var _ Source = (*MinIOSource)(nil)
+var _ ResumableSource = (*MinIOSource)(nil)
 
 // NewMinIOSource makes a source for endpoint (host or host:port) with static
 // credentials; useSSL selects https.
@@ -36,6 +39,9 @@ func NewMinIOSource(endpoint, accessKey, secretKey string, useSSL bool) (*MinIOS
 	client, err := minio.New(norm, &minio.Options{
 		Creds:  credentials.NewStaticV4(accessKey, secretKey, ""),
 		Secure: useSSL,
+		// One attempt per request: the cache retries transient failures
+		// itself, within its retry budget, and resumes downloads.
+		MaxRetries: 1,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("make MinIO client for %s: %w", norm, err)
@@ -67,6 +73,8 @@ func (s *MinIOSource) describeErr(what, bucket, object string, err error) error 
 		return fmt.Errorf("access to %s %s denied on %s: check the worker's MinIO credentials and the bucket policy: %w", what, loc, s.endpoint, err)
 	case "InvalidAccessKeyId", "SignatureDoesNotMatch":
 		return fmt.Errorf("MinIO on %s rejected the worker's credentials reading %s %s: %w", s.endpoint, what, loc, err)
+	case "PreconditionFailed":
+		return fmt.Errorf("%s %s on %s was replaced: %w: %w", what, loc, s.endpoint, ErrObjectChanged, err)
 	}
 	return fmt.Errorf("read %s %s on %s: %w", what, loc, s.endpoint, err)
 }
@@ -150,4 +158,124 @@ func (s *MinIOSource) Open(ctx context.Context, bucket, object string) (io.ReadC
 		return nil, ObjectInfo{}, s.describeErr("image", bucket, object, err)
 	}
 	return obj, ObjectInfo{Size: st.Size, ETag: st.ETag}, nil
+}
+
+// ErrObjectChanged is wrapped by errors of a read pinned to an ETag that
+// the object no longer has (HTTP 412): it was replaced or rewritten.
+var ErrObjectChanged = errors.New("the object changed")
+
+// ResumableSource is a Source whose downloads the cache can resume after
+// a transient failure. The cache uses Stat and OpenAt instead of Open when
+// its Source implements this.
+type ResumableSource interface {
+	Source
+	// Stat returns the object's size and ETag.
+	Stat(ctx context.Context, bucket, object string) (ObjectInfo, error)
+	// OpenAt opens the object for reading from offset to its end. A
+	// non-empty etag pins the read to that version: if the object's ETag
+	// differs, reading fails with an error wrapping ErrObjectChanged.
+	OpenAt(ctx context.Context, bucket, object string, offset int64, etag string) (io.ReadCloser, error)
+}
+
+// Stat returns the object's size and ETag.
+func (s *MinIOSource) Stat(ctx context.Context, bucket, object string) (ObjectInfo, error) {
+	st, err := s.client.StatObject(ctx, bucket, object, minio.StatObjectOptions{})
+	if err != nil {
+		return ObjectInfo{}, s.describeErr("image", bucket, object, err)
+	}
+	return ObjectInfo{Size: st.Size, ETag: st.ETag}, nil
+}
+
+// OpenAt opens the object from offset (a range request when offset > 0),
+// pinned to etag when it is not empty. The request is made on the first Read.
+func (s *MinIOSource) OpenAt(ctx context.Context, bucket, object string, offset int64, etag string) (io.ReadCloser, error) {
+	opts := minio.GetObjectOptions{}
+	if etag != "" {
+		if err := opts.SetMatchETag(etag); err != nil {
+			return nil, fmt.Errorf("open image %s: %w", s.location(bucket, object), err)
+		}
+	}
+	if offset > 0 {
+		if err := opts.SetRange(offset, 0); err != nil {
+			return nil, fmt.Errorf("open image %s at byte %d: %w", s.location(bucket, object), offset, err)
+		}
+	}
+	obj, err := s.client.GetObject(ctx, bucket, object, opts)
+	if err != nil {
+		return nil, s.describeErr("image", bucket, object, err)
+	}
+	return &describedReader{r: obj, s: s, bucket: bucket, object: object}, nil
+}
+
+// describedReader turns the object store's error responses met while
+// reading (the request is made on the first Read) into clear errors.
+type describedReader struct {
+	r              io.ReadCloser
+	s              *MinIOSource
+	bucket, object string
+}
+
+func (d *describedReader) Read(p []byte) (int, error) {
+	n, err := d.r.Read(p)
+	if err != nil && err != io.EOF {
+		var resp minio.ErrorResponse
+		if errors.As(err, &resp) && resp.Code != "" {
+			err = d.s.describeErr("image", d.bucket, d.object, err)
+		}
+	}
+	return n, err
+}
+
+func (d *describedReader) Close() error { return d.r.Close() }
+
+// errStalled is the cause of an attempt abandoned because no bytes came.
+var errStalled = errors.New("no data from the object store")
+
+// IsTransient reports whether err, met talking to the object store, may
+// heal by itself: refused, reset or cut connections, timeouts, HTTP 5xx,
+// 408, 429 and the S3 slow-down codes. Missing objects, refused access,
+// changed objects (HTTP 412) and everything else are permanent.
+func IsTransient(err error) bool {
+	if err == nil {
+		return false
+	}
+	if errors.Is(err, ErrObjectChanged) {
+		return false
+	}
+	var resp minio.ErrorResponse
+	if errors.As(err, &resp) && (resp.StatusCode != 0 || resp.Code != "") {
+		switch resp.Code {
+		case "SlowDown", "SlowDownRead", "SlowDownWrite", "ServiceUnavailable", "InternalError",
+			"RequestTimeout", "XMinioServerNotInitialized", "Throttling", "ThrottlingException",
+			"RequestLimitExceeded", "RequestThrottled", "OperationTimedOut":
+			return true
+		}
+		switch {
+		case resp.StatusCode >= 500, resp.StatusCode == http.StatusRequestTimeout, resp.StatusCode == http.StatusTooManyRequests:
+			return true
+		}
+		return false
+	}
+	if errors.Is(err, errStalled) || errors.Is(err, io.ErrUnexpectedEOF) {
+		return true
+	}
+	for _, e := range []error{syscall.ECONNREFUSED, syscall.ECONNRESET, syscall.ECONNABORTED, syscall.EPIPE,
+		syscall.ETIMEDOUT, syscall.EHOSTUNREACH, syscall.ENETUNREACH, syscall.ENETDOWN, syscall.EHOSTDOWN} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return true
+	}
+	var oe *net.OpError
+	if errors.As(err, &oe) {
+		return true
+	}
+	if errors.Is(err, io.EOF) {
+		// a connection closed before the response, e.g. by a restarting server
+		return true
+	}
+	return false
 }

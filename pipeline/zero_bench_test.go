@@ -18,7 +18,9 @@ const zeroBenchSize = 256 << 20
 // a file, BLKZEROOUT on a block device) with the fallback of writing zeros,
 // on a target full of data. Run: make bench (or go test -bench ZeroFill).
 func BenchmarkZeroFill(b *testing.B) {
-	b.Run("file/punch-hole", func(b *testing.B) { benchZero(b, false, func(f *os.File) error { return ZeroFill(b.Context(), f.Name(), zeroBenchSize) }) })
+	b.Run("file/punch-hole", func(b *testing.B) {
+		benchZero(b, false, func(f *os.File) error { return ZeroFill(b.Context(), f.Name(), zeroBenchSize) })
+	})
 	b.Run("file/write-zeros", func(b *testing.B) { benchZero(b, false, writeZerosSync) })
 	b.Run("loop/blkzeroout", func(b *testing.B) {
 		benchZero(b, true, func(f *os.File) error {
