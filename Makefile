@@ -5,7 +5,7 @@ BIN := bin
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/libvirt-volume-provisioner/provisioner/internal/version.Version=$(VERSION)
 
-.PHONY: all build deps run demo test unit integration bench lint clean e2e-lvm
+.PHONY: all build deps run demo test unit integration bench lint clean e2e-lvm fuzz
 
 all: build
 
@@ -29,6 +29,7 @@ demo: deps build
 test: deps
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 20m ./...
+	$(MAKE) fuzz FUZZTIME=3s
 	tests/lvmguest/run.sh
 
 ## e2e-lvm: the LVM backend against real LVM, in a small QEMU VM (tests/lvmguest/README.md)
@@ -50,3 +51,15 @@ lint:
 
 clean:
 	rm -rf $(BIN) var
+
+FUZZTIME ?= 30s
+FUZZ_TARGETS = messaging:FuzzDecodeJob messaging:FuzzParseImageURL messaging:FuzzValidateVolumeName \
+               pipeline:FuzzParseChecksum pipeline:FuzzInspect auth:FuzzVerify
+
+## fuzz: run each fuzz target for FUZZTIME (make test runs them briefly)
+fuzz:
+	@set -e; for t in $(FUZZ_TARGETS); do \
+		pkg=$${t%%:*}; name=$${t#*:}; \
+		echo "== fuzz ./$$pkg $$name ($(FUZZTIME))"; \
+		$(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) ./$$pkg; \
+	done

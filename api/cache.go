@@ -2,9 +2,18 @@ package api
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
+	"regexp"
 	"strconv"
+	"strings"
+
+	"github.com/gorilla/mux"
+	"github.com/nats-io/nats.go"
+
+	"github.com/libvirt-volume-provisioner/provisioner/messaging"
 )
 
 // cachedImage is one image in GET /api/v1/cache/images.
@@ -67,4 +76,52 @@ func (s *Server) listCache(w http.ResponseWriter, r *http.Request) {
 		out.Images = append(out.Images, cachedImage{Path: e.Path, Size: e.Size, Checksum: e.Checksum})
 	}
 	writeJSON(w, http.StatusOK, out)
+}
+
+var hexDigestRE = regexp.MustCompile(`^[0-9a-f]{64}$`)
+
+// deleteCachedImage asks the hypervisor's worker to remove an image from
+// its cache: 200 when removed, 404 when not cached, 409 while a job uses it,
+// 503 when the worker is not running.
+func (s *Server) deleteCachedImage(w http.ResponseWriter, r *http.Request) {
+	key := strings.ToLower(mux.Vars(r)["checksum"])
+	if !hexDigestRE.MatchString(key) {
+		writeError(w, http.StatusBadRequest, catInvalid, "checksum must be 64 hexadecimal digits (the cache key shown by GET /api/v1/cache/images)")
+		return
+	}
+	if !s.connected(w) {
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.NATSTimeout)
+	defer cancel()
+	host, ok := s.resolveHost(ctx, w, r, r.URL.Query().Get("hypervisor"))
+	if !ok || !allowHost(w, r, host) {
+		return
+	}
+	data, _ := json.Marshal(messaging.CacheDeleteRequest{Key: key, Caller: identity(r).Name})
+	msg, err := s.nc.RequestWithContext(ctx, s.subjects.CacheDelete(host), data)
+	if errors.Is(err, nats.ErrNoResponders) || errors.Is(err, context.DeadlineExceeded) {
+		writeError(w, http.StatusServiceUnavailable, catUnavailable, fmt.Sprintf("the worker of hypervisor %q is not running; only it can remove images from its cache", host))
+		return
+	}
+	if err != nil {
+		s.failNATS(w, r, "ask the worker to remove the image", err)
+		return
+	}
+	var rep messaging.CacheDeleteReply
+	if err := json.Unmarshal(msg.Data, &rep); err != nil {
+		writeError(w, http.StatusInternalServerError, catInternal, "the worker's answer is not readable")
+		return
+	}
+	switch rep.Result {
+	case messaging.CacheDeleted:
+		s.log.WithFields(map[string]any{"host": host, "key": key, "caller": identity(r).Name, "request_id": requestID(r)}).Info("cached image removed")
+		writeJSON(w, http.StatusOK, map[string]string{"status": "deleted", "checksum": key, "hypervisor": host})
+	case messaging.CacheNotFound:
+		writeError(w, http.StatusNotFound, "image not found", fmt.Sprintf("image %s is not in the cache of hypervisor %q", key, host))
+	case messaging.CacheInUse:
+		writeError(w, http.StatusConflict, catConflict, fmt.Sprintf("image %s is in use by a running job on hypervisor %q; try again when it ends", key, host))
+	default:
+		writeError(w, http.StatusInternalServerError, catInternal, "the worker could not remove the image: "+rep.Message)
+	}
 }

@@ -16,6 +16,7 @@ const (
 	catNotFound    = "job not found"
 	catCancel      = "failed to cancel job"
 	catUnavailable = "service unavailable"
+	catConflict    = "conflict"
 	catInternal    = "internal error"
 )
 

@@ -154,6 +154,32 @@ func (s *Server) submit(w http.ResponseWriter, r *http.Request, m messaging.Job)
 		}
 	}
 	m.Hypervisor = host
+	// undo takes back what this request reserved when it cannot finish.
+	var undo []func(context.Context)
+	defer func() {
+		if len(undo) == 0 {
+			return
+		}
+		uctx, ucancel := context.WithTimeout(context.WithoutCancel(r.Context()), s.cfg.NATSTimeout)
+		defer ucancel()
+		for _, u := range undo {
+			u(uctx)
+		}
+	}()
+	if key := r.Header.Get(HeaderIdempotencyKey); key != "" {
+		replayed, release, ok := s.idempotent(ctx, w, r, key, m)
+		if !ok || replayed {
+			return
+		}
+		undo = append(undo, release)
+	}
+	if m.Kind == messaging.KindProvision {
+		release, ok := s.reserveVolume(ctx, w, r, host, m)
+		if !ok {
+			return
+		}
+		undo = append(undo, release)
+	}
 	rec := kvstate.NewJob(m, host, m.SubmittedAt)
 	rec.TraceID, _, _ = telemetry.IDs(ctx)
 	if _, err := s.jobs.Create(ctx, rec); err != nil {
@@ -182,6 +208,7 @@ func (s *Server) submit(w http.ResponseWriter, r *http.Request, m messaging.Job)
 		s.failNATS(w, r, "queue job", err)
 		return
 	}
+	undo = nil
 	s.metrics.jobs.WithLabelValues("started").Inc()
 	s.log.WithFields(telemetry.LogFields(ctx)).WithFields(map[string]any{"job_id": m.JobID, "host": host, "kind": m.Kind, "volume": m.VolumeName,
 		"request_id": requestID(r), "caller": m.Caller}).Info("job accepted")
@@ -348,6 +375,7 @@ func (s *Server) cancelJob(w http.ResponseWriter, r *http.Request) {
 	}
 	if rec.Status == kvstate.StatusPending {
 		s.dropQueued(ctx, updated.Hypervisor, jobID)
+		s.releaseVolume(ctx, updated.Hypervisor, updated.VolumeName, jobID)
 	}
 	s.log.WithFields(telemetry.LogFields(ctx)).WithFields(map[string]any{"job_id": jobID, "host": updated.Hypervisor, "request_id": requestID(r), "caller": identity(r).Name}).Info("job cancelled")
 	writeJSON(w, http.StatusOK, cancelled{Status: string(kvstate.StatusCancelled), JobID: jobID})

@@ -2,6 +2,7 @@ package api
 
 import (
 	"context"
+	"fmt"
 	"crypto/rand"
 	"encoding/hex"
 	"net/http"
@@ -57,6 +58,8 @@ type Server struct {
 	jobs     kvstate.Jobs
 	cache    kvstate.CacheIndex
 	hosts    kvstate.Hosts
+	volumes  jetstream.KeyValue
+	idem     jetstream.KeyValue
 	log      *logrus.Logger
 	started  time.Time
 	metrics  *metrics
@@ -96,6 +99,10 @@ func New(ctx context.Context, cfg Config, nc *nats.Conn, subjects messaging.Subj
 	if err != nil {
 		return nil, err
 	}
+	idem, err := js.KeyValue(ctx, messaging.IdempotencyBucket)
+	if err != nil {
+		return nil, fmt.Errorf("bind KV bucket %s: %w", messaging.IdempotencyBucket, err)
+	}
 	if cfg.NATSTimeout <= 0 {
 		cfg.NATSTimeout = 5 * time.Second
 	}
@@ -109,7 +116,7 @@ func New(ctx context.Context, cfg Config, nc *nats.Conn, subjects messaging.Subj
 		cfg.ImageEndpoints[i] = strings.ToLower(e)
 	}
 	s := &Server{cfg: cfg, nc: nc, js: js, subjects: subjects, log: log, started: time.Now(), metrics: newMetrics(),
-		jobs: kvstate.Jobs{KV: b.Jobs}, cache: kvstate.CacheIndex{KV: b.Cache}, hosts: kvstate.Hosts{KV: b.Hosts},
+		jobs: kvstate.Jobs{KV: b.Jobs}, cache: kvstate.CacheIndex{KV: b.Cache}, hosts: kvstate.Hosts{KV: b.Hosts}, volumes: b.Volumes, idem: idem,
 		tracer: cfg.TracerProvider.Tracer("github.com/libvirt-volume-provisioner/provisioner/api")}
 	s.routes()
 	return s, nil
@@ -123,6 +130,7 @@ func (s *Server) routes() {
 	r.HandleFunc("/api/v1/jobs/{job_id}/events", s.jobEvents).Methods(http.MethodGet)
 	r.HandleFunc("/api/v1/cache/images", s.listCache).Methods(http.MethodGet)
 	r.HandleFunc("/api/v1/cache/fetch", s.fetchCache).Methods(http.MethodPost)
+	r.HandleFunc("/api/v1/cache/images/{checksum}", s.deleteCachedImage).Methods(http.MethodDelete)
 	r.HandleFunc("/api/v1/openapi.yaml", s.openAPI).Methods(http.MethodGet)
 	r.HandleFunc("/health", s.health).Methods(http.MethodGet)
 	r.HandleFunc("/healthz", s.health).Methods(http.MethodGet)

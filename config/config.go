@@ -14,9 +14,16 @@ import (
 
 // Set is a set of settings bound to a flag set.
 type Set struct {
-	fs   *flag.FlagSet
-	errs []error
-	envs []string
+	fs      *flag.FlagSet
+	errs    []error
+	envs    []string
+	secrets map[string]secret
+}
+
+// secret is a setting whose value never appears in usage text.
+type secret struct {
+	dst *string
+	env string
 }
 
 // New returns an empty set named after the program.
@@ -46,6 +53,18 @@ func (s *Set) String(env, def, usage string) *string {
 		def = v
 	}
 	return s.fs.String(flagName(env), def, usage+" ($"+env+")")
+}
+
+// Secret binds a string setting whose value is secret: usage text and flag
+// errors never show the environment's value.
+func (s *Set) Secret(env, usage string) *string {
+	v, _ := s.env(env)
+	dst := s.fs.String(flagName(env), "", usage+" ($"+env+"; the value is never printed)")
+	if s.secrets == nil {
+		s.secrets = map[string]secret{}
+	}
+	s.secrets[flagName(env)] = secret{dst: dst, env: v}
+	return dst
 }
 
 // Int binds an integer setting.
@@ -105,5 +124,15 @@ func (s *Set) Parse(args []string) error {
 	if len(s.errs) > 0 {
 		return s.errs[0]
 	}
-	return s.fs.Parse(args)
+	if err := s.fs.Parse(args); err != nil {
+		return err
+	}
+	given := map[string]bool{}
+	s.fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
+	for name, sec := range s.secrets {
+		if !given[name] {
+			*sec.dst = sec.env
+		}
+	}
+	return nil
 }

@@ -212,3 +212,26 @@ func TestUsageNamesEnvironmentVariables(t *testing.T) {
 	require.Contains(t, out.String(), "-test-usage-addr string")
 	require.Contains(t, out.String(), "listen address ($PROVISIONER_TEST_USAGE_ADDR)")
 }
+
+// TestSecretNeverPrinted: a secret setting's environment value is used but
+// never shown in usage text (not parallel: t.Setenv).
+func TestSecretNeverPrinted(t *testing.T) {
+	t.Setenv("PROVISIONER_X_SECRET", "hunter2-very-secret")
+	s := New("test")
+	var out strings.Builder
+	s.fs.SetOutput(&out)
+	v := s.Secret("PROVISIONER_X_SECRET", "a secret")
+	require.NoError(t, s.Parse(nil))
+	require.Equal(t, "hunter2-very-secret", *v)
+	s.fs.Usage()
+	require.NotContains(t, out.String(), "hunter2")
+	require.Contains(t, out.String(), "the value is never printed")
+
+	s = New("test")
+	s.fs.SetOutput(&out)
+	v = s.Secret("PROVISIONER_X_SECRET", "a secret")
+	require.NoError(t, s.Parse([]string{"-x-secret", "from-flag"}))
+	require.Equal(t, "from-flag", *v, "a flag wins over the environment")
+	require.Error(t, s.Parse([]string{"-nope"}))
+	require.NotContains(t, out.String(), "hunter2")
+}

@@ -297,7 +297,10 @@ func WorkerPermissions(prefix, host string) *server.Permissions {
 	return &server.Permissions{
 		Publish: &server.SubjectPermission{Allow: pub},
 		// Replies (JetStream API, publish acks, pulled jobs, watches) arrive
-		// on its own inbox only.
-		Subscribe: &server.SubjectPermission{Allow: []string{inbox}},
+		// on its own inbox only; control requests (cache delete) on its own
+		// control subjects.
+		Subscribe: &server.SubjectPermission{Allow: []string{inbox, prefix + ".control." + host + ".>"}},
+		// It may answer the control requests it receives, once each.
+		Response: &server.ResponsePermission{MaxMsgs: 1, Expires: time.Minute},
 	}
 }

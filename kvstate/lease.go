@@ -22,10 +22,27 @@ type Lease struct {
 var ErrLeaseHeld = errors.New("volume is leased by another job")
 
 // Leases are volume leases in the provisioner_volumes bucket: two jobs never
-// write one volume at once.
+// write one volume at once. The API reserves a volume's lease for a job when
+// it accepts it; the job's worker takes the lease over and renews it.
 type Leases struct {
 	KV jetstream.KeyValue
+	// Active, when set, says whether a job still needs its lease; the lease
+	// of a job that ended is taken over even before it expires.
+	Active func(ctx context.Context, jobID string) (bool, error)
 }
+
+// LeaseHeldError names the job holding a volume's lease.
+type LeaseHeldError struct {
+	JobID  string
+	Volume string
+}
+
+func (e *LeaseHeldError) Error() string {
+	return fmt.Sprintf("%v: job %s is writing volume %q", ErrLeaseHeld, e.JobID, e.Volume)
+}
+
+// Is makes errors.Is(err, ErrLeaseHeld) true.
+func (e *LeaseHeldError) Is(target error) bool { return target == ErrLeaseHeld }
 
 // HeldLease is a lease this job holds.
 type HeldLease struct {
@@ -57,7 +74,15 @@ func (l Leases) Acquire(ctx context.Context, host, volume, jobID string, ttl tim
 		}
 		var cur Lease
 		if err := json.Unmarshal(e.Value(), &cur); err == nil && cur.JobID != jobID && time.Now().Before(cur.Expires) {
-			return nil, fmt.Errorf("%w: job %s is writing volume %q", ErrLeaseHeld, cur.JobID, volume)
+			active := true
+			if l.Active != nil {
+				if active, err = l.Active(ctx, cur.JobID); err != nil {
+					return nil, fmt.Errorf("check the job holding volume %s: %w", volume, err)
+				}
+			}
+			if active {
+				return nil, &LeaseHeldError{JobID: cur.JobID, Volume: volume}
+			}
 		}
 		rev, err := l.KV.Update(ctx, key, data, e.Revision())
 		if isRevisionMismatch(err) {
@@ -89,4 +114,19 @@ func (h *HeldLease) Release(ctx context.Context) error {
 		return fmt.Errorf("release lease %s: %w", h.key, err)
 	}
 	return nil
+}
+
+// JobActive is a Leases.Active that reads host's job records: a job is
+// active while it is pending or running.
+func JobActive(jobs Jobs, host string) func(ctx context.Context, jobID string) (bool, error) {
+	return func(ctx context.Context, jobID string) (bool, error) {
+		j, _, err := jobs.Get(ctx, host, jobID)
+		if errors.Is(err, ErrNotFound) {
+			return false, nil
+		}
+		if err != nil {
+			return false, err
+		}
+		return !j.Status.Terminal(), nil
+	}
 }

@@ -17,3 +17,24 @@ type Event struct {
 	Error   string    `json:"error,omitempty"`
 	Time    time.Time `json:"time"`
 }
+
+// CacheDeleteRequest asks a worker to remove an image from its cache.
+type CacheDeleteRequest struct {
+	// Key is the cache key (the image's SHA-256, or its URL's).
+	Key    string `json:"key"`
+	Caller string `json:"caller,omitempty"`
+}
+
+// Results of a cache delete request.
+const (
+	CacheDeleted  = "deleted"
+	CacheInUse    = "in_use"
+	CacheNotFound = "not_found"
+	CacheError    = "error"
+)
+
+// CacheDeleteReply is a worker's answer to a CacheDeleteRequest.
+type CacheDeleteReply struct {
+	Result  string `json:"result"`
+	Message string `json:"message,omitempty"`
+}

@@ -11,7 +11,9 @@ package messaging_test
 import (
 	"encoding/json"
 	"net"
+	"net/netip"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -235,8 +237,11 @@ func checkImageRef(t *testing.T, raw string, ref messaging.ImageRef) {
 	if strings.Contains(authority, "@") {
 		t.Fatalf("accepted user info in %q", raw)
 	}
-	if strings.ContainsAny(raw, "?#") {
-		t.Fatalf("accepted a query or fragment in %q", raw)
+	if strings.Contains(raw, "?") {
+		t.Fatalf("accepted a query in %q", raw)
+	}
+	if strings.Contains(raw, "#") {
+		t.Fatalf("accepted a fragment in %q", raw)
 	}
 	if !s3Bucket.MatchString(ref.Bucket) || strings.Contains(ref.Bucket, "..") {
 		t.Fatalf("accepted bucket %q of %q", ref.Bucket, raw)
@@ -248,6 +253,9 @@ func checkImageRef(t *testing.T, raw string, ref messaging.ImageRef) {
 		if seg == "" || seg == "." || seg == ".." {
 			t.Fatalf("object %q of %q has segment %q", ref.Object, raw, seg)
 		}
+	}
+	if reason := badEndpointHost(ref.Endpoint); reason != "" {
+		t.Fatalf("ParseImageURL accepted %q: %s", raw, reason)
 	}
 	host, port, err := net.SplitHostPort(ref.Endpoint)
 	if err != nil {
@@ -312,4 +320,27 @@ func checkVolumeName(t *testing.T, name string) {
 			t.Fatalf("accepted volume name %q with byte %#x", name, c)
 		}
 	}
+}
+
+// hostName is a DNS name (labels of letters, digits, '-' and '_', dots
+// between them, an optional final dot), lower case as ParseImageURL gives it.
+var hostName = regexp.MustCompile(`^[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)*\.?$`)
+
+// badEndpointHost says what is wrong with an endpoint that is not
+// <host name or IP address>:<port 1..65535>, or "" when nothing is.
+func badEndpointHost(endpoint string) string {
+	host, port, err := net.SplitHostPort(endpoint)
+	if err != nil {
+		return "the endpoint " + strconv.Quote(endpoint) + " is not host:port: " + err.Error()
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return "port " + strconv.Quote(port) + " is not 1..65535"
+	}
+	if _, err := netip.ParseAddr(host); err == nil {
+		return ""
+	}
+	if len(host) > 253 || !hostName.MatchString(host) {
+		return "host " + strconv.Quote(host) + " is neither a host name nor an IP address"
+	}
+	return ""
 }

@@ -7,7 +7,9 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"net/url"
+	"strconv"
 	"regexp"
 	"strings"
 	"time"
@@ -289,7 +291,7 @@ func ParseImageURL(raw string) (ImageRef, error) {
 	if u.User != nil {
 		return ref, fieldErr("image_url", "must not carry credentials; the worker uses its own")
 	}
-	if u.RawQuery != "" || u.ForceQuery || u.Fragment != "" {
+	if u.RawQuery != "" || u.ForceQuery || u.Fragment != "" || strings.Contains(raw, "#") {
 		return ref, fieldErr("image_url", "must not have a query string or fragment")
 	}
 	if u.Hostname() == "" {
@@ -298,6 +300,12 @@ func ParseImageURL(raw string) (ImageRef, error) {
 	port := u.Port()
 	if port == "" {
 		port = map[string]string{"http": "80", "https": "443"}[u.Scheme]
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 1 || n > 65535 {
+		return ref, fieldErr("image_url", "port %q is not a port number (1-65535)", port)
+	}
+	if host := strings.ToLower(u.Hostname()); !validHostName(host) {
+		return ref, fieldErr("image_url", "host %q is neither an IP address nor a DNS name", host)
 	}
 	p := strings.TrimPrefix(u.EscapedPath(), "/")
 	bucket, object, ok := strings.Cut(p, "/")
@@ -369,4 +377,14 @@ func RestrictedHost(host string) bool {
 	}
 	return ip.IsLoopback() || ip.IsLinkLocalUnicast() || ip.IsLinkLocalMulticast() || ip.IsUnspecified() ||
 		ip.IsMulticast() || ip.IsInterfaceLocalMulticast() || metadataHosts[ip.String()]
+}
+
+var dnsNameRE = regexp.MustCompile(`^[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?(\.[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?)*\.?$`)
+
+// validHostName accepts IP addresses and DNS names.
+func validHostName(host string) bool {
+	if _, err := netip.ParseAddr(host); err == nil {
+		return true
+	}
+	return len(host) <= 253 && dnsNameRE.MatchString(host)
 }

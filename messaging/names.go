@@ -24,6 +24,9 @@ const (
 	HostBucket = "provisioner_hosts"
 	// VolumeBucket is the KV bucket of volume leases, keyed <host>.<volume>.
 	VolumeBucket = "provisioner_volumes"
+	// IdempotencyBucket maps Idempotency-Key headers to jobs, keyed by a hash
+	// of the caller and the key.
+	IdempotencyBucket = "provisioner_idempotency"
 )
 
 var hostRE = regexp.MustCompile(`^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$`)
@@ -104,6 +107,13 @@ func (s Subjects) ParseJob(subject string) (host, jobID string, err error) {
 	}
 	return parts[0], parts[1], nil
 }
+
+// CacheDelete is the request subject on which host's worker removes an image
+// from its cache (core NATS request/reply).
+func (s Subjects) CacheDelete(host string) string { return s.Prefix + ".control." + host + ".cache.delete" }
+
+// Control matches every control request of host.
+func (s Subjects) Control(host string) string { return s.Prefix + ".control." + host + ".>" }
 
 // ConsumerName is the durable consumer of host's worker.
 func ConsumerName(host string) string { return "worker-" + host }

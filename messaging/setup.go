@@ -70,12 +70,13 @@ func BucketConfigs(l Limits) []jetstream.KeyValueConfig {
 		{Bucket: CacheBucket, Description: "image cache index, <host>.<sha256>", MaxBytes: 64 << 20, Replicas: l.Replicas, Storage: jetstream.FileStorage},
 		{Bucket: HostBucket, Description: "host registry, <host>", MaxBytes: 16 << 20, Replicas: l.Replicas, Storage: jetstream.FileStorage},
 		{Bucket: VolumeBucket, Description: "volume leases, <host>.<volume>", MaxBytes: 16 << 20, Replicas: l.Replicas, Storage: jetstream.FileStorage},
+		{Bucket: IdempotencyBucket, Description: "Idempotency-Key to job, sha256(caller, key)", TTL: 24 * time.Hour, MaxBytes: 64 << 20, Replicas: l.Replicas, Storage: jetstream.FileStorage},
 	}
 }
 
 // ReservedBytes is the storage the streams and buckets reserve together
-// (about 736 MiB); JetStream's storage limit must be at least this.
-const ReservedBytes = (256 + 128 + 256 + 64 + 16 + 16) << 20
+// (800 MiB); JetStream's storage limit must be at least this.
+const ReservedBytes = (256 + 128 + 256 + 64 + 16 + 16 + 64) << 20
 
 // Setup creates or updates the streams and KV buckets. It is idempotent and
 // is run by the API at start-up; workers only bind to what it made.

@@ -31,26 +31,29 @@ func TestReservedBytesMatchesConfigs(t *testing.T) {
 		sum += b.MaxBytes
 	}
 	require.Equal(t, int64(messaging.ReservedBytes), sum)
-	require.Equal(t, int64(736<<20), sum)
+	require.Equal(t, int64(800<<20), sum)
 }
 
 func TestBucketConfigs(t *testing.T) {
 	t.Parallel()
 	l := messaging.Limits{Replicas: 3, JobRetention: time.Hour, MaxQueuedJobs: 5, EventRetention: time.Minute}
 	cfgs := messaging.BucketConfigs(l)
-	require.Len(t, cfgs, 4)
+	require.Len(t, cfgs, 5)
 	names := make([]string, 0, len(cfgs))
 	for _, c := range cfgs {
 		names = append(names, c.Bucket)
 		require.Equal(t, 3, c.Replicas, c.Bucket)
 		require.Equal(t, jetstream.FileStorage, c.Storage, c.Bucket)
-		if c.Bucket == messaging.JobBucket {
+		switch c.Bucket {
+		case messaging.JobBucket:
 			require.Equal(t, time.Hour, c.TTL)
-		} else {
+		case messaging.IdempotencyBucket:
+			require.Equal(t, 24*time.Hour, c.TTL)
+		default:
 			require.Zero(t, c.TTL, c.Bucket)
 		}
 	}
-	require.Equal(t, []string{"provisioner_jobs", "provisioner_cache", "provisioner_hosts", "provisioner_volumes"}, names)
+	require.Equal(t, []string{"provisioner_jobs", "provisioner_cache", "provisioner_hosts", "provisioner_volumes", "provisioner_idempotency"}, names)
 }
 
 func TestConsumerConfig(t *testing.T) {

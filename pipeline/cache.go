@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/libvirt-volume-provisioner/provisioner/kvstate"
@@ -47,9 +48,18 @@ type Cache struct {
 	dir   string
 	host  string
 	index CacheIndex
+	opts  CacheOptions
 
 	mu    sync.Mutex
 	locks map[string]*keyLock
+	// inUse counts, per key, the callers between the start of
+	// EnsureInUse and their release: such images are never evicted or removed.
+	inUse map[string]int
+	// inflight holds the downloads running, by key.
+	inflight map[string]*inflight
+
+	// evictMu serializes eviction and the space check before a download.
+	evictMu sync.Mutex
 
 	// onChange runs after a file is added to or removed from the cache.
 	onChange func(ctx context.Context)
@@ -71,8 +81,14 @@ type keyLock struct {
 	refs int
 }
 
-// NewCache makes a cache in dir (created if needed) for host's index entries.
+// NewCache makes a cache in dir (created if needed) for host's index
+// entries, with the default options (no size cap).
 func NewCache(dir, host string, index CacheIndex) (*Cache, error) {
+	return NewCacheWithOptions(dir, host, index, CacheOptions{})
+}
+
+// NewCacheWithOptions is NewCache with options; zero fields take their defaults.
+func NewCacheWithOptions(dir, host string, index CacheIndex, opts CacheOptions) (*Cache, error) {
 	abs, err := filepath.Abs(dir)
 	if err != nil {
 		return nil, fmt.Errorf("cache directory %q: %w", dir, err)
@@ -80,11 +96,20 @@ func NewCache(dir, host string, index CacheIndex) (*Cache, error) {
 	if err := os.MkdirAll(abs, 0o750); err != nil {
 		return nil, fmt.Errorf("create cache directory %s: %w", abs, err)
 	}
-	return &Cache{dir: abs, host: host, index: index, locks: map[string]*keyLock{}}, nil
+	if opts.MaxBytes < 0 {
+		return nil, fmt.Errorf("cache size cap %d is negative; 0 means no cap", opts.MaxBytes)
+	}
+	return &Cache{
+		dir: abs, host: host, index: index, opts: opts.withDefaults(),
+		locks: map[string]*keyLock{}, inUse: map[string]int{}, inflight: map[string]*inflight{},
+	}, nil
 }
 
 // Dir is the cache directory (absolute).
 func (c *Cache) Dir() string { return c.dir }
+
+// Options returns the cache's options, defaults filled in.
+func (c *Cache) Options() CacheOptions { return c.opts }
 
 // lock takes the per-key lock and returns its release.
 func (c *Cache) lock(ctx context.Context, key string) (func(), error) {
@@ -97,33 +122,108 @@ func (c *Cache) lock(ctx context.Context, key string) (func(), error) {
 	l.refs++
 	c.mu.Unlock()
 
-	drop := func() {
-		c.mu.Lock()
-		l.refs--
-		if l.refs == 0 {
-			delete(c.locks, key)
-		}
-		c.mu.Unlock()
-	}
 	select {
 	case l.slot <- struct{}{}:
-		return func() { <-l.slot; drop() }, nil
+		return func() { <-l.slot; c.dropLock(key, l) }, nil
 	case <-ctx.Done():
-		drop()
+		c.dropLock(key, l)
 		return nil, fmt.Errorf("wait for another download of the same image: %w", ctx.Err())
 	}
 }
 
+func (c *Cache) dropLock(key string, l *keyLock) {
+	c.mu.Lock()
+	l.refs--
+	if l.refs == 0 {
+		delete(c.locks, key)
+	}
+	c.mu.Unlock()
+}
+
+// tryLockIdle takes key's lock only if it is free and the image is not in
+// use, atomically with that check; ok is false otherwise.
+func (c *Cache) tryLockIdle(key string) (unlock func(), ok bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.inUse[key] > 0 {
+		return nil, false
+	}
+	l := c.locks[key]
+	if l == nil {
+		l = &keyLock{slot: make(chan struct{}, 1)}
+		c.locks[key] = l
+	}
+	select {
+	case l.slot <- struct{}{}:
+		l.refs++
+		return func() { <-l.slot; c.dropLock(key, l) }, true
+	default:
+		if l.refs == 0 {
+			delete(c.locks, key)
+		}
+		return nil, false
+	}
+}
+
+// acquire marks key in use and returns the idempotent release.
+func (c *Cache) acquire(key string) func() {
+	c.mu.Lock()
+	c.inUse[key]++
+	c.mu.Unlock()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			c.mu.Lock()
+			if c.inUse[key]--; c.inUse[key] <= 0 {
+				delete(c.inUse, key)
+			}
+			c.mu.Unlock()
+		})
+	}
+}
+
+// InUse reports whether a job is using or downloading the image of key.
+func (c *Cache) InUse(key string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.inUse[key] > 0
+}
+
 // Ensure makes sure the image ref names is in the cache and returns its
-// entry; hit is true when it was there already and verified.
+// entry; hit is true when it was there already and verified. The image is
+// protected from eviction only while Ensure runs; a caller that goes on to
+// read the file should use EnsureInUse.
 func (c *Cache) Ensure(ctx context.Context, src Source, ref messaging.ImageRef, progress ProgressFunc) (kvstate.CacheEntry, bool, error) {
+	e, hit, release, err := c.EnsureInUse(ctx, src, ref, progress)
+	if err != nil {
+		return e, hit, err
+	}
+	release()
+	return e, hit, nil
+}
+
+// EnsureInUse is Ensure that keeps the image marked in use until release
+// is called: from the moment its cache key is known (so a download in
+// progress counts), an image in use is never evicted and Remove refuses
+// it. Call release (idempotent, safe to defer) when done with the file,
+// and before calling Remove on the same key. On error nothing stays
+// marked and release is nil.
+func (c *Cache) EnsureInUse(ctx context.Context, src Source, ref messaging.ImageRef, progress ProgressFunc) (e kvstate.CacheEntry, hit bool, release func(), err error) {
 	if progress == nil {
 		progress = func(string, int64, int64) {}
 	}
 	progress(StageChecksum, 0, 0)
-	digest, found, err := src.Checksum(ctx, ref.Bucket, ref.Object)
+	var digest string
+	var found bool
+	err = c.retry(ctx, func() error {
+		actx, cancel := context.WithTimeout(ctx, c.opts.StallTimeout)
+		defer cancel()
+		var err error
+		digest, found, err = src.Checksum(actx, ref.Bucket, ref.Object)
+		return err
+	})
 	if err != nil {
-		return kvstate.CacheEntry{}, false, fmt.Errorf("read checksum of %s: %w", ref.URL, err)
+		return kvstate.CacheEntry{}, false, nil, fmt.Errorf("read checksum of %s: %w", ref.URL, err)
 	}
 	key, kind := digest, kvstate.KeyKindSHA256
 	if !found {
@@ -131,14 +231,29 @@ func (c *Cache) Ensure(ctx context.Context, src Source, ref messaging.ImageRef, 
 		key, kind = hex.EncodeToString(sum[:]), kvstate.KeyKindURL
 	}
 
+	release = c.acquire(key)
 	unlock, err := c.lock(ctx, key)
 	if err != nil {
-		return kvstate.CacheEntry{}, false, err
+		release()
+		return kvstate.CacheEntry{}, false, nil, err
 	}
-	defer unlock()
+	e, hit, err = c.ensureLocked(ctx, src, ref, key, kind, progress)
+	unlock()
+	if err != nil {
+		release()
+		return kvstate.CacheEntry{}, false, nil, err
+	}
+	if !hit {
+		// Keep the cache under its cap; this image is in use, so it stays.
+		_, _ = c.Evict(ctx)
+	}
+	return e, hit, release, nil
+}
 
+// ensureLocked looks key up and downloads it on a miss; key's lock is held.
+func (c *Cache) ensureLocked(ctx context.Context, src Source, ref messaging.ImageRef, key, kind string, progress ProgressFunc) (kvstate.CacheEntry, bool, error) {
 	progress(StageCacheCheck, 0, 0)
-	if e, ok, err := c.lookup(ctx, key, kind, progress); err != nil {
+	if e, ok, err := c.lookup(ctx, src, ref, key, kind, progress); err != nil {
 		return kvstate.CacheEntry{}, false, err
 	} else if ok {
 		return e, true, nil
@@ -151,8 +266,9 @@ func (c *Cache) Ensure(ctx context.Context, src Source, ref messaging.ImageRef, 
 }
 
 // lookup returns the verified entry of key; a stale or corrupt entry is
-// removed with its file and reported as absent.
-func (c *Cache) lookup(ctx context.Context, key, kind string, progress ProgressFunc) (kvstate.CacheEntry, bool, error) {
+// removed with its file and reported as absent. A URL-keyed entry is
+// revalidated against the object first: another ETag or size makes it stale.
+func (c *Cache) lookup(ctx context.Context, src Source, ref messaging.ImageRef, key, kind string, progress ProgressFunc) (kvstate.CacheEntry, bool, error) {
 	e, err := c.index.Get(ctx, c.host, key)
 	if errors.Is(err, kvstate.ErrNotFound) {
 		return e, false, nil
@@ -161,21 +277,24 @@ func (c *Cache) lookup(ctx context.Context, key, kind string, progress ProgressF
 		return e, false, fmt.Errorf("look up image %s in the cache index: %w", key, err)
 	}
 	want := e.Checksum
+	ok := true
 	if kind == kvstate.KeyKindSHA256 {
 		want = key
+	} else {
+		info, err := c.statObject(ctx, src, ref)
+		if err != nil {
+			return e, false, fmt.Errorf("revalidate the cached copy of %s: %w", ref.URL, err)
+		}
+		ok = info.Size == e.Size && info.ETag == e.ETag
 	}
-	ok, err := c.verify(ctx, e, want, progress)
-	if err != nil {
-		return e, false, err
+	if ok {
+		if ok, err = c.verify(ctx, e, want, progress); err != nil {
+			return e, false, err
+		}
 	}
 	if !ok {
-		if e.Path != "" && c.inDir(e.Path) {
-			if err := os.Remove(e.Path); err != nil && !errors.Is(err, os.ErrNotExist) {
-				return e, false, fmt.Errorf("remove corrupt cached image %s: %w", e.Path, err)
-			}
-		}
-		if err := c.index.Delete(ctx, c.host, key); err != nil {
-			return e, false, fmt.Errorf("drop stale cache entry of %s: %w", e.SourceURL, err)
+		if err := c.dropEntry(ctx, e); err != nil {
+			return e, false, err
 		}
 		c.changed(ctx)
 		return e, false, nil
@@ -185,6 +304,41 @@ func (c *Cache) lookup(ctx context.Context, key, kind string, progress ProgressF
 		return e, false, fmt.Errorf("update cache entry of %s: %w", e.SourceURL, err)
 	}
 	return e, true, nil
+}
+
+// dropEntry removes an entry's file (when it is in the cache directory) and
+// then the entry.
+func (c *Cache) dropEntry(ctx context.Context, e kvstate.CacheEntry) error {
+	if e.Path != "" && c.inDir(e.Path) {
+		if err := os.Remove(e.Path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("remove cached image %s: %w", e.Path, err)
+		}
+	}
+	if err := c.index.Delete(ctx, c.host, e.Key); err != nil {
+		return fmt.Errorf("drop cache entry of %s: %w", e.SourceURL, err)
+	}
+	return nil
+}
+
+// statObject returns the object's size and ETag, with retries.
+func (c *Cache) statObject(ctx context.Context, src Source, ref messaging.ImageRef) (ObjectInfo, error) {
+	var info ObjectInfo
+	err := c.retry(ctx, func() error {
+		actx, cancel := context.WithTimeout(ctx, c.opts.StallTimeout)
+		defer cancel()
+		var err error
+		if rs, ok := src.(ResumableSource); ok {
+			info, err = rs.Stat(actx, ref.Bucket, ref.Object)
+			return err
+		}
+		var r io.ReadCloser
+		r, info, err = src.Open(actx, ref.Bucket, ref.Object)
+		if err == nil {
+			_ = r.Close()
+		}
+		return err
+	})
+	return info, err
 }
 
 // inDir reports whether p is a file directly in the cache directory.
@@ -222,16 +376,46 @@ func (c *Cache) verify(ctx context.Context, e kvstate.CacheEntry, want string, p
 	return hex.EncodeToString(h.Sum(nil)) == strings.ToLower(want), nil
 }
 
-// download fetches ref into the cache and records it in the index.
+// download fetches ref into the cache and records it in the index. With a
+// ResumableSource, transient failures are retried within the retry budget
+// and the download resumes where it stopped, pinned to the object's ETag;
+// the SHA-256 continues over the bytes already written.
 func (c *Cache) download(ctx context.Context, src Source, ref messaging.ImageRef, key, kind string, progress ProgressFunc) (e kvstate.CacheEntry, err error) {
-	r, info, err := src.Open(ctx, ref.Bucket, ref.Object)
+	rs, resumable := src.(ResumableSource)
+	var info ObjectInfo
+	var r io.ReadCloser
+	if resumable {
+		info, err = c.statObject(ctx, src, ref)
+		if err != nil {
+			return e, err
+		}
+	} else {
+		err = c.retry(ctx, func() error {
+			var err error
+			r, info, err = src.Open(ctx, ref.Bucket, ref.Object)
+			return err
+		})
+		if err != nil {
+			return e, err
+		}
+	}
+	defer func() {
+		if r != nil {
+			_ = r.Close()
+		}
+	}()
+
+	fl, err := c.reserve(ctx, key, info.Size)
 	if err != nil {
 		return e, err
 	}
-	defer r.Close()
+	defer c.unreserve(key)
 
 	tmp, err := os.CreateTemp(c.dir, partialPrefix+key+"-*")
 	if err != nil {
+		if errors.Is(err, syscall.ENOSPC) {
+			return e, fmt.Errorf("not enough space in the image cache %s to start downloading %s: %w", c.dir, ref.URL, err)
+		}
 		return e, fmt.Errorf("create download file in cache directory %s: %w", c.dir, err)
 	}
 	defer func() {
@@ -245,13 +429,93 @@ func (c *Cache) download(ctx context.Context, src Source, ref messaging.ImageRef
 
 	h := sha256.New()
 	total := info.Size
+	var offset, reported int64
 	progress(StageDownload, 0, total)
-	n, err := copyProgress(ctx, io.MultiWriter(tmp, h), r, func(done int64) { progress(StageDownload, done, total) })
-	if err != nil {
-		return e, fmt.Errorf("download %s: %w", ref.URL, err)
+	report := func() {
+		if offset > reported {
+			reported = offset
+			progress(StageDownload, offset, total)
+		}
+		fl.written.Store(offset)
 	}
-	if info.Size >= 0 && n != info.Size {
-		return e, fmt.Errorf("download %s: got %d bytes, the object store announced %d", ref.URL, n, info.Size)
+	buf := make([]byte, copyBufSize)
+	rt := c.newRetrier()
+	for {
+		if total >= 0 && offset == total && r == nil && offset > 0 {
+			break // everything arrived; only the end of the stream was missing
+		}
+		actx, cancel := context.WithCancelCause(ctx)
+		if r == nil {
+			if r, err = rs.OpenAt(actx, ref.Bucket, ref.Object, offset, info.ETag); err != nil {
+				cancel(nil)
+				r = nil
+				if werr := rt.wait(ctx, err); werr != nil {
+					return e, fmt.Errorf("download %s: %w", ref.URL, werr)
+				}
+				continue
+			}
+		}
+		var timer *time.Timer
+		if resumable {
+			timer = time.AfterFunc(c.opts.StallTimeout, func() { cancel(errStalled) })
+		}
+		rerr, werr := pump(ctx, r, tmp, h, buf, func(n int) {
+			offset += int64(n)
+			if timer != nil {
+				timer.Reset(c.opts.StallTimeout)
+			}
+			rt.progressed()
+			report()
+		})
+		if timer != nil {
+			timer.Stop()
+		}
+		stalled := errors.Is(context.Cause(actx), errStalled)
+		cancel(nil)
+		_ = r.Close()
+		r = nil
+		if werr != nil {
+			if errors.Is(werr, syscall.ENOSPC) {
+				return e, fmt.Errorf("not enough space in the image cache %s while downloading %s (%d of %d bytes written): %w", c.dir, ref.URL, offset, total, werr)
+			}
+			return e, fmt.Errorf("write downloaded image %s: %w", tmp.Name(), werr)
+		}
+		if cerr := ctx.Err(); cerr != nil {
+			return e, fmt.Errorf("download %s: %w", ref.URL, cerr)
+		}
+		if rerr == nil {
+			if total < 0 || offset >= total {
+				break
+			}
+			rerr = fmt.Errorf("the object store ended the response after %d of %d bytes: %w", offset, total, io.ErrUnexpectedEOF)
+		}
+		if stalled {
+			rerr = fmt.Errorf("%w for %s", errStalled, c.opts.StallTimeout)
+		}
+		if errors.Is(rerr, ErrObjectChanged) {
+			return e, fmt.Errorf("download %s: the image changed while downloading (ETag was %s); nothing was cached: %w", ref.URL, info.ETag, rerr)
+		}
+		if !resumable {
+			return e, fmt.Errorf("download %s: %w", ref.URL, rerr)
+		}
+		if info.ETag == "" && offset > 0 {
+			// Without an ETag a resumed read could mix two versions: start over.
+			if _, err := tmp.Seek(0, io.SeekStart); err != nil {
+				return e, fmt.Errorf("restart download %s: %w", ref.URL, err)
+			}
+			if err := tmp.Truncate(0); err != nil {
+				return e, fmt.Errorf("restart download %s: %w", ref.URL, err)
+			}
+			h.Reset()
+			offset = 0
+		}
+		if werr := rt.wait(ctx, rerr); werr != nil {
+			return e, fmt.Errorf("download %s: %w", ref.URL, werr)
+		}
+	}
+	n := offset
+	if total >= 0 && n != total {
+		return e, fmt.Errorf("download %s: got %d bytes, the object store announced %d", ref.URL, n, total)
 	}
 	got := hex.EncodeToString(h.Sum(nil))
 	if kind == kvstate.KeyKindSHA256 && got != key {
@@ -291,6 +555,44 @@ func (c *Cache) download(ctx context.Context, src Source, ref messaging.ImageRef
 	}
 	c.changed(ctx)
 	return e, nil
+}
+
+// pump copies r into f and h in chunks of len(buf), calling chunk after
+// each chunk written. rerr is r's error (nil at the end of the stream),
+// werr the file's; it stops when ctx ends (rerr is then ctx's error).
+func pump(ctx context.Context, r io.Reader, f io.Writer, h io.Writer, buf []byte, chunk func(n int)) (rerr, werr error) {
+	for {
+		if err := ctx.Err(); err != nil {
+			return err, nil
+		}
+		n, err := fill(r, buf)
+		if n > 0 {
+			if _, werr := f.Write(buf[:n]); werr != nil {
+				return nil, werr
+			}
+			_, _ = h.Write(buf[:n])
+			chunk(n)
+		}
+		if err == io.EOF {
+			return nil, nil
+		}
+		if err != nil {
+			return err, nil
+		}
+	}
+}
+
+// fill reads from r until buf is full or r fails; io.EOF marks the end.
+func fill(r io.Reader, buf []byte) (int, error) {
+	n := 0
+	for n < len(buf) {
+		m, err := r.Read(buf[n:])
+		n += m
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
 }
 
 // CacheFileName is the name a cached image gets: the object's base name,
@@ -340,52 +642,6 @@ func sanitizeName(s string) string {
 	return b.String()
 }
 
-// RemovePartials removes the download files a crashed process left behind
-// and returns how many it removed.
-func (c *Cache) RemovePartials() (int, error) {
-	ents, err := os.ReadDir(c.dir)
-	if err != nil {
-		return 0, fmt.Errorf("read cache directory %s: %w", c.dir, err)
-	}
-	n := 0
-	for _, d := range ents {
-		if !strings.HasPrefix(d.Name(), partialPrefix) || d.IsDir() {
-			continue
-		}
-		p := filepath.Join(c.dir, d.Name())
-		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return n, fmt.Errorf("remove partial download %s: %w", p, err)
-		}
-		n++
-	}
-	return n, nil
-}
-
-// Reconcile removes partial downloads and the index entries of this host
-// whose file is gone. Call it when no download is running.
-func (c *Cache) Reconcile(ctx context.Context) error {
-	if _, err := c.RemovePartials(); err != nil {
-		return err
-	}
-	entries, err := c.index.List(ctx, c.host)
-	if err != nil {
-		return fmt.Errorf("list cache entries of %s: %w", c.host, err)
-	}
-	for _, e := range entries {
-		st, err := os.Lstat(e.Path)
-		if err == nil && st.Mode().IsRegular() {
-			continue
-		}
-		if err != nil && !errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("check cached image %s: %w", e.Path, err)
-		}
-		if err := c.index.Delete(ctx, c.host, e.Key); err != nil {
-			return fmt.Errorf("drop cache entry of missing file %s: %w", e.Path, err)
-		}
-	}
-	return nil
-}
-
 // copyProgress copies src to dst with a 1 MiB buffer, stopping when ctx
 // ends, and calls report with the bytes copied so far after each chunk.
 func copyProgress(ctx context.Context, dst io.Writer, src io.Reader, report func(done int64)) (int64, error) {
@@ -425,35 +681,5 @@ func syncDir(dir string) error {
 	if err := d.Sync(); err != nil {
 		return fmt.Errorf("flush directory %s: %w", dir, err)
 	}
-	return nil
-}
-
-// Remove deletes key's entry and its file, for an image found unusable. It
-// waits for a download of the same key to finish first.
-func (c *Cache) Remove(ctx context.Context, key string) error {
-	unlock, err := c.lock(ctx, key)
-	if err != nil {
-		return err
-	}
-	defer unlock()
-	e, err := c.index.Get(ctx, c.host, key)
-	if errors.Is(err, kvstate.ErrNotFound) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	if c.inDir(e.Path) {
-		if err := os.Remove(e.Path); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("remove cached image %s: %w", e.Path, err)
-		}
-		if err := syncDir(c.dir); err != nil {
-			return err
-		}
-	}
-	if err := c.index.Delete(ctx, c.host, key); err != nil {
-		return err
-	}
-	c.changed(ctx)
 	return nil
 }

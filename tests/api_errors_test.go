@@ -108,7 +108,7 @@ func TestNATSUnreachable(t *testing.T) {
 	port, err := testenv.FreePort()
 	require.NoError(t, err)
 	e := &env{t: t, dir: t.TempDir(), apiURL: "http://127.0.0.1:" + itoa(port), minio: m}
-	e.api = startProc(t, "api", e.dir+"/api.log", []string{"PROVISIONER_HTTP_ADDR=127.0.0.1:" + itoa(port), "PROVISIONER_NATS_URL=" + ns.ClientURL(), "PROVISIONER_DEFAULT_HYPERVISOR=h1"})
+	e.api = startProc(t, "api", e.dir+"/api.log", []string{"PROVISIONER_HTTP_ADDR=127.0.0.1:" + itoa(port), "PROVISIONER_NATS_URL=" + ns.ClientURL(), "PROVISIONER_DEFAULT_HYPERVISOR=h1", "MINIO_ENDPOINT=" + m.Endpoint})
 	e.waitHTTP(e.apiURL + "/livez")
 	ns.Shutdown()
 	ns.WaitForShutdown()

@@ -301,7 +301,7 @@ func TestNATSPermissions(t *testing.T) {
 			require.Empty(t, got.Publish.Deny, host)
 			require.ElementsMatch(t, want.Subscribe.Allow, got.Subscribe.Allow, host)
 			require.Empty(t, got.Subscribe.Deny, host)
-			require.Nil(t, got.Response, host)
+			require.Equal(t, want.Response, got.Response, host)
 		}
 	})
 }

@@ -75,7 +75,7 @@ func TestOneTraceFromRequestToStages(t *testing.T) {
 	wg.Go(func() { _ = w.Run(ctx) })
 	t.Cleanup(func() { cancel(); wg.Wait() })
 
-	srv, err := api.New(ctx, api.Config{DefaultHypervisor: "h1", Version: "test", TracerProvider: tp}, nc, subjects, log)
+	srv, err := api.New(ctx, api.Config{DefaultHypervisor: "h1", Version: "test", TracerProvider: tp, ImageEndpoints: []string{m.Endpoint}}, nc, subjects, log)
 	require.NoError(t, err)
 	hs := httptest.NewServer(srv.Handler())
 	t.Cleanup(hs.Close)

@@ -25,6 +25,7 @@ var (
 	errCancelled = errors.New("job cancelled")
 	errFenced    = errors.New("lost contact with NATS: in-progress acks failed for too long, so the job may be redelivered elsewhere; stopped writing")
 	errShutdown  = errors.New("worker shutting down; the job will be redelivered")
+	errRunTime   = errors.New("ran longer than the maximum run time")
 )
 
 // nakDelay is how long a job stopped by shutdown waits before redelivery.
@@ -79,6 +80,12 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
 	if verr != nil {
 		w.fail(kctx, log, host, jobID, "invalid job message: "+verr.Error())
 		_ = msg.TermWithReason("malformed")
+		return
+	}
+	if age := time.Since(cur.CreatedAt); w.cfg.MaxPendingAge > 0 && cur.Status == kvstate.StatusPending && age > w.cfg.MaxPendingAge {
+		w.fail(kctx, log, host, jobID, fmt.Sprintf("the job waited %s for a worker, longer than the maximum pending age of %s (PROVISIONER_MAX_PENDING_AGE); submit it again",
+			age.Round(time.Second), w.cfg.MaxPendingAge))
+		_ = msg.TermWithReason("pending too long")
 		return
 	}
 	if int(meta.NumDelivered) >= w.cfg.MaxDeliver {
@@ -165,6 +172,10 @@ func (w *Worker) run(ctx context.Context, log *logrus.Entry, msg jetstream.Msg, 
 		case <-jobCtx.Done():
 		}
 	})
+	if w.cfg.MaxRunTime > 0 {
+		t := time.AfterFunc(w.cfg.MaxRunTime, func() { stop(errRunTime) })
+		defer t.Stop()
+	}
 	var lease leaseRenewer
 	wg.Go(func() { w.keepAlive(jobCtx, stop, msg, &lease) })
 	wg.Go(func() { w.watchCancel(jobCtx, stop, host, jobID) })
@@ -214,6 +225,18 @@ func (w *Worker) run(ctx context.Context, log *logrus.Entry, msg jetstream.Msg, 
 			w.publishEvent(host, jobID, final)
 			log.WithFields(logrus.Fields{"cache_hit": res.cacheHit, "volume_path": res.volumePath, "seconds": time.Since(started).Seconds(), "stage": pipeline.StageFinalize}).Info("job completed")
 			return string(kvstate.StatusCompleted)
+		}
+	}
+	if errors.Is(cause, errRunTime) {
+		err = fmt.Errorf("the job %w of %s (PROVISIONER_MAX_RUN_TIME) in stage %s", errRunTime, w.cfg.MaxRunTime, rep.stage())
+	}
+	if !res.created && res.writing && res.volumePath != "" {
+		// A reused volume failed mid-write: make sure it never boots as if
+		// it were whole.
+		if zerr := pipeline.ZeroEnds(res.volumePath, res.volumeSize); zerr != nil {
+			err = fmt.Errorf("%w (and zeroing the volume's first and last MiB failed: %v)", err, zerr)
+		} else if err != nil {
+			err = fmt.Errorf("%w; the volume's first and last MiB were zeroed so the half-written disk does not boot", err)
 		}
 	}
 	if res.created {
@@ -324,8 +347,11 @@ type result struct {
 	cacheHit   bool
 	imagePath  string
 	volumePath string
+	volumeSize int64
 	checksum   string
 	created    bool
+	// writing is set once the volume's content is being replaced.
+	writing bool
 }
 
 // execute runs the pipeline's stages. res.created tells the caller whether
@@ -338,10 +364,11 @@ func (w *Worker) execute(ctx context.Context, rep *reporter, rec kvstate.Job, m 
 	if ref.Endpoint != w.parts.Source.Endpoint() {
 		return res, fmt.Errorf("image_url names endpoint %s, but this worker's object store is %s", ref.Endpoint, w.parts.Source.Endpoint())
 	}
-	entry, hit, err := w.parts.Cache.Ensure(ctx, w.parts.Source, ref, rep.progress)
+	entry, hit, release, err := w.parts.Cache.EnsureInUse(ctx, w.parts.Source, ref, rep.progress)
 	if err != nil {
 		return res, fmt.Errorf("fetch image: %w", err)
 	}
+	defer release() // the image stays cached while the job reads it
 	res.cacheHit, res.imagePath, res.checksum = hit, entry.Path, entry.Checksum
 	rep.setCache(ctx, hit, entry.Path, entry.Checksum)
 
@@ -349,6 +376,7 @@ func (w *Worker) execute(ctx context.Context, rep *reporter, rec kvstate.Job, m 
 	imageType := m.ImageType
 	img, err := pipeline.Inspect(entry.Path, imageType)
 	if err != nil {
+		release() // before Remove, which refuses an image in use
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), kvTimeout)
 		defer cancel()
 		if rerr := w.parts.Cache.Remove(rctx, entry.Key); rerr != nil {
@@ -361,6 +389,9 @@ func (w *Worker) execute(ctx context.Context, rep *reporter, rec kvstate.Job, m 
 	}
 
 	rep.progress(pipeline.StageVolume, 0, 0)
+	if w.cfg.VolumeAllow != nil && !w.cfg.VolumeAllow.MatchString(m.VolumeName) {
+		return res, fmt.Errorf("volume %q is not one this worker may touch (PROVISIONER_VOLUME_ALLOW=%s)", m.VolumeName, w.cfg.VolumeAllow)
+	}
 	held, err := w.leases.Acquire(ctx, rec.Hypervisor, m.VolumeName, rec.JobID, w.cfg.AckWait)
 	if err != nil {
 		return res, err
@@ -402,11 +433,12 @@ func (w *Worker) execute(ctx context.Context, rep *reporter, rec kvstate.Job, m 
 		}
 		res.created = true
 	}
-	res.volumePath = vol.Path
+	res.volumePath, res.volumeSize = vol.Path, vol.Size
 	if err := img.CheckFits(vol.Size); err != nil {
 		return res, err
 	}
 	rep.progress(pipeline.StagePopulate, 0, img.VirtualSize)
+	res.writing = true
 	if err := w.parts.Converter.Convert(ctx, img, entry.Path, vol, rep.progress); err != nil {
 		if cause := context.Cause(ctx); cause != nil {
 			return res, cause

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"regexp"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -43,6 +44,16 @@ type Config struct {
 	ProgressInterval time.Duration
 	// TracerProvider makes the worker's spans; nil means the global one.
 	TracerProvider trace.TracerProvider
+	// ShutdownGrace is how long running jobs may go on after a stop is
+	// asked for; then they are stopped and left for redelivery.
+	ShutdownGrace time.Duration
+	// MaxPendingAge fails a job that waited longer for a worker (0: none).
+	MaxPendingAge time.Duration
+	// MaxRunTime fails an attempt that runs longer (0: none).
+	MaxRunTime time.Duration
+	// VolumeAllow, when set, is the pattern (anchored) of the volume names
+	// this worker may touch.
+	VolumeAllow *regexp.Regexp
 }
 
 // Parts are the pipeline's implementations a worker drives.
@@ -62,10 +73,13 @@ type Source interface {
 
 // ImageCache is the host's image cache as the worker needs it.
 type ImageCache interface {
-	Ensure(ctx context.Context, src pipeline.Source, ref messaging.ImageRef, progress pipeline.ProgressFunc) (kvstate.CacheEntry, bool, error)
+	// EnsureInUse makes sure the image is cached and keeps it from eviction
+	// and removal until release is called.
+	EnsureInUse(ctx context.Context, src pipeline.Source, ref messaging.ImageRef, progress pipeline.ProgressFunc) (entry kvstate.CacheEntry, hit bool, release func(), err error)
 	// Remove deletes an entry and its file (an image found to be unusable).
 	Remove(ctx context.Context, key string) error
-	Reconcile(ctx context.Context) error
+	// ReconcileReport brings the directory and the index into agreement.
+	ReconcileReport(ctx context.Context) (pipeline.ReconcileSummary, error)
 	// Dir is the cache directory.
 	Dir() string
 }
@@ -170,6 +184,9 @@ func New(ctx context.Context, cfg Config, nc *nats.Conn, subjects messaging.Subj
 	if cfg.TracerProvider == nil {
 		cfg.TracerProvider = otel.GetTracerProvider()
 	}
+	if cfg.ShutdownGrace <= 0 {
+		cfg.ShutdownGrace = 30 * time.Second
+	}
 	js, err := jetstream.New(nc)
 	if err != nil {
 		return nil, err
@@ -190,7 +207,8 @@ func New(ctx context.Context, cfg Config, nc *nats.Conn, subjects messaging.Subj
 		}
 	}
 	w := &Worker{cfg: cfg, nc: nc, js: js, subjects: subjects, parts: parts, log: log, started: time.Now(),
-		jobs: kvstate.Jobs{KV: b.Jobs}, hosts: kvstate.Hosts{KV: b.Hosts}, leases: kvstate.Leases{KV: b.Volumes}, cacheKV: b.Cache}
+		jobs: kvstate.Jobs{KV: b.Jobs}, hosts: kvstate.Hosts{KV: b.Hosts}, cacheKV: b.Cache}
+	w.leases = kvstate.Leases{KV: b.Volumes, Active: kvstate.JobActive(w.jobs, cfg.Host)}
 	w.metrics = newMetrics(w)
 	w.tracer = cfg.TracerProvider.Tracer("github.com/libvirt-volume-provisioner/provisioner/worker")
 	return w, nil
@@ -207,28 +225,53 @@ func (w *Worker) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("register host %s: %w", w.cfg.Host, err)
 	}
-	if err := w.parts.Cache.Reconcile(ctx); err != nil {
+	sum, err := w.parts.Cache.ReconcileReport(ctx)
+	if err != nil {
 		return fmt.Errorf("reconcile image cache: %w", err)
 	}
+	w.log.WithFields(logrus.Fields{"host": w.cfg.Host, "partials_removed": sum.PartialsRemoved, "entries_kept": sum.EntriesKept,
+		"missing_dropped": sum.MissingDropped, "size_mismatch_dropped": sum.SizeMismatchDropped, "orphans_removed": sum.OrphansRemoved,
+		"evicted": sum.Evicted, "evicted_bytes": sum.EvictedBytes}).Info("image cache reconciled")
 	cons, err := w.js.CreateOrUpdateConsumer(ctx, messaging.JobStream, messaging.ConsumerConfig(w.subjects, w.cfg.Host, w.cfg.AckWait, w.cfg.MaxDeliver))
 	if err != nil {
 		return fmt.Errorf("bind consumer %s: %w", messaging.ConsumerName(w.cfg.Host), err)
 	}
 	w.log.WithFields(logrus.Fields{"host": w.cfg.Host, "consumer": messaging.ConsumerName(w.cfg.Host), "ack_wait": w.cfg.AckWait.String()}).Info("worker started")
 
-	runCtx, cancel := context.WithCancelCause(ctx)
+	// ctx ending stops fetching; running jobs go on until runCtx ends, a
+	// grace period later (or when the host name is lost).
+	runCtx, cancel := context.WithCancelCause(context.WithoutCancel(ctx))
 	defer cancel(nil)
+	stopped := context.AfterFunc(ctx, func() {
+		w.log.WithFields(logrus.Fields{"running": w.active.Load(), "grace": w.cfg.ShutdownGrace.String()}).Info("stopping: no new jobs; running ones may finish within the grace period")
+		t := time.NewTimer(w.cfg.ShutdownGrace)
+		defer t.Stop()
+		select {
+		case <-t.C:
+			cancel(errShutdown)
+		case <-runCtx.Done():
+		}
+	})
+	defer stopped()
 	var wg sync.WaitGroup
 	wg.Go(func() {
 		if err := w.heartbeat(runCtx, h, rev, cons); err != nil {
 			cancel(err)
 		}
 	})
-	for slot := range Slots {
-		wg.Go(func() { w.slot(runCtx, slot, cons) })
+	if unsub, err := w.serveControl(runCtx); err != nil {
+		return err
+	} else {
+		defer unsub()
 	}
+	var slots sync.WaitGroup
+	for slot := range Slots {
+		slots.Go(func() { w.slot(ctx, runCtx, slot, cons) })
+	}
+	slots.Wait()
+	cancel(nil)
 	wg.Wait()
-	if err := context.Cause(runCtx); err != nil && !errors.Is(err, context.Canceled) {
+	if err := context.Cause(runCtx); err != nil && !errors.Is(err, context.Canceled) && !errors.Is(err, errShutdown) {
 		return err
 	}
 	return nil
@@ -264,9 +307,10 @@ func (w *Worker) heartbeat(ctx context.Context, h kvstate.Host, rev uint64, cons
 	}
 }
 
-// slot fetches and runs one job at a time until ctx ends.
-func (w *Worker) slot(ctx context.Context, slot int, cons jetstream.Consumer) {
-	for ctx.Err() == nil {
+// slot fetches and runs one job at a time until ctx ends; jobs run under
+// runCtx, which outlives ctx by the shutdown grace period.
+func (w *Worker) slot(ctx, runCtx context.Context, slot int, cons jetstream.Consumer) {
+	for ctx.Err() == nil && runCtx.Err() == nil {
 		fctx, cancel := context.WithTimeout(ctx, time.Second)
 		msg, err := cons.Next(jetstream.FetchContext(fctx))
 		cancel()
@@ -277,7 +321,7 @@ func (w *Worker) slot(ctx context.Context, slot int, cons jetstream.Consumer) {
 			}
 			continue
 		}
-		w.handle(ctx, msg)
+		w.handle(runCtx, msg)
 	}
 }
 

@@ -26,7 +26,7 @@ func securityFlags(c *config.Set) *security {
 		key:          c.String("PROVISIONER_TLS_KEY", "", "TLS private key (PEM) of the REST listener"),
 		clientCA:     c.String("PROVISIONER_CLIENT_CA", "", "CA bundle (PEM) that verifies client certificates (mutual TLS)"),
 		clientPolicy: c.String("PROVISIONER_CLIENT_POLICY", "", "JSON allowlist of client certificate names and their scopes"),
-		secrets:      c.String("PROVISIONER_TOKEN_SECRETS", "", "API token secrets, <kid>:<base64>, comma-separated (prefer the file)"),
+		secrets:      c.Secret("PROVISIONER_TOKEN_SECRETS", "API token secrets, <kid>:<base64>, comma-separated (prefer the file)"),
 		secretsFile:  c.String("PROVISIONER_TOKEN_SECRETS_FILE", "", "file of API token secrets, one <kid>:<base64> a line, mode 0600"),
 		insecure:     c.Bool("PROVISIONER_INSECURE", false, "allow a non-loopback listener without TLS and authentication"),
 	}

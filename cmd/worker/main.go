@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"regexp"
 	"syscall"
 	"time"
 
@@ -76,9 +77,16 @@ func run(args []string) error {
 	writeLimit := c.Int64("PROVISIONER_WRITE_LIMIT", 0, "cap on volume writes in bytes per second (0: no limit)")
 	minioEndpoint := c.String("MINIO_ENDPOINT", "", "MinIO endpoint host:port image URLs must name")
 	minioAccess := c.String("MINIO_ACCESS_KEY", "", "MinIO access key")
-	minioSecret := c.String("MINIO_SECRET_KEY", "", "MinIO secret key")
+	minioSecret := c.Secret("MINIO_SECRET_KEY", "MinIO secret key")
 	minioSSL := c.Bool("MINIO_USE_SSL", false, "use https to reach MinIO")
 	logLevel := c.String("PROVISIONER_LOG_LEVEL", "info", "log level: debug, info, warn, error")
+	cacheMax := c.Int64("PROVISIONER_CACHE_MAX_BYTES", 0, "image cache size cap in bytes; least recently used images not in use are evicted (0: no cap)")
+	cacheMinFree := c.Int64("PROVISIONER_CACHE_MIN_FREE_BYTES", 64<<20, "free space kept in the cache's filesystem after a download, bytes")
+	retryBudget := c.Duration("PROVISIONER_DOWNLOAD_RETRY_BUDGET", 2*time.Minute, "how long transient object store errors are retried (the download resumes) before a job fails")
+	grace := c.Duration("PROVISIONER_SHUTDOWN_GRACE", 30*time.Second, "how long running jobs may finish after SIGTERM before they are stopped and left for redelivery")
+	maxPending := c.Duration("PROVISIONER_MAX_PENDING_AGE", 24*time.Hour, "fail a job that waited longer than this for a worker (0: no limit)")
+	maxRun := c.Duration("PROVISIONER_MAX_RUN_TIME", 2*time.Hour, "fail an attempt that runs longer than this (0: no limit)")
+	volumeAllow := c.String("PROVISIONER_VOLUME_ALLOW", "", "regular expression (anchored) of the volume names this worker may touch (empty: all)")
 	natsCfg := config.NATSFlags(c)
 	if err := c.Parse(args); err != nil {
 		return err
@@ -86,6 +94,12 @@ func run(args []string) error {
 	log, err := logging.New(*logLevel)
 	if err != nil {
 		return err
+	}
+	var allow *regexp.Regexp
+	if *volumeAllow != "" {
+		if allow, err = regexp.Compile("^(?:" + *volumeAllow + ")$"); err != nil {
+			return fmt.Errorf("PROVISIONER_VOLUME_ALLOW: %w", err)
+		}
 	}
 	if *minioEndpoint == "" {
 		return errors.New("MINIO_ENDPOINT is not set: the worker needs the object store that holds the images")
@@ -135,11 +149,17 @@ func run(args []string) error {
 	subjects := messaging.NewSubjects(*prefix)
 	// The cache index needs the buckets; New waits for the API to create them.
 	w, err := worker.New(ctx, worker.Config{Host: *host, MachineID: *machine, Version: version.Version, AckWait: *ackWait,
-		MaxDeliver: *maxDeliver, Heartbeat: *heartbeat, TracerProvider: tp}, nc, subjects, worker.Parts{Source: source, Backend: vols.backend, Converter: pipeline.QemuImg{Path: qemuPath, RateLimit: *writeLimit}}, log)
+		MaxDeliver: *maxDeliver, Heartbeat: *heartbeat, TracerProvider: tp,
+		ShutdownGrace: *grace, MaxPendingAge: *maxPending, MaxRunTime: *maxRun, VolumeAllow: allow}, nc, subjects, worker.Parts{Source: source, Backend: vols.backend, Converter: pipeline.QemuImg{Path: qemuPath, RateLimit: *writeLimit}}, log)
 	if err != nil {
 		return err
 	}
-	cache, err := pipeline.NewCache(vols.cacheDir, *host, kvstate.CacheIndex{KV: w.CacheBucket()})
+	minFree := *cacheMinFree
+	if minFree == 0 {
+		minFree = -1 // CacheOptions' zero means the default
+	}
+	cache, err := pipeline.NewCacheWithOptions(vols.cacheDir, *host, kvstate.CacheIndex{KV: w.CacheBucket()},
+		pipeline.CacheOptions{MaxBytes: *cacheMax, MinFreeBytes: minFree, RetryBudget: *retryBudget})
 	if err != nil {
 		return err
 	}

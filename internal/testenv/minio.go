@@ -27,6 +27,10 @@ type MinIO struct {
 	Client    *minio.Client
 	cmd       *exec.Cmd
 	dir       string
+	bin       string
+	args      []string
+	env       []string
+	exited    chan struct{}
 }
 
 // Missing fails the test under CI (where every prerequisite must be present)
@@ -85,21 +89,12 @@ func StartMinIO(dir string) (*MinIO, error) {
 		if err != nil {
 			return nil, err
 		}
-		m := &MinIO{Endpoint: "127.0.0.1:" + strconv.Itoa(port), AccessKey: "provisioner-test", SecretKey: "provisioner-test-secret", dir: dir}
-		m.cmd = exec.Command(bin, "server", "--quiet", "--address", m.Endpoint, "--console-address", "127.0.0.1:"+strconv.Itoa(cport), filepath.Join(dir, "data"))
-		m.cmd.Env = append(os.Environ(), "MINIO_ROOT_USER="+m.AccessKey, "MINIO_ROOT_PASSWORD="+m.SecretKey, "MINIO_BROWSER=off", "MINIO_UPDATE=off")
-		logf, err := os.Create(filepath.Join(dir, "minio.log"))
-		if err != nil {
-			return nil, err
-		}
-		m.cmd.Stdout, m.cmd.Stderr = logf, logf
-		if err := m.cmd.Start(); err != nil {
-			return nil, fmt.Errorf("start minio: %w", err)
-		}
-		if lastErr = m.waitReady(30 * time.Second); lastErr == nil {
+		m := &MinIO{Endpoint: "127.0.0.1:" + strconv.Itoa(port), AccessKey: "provisioner-test", SecretKey: "provisioner-test-secret", dir: dir, bin: bin}
+		m.args = []string{"server", "--quiet", "--address", m.Endpoint, "--console-address", "127.0.0.1:" + strconv.Itoa(cport), filepath.Join(dir, "data")}
+		m.env = append(os.Environ(), "MINIO_ROOT_USER="+m.AccessKey, "MINIO_ROOT_PASSWORD="+m.SecretKey, "MINIO_BROWSER=off", "MINIO_UPDATE=off")
+		if lastErr = m.Start(); lastErr == nil {
 			return m, nil
 		}
-		m.Stop()
 	}
 	return nil, lastErr
 }
@@ -118,8 +113,10 @@ func (m *MinIO) waitReady(timeout time.Duration) error {
 		if err == nil {
 			return nil
 		}
-		if m.cmd.ProcessState != nil {
-			break
+		select {
+		case <-m.exited:
+			deadline = time.Now()
+		default:
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
@@ -127,12 +124,54 @@ func (m *MinIO) waitReady(timeout time.Duration) error {
 	return fmt.Errorf("minio on %s not ready: %v\n%s", m.Endpoint, err, log)
 }
 
-// Stop kills the server.
-func (m *MinIO) Stop() {
-	if m.cmd != nil && m.cmd.Process != nil {
-		_ = m.cmd.Process.Kill()
-		_ = m.cmd.Wait()
+// Start starts the server (again, after Stop) on the same address and
+// data directory and waits until it answers.
+func (m *MinIO) Start() error {
+	if m.exited != nil {
+		select {
+		case <-m.exited:
+		default:
+			return fmt.Errorf("minio on %s is already running", m.Endpoint)
+		}
 	}
+	logf, err := os.OpenFile(filepath.Join(m.dir, "minio.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+	if err != nil {
+		return err
+	}
+	defer logf.Close()
+	m.cmd = exec.Command(m.bin, m.args...)
+	m.cmd.Env = m.env
+	m.cmd.Stdout, m.cmd.Stderr = logf, logf
+	if err := m.cmd.Start(); err != nil {
+		m.cmd = nil
+		return fmt.Errorf("start minio: %w", err)
+	}
+	exited := make(chan struct{})
+	cmd := m.cmd
+	go func() { _ = cmd.Wait(); close(exited) }()
+	m.exited = exited
+	if err := m.waitReady(30 * time.Second); err != nil {
+		m.Stop()
+		return err
+	}
+	return nil
+}
+
+// Stop kills the server (SIGKILL: connections break as in a crash) and
+// waits for it to exit. Start starts it again.
+func (m *MinIO) Stop() {
+	if m.cmd != nil && m.cmd.Process != nil && m.exited != nil {
+		_ = m.cmd.Process.Kill()
+		<-m.exited
+	}
+}
+
+// Restart stops the server, keeps it down for downFor, and starts it again
+// on the same address and data directory.
+func (m *MinIO) Restart(downFor time.Duration) error {
+	m.Stop()
+	time.Sleep(downFor)
+	return m.Start()
 }
 
 // Bucket creates a bucket (ignoring "already exists").
