@@ -9,8 +9,8 @@ import (
 	"net"
 	"net/netip"
 	"net/url"
-	"strconv"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 

@@ -110,7 +110,9 @@ func (s Subjects) ParseJob(subject string) (host, jobID string, err error) {
 
 // CacheDelete is the request subject on which host's worker removes an image
 // from its cache (core NATS request/reply).
-func (s Subjects) CacheDelete(host string) string { return s.Prefix + ".control." + host + ".cache.delete" }
+func (s Subjects) CacheDelete(host string) string {
+	return s.Prefix + ".control." + host + ".cache.delete"
+}
 
 // Control matches every control request of host.
 func (s Subjects) Control(host string) string { return s.Prefix + ".control." + host + ".>" }
