@@ -83,6 +83,13 @@ func (r Hosts) Renew(ctx context.Context, h Host, rev uint64) (uint64, error) {
 	}
 	newRev, err := r.KV.Update(ctx, h.Name, data, rev)
 	if isRevisionMismatch(err) {
+		// A renewal whose reply was lost (NATS restarted) moved the
+		// revision on: the entry is still this machine's.
+		cur, gerr := r.KV.Get(ctx, h.Name)
+		var owner Host
+		if gerr == nil && json.Unmarshal(cur.Value(), &owner) == nil && owner.MachineID == h.MachineID {
+			return r.KV.Update(ctx, h.Name, data, cur.Revision())
+		}
 		return 0, fmt.Errorf("%w: host %q was taken over", ErrHostClaimed, h.Name)
 	}
 	return newRev, err

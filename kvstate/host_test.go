@@ -1,6 +1,7 @@
 package kvstate_test
 
 import (
+	"encoding/json"
 	"errors"
 	"testing"
 	"time"
@@ -164,18 +165,25 @@ func TestHostsRenew(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, 2, got.ActiveJobs)
 
-	// Renewing over a revision that is no longer the latest is refused and
-	// writes nothing.
-	_, err = r.Renew(ctx, h, rev)
+	// Renewing over an older revision that this machine itself moved on (a
+	// renewal whose reply was lost) succeeds.
+	rev3, err := r.Renew(ctx, h, rev)
+	require.NoError(t, err)
+	require.Greater(t, rev3, rev2)
+
+	// Once another machine owns the entry, renewing is refused and writes
+	// nothing.
+	other := host("hv-01", "machine-b", time.Now())
+	data, err := json.Marshal(other)
+	require.NoError(t, err)
+	rev4, err := b.Hosts.Put(ctx, "hv-01", data)
+	require.NoError(t, err)
+	_, err = r.Renew(ctx, h, rev3)
 	require.ErrorIs(t, err, kvstate.ErrHostClaimed)
 	require.EqualError(t, err, `host name is claimed by another machine: host "hv-01" was taken over`)
 	e, err := b.Hosts.Get(ctx, "hv-01")
 	require.NoError(t, err)
-	require.Equal(t, rev2, e.Revision())
-
-	rev3, err := r.Renew(ctx, h, rev2)
-	require.NoError(t, err)
-	require.Greater(t, rev3, rev2)
+	require.Equal(t, rev4, e.Revision())
 }
 
 func TestHostsList(t *testing.T) {

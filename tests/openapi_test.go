@@ -28,8 +28,10 @@ import (
 )
 
 // Statuses the document declares that no test here can produce: 401 and 403
-// need authentication configured, 500 an unexpected NATS error, and 503 is
-// checked by TestOpenAPINATSUnreachable.
+// need authentication configured, 500 an unexpected NATS error (or a worker
+// failing to remove a cached image), and 503 is checked by
+// TestOpenAPINATSUnreachable (and, for a stopped worker, by the cache image
+// removal in TestOpenAPI).
 var unproducible = []int{401, 403, 500, 503}
 
 var registerSSEDecoder sync.Once
@@ -322,6 +324,85 @@ func TestOpenAPI(t *testing.T) {
 	r = c.do(exchange{method: http.MethodGet, path: "/api/v1/jobs/" + fetchID, status: 200})
 	require.Equal(t, "cache_fetch", r.json(t)["kind"])
 
+	// Idempotent submissions: the same request with the same key is the same
+	// job, a different one is a 422, an invalid key a 400.
+	idem := map[string]any{"image_url": url, "volume_name": "vm-oas-idem", "volume_size_gb": 1}
+	key := map[string]string{"Idempotency-Key": "oas deploy-1"}
+	r = c.do(exchange{method: http.MethodPost, path: "/api/v1/jobs", status: 202, header: key, body: jsonBody(t, idem)})
+	idemID := r.json(t)["job_id"].(string)
+	require.Empty(t, r.Header.Get("Idempotent-Replayed"))
+	r = c.do(exchange{method: http.MethodPost, path: "/api/v1/jobs", status: 202, header: key, body: jsonBody(t, idem)})
+	require.Equal(t, idemID, r.json(t)["job_id"])
+	require.Equal(t, "true", r.Header.Get("Idempotent-Replayed"))
+	require.Equal(t, "/api/v1/jobs/"+idemID, r.Header.Get("Location"))
+	idem["volume_size_gb"] = 2
+	r = c.do(exchange{method: http.MethodPost, path: "/api/v1/jobs", status: 422, header: key, body: jsonBody(t, idem)})
+	require.Equal(t, "invalid request", r.json(t)["error"])
+	require.Contains(t, r.json(t)["message"], idemID)
+	for _, bad := range []string{strings.Repeat("k", 256), "tab\there"} {
+		r = c.do(exchange{method: http.MethodPost, path: "/api/v1/jobs", status: 400, badRequest: true,
+			header: map[string]string{"Idempotency-Key": bad}, body: jsonBody(t, idem)})
+		require.Equal(t, "invalid request", r.json(t)["error"])
+	}
+	e.waitStatus(idemID, "completed")
+	warm := map[string]any{"image_url": url, "correlation_id": "oas-warm"}
+	wkey := map[string]string{"Idempotency-Key": "oas-warm-1"}
+	r = c.do(exchange{method: http.MethodPost, path: "/api/v1/cache/fetch", status: 202, header: wkey, body: jsonBody(t, warm)})
+	warmID := r.json(t)["job_id"].(string)
+	r = c.do(exchange{method: http.MethodPost, path: "/api/v1/cache/fetch", status: 202, header: wkey, body: jsonBody(t, warm)})
+	require.Equal(t, warmID, r.json(t)["job_id"])
+	require.Equal(t, "true", r.Header.Get("Idempotent-Replayed"))
+	warm["correlation_id"] = "oas-warm-2"
+	r = c.do(exchange{method: http.MethodPost, path: "/api/v1/cache/fetch", status: 422, header: wkey, body: jsonBody(t, warm)})
+	require.Equal(t, "invalid request", r.json(t)["error"])
+	e.waitStatus(warmID, "completed")
+
+	// One writer per volume: a host whose worker is down keeps the first job
+	// pending, so a second one for the same volume is a conflict.
+	e.startWorker("h2").stop()
+	busy := map[string]any{"image_url": url, "volume_name": "vm-oas-busy", "volume_size_gb": 1, "hypervisor": "h2"}
+	r = c.do(exchange{method: http.MethodPost, path: "/api/v1/jobs", status: 202, body: jsonBody(t, busy)})
+	busyID := r.json(t)["job_id"].(string)
+	r = c.do(exchange{method: http.MethodPost, path: "/api/v1/jobs", status: 409, body: jsonBody(t, busy)})
+	require.Equal(t, "conflict", r.json(t)["error"])
+	require.Contains(t, r.json(t)["message"], busyID+" (pending)")
+	c.do(exchange{method: http.MethodPost, path: "/api/v1/jobs/" + busyID + "/cancel", status: 200})
+
+	// Removing a cached image, on a host whose worker writes slowly so the
+	// image stays in use for a while.
+	w3 := e.startWorker("h3", slow)
+	delImage, _ := image(t, 64<<20, 33)
+	delURL := e.upload("images/oas-del.qcow2", delImage, true)
+	digest, err := testenv.FileSHA256(delImage)
+	require.NoError(t, err)
+	delPath := "/api/v1/cache/images/" + digest + "?hypervisor=h3"
+	r = c.do(exchange{method: http.MethodDelete, path: delPath, status: 404})
+	require.Equal(t, "image not found", r.json(t)["error"])
+	for _, x := range []exchange{
+		{path: "/api/v1/cache/images/abc?hypervisor=h3", badRequest: true},
+		{path: "/api/v1/cache/images/" + digest + "z?hypervisor=h3", badRequest: true},
+		{path: "/api/v1/cache/images/" + digest + "?hypervisor=Not_A_Host", badRequest: true},
+		{path: "/api/v1/cache/images/" + digest + "?hypervisor=nowhere"},
+	} {
+		x.method, x.status = http.MethodDelete, 400
+		r = c.do(x)
+		require.Equal(t, "invalid request", r.json(t)["error"], x.path)
+	}
+	r = c.do(exchange{method: http.MethodPost, path: "/api/v1/jobs", status: 202,
+		body: jsonBody(t, map[string]any{"image_url": delURL, "volume_name": "vm-oas-del", "volume_size_gb": 1, "hypervisor": "h3"})})
+	delID := r.json(t)["job_id"].(string)
+	e.waitJob(delID, 30*time.Second, func(j job) bool { return j.Progress != nil && j.Progress.Stage == "populating" })
+	r = c.do(exchange{method: http.MethodDelete, path: delPath, status: 409})
+	require.Equal(t, "conflict", r.json(t)["error"])
+	e.waitStatus(delID, "completed")
+	r = c.do(exchange{method: http.MethodDelete, path: "/api/v1/cache/images/" + strings.ToUpper(digest) + "?hypervisor=h3", status: 200})
+	require.Equal(t, map[string]any{"status": "deleted", "checksum": digest, "hypervisor": "h3"}, r.json(t))
+	r = c.do(exchange{method: http.MethodGet, path: "/api/v1/cache/images?hypervisor=h3", status: 200})
+	require.EqualValues(t, 0, r.json(t)["count"])
+	w3.stop()
+	r = c.do(exchange{method: http.MethodDelete, path: delPath, status: 503})
+	require.Equal(t, "service unavailable", r.json(t)["error"])
+
 	// Jobs published straight to NATS for a host with no worker: a valid one
 	// is pending and can be cancelled; an invalid one has a failed record
 	// that repeats what the message said.
@@ -440,6 +521,7 @@ func TestOpenAPINATSUnreachable(t *testing.T) {
 		{method: http.MethodPost, path: "/api/v1/jobs/" + id + "/cancel"},
 		{method: http.MethodGet, path: "/api/v1/jobs/" + id + "/events"},
 		{method: http.MethodGet, path: "/api/v1/cache/images"},
+		{method: http.MethodDelete, path: "/api/v1/cache/images/" + strings.Repeat("ab", 32)},
 		{method: http.MethodGet, path: "/readyz"},
 	} {
 		x.status = http.StatusServiceUnavailable

@@ -33,8 +33,22 @@ func (w *Worker) serveControl(ctx context.Context) (func(), error) {
 		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
 		if _, err := index.Get(rctx, w.cfg.Host, req.Key); errors.Is(err, kvstate.ErrNotFound) {
-			reply(messaging.CacheDeleteReply{Result: messaging.CacheNotFound, Message: "no such image in the cache of " + w.cfg.Host})
-			return
+			// Not a cache key: it may be an image's content checksum (what
+			// the cache list shows; images without a .sha256 are keyed by
+			// their URL's hash).
+			found := false
+			if entries, err := index.List(rctx, w.cfg.Host); err == nil {
+				for _, e := range entries {
+					if e.Checksum == req.Key {
+						req.Key, found = e.Key, true
+						break
+					}
+				}
+			}
+			if !found {
+				reply(messaging.CacheDeleteReply{Result: messaging.CacheNotFound, Message: "no such image in the cache of " + w.cfg.Host})
+				return
+			}
 		}
 		err := w.parts.Cache.Remove(rctx, req.Key)
 		switch {
