@@ -78,3 +78,39 @@ func TestEmbeddedNATSRestartedMidJob(t *testing.T) {
 	require.Equal(t, "completed", e.getJob(id).Status)
 	require.Equal(t, 1.0, workerMetric(t, workerAddr(t, w), `libvirt_volume_provisioner_jobs_total{status="completed"}`), "completed once")
 }
+
+// TestCutOffWorkerStopsWriting: a worker that cannot renew its in-progress
+// ack (NATS is gone for longer than the ack wait) stops writing before the
+// job could be redelivered, so two copies never write one volume; once NATS
+// is back, the redelivered job completes.
+func TestCutOffWorkerStopsWriting(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{noWorker: true})
+	w := e.startWorker("h1", slow)
+	qcow2, ref := image(t, 64<<20, 28)
+	url := e.upload("images/fence.qcow2", qcow2, true)
+	id := e.submit(map[string]any{"image_url": url, "volume_name": "vm-fence", "volume_size_gb": 1})
+	e.waitJob(id, 30*time.Second, func(j job) bool { return j.Progress != nil && j.Progress.Stage == "populating" })
+	vol := e.volumePath("h1", "vm-fence")
+	require.True(t, qemuImgWriting(vol))
+
+	env := e.api.cmd.Env
+	cut := time.Now()
+	e.api.kill()
+	// The worker decides to stop within the ack wait (3 s) of losing NATS,
+	// and qemu-img is killed then (how soon it dies is up to the kernel: a
+	// direct write in flight finishes first).
+	const fenced = "in-progress acks unconfirmed for half the ack wait: stopping the job before it can be redelivered"
+	require.Eventually(t, func() bool { return strings.Contains(w.output(), fenced) }, 3*time.Second, 20*time.Millisecond,
+		"the worker did not stop the job within the ack wait after losing NATS")
+	require.Eventually(t, func() bool { return !qemuImgWriting(vol) }, 10*time.Second, 20*time.Millisecond,
+		"qemu-img kept writing after the job was stopped")
+	require.Eventually(t, func() bool { return strings.Contains(w.output(), "lost contact with NATS") }, 10*time.Second, 20*time.Millisecond)
+	t.Logf("stopped and qemu-img gone %s after NATS went away", time.Since(cut).Round(time.Millisecond))
+	time.Sleep(2 * time.Second)
+	e.api = startProc(t, "api", filepath.Join(e.dir, "api-2.log"), env[len(os.Environ()):])
+	e.waitHTTP(e.apiURL + "/livez")
+	j := e.waitStatus(id, "completed")
+	require.GreaterOrEqual(t, j.Attempt, 2)
+	requireVolume(t, vol, ref, gib)
+}

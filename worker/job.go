@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -288,34 +289,54 @@ func (l *leaseRenewer) renew(ctx context.Context, ttl time.Duration) error {
 }
 
 // keepAlive sends in-progress acks from a timer (not from progress: some
-// stages are silent for minutes) and renews the volume lease. When renewal
-// fails for so long that the message may be redelivered, it stops the job.
+// stages are silent for minutes) and renews the volume lease, every sixth of
+// the ack wait. A renewal counts only once the server has confirmed it (a
+// flush round trip; a disconnected client would buffer the ack silently).
+// When nothing was confirmed for half the ack wait, it stops the job, so
+// the job stops writing well before the server could redeliver it to
+// another worker.
 func (w *Worker) keepAlive(ctx context.Context, stop context.CancelCauseFunc, msg jetstream.Msg, lease *leaseRenewer) {
-	every := w.cfg.AckWait / 3
+	every := w.cfg.AckWait / 6
 	t := time.NewTicker(every)
 	defer t.Stop()
-	lastOK := time.Now()
+	var lastOK atomic.Int64
+	lastOK.Store(time.Now().UnixNano())
+	// One renewal at a time, run aside: a call stuck in a reconnecting
+	// client must not keep the timer from fencing.
+	inflight := make(chan struct{}, 1)
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
-		rctx, cancel := context.WithTimeout(ctx, every)
-		err := msg.InProgress()
-		if err == nil {
-			err = lease.renew(rctx, w.cfg.AckWait)
-		}
-		cancel()
-		if err == nil {
-			lastOK = time.Now()
-			continue
-		}
-		w.log.WithError(err).Warn("in-progress ack failed")
-		if time.Since(lastOK) > w.cfg.AckWait-every/2 {
+		if since := time.Since(time.Unix(0, lastOK.Load())); since > w.cfg.AckWait/2 {
+			w.log.WithField("unconfirmed", since.Round(time.Millisecond).String()).Error("in-progress acks unconfirmed for half the ack wait: stopping the job before it can be redelivered")
 			stop(errFenced)
 			return
 		}
+		select {
+		case inflight <- struct{}{}:
+		default:
+			continue // the previous renewal is still waiting
+		}
+		go func() {
+			defer func() { <-inflight }()
+			rctx, cancel := context.WithTimeout(ctx, every)
+			defer cancel()
+			err := msg.InProgress()
+			if err == nil {
+				err = w.nc.FlushWithContext(rctx)
+			}
+			if err == nil {
+				err = lease.renew(rctx, w.cfg.AckWait)
+			}
+			if err == nil {
+				lastOK.Store(time.Now().UnixNano())
+			} else if ctx.Err() == nil {
+				w.log.WithError(err).Warn("in-progress ack failed")
+			}
+		}()
 	}
 }
 
@@ -399,7 +420,9 @@ func (w *Worker) execute(ctx context.Context, rep *reporter, rec kvstate.Job, m 
 	lease.set(held)
 	defer func() {
 		lease.set(nil)
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), kvTimeout)
+		// Short: a worker cut off from NATS must not wait here; an
+		// unreleased lease expires after the ack wait anyway.
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
 		defer cancel()
 		_ = held.Release(rctx)
 	}()

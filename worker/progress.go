@@ -147,7 +147,9 @@ func (r *reporter) progress(stage string, done, total int64) {
 	p := r.cur
 	r.mu.Unlock()
 
-	ctx, cancel := context.WithTimeout(context.Background(), kvTimeout)
+	// The job's context: a stopped job (fenced, cancelled) does not wait
+	// on a record update, and neither does the converter reporting to it.
+	ctx, cancel := context.WithTimeout(r.ctx, kvTimeout)
 	defer cancel()
 	rec, _, err := r.w.jobs.Update(ctx, r.host, r.jobID, func(j *kvstate.Job) error {
 		if j.Status != kvstate.StatusRunning {
