@@ -396,6 +396,11 @@ func (w *Worker) execute(ctx context.Context, rep *reporter, rec kvstate.Job, m 
 	rep.progress(pipeline.StageInspect, 0, 0)
 	imageType := m.ImageType
 	img, err := pipeline.Inspect(entry.Path, imageType)
+	if err == nil && !hit && w.parts.Checker != nil {
+		// A cached image was checked when it was downloaded; its digest is
+		// verified on every hit.
+		err = w.parts.Checker.Check(ctx, img, entry.Path)
+	}
 	if err != nil {
 		release() // before Remove, which refuses an image in use
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), kvTimeout)

@@ -62,6 +62,14 @@ type Parts struct {
 	Cache     ImageCache
 	Backend   pipeline.Backend
 	Converter pipeline.Converter
+	// Checker, when set, checks a newly downloaded image's structure
+	// (qemu-img check) before it is used.
+	Checker ImageChecker
+}
+
+// ImageChecker refuses a corrupt or truncated image.
+type ImageChecker interface {
+	Check(ctx context.Context, img pipeline.Image, path string) error
 }
 
 // Source is the image store as the worker needs it.

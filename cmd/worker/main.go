@@ -150,7 +150,7 @@ func run(args []string) error {
 	// The cache index needs the buckets; New waits for the API to create them.
 	w, err := worker.New(ctx, worker.Config{Host: *host, MachineID: *machine, Version: version.Version, AckWait: *ackWait,
 		MaxDeliver: *maxDeliver, Heartbeat: *heartbeat, TracerProvider: tp,
-		ShutdownGrace: *grace, MaxPendingAge: *maxPending, MaxRunTime: *maxRun, VolumeAllow: allow}, nc, subjects, worker.Parts{Source: source, Backend: vols.backend, Converter: pipeline.QemuImg{Path: qemuPath, RateLimit: *writeLimit}}, log)
+		ShutdownGrace: *grace, MaxPendingAge: *maxPending, MaxRunTime: *maxRun, VolumeAllow: allow}, nc, subjects, worker.Parts{Source: source, Backend: vols.backend, Converter: pipeline.QemuImg{Path: qemuPath, RateLimit: *writeLimit}, Checker: pipeline.QemuImg{Path: qemuPath}}, log)
 	if err != nil {
 		return err
 	}

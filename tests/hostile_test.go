@@ -1,0 +1,62 @@
+package tests
+
+import (
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+)
+
+// TestTruncatedImageFailsAndLeavesNothing: an image whose header is fine but
+// whose data is cut short (qemu-img convert would read the missing clusters
+// as zeros and write a broken disk) fails the job before any volume exists,
+// and leaves nothing in the cache.
+func TestTruncatedImageFailsAndLeavesNothing(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{})
+	qcow2, _ := image(t, 16<<20, 29)
+	data, err := os.ReadFile(qcow2)
+	require.NoError(t, err)
+	cut := filepath.Join(t.TempDir(), "cut.qcow2")
+	require.NoError(t, os.WriteFile(cut, data[:len(data)/2], 0o644))
+	url := e.upload("images/cut.qcow2", cut, true) // its .sha256 matches the truncated file
+
+	id := e.submit(map[string]any{"image_url": url, "volume_name": "vm-cut", "volume_size_gb": 1})
+	j := e.waitStatus(id, "failed")
+	require.Contains(t, j.Error, "the image is corrupt or truncated: qemu-img check found")
+	require.NoFileExists(t, e.volumePath("h1", "vm-cut"))
+	require.EqualValues(t, 0, e.do(http.MethodGet, "/api/v1/cache/images", nil).json(t)["count"])
+	entries, err := os.ReadDir(e.cacheDirs["h1"])
+	require.NoError(t, err)
+	require.Empty(t, entries)
+}
+
+// TestRedirectDoesNotEscapeTheEndpoint: an object store that answers with a
+// redirect to another host does not send the worker there.
+func TestRedirectDoesNotEscapeTheEndpoint(t *testing.T) {
+	t.Parallel()
+	var elsewhere atomic.Int32
+	other := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		elsewhere.Add(1)
+		w.WriteHeader(http.StatusOK)
+	}))
+	t.Cleanup(other.Close)
+	redirector := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		http.Redirect(w, r, other.URL+r.URL.Path, http.StatusTemporaryRedirect)
+	}))
+	t.Cleanup(redirector.Close)
+	endpoint := strings.TrimPrefix(redirector.URL, "http://")
+
+	e := newEnv(t, envOptions{noWorker: true, apiEnv: []string{"PROVISIONER_IMAGE_ENDPOINTS=" + endpoint}})
+	e.startWorker("h1", "MINIO_ENDPOINT="+endpoint)
+	id := e.submit(map[string]any{"image_url": "http://" + endpoint + "/images/x.qcow2", "volume_name": "vm-redirect", "volume_size_gb": 1})
+	j := e.waitStatus(id, "failed")
+	require.NotEmpty(t, j.Error)
+	require.Zero(t, elsewhere.Load(), "the worker followed a redirect to another host")
+	require.NoFileExists(t, e.volumePath("h1", "vm-redirect"))
+}
