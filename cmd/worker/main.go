@@ -75,6 +75,7 @@ func run(args []string) error {
 	imagesPool := c.String("PROVISIONER_LIBVIRT_IMAGES_POOL", "images", "libvirt pool whose directory is the image cache (libvirt backend)")
 	qemuImg := c.String("PROVISIONER_QEMU_IMG", "qemu-img", "qemu-img binary")
 	writeLimit := c.Int64("PROVISIONER_WRITE_LIMIT", 0, "cap on volume writes in bytes per second (0: no limit)")
+	converterName := c.String("PROVISIONER_CONVERTER", "qemu-img", "qcow2 converter: qemu-img, or native (go-qcow2reader, parallel writers)")
 	minioEndpoint := c.String("MINIO_ENDPOINT", "", "MinIO endpoint host:port image URLs must name")
 	minioAccess := c.String("MINIO_ACCESS_KEY", "", "MinIO access key")
 	minioSecret := c.Secret("MINIO_SECRET_KEY", "MinIO secret key")
@@ -107,6 +108,15 @@ func run(args []string) error {
 	qemuPath, err := exec.LookPath(*qemuImg)
 	if err != nil {
 		return fmt.Errorf("qemu-img not found (%s): install Debian's qemu-utils", *qemuImg)
+	}
+	var converter pipeline.Converter
+	switch *converterName {
+	case "qemu-img":
+		converter = pipeline.QemuImg{Path: qemuPath, RateLimit: *writeLimit}
+	case "native":
+		converter = pipeline.Native{RateLimit: *writeLimit}
+	default:
+		return fmt.Errorf("PROVISIONER_CONVERTER=%q: want qemu-img or native", *converterName)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
@@ -150,7 +160,7 @@ func run(args []string) error {
 	// The cache index needs the buckets; New waits for the API to create them.
 	w, err := worker.New(ctx, worker.Config{Host: *host, MachineID: *machine, Version: version.Version, AckWait: *ackWait,
 		MaxDeliver: *maxDeliver, Heartbeat: *heartbeat, TracerProvider: tp,
-		ShutdownGrace: *grace, MaxPendingAge: *maxPending, MaxRunTime: *maxRun, VolumeAllow: allow}, nc, subjects, worker.Parts{Source: source, Backend: vols.backend, Converter: pipeline.QemuImg{Path: qemuPath, RateLimit: *writeLimit}, Checker: pipeline.QemuImg{Path: qemuPath}}, log)
+		ShutdownGrace: *grace, MaxPendingAge: *maxPending, MaxRunTime: *maxRun, VolumeAllow: allow}, nc, subjects, worker.Parts{Source: source, Backend: vols.backend, Converter: converter, Checker: pipeline.QemuImg{Path: qemuPath}}, log)
 	if err != nil {
 		return err
 	}
