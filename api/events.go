@@ -1,9 +1,7 @@
 package api
 
 import (
-	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/http"
 	"strconv"
@@ -23,25 +21,11 @@ const sseKeepAlive = 15 * time.Second
 // first, so a job that already ended gets its final state at once). Each
 // event's id is the record's revision.
 func (s *Server) jobEvents(w http.ResponseWriter, r *http.Request) {
-	jobID, ok := jobIDFromPath(w, r)
-	if !ok || !s.connected(w) {
+	rec, ok := s.jobOf(w, r)
+	if !ok {
 		return
 	}
-	fctx, cancel := context.WithTimeout(r.Context(), s.cfg.NATSTimeout)
-	rec, err := s.findJob(fctx, jobID)
-	cancel()
-	if errors.Is(err, kvstate.ErrNotFound) {
-		writeError(w, http.StatusNotFound, catNotFound, "job not found")
-		return
-	}
-	if err != nil {
-		s.failNATS(w, r, "read job", err)
-		return
-	}
-	if !allowHost(w, r, rec.Hypervisor) {
-		return
-	}
-	watcher, err := s.jobs.Watch(r.Context(), rec.Hypervisor, jobID)
+	watcher, err := s.jobs.Watch(r.Context(), rec.Hypervisor, rec.JobID)
 	if err != nil {
 		s.failNATS(w, r, "watch job", err)
 		return

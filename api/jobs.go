@@ -309,26 +309,31 @@ func (s *Server) findJob(ctx context.Context, jobID string) (kvstate.Job, error)
 	return rec, err
 }
 
-func (s *Server) getJob(w http.ResponseWriter, r *http.Request) {
+// jobOf finds the job named by the request's path, answering the request
+// itself (400, 404, 403, 503) when it cannot be used.
+func (s *Server) jobOf(w http.ResponseWriter, r *http.Request) (kvstate.Job, bool) {
 	jobID, ok := jobIDFromPath(w, r)
 	if !ok || !s.connected(w) {
-		return
+		return kvstate.Job{}, false
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.NATSTimeout)
 	defer cancel()
 	rec, err := s.findJob(ctx, jobID)
 	if errors.Is(err, kvstate.ErrNotFound) {
 		writeError(w, http.StatusNotFound, catNotFound, "job not found")
-		return
+		return rec, false
 	}
 	if err != nil {
 		s.failNATS(w, r, "read job", err)
-		return
+		return rec, false
 	}
-	if !allowHost(w, r, rec.Hypervisor) {
-		return
+	return rec, allowHost(w, r, rec.Hypervisor)
+}
+
+func (s *Server) getJob(w http.ResponseWriter, r *http.Request) {
+	if rec, ok := s.jobOf(w, r); ok {
+		writeJSON(w, http.StatusOK, rec)
 	}
-	writeJSON(w, http.StatusOK, rec)
 }
 
 type cancelled struct {
@@ -337,24 +342,13 @@ type cancelled struct {
 }
 
 func (s *Server) cancelJob(w http.ResponseWriter, r *http.Request) {
-	jobID, ok := jobIDFromPath(w, r)
-	if !ok || !s.connected(w) {
+	rec, ok := s.jobOf(w, r)
+	if !ok {
 		return
 	}
+	jobID := rec.JobID
 	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.NATSTimeout)
 	defer cancel()
-	rec, err := s.findJob(ctx, jobID)
-	if errors.Is(err, kvstate.ErrNotFound) {
-		writeError(w, http.StatusNotFound, catNotFound, "job not found")
-		return
-	}
-	if err != nil {
-		s.failNATS(w, r, "read job", err)
-		return
-	}
-	if !allowHost(w, r, rec.Hypervisor) {
-		return
-	}
 	updated, _, err := s.jobs.Update(ctx, rec.Hypervisor, jobID, func(j *kvstate.Job) error {
 		if j.Status.Terminal() {
 			return &kvstate.TransitionError{From: j.Status, To: kvstate.StatusCancelled}

@@ -30,6 +30,7 @@ import (
 	"fmt"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/nats-io/nats.go"
 )
@@ -201,4 +202,15 @@ func tlsOption(c Config) (nats.Option, error) {
 		cfg.Certificates = []tls.Certificate{cert}
 	}
 	return nats.Secure(cfg), nil
+}
+
+// Resilient are the options both programs connect with: start even when
+// NATS is not up yet, reconnect forever, and report both through the given
+// callbacks.
+func Resilient(onDisconnect func(error), onReconnect func(url string)) []nats.Option {
+	return []nats.Option{
+		nats.RetryOnFailedConnect(true), nats.MaxReconnects(-1), nats.ReconnectWait(time.Second), nats.Timeout(5 * time.Second),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) { onDisconnect(err) }),
+		nats.ReconnectHandler(func(nc *nats.Conn) { onReconnect(nc.ConnectedUrlRedacted()) }),
+	}
 }

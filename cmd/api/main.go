@@ -100,10 +100,9 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
-	opts = append(opts, nats.RetryOnFailedConnect(true), nats.MaxReconnects(-1),
-		nats.ReconnectWait(time.Second), nats.Timeout(5*time.Second),
-		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) { log.WithError(err).Warn("NATS disconnected") }),
-		nats.ReconnectHandler(func(nc *nats.Conn) { log.WithField("url", nc.ConnectedUrl()).Info("NATS reconnected") }))
+	opts = append(opts, natsconn.Resilient(
+		func(err error) { log.WithError(err).Warn("NATS disconnected") },
+		func(url string) { log.WithField("url", url).Info("NATS reconnected") })...)
 	nc, err := nats.Connect(nconf.URL, opts...)
 	if err != nil {
 		return fmt.Errorf("connect to NATS %s: %w", nconf.URL, err)
