@@ -5,7 +5,7 @@ BIN := bin
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/libvirt-volume-provisioner/provisioner/internal/version.Version=$(VERSION)
 
-.PHONY: all build deps run demo test unit integration bench lint clean e2e-lvm fuzz
+.PHONY: all build deps run demo test unit integration bench bench-quick lint clean e2e-lvm fuzz
 
 all: build
 
@@ -40,9 +40,14 @@ e2e-lvm:
 unit:
 	$(GO) test -count=1 ./messaging/... ./kvstate/... ./config/... ./api/...
 
-## bench: Go benchmarks
-bench: deps
+## bench: Go microbenchmarks, then the side-by-side harness (root; several minutes; writes BENCHMARKS.md)
+bench: deps build
 	$(GO) test -run '^$$' -bench . -benchmem ./...
+	$(GO) run ./bench $(BENCH_ARGS)
+
+## bench-quick: smoke run of the harness (small image, loopback only, one run; prints only)
+bench-quick: build
+	$(GO) run ./bench -quick
 
 ## lint: formatting and vet
 lint:
