@@ -273,11 +273,7 @@ func jobIDFromPath(w http.ResponseWriter, r *http.Request) (string, bool) {
 // still waiting in the job stream (published straight to NATS), whose record
 // it then creates so the job can be read and cancelled.
 func (s *Server) findJob(ctx context.Context, jobID string) (kvstate.Job, error) {
-	kvStream, err := s.js.Stream(ctx, "KV_"+messaging.JobBucket)
-	if err != nil {
-		return kvstate.Job{}, err
-	}
-	raw, err := kvStream.GetLastMsgForSubject(ctx, "$KV."+messaging.JobBucket+".*."+jobID)
+	raw, err := s.recordStream.GetLastMsgForSubject(ctx, "$KV."+messaging.JobBucket+".*."+jobID)
 	if err == nil {
 		op := raw.Header.Get("KV-Operation")
 		if op != "DEL" && op != "PURGE" {
@@ -286,11 +282,7 @@ func (s *Server) findJob(ctx context.Context, jobID string) (kvstate.Job, error)
 	} else if !errors.Is(err, jetstream.ErrMsgNotFound) {
 		return kvstate.Job{}, err
 	}
-	jobStream, err := s.js.Stream(ctx, messaging.JobStream)
-	if err != nil {
-		return kvstate.Job{}, err
-	}
-	raw, err = jobStream.GetLastMsgForSubject(ctx, s.subjects.AnyHostJob(jobID))
+	raw, err = s.jobStream.GetLastMsgForSubject(ctx, s.subjects.AnyHostJob(jobID))
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
 		return kvstate.Job{}, kvstate.ErrNotFound
 	}
@@ -378,13 +370,9 @@ func (s *Server) cancelJob(w http.ResponseWriter, r *http.Request) {
 // dropQueued removes a cancelled job's message from the queue, best effort:
 // a worker that already holds it sees the cancelled record and acks it.
 func (s *Server) dropQueued(ctx context.Context, host, jobID string) {
-	stream, err := s.js.Stream(ctx, messaging.JobStream)
+	raw, err := s.jobStream.GetLastMsgForSubject(ctx, s.subjects.Job(host, jobID))
 	if err != nil {
 		return
 	}
-	raw, err := stream.GetLastMsgForSubject(ctx, s.subjects.Job(host, jobID))
-	if err != nil {
-		return
-	}
-	_ = stream.DeleteMsg(ctx, raw.Sequence)
+	_ = s.jobStream.DeleteMsg(ctx, raw.Sequence)
 }

@@ -60,11 +60,14 @@ type Server struct {
 	hosts    kvstate.Hosts
 	volumes  jetstream.KeyValue
 	idem     jetstream.KeyValue
-	log      *logrus.Logger
-	started  time.Time
-	metrics  *metrics
-	router   *mux.Router
-	tracer   trace.Tracer
+	// recordStream backs the job bucket and jobStream is the job queue,
+	// bound once: lookups by job id are direct gets on them.
+	recordStream, jobStream jetstream.Stream
+	log                     *logrus.Logger
+	started                 time.Time
+	metrics                 *metrics
+	router                  *mux.Router
+	tracer                  trace.Tracer
 }
 
 type metrics struct {
@@ -103,6 +106,14 @@ func New(ctx context.Context, cfg Config, nc *nats.Conn, subjects messaging.Subj
 	if err != nil {
 		return nil, fmt.Errorf("bind KV bucket %s: %w", messaging.IdempotencyBucket, err)
 	}
+	recordStream, err := js.Stream(ctx, "KV_"+messaging.JobBucket)
+	if err != nil {
+		return nil, fmt.Errorf("bind the job records' stream: %w", err)
+	}
+	jobStream, err := js.Stream(ctx, messaging.JobStream)
+	if err != nil {
+		return nil, fmt.Errorf("bind stream %s: %w", messaging.JobStream, err)
+	}
 	if cfg.NATSTimeout <= 0 {
 		cfg.NATSTimeout = 5 * time.Second
 	}
@@ -116,7 +127,7 @@ func New(ctx context.Context, cfg Config, nc *nats.Conn, subjects messaging.Subj
 		cfg.ImageEndpoints[i] = strings.ToLower(e)
 	}
 	s := &Server{cfg: cfg, nc: nc, js: js, subjects: subjects, log: log, started: time.Now(), metrics: newMetrics(),
-		jobs: kvstate.Jobs{KV: b.Jobs}, cache: kvstate.CacheIndex{KV: b.Cache}, hosts: kvstate.Hosts{KV: b.Hosts}, volumes: b.Volumes, idem: idem,
+		jobs: kvstate.Jobs{KV: b.Jobs}, cache: kvstate.CacheIndex{KV: b.Cache}, hosts: kvstate.Hosts{KV: b.Hosts}, volumes: b.Volumes, idem: idem, recordStream: recordStream, jobStream: jobStream,
 		tracer: cfg.TracerProvider.Tracer("github.com/libvirt-volume-provisioner/provisioner/api")}
 	s.routes()
 	return s, nil
