@@ -439,6 +439,7 @@ func (c *Cache) download(ctx context.Context, src Source, ref messaging.ImageRef
 		fl.written.Store(offset)
 	}
 	buf := make([]byte, copyBufSize)
+	out := &writeBehind{f: tmp}
 	rt := c.newRetrier()
 	for {
 		if total >= 0 && offset == total && r == nil && offset > 0 {
@@ -459,7 +460,7 @@ func (c *Cache) download(ctx context.Context, src Source, ref messaging.ImageRef
 		if resumable {
 			timer = time.AfterFunc(c.opts.StallTimeout, func() { cancel(errStalled) })
 		}
-		rerr, werr := pump(ctx, r, tmp, h, buf, func(n int) {
+		rerr, werr := pump(ctx, r, out, h, buf, func(n int) {
 			offset += int64(n)
 			if timer != nil {
 				timer.Reset(c.opts.StallTimeout)
