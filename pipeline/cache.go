@@ -287,7 +287,9 @@ func (c *Cache) lookup(ctx context.Context, src Source, ref messaging.ImageRef, 
 		}
 		ok = info.Size == e.Size && info.ETag == e.ETag
 	}
-	if ok {
+	if ok && verifyLater(ctx) {
+		ok = c.quickCheck(e)
+	} else if ok {
 		if ok, err = c.verify(ctx, e, want, progress); err != nil {
 			return e, false, err
 		}

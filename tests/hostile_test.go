@@ -60,3 +60,36 @@ func TestRedirectDoesNotEscapeTheEndpoint(t *testing.T) {
 	require.Zero(t, elsewhere.Load(), "the worker followed a redirect to another host")
 	require.NoFileExists(t, e.volumePath("h1", "vm-redirect"))
 }
+
+// TestCorruptCacheHitFailsTheJob: a cached image whose bytes changed on disk
+// is caught by the digest check that runs while the image converts; the job
+// fails, its volume is removed, the entry is dropped, and the next job
+// downloads the image again.
+func TestCorruptCacheHitFailsTheJob(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{})
+	qcow2, ref := image(t, 24<<20, 31)
+	url := e.upload("images/rot.qcow2", qcow2, true)
+	first := e.waitStatus(e.submit(map[string]any{"image_url": url, "volume_name": "vm-r1", "volume_size_gb": 1}), "completed")
+
+	f, err := os.OpenFile(first.ImagePath, os.O_RDWR, 0)
+	require.NoError(t, err)
+	st, err := f.Stat()
+	require.NoError(t, err)
+	b := make([]byte, 1)
+	_, err = f.ReadAt(b, st.Size()-100)
+	require.NoError(t, err)
+	b[0] ^= 0xFF
+	_, err = f.WriteAt(b, st.Size()-100)
+	require.NoError(t, err)
+	require.NoError(t, f.Close())
+
+	j := e.waitStatus(e.submit(map[string]any{"image_url": url, "volume_name": "vm-r2", "volume_size_gb": 1}), "failed")
+	require.Contains(t, j.Error, "verify the cached image: the cached image no longer matches its checksum")
+	require.NoFileExists(t, e.volumePath("h1", "vm-r2"), "the volume the job created is rolled back")
+	require.EqualValues(t, 0, e.do(http.MethodGet, "/api/v1/cache/images", nil).json(t)["count"])
+
+	third := e.waitStatus(e.submit(map[string]any{"image_url": url, "volume_name": "vm-r3", "volume_size_gb": 1}), "completed")
+	require.False(t, *third.CacheHit)
+	requireVolume(t, e.volumePath("h1", "vm-r3"), ref, gib)
+}

@@ -385,7 +385,7 @@ func (w *Worker) execute(ctx context.Context, rep *reporter, rec kvstate.Job, m 
 	if ref.Endpoint != w.parts.Source.Endpoint() {
 		return res, fmt.Errorf("image_url names endpoint %s, but this worker's object store is %s", ref.Endpoint, w.parts.Source.Endpoint())
 	}
-	entry, hit, release, err := w.parts.Cache.EnsureInUse(ctx, w.parts.Source, ref, rep.progress)
+	entry, hit, verify, release, err := w.parts.Cache.EnsureInUseVerifyLater(ctx, w.parts.Source, ref, rep.progress)
 	if err != nil {
 		return res, fmt.Errorf("fetch image: %w", err)
 	}
@@ -411,6 +411,9 @@ func (w *Worker) execute(ctx context.Context, rep *reporter, rec kvstate.Job, m 
 		return res, fmt.Errorf("image refused, removed from the cache, nothing written: %w", err)
 	}
 	if m.Kind == messaging.KindCacheFetch {
+		if err := verify(ctx); err != nil {
+			return res, fmt.Errorf("verify the cached image: %w", err)
+		}
 		return res, nil
 	}
 
@@ -467,7 +470,24 @@ func (w *Worker) execute(ctx context.Context, rep *reporter, rec kvstate.Job, m 
 	}
 	rep.progress(pipeline.StagePopulate, 0, img.VirtualSize)
 	res.writing = true
-	if err := w.parts.Converter.Convert(ctx, img, entry.Path, vol, rep.progress); err != nil {
+	// A cache hit's digest is checked while the image converts (the
+	// conversion stops at once on a mismatch); the job completes only if
+	// both succeed.
+	convCtx, stopConv := context.WithCancelCause(ctx)
+	defer stopConv(nil)
+	verified := make(chan error, 1)
+	go func() {
+		err := verify(ctx)
+		if err != nil {
+			stopConv(err)
+		}
+		verified <- err
+	}()
+	err = w.parts.Converter.Convert(convCtx, img, entry.Path, vol, rep.progress)
+	if verr := <-verified; verr != nil {
+		return res, fmt.Errorf("verify the cached image: %w", verr)
+	}
+	if err != nil {
 		if cause := context.Cause(ctx); cause != nil {
 			return res, cause
 		}

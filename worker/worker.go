@@ -81,9 +81,10 @@ type Source interface {
 
 // ImageCache is the host's image cache as the worker needs it.
 type ImageCache interface {
-	// EnsureInUse makes sure the image is cached and keeps it from eviction
-	// and removal until release is called.
-	EnsureInUse(ctx context.Context, src pipeline.Source, ref messaging.ImageRef, progress pipeline.ProgressFunc) (entry kvstate.CacheEntry, hit bool, release func(), err error)
+	// EnsureInUseVerifyLater makes sure the image is cached and keeps it
+	// from eviction and removal until release is called; a hit's digest is
+	// checked by verify, which the worker runs while it converts.
+	EnsureInUseVerifyLater(ctx context.Context, src pipeline.Source, ref messaging.ImageRef, progress pipeline.ProgressFunc) (entry kvstate.CacheEntry, hit bool, verify func(context.Context) error, release func(), err error)
 	// Remove deletes an entry and its file (an image found to be unusable).
 	Remove(ctx context.Context, key string) error
 	// ReconcileReport brings the directory and the index into agreement.
