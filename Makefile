@@ -29,7 +29,7 @@ demo: deps build
 test: deps
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 20m ./...
-	$(MAKE) fuzz FUZZTIME=3s
+	$(MAKE) fuzz FUZZTIME=2000x
 	tests/lvmguest/run.sh
 
 ## e2e-lvm: the LVM backend against real LVM, in a small QEMU VM (tests/lvmguest/README.md)
