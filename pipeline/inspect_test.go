@@ -54,7 +54,7 @@ func TestInspectRefusesUnsafeQCOW2(t *testing.T) {
 	qemuImgRun(t, dir, "create", "-q", "-f", "qcow2", "base.qcow2", "1M")
 	qemuImgRun(t, dir, "create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", "over.qcow2")
 	qemuImgRun(t, dir, "create", "-q", "-f", "qcow2", "--object", "secret,id=sec0,data=123456",
-		"-o", "encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=10", "enc.qcow2", "1M")
+		"-o", "encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=250", "enc.qcow2", "1M")
 	qemuImgRun(t, dir, "create", "-q", "-f", "qcow2", "-o", "data_file=x.raw", "d.qcow2", "1M")
 
 	cases := map[string]string{
