@@ -92,7 +92,7 @@ func TestCutOffWorkerStopsWriting(t *testing.T) {
 	id := e.submit(map[string]any{"image_url": url, "volume_name": "vm-fence", "volume_size_gb": 1})
 	e.waitJob(id, 30*time.Second, func(j job) bool { return j.Progress != nil && j.Progress.Stage == "populating" })
 	vol := e.volumePath("h1", "vm-fence")
-	require.True(t, qemuImgWriting(vol))
+	require.Eventually(t, func() bool { return qemuImgWriting(vol) }, 5*time.Second, 20*time.Millisecond)
 
 	env := e.api.cmd.Env
 	cut := time.Now()
