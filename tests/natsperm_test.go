@@ -351,8 +351,7 @@ func permCheck(t *testing.T, url string, keys permKeys, replicas int) {
 	_, js2, _ := permConnect(t, url, natsconn.Config{NKeyFile: keys.hv02, Name: "worker-hv-02", InboxPrefix: natsconn.WorkerInboxPrefix("hv-02")})
 	cons2, err := js2.CreateOrUpdateConsumer(ctx, messaging.JobStream, messaging.ConsumerConfig(s, "hv-02", time.Minute, 5))
 	require.NoError(t, err)
-	msgB, err := cons2.Next(jetstream.FetchMaxWait(10 * time.Second))
-	require.NoError(t, err)
+	msgB := permNext(t, cons2)
 	require.Equal(t, s.Job("hv-02", permJobB), msgB.Subject())
 	ackB := msgB.Reply()
 	require.True(t, strings.HasPrefix(ackB, "$JS.ACK.PROVISIONER_JOBS.worker-hv-02."), ackB)
@@ -368,8 +367,7 @@ func permCheck(t *testing.T, url string, keys permKeys, replicas int) {
 	require.NoError(t, err)
 	_, err = cons1.Info(ctx)
 	require.NoError(t, err)
-	msgA, err := cons1.Next(jetstream.FetchMaxWait(10 * time.Second))
-	require.NoError(t, err)
+	msgA := permNext(t, cons1)
 	require.Equal(t, s.Job(host, permJobA), msgA.Subject())
 	require.NoError(t, msgA.InProgress())
 	jobs := kvstate.Jobs{KV: b.Jobs}
@@ -500,4 +498,22 @@ func permCheck(t *testing.T, url string, keys permKeys, replicas int) {
 	recB, _, err := kvstate.Jobs{KV: apiB.Jobs}.Get(ctx, "hv-02", permJobB)
 	require.NoError(t, err)
 	require.Equal(t, kvstate.StatusPending, recB.Status)
+}
+
+// permNext fetches the next message, retrying while a new consumer's leader
+// is still being elected on a cluster ("no responders").
+func permNext(t *testing.T, cons jetstream.Consumer) jetstream.Msg {
+	t.Helper()
+	var msg jetstream.Msg
+	var last error
+	require.Eventually(t, func() bool {
+		m, err := cons.Next(jetstream.FetchMaxWait(2 * time.Second))
+		if err != nil {
+			last = err
+			return false
+		}
+		msg = m
+		return true
+	}, 20*time.Second, 100*time.Millisecond, "fetch: %v", last)
+	return msg
 }
