@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"os"
+	"time"
 
 	"go.opentelemetry.io/contrib/exporters/autoexport"
 	"go.opentelemetry.io/otel"
@@ -24,8 +25,9 @@ var Propagator = propagation.NewCompositeTextMapPropagator(propagation.TraceCont
 // environment asks for it (OTEL_TRACES_EXPORTER, or an
 // OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT; OTEL_EXPORTER_OTLP_PROTOCOL picks
 // grpc or http/protobuf); otherwise spans are still made, so trace ids reach
-// logs, job records and downstream services. Shutdown flushes the exporter.
-func Setup(ctx context.Context, service, version string) (trace.TracerProvider, func(context.Context) error, error) {
+// logs, job records and downstream services. shutdown flushes the exporter,
+// waiting at most 5 seconds.
+func Setup(ctx context.Context, service, version string) (tp trace.TracerProvider, shutdown func(), err error) {
 	res, err := resource.Merge(resource.Default(), resource.NewSchemaless(
 		semconv.ServiceName(service), semconv.ServiceVersion(version)))
 	if err != nil {
@@ -39,11 +41,15 @@ func Setup(ctx context.Context, service, version string) (trace.TracerProvider, 
 		}
 		opts = append(opts, sdktrace.WithBatcher(exp))
 	}
-	tp := sdktrace.NewTracerProvider(opts...)
-	otel.SetTracerProvider(tp)
+	sdk := sdktrace.NewTracerProvider(opts...)
+	otel.SetTracerProvider(sdk)
 	otel.SetTextMapPropagator(Propagator)
 	otel.SetErrorHandler(otel.ErrorHandlerFunc(func(error) {}))
-	return tp, tp.Shutdown, nil
+	return sdk, func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = sdk.Shutdown(sctx)
+	}, nil
 }
 
 func exportRequested() bool {

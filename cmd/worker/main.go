@@ -124,11 +124,7 @@ func run(args []string) error {
 	if err != nil {
 		return fmt.Errorf("set up tracing from OTEL_* variables: %w", err)
 	}
-	defer func() {
-		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = shutdownTracing(sctx)
-	}()
+	defer shutdownTracing()
 
 	nconf := natsCfg()
 	nconf.URL, nconf.Name, nconf.InboxPrefix = *natsURL, "provisioner-worker-"+*host, natsconn.WorkerInboxPrefix(*host)
