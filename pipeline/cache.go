@@ -213,22 +213,9 @@ func (c *Cache) EnsureInUse(ctx context.Context, src Source, ref messaging.Image
 		progress = func(string, int64, int64) {}
 	}
 	progress(StageChecksum, 0, 0)
-	var digest string
-	var found bool
-	err = c.retry(ctx, func() error {
-		actx, cancel := context.WithTimeout(ctx, c.opts.StallTimeout)
-		defer cancel()
-		var err error
-		digest, found, err = src.Checksum(actx, ref.Bucket, ref.Object)
-		return err
-	})
+	key, kind, err := c.keyOf(ctx, src, ref)
 	if err != nil {
-		return kvstate.CacheEntry{}, false, nil, fmt.Errorf("read checksum of %s: %w", ref.URL, err)
-	}
-	key, kind := digest, kvstate.KeyKindSHA256
-	if !found {
-		sum := sha256.Sum256([]byte(ref.URL))
-		key, kind = hex.EncodeToString(sum[:]), kvstate.KeyKindURL
+		return kvstate.CacheEntry{}, false, nil, err
 	}
 
 	release = c.acquire(key)
@@ -250,6 +237,28 @@ func (c *Cache) EnsureInUse(ctx context.Context, src Source, ref messaging.Image
 	return e, hit, release, nil
 }
 
+// keyOf returns the cache key of ref: the digest its .sha256 object
+// publishes, or else the SHA-256 of its URL.
+func (c *Cache) keyOf(ctx context.Context, src Source, ref messaging.ImageRef) (key, kind string, err error) {
+	var digest string
+	var found bool
+	err = c.retry(ctx, func() error {
+		actx, cancel := context.WithTimeout(ctx, c.opts.StallTimeout)
+		defer cancel()
+		var err error
+		digest, found, err = src.Checksum(actx, ref.Bucket, ref.Object)
+		return err
+	})
+	if err != nil {
+		return "", "", fmt.Errorf("read checksum of %s: %w", ref.URL, err)
+	}
+	if !found {
+		sum := sha256.Sum256([]byte(ref.URL))
+		return hex.EncodeToString(sum[:]), kvstate.KeyKindURL, nil
+	}
+	return digest, kvstate.KeyKindSHA256, nil
+}
+
 // ensureLocked looks key up and downloads it on a miss; key's lock is held.
 func (c *Cache) ensureLocked(ctx context.Context, src Source, ref messaging.ImageRef, key, kind string, progress ProgressFunc) (kvstate.CacheEntry, bool, error) {
 	progress(StageCacheCheck, 0, 0)
@@ -258,7 +267,7 @@ func (c *Cache) ensureLocked(ctx context.Context, src Source, ref messaging.Imag
 	} else if ok {
 		return e, true, nil
 	}
-	e, err := c.download(ctx, src, ref, key, kind, progress)
+	e, err := c.download(ctx, src, ref, key, kind, progress, nil)
 	if err != nil {
 		return kvstate.CacheEntry{}, false, err
 	}
@@ -382,7 +391,9 @@ func (c *Cache) verify(ctx context.Context, e kvstate.CacheEntry, want string, p
 // ResumableSource, transient failures are retried within the retry budget
 // and the download resumes where it stopped, pinned to the object's ETag;
 // the SHA-256 continues over the bytes already written.
-func (c *Cache) download(ctx context.Context, src Source, ref messaging.ImageRef, key, kind string, progress ProgressFunc) (e kvstate.CacheEntry, err error) {
+//
+// With part non-nil the file is readable through part while it arrives.
+func (c *Cache) download(ctx context.Context, src Source, ref messaging.ImageRef, key, kind string, progress ProgressFunc, part *Partial) (e kvstate.CacheEntry, err error) {
 	rs, resumable := src.(ResumableSource)
 	var info ObjectInfo
 	var r io.ReadCloser
@@ -429,8 +440,13 @@ func (c *Cache) download(ctx context.Context, src Source, ref messaging.ImageRef
 		}
 	}()
 
-	h := sha256.New()
 	total := info.Size
+	if part != nil {
+		if err = part.start(tmp.Name(), total); err != nil {
+			return e, err
+		}
+	}
+	h := sha256.New()
 	var offset, reported int64
 	progress(StageDownload, 0, total)
 	report := func() {
@@ -439,6 +455,9 @@ func (c *Cache) download(ctx context.Context, src Source, ref messaging.ImageRef
 			progress(StageDownload, offset, total)
 		}
 		fl.written.Store(offset)
+		if part != nil {
+			part.advance(offset)
+		}
 	}
 	buf := make([]byte, copyBufSize)
 	out := &writeBehind{f: tmp}
@@ -511,6 +530,9 @@ func (c *Cache) download(ctx context.Context, src Source, ref messaging.ImageRef
 			}
 			h.Reset()
 			offset = 0
+			if part != nil {
+				part.advance(0)
+			}
 		}
 		if werr := rt.wait(ctx, rerr); werr != nil {
 			return e, fmt.Errorf("download %s: %w", ref.URL, werr)

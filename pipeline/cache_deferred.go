@@ -33,11 +33,18 @@ func (c *Cache) EnsureInUseVerifyLater(ctx context.Context, src Source, ref mess
 	if err != nil || !hit {
 		return e, hit, func(context.Context) error { return nil }, release, err
 	}
+	verify = c.hitVerifier(e)
+	return e, hit, verify, release, nil
+}
+
+// hitVerifier returns the digest check of a cache hit whose check was
+// left to the caller: a mismatch removes the image from the cache.
+func (c *Cache) hitVerifier(e kvstate.CacheEntry) func(context.Context) error {
 	want := e.Checksum
 	if e.KeyKind == kvstate.KeyKindSHA256 {
 		want = e.Key
 	}
-	verify = func(ctx context.Context) error {
+	return func(ctx context.Context) error {
 		ok, err := c.verify(ctx, e, want, func(string, int64, int64) {})
 		if err != nil {
 			return err
@@ -51,7 +58,6 @@ func (c *Cache) EnsureInUseVerifyLater(ctx context.Context, src Source, ref mess
 		c.changed(ctx)
 		return fmt.Errorf("%w (%s); it was removed from the cache, so the job can be submitted again", ErrCachedImageCorrupt, e.Path)
 	}
-	return e, hit, verify, release, nil
 }
 
 // quickCheck is the check of a hit whose digest is verified later: the file

@@ -1,6 +1,7 @@
 package pipeline
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -134,4 +135,30 @@ func (img Image) CheckFits(volSize int64) error {
 	}
 	return fmt.Errorf("the image's virtual size is %d bytes (%.2f GiB), larger than the volume's %d bytes (%.2f GiB)",
 		img.VirtualSize, float64(img.VirtualSize)/(1<<30), volSize, float64(volSize)/(1<<30))
+}
+
+// InspectStream inspects the header of an image still downloading, as
+// Inspect does, once its first bytes have arrived. stream is true for a
+// qcow2 image that passes the checks (img is then set); it is false, with
+// a nil error, for anything else, which the caller inspects with Inspect
+// once the download is complete. err is a refused qcow2 header, or the
+// download's failure.
+func InspectStream(ctx context.Context, part *Partial, declaredType string) (img Image, stream bool, err error) {
+	if declaredType == messaging.ImageRaw {
+		return Image{}, false, nil
+	}
+	hdr := make([]byte, qcowV3HeaderLen)
+	n, err := part.ReaderAt(ctx).ReadAt(hdr, 0)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return Image{}, false, fmt.Errorf("read the image's header: %w", err)
+	}
+	hdr = hdr[:n]
+	if n < len(qcowMagic) || string(hdr[:len(qcowMagic)]) != qcowMagic {
+		return Image{}, false, nil
+	}
+	img, err = parseQCOW2(hdr)
+	if err != nil {
+		return Image{}, false, fmt.Errorf("qcow2 image: %w", err)
+	}
+	return img, true, nil
 }

@@ -68,6 +68,33 @@ func (n Native) Convert(ctx context.Context, img Image, imagePath string, vol Vo
 		// Raw images (and refusing unknown formats) are QemuImg's own Go path.
 		return QemuImg{RateLimit: n.RateLimit}.Convert(ctx, img, imagePath, vol, progress)
 	}
+	src, err := filepath.Abs(imagePath)
+	if err != nil {
+		return fmt.Errorf("image path %q: %w", imagePath, err)
+	}
+	f, err := os.Open(src)
+	if err != nil {
+		return fmt.Errorf("open image %q: %w", src, err)
+	}
+	defer f.Close()
+	return n.convert(ctx, img, src, func(context.Context) io.ReaderAt { return f }, vol, progress)
+}
+
+// ConvertStream is Convert reading a qcow2 image while it downloads: the
+// reads of clusters that have not arrived wait for them, so the volume is
+// written while the rest of the image is still on the way. What it writes
+// is only as good as the bytes it read: the caller must see the download's
+// digest verify (Partial.Wait) before it trusts the volume.
+func (n Native) ConvertStream(ctx context.Context, img Image, part *Partial, vol Volume, progress ProgressFunc) error {
+	if img.Format != messaging.ImageQCOW2 {
+		return fmt.Errorf("streaming conversion reads qcow2 images, not %q", img.Format)
+	}
+	return n.convert(ctx, img, "(still downloading)", part.ReaderAt, vol, progress)
+}
+
+// convert writes the qcow2 image that open returns a reader of (bound to a
+// context that ends when the conversion stops) into vol.
+func (n Native) convert(ctx context.Context, img Image, src string, open func(context.Context) io.ReaderAt, vol Volume, progress ProgressFunc) error {
 	if progress == nil {
 		progress = func(string, int64, int64) {}
 	}
@@ -87,17 +114,11 @@ func (n Native) Convert(ctx context.Context, img Image, imagePath string, vol Vo
 		return fmt.Errorf("populate volume %q: %w", vol.Name, err)
 	}
 
+	// Reads stop with the conversion: one worker's failure, or ctx.
+	wctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
 	// The image is opened and checked before the volume is touched.
-	src, err := filepath.Abs(imagePath)
-	if err != nil {
-		return fmt.Errorf("image path %q: %w", imagePath, err)
-	}
-	f, err := os.Open(src)
-	if err != nil {
-		return fmt.Errorf("open image %q: %w", src, err)
-	}
-	defer f.Close()
-	qimg, err := openQCOW2(f, img)
+	qimg, err := openQCOW2(open(wctx), img)
 	if err != nil {
 		return fmt.Errorf("qcow2 image %s: %w", src, err)
 	}
@@ -117,7 +138,7 @@ func (n Native) Convert(ctx context.Context, img Image, imagePath string, vol Vo
 	if n.RateLimit > 0 {
 		c.limiter = rate.NewLimiter(rate.Limit(n.RateLimit), NativeChunkSize)
 	}
-	if err := c.run(ctx, block, workers); err != nil {
+	if err := c.run(ctx, wctx, cancel, block, workers); err != nil {
 		return err
 	}
 	progress(StagePopulate, img.VirtualSize, img.VirtualSize)
@@ -154,7 +175,7 @@ func nativeTarget(vol Volume) (target string, block bool, size int64, err error)
 // Name method, so the library could not resolve a relative backing file
 // name even then.
 type pinnedHeader struct {
-	f   *os.File
+	f   io.ReaderAt
 	hdr []byte
 }
 
@@ -182,7 +203,7 @@ func refuseBacking(io.ReaderAt, image.Type) (image.Image, error) {
 // no external data file, no encryption, the virtual size img says) and a
 // bounded L1 table, then opens it with go-qcow2reader's qcow2 package
 // directly: no format is probed and no backing file can be opened.
-func openQCOW2(f *os.File, img Image) (*qcow2.Qcow2, error) {
+func openQCOW2(f io.ReaderAt, img Image) (*qcow2.Qcow2, error) {
 	hdr := make([]byte, qcowV3HeaderLen)
 	nr, err := f.ReadAt(hdr, 0)
 	if err != nil && !errors.Is(err, io.EOF) {
@@ -263,7 +284,7 @@ func (c *nativeCopy) report(n int64) {
 	c.progress(StagePopulate, c.done, c.size)
 }
 
-func (c *nativeCopy) run(ctx context.Context, block bool, workers int) error {
+func (c *nativeCopy) run(ctx, wctx context.Context, cancel context.CancelCauseFunc, block bool, workers int) error {
 	direct := block || directIO(c.target)
 	flags := os.O_WRONLY | unix.O_NOFOLLOW
 	if direct {
@@ -307,8 +328,6 @@ func (c *nativeCopy) run(ctx context.Context, block bool, workers int) error {
 	}
 	defer unix.Munmap(mem)
 
-	wctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
 	items := make(chan nativeItem, workers)
 	var wg sync.WaitGroup
 	for i := range workers {

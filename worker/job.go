@@ -385,33 +385,15 @@ func (w *Worker) execute(ctx context.Context, rep *reporter, rec kvstate.Job, m 
 	if ref.Endpoint != w.parts.Source.Endpoint() {
 		return res, fmt.Errorf("image_url names endpoint %s, but this worker's object store is %s", ref.Endpoint, w.parts.Source.Endpoint())
 	}
-	entry, hit, verify, release, err := w.parts.Cache.EnsureInUseVerifyLater(ctx, w.parts.Source, ref, rep.progress)
+	ji, err := w.fetchImage(ctx, rep, m, ref)
 	if err != nil {
-		return res, fmt.Errorf("fetch image: %w", err)
+		return res, err
 	}
-	defer release() // the image stays cached while the job reads it
-	res.cacheHit, res.imagePath, res.checksum = hit, entry.Path, entry.Checksum
-	rep.setCache(ctx, hit, entry.Path, entry.Checksum)
-
-	rep.progress(pipeline.StageInspect, 0, 0)
-	imageType := m.ImageType
-	img, err := pipeline.Inspect(entry.Path, imageType)
-	if err == nil && !hit && w.parts.Checker != nil {
-		// A cached image was checked when it was downloaded; its digest is
-		// verified on every hit.
-		err = w.parts.Checker.Check(ctx, img, entry.Path)
-	}
-	if err != nil {
-		release() // before Remove, which refuses an image in use
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), kvTimeout)
-		defer cancel()
-		if rerr := w.parts.Cache.Remove(rctx, entry.Key); rerr != nil {
-			return res, fmt.Errorf("image refused: %w (removing it from the cache failed: %v)", err, rerr)
-		}
-		return res, fmt.Errorf("image refused, removed from the cache, nothing written: %w", err)
-	}
+	defer ji.release() // the image stays cached while the job reads it
+	res.cacheHit, res.imagePath, res.checksum = ji.hit, ji.path, ji.checksum
+	img := ji.img
 	if m.Kind == messaging.KindCacheFetch {
-		if err := verify(ctx); err != nil {
+		if err := ji.verify(ctx); err != nil {
 			return res, fmt.Errorf("verify the cached image: %w", err)
 		}
 		return res, nil
@@ -468,24 +450,65 @@ func (w *Worker) execute(ctx context.Context, rep *reporter, rec kvstate.Job, m 
 	if err := img.CheckFits(vol.Size); err != nil {
 		return res, err
 	}
+	// A download still arriving is streamed only into a volume this job
+	// created: an existing volume is overwritten only by an image whose
+	// digest and structure were checked first.
+	stream := ji.part != nil && res.created
+	if ji.part != nil && !stream {
+		if err := w.finishDownload(ctx, rep, &ji, true); err != nil {
+			return res, err
+		}
+		ji.part = nil
+	}
+	if stream {
+		ji.dl.stream()
+	}
 	rep.progress(pipeline.StagePopulate, 0, img.VirtualSize)
 	res.writing = true
-	// A cache hit's digest is checked while the image converts (the
-	// conversion stops at once on a mismatch); the job completes only if
-	// both succeed.
+	// What the conversion reads is verified while it runs: a cache hit's
+	// digest, or a streamed download's digest and structure (the conversion
+	// stops at once when either fails); the job completes only if both
+	// succeed.
 	convCtx, stopConv := context.WithCancelCause(ctx)
 	defer stopConv(nil)
 	verified := make(chan error, 1)
 	go func() {
-		err := verify(ctx)
+		var err error
+		if stream {
+			err = w.finishDownload(ctx, rep, &ji, true)
+		} else if err = ji.verify(ctx); err != nil {
+			err = fmt.Errorf("verify the cached image: %w", err)
+		}
 		if err != nil {
 			stopConv(err)
 		}
 		verified <- err
 	}()
-	err = w.parts.Converter.Convert(convCtx, img, entry.Path, vol, rep.progress)
+	if stream {
+		err = w.parts.Converter.(StreamConverter).ConvertStream(convCtx, img, ji.part, vol, rep.progress)
+	} else {
+		err = w.parts.Converter.Convert(convCtx, img, ji.path, vol, rep.progress)
+	}
+	if stream && err != nil && !errors.Is(err, pipeline.ErrStreamRestarted) {
+		select {
+		case <-ji.part.Done(): // the download ended: its outcome comes first
+		default:
+			// The conversion failed on its own: the download is not needed.
+			ji.part.Abort()
+			<-verified
+			if cause := context.Cause(ctx); cause != nil {
+				return res, cause
+			}
+			return res, fmt.Errorf("populate volume %q: %w", m.VolumeName, err)
+		}
+	}
 	if verr := <-verified; verr != nil {
-		return res, fmt.Errorf("verify the cached image: %w", verr)
+		return res, verr
+	}
+	res.imagePath, res.checksum = ji.path, ji.checksum
+	if errors.Is(err, pipeline.ErrStreamRestarted) {
+		// The download started over mid-way; it is whole and verified now.
+		err = w.parts.Converter.Convert(ctx, img, ji.path, vol, rep.progress)
 	}
 	if err != nil {
 		if cause := context.Cause(ctx); cause != nil {

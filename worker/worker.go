@@ -67,6 +67,12 @@ type Parts struct {
 	Checker ImageChecker
 }
 
+// StreamConverter is a Converter that can also read a qcow2 image while it
+// downloads (pipeline.Native).
+type StreamConverter interface {
+	ConvertStream(ctx context.Context, img pipeline.Image, part *pipeline.Partial, vol pipeline.Volume, progress pipeline.ProgressFunc) error
+}
+
 // ImageChecker refuses a corrupt or truncated image.
 type ImageChecker interface {
 	Check(ctx context.Context, img pipeline.Image, path string) error
@@ -85,6 +91,9 @@ type ImageCache interface {
 	// from eviction and removal until release is called; a hit's digest is
 	// checked by verify, which the worker runs while it converts.
 	EnsureInUseVerifyLater(ctx context.Context, src pipeline.Source, ref messaging.ImageRef, progress pipeline.ProgressFunc) (entry kvstate.CacheEntry, hit bool, verify func(context.Context) error, release func(), err error)
+	// EnsureInUseStream is EnsureInUseVerifyLater that returns a miss at
+	// once, as a download the worker can read while it arrives.
+	EnsureInUseStream(ctx context.Context, src pipeline.Source, ref messaging.ImageRef, progress pipeline.ProgressFunc) (*pipeline.Fetch, error)
 	// Remove deletes an entry and its file (an image found to be unusable).
 	Remove(ctx context.Context, key string) error
 	// ReconcileReport brings the directory and the index into agreement.

@@ -1,0 +1,163 @@
+package worker
+
+import (
+	"context"
+	"fmt"
+	"sync"
+
+	"github.com/libvirt-volume-provisioner/provisioner/messaging"
+	"github.com/libvirt-volume-provisioner/provisioner/pipeline"
+)
+
+// jobImage is the image a job converts: a cached file, or (on a miss with a
+// streaming converter) a download still arriving.
+type jobImage struct {
+	img      pipeline.Image
+	hit      bool
+	path     string // the cached file; "" while part has not committed
+	checksum string
+	key      string
+	// part is the download a miss streams from; nil once committed.
+	part *pipeline.Partial
+	// verify checks a hit's digest, concurrently with the conversion.
+	verify func(context.Context) error
+	// dl quiets the download's progress once the conversion reports its own.
+	dl *streamProgress
+	// release ends the job's use of the image (idempotent).
+	release func()
+}
+
+// fetchImage gets the job's image into the cache (or starts downloading it)
+// and inspects it. On success ji.release must be called when the job is
+// done with the image.
+func (w *Worker) fetchImage(ctx context.Context, rep *reporter, m messaging.Job, ref messaging.ImageRef) (ji jobImage, err error) {
+	_, streams := w.parts.Converter.(StreamConverter)
+	if !streams || m.Kind == messaging.KindCacheFetch {
+		return w.fetchWhole(ctx, rep, m, ref)
+	}
+	dl := &streamProgress{rep: rep}
+	f, err := w.parts.Cache.EnsureInUseStream(ctx, w.parts.Source, ref, dl.progress)
+	if err != nil {
+		return ji, fmt.Errorf("fetch image: %w", err)
+	}
+	ji = jobImage{hit: f.Hit, dl: dl, verify: f.Verify, release: f.Release}
+	if f.Hit {
+		ji.path, ji.checksum, ji.key = f.Entry.Path, f.Entry.Checksum, f.Entry.Key
+		rep.setCache(ctx, true, f.Entry.Path, f.Entry.Checksum)
+		rep.progress(pipeline.StageInspect, 0, 0)
+		if ji.img, err = pipeline.Inspect(ji.path, m.ImageType); err != nil {
+			return ji, w.refuse(ctx, f.Release, ji.key, err)
+		}
+		return ji, nil
+	}
+	ji.part = f.Partial
+	img, stream, err := pipeline.InspectStream(ctx, f.Partial, m.ImageType)
+	if err == nil && stream {
+		ji.img = img
+		return ji, nil
+	}
+	// Not a qcow2 image, or a bad header: the whole file decides.
+	if werr := w.finishDownload(ctx, rep, &ji, false); werr != nil {
+		f.Release()
+		return ji, werr
+	}
+	rep.progress(pipeline.StageInspect, 0, 0)
+	if err == nil {
+		ji.img, err = pipeline.Inspect(ji.path, m.ImageType)
+	}
+	if err == nil && w.parts.Checker != nil {
+		err = w.parts.Checker.Check(ctx, ji.img, ji.path)
+	}
+	if err != nil {
+		return ji, w.refuse(ctx, f.Release, ji.key, err)
+	}
+	return ji, nil
+}
+
+// fetchWhole is fetchImage without streaming: the image is downloaded,
+// verified and checked before the job goes on.
+func (w *Worker) fetchWhole(ctx context.Context, rep *reporter, m messaging.Job, ref messaging.ImageRef) (ji jobImage, err error) {
+	entry, hit, verify, release, err := w.parts.Cache.EnsureInUseVerifyLater(ctx, w.parts.Source, ref, rep.progress)
+	if err != nil {
+		return ji, fmt.Errorf("fetch image: %w", err)
+	}
+	ji = jobImage{hit: hit, path: entry.Path, checksum: entry.Checksum, key: entry.Key, verify: verify, release: release}
+	rep.setCache(ctx, hit, entry.Path, entry.Checksum)
+
+	rep.progress(pipeline.StageInspect, 0, 0)
+	ji.img, err = pipeline.Inspect(entry.Path, m.ImageType)
+	if err == nil && !hit && w.parts.Checker != nil {
+		// A cached image was checked when it was downloaded; its digest is
+		// verified on every hit.
+		err = w.parts.Checker.Check(ctx, ji.img, entry.Path)
+	}
+	if err != nil {
+		return ji, w.refuse(ctx, release, entry.Key, err)
+	}
+	return ji, nil
+}
+
+// refuse removes an unusable image from the cache (after release, as
+// Remove refuses an image in use) and says so.
+func (w *Worker) refuse(ctx context.Context, release func(), key string, err error) error {
+	release()
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), kvTimeout)
+	defer cancel()
+	if rerr := w.parts.Cache.Remove(rctx, key); rerr != nil {
+		return fmt.Errorf("image refused: %w (removing it from the cache failed: %v)", err, rerr)
+	}
+	return fmt.Errorf("image refused, removed from the cache, nothing written: %w", err)
+}
+
+// finishDownload waits for ji's download to commit (its digest verified)
+// and records the cached file; with check, the new image's structure is
+// checked too (qemu-img check), and a refused image is removed from the
+// cache.
+func (w *Worker) finishDownload(ctx context.Context, rep *reporter, ji *jobImage, check bool) error {
+	e, err := ji.part.Wait(ctx)
+	if err != nil {
+		return fmt.Errorf("fetch image: %w", err)
+	}
+	ji.path, ji.checksum, ji.key = e.Path, e.Checksum, e.Key
+	rep.setCache(ctx, false, e.Path, e.Checksum)
+	if check && w.parts.Checker != nil {
+		if err := w.parts.Checker.Check(ctx, ji.img, e.Path); err != nil {
+			return w.refuse(ctx, ji.release, e.Key, err)
+		}
+	}
+	return nil
+}
+
+// streamProgress passes a download's progress to the job's reporter until
+// the conversion starts reading the download; from then on the conversion
+// reports the stage and the download's bytes are only counted.
+type streamProgress struct {
+	rep *reporter
+
+	mu        sync.Mutex
+	streaming bool
+	last      int64 // download bytes counted so far
+}
+
+func (s *streamProgress) progress(stage string, done, total int64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if stage == pipeline.StageDownload {
+		if s.streaming {
+			if done > s.last {
+				s.rep.w.metrics.downloaded.Add(float64(done - s.last))
+			}
+			s.last = max(s.last, done)
+			return
+		}
+		s.last = done
+	}
+	s.rep.progress(stage, done, total)
+}
+
+// stream switches to counting only.
+func (s *streamProgress) stream() {
+	s.mu.Lock()
+	s.streaming = true
+	s.mu.Unlock()
+}
