@@ -4,6 +4,12 @@ GO ?= go
 BIN := bin
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS := -X github.com/libvirt-volume-provisioner/provisioner/internal/version.Version=$(VERSION)
+# libdeflate: the native converter decompresses zlib clusters with libdeflate
+# (cgo, Debian's libdeflate-dev) instead of compress/flate; about 2x faster.
+# Every go command make runs, the tests' own builds included, gets the tag;
+# GO_TAGS= builds without it.
+GO_TAGS ?= libdeflate
+export GOFLAGS := $(GOFLAGS) -tags=$(GO_TAGS)
 
 .PHONY: all build deps run demo test unit integration bench bench-quick lint clean e2e-lvm fuzz
 
@@ -29,6 +35,7 @@ demo: deps build
 test: deps
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 20m ./...
+	$(GO) test -count=1 -tags= -run 'Native|Stream' ./pipeline  # compress/flate, without libdeflate
 	$(MAKE) fuzz FUZZTIME=2000x
 	tests/lvmguest/run.sh
 

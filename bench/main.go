@@ -70,7 +70,17 @@ func main() {
 	flag.DurationVar(&o.loadTime, "load-time", 5*time.Second, "duration of each API load phase")
 	flag.IntVar(&o.latencyN, "latency-jobs", 30, "jobs submitted one by one for the POST → start latency")
 	flag.BoolVar(&o.keepFiles, "keep", false, "keep the run directory (volumes, cache, logs) afterwards")
+	layoutOf := flag.String("layout", "", "print how far the order of this qcow2 file follows its guest order, and exit")
 	flag.Parse()
+	if *layoutOf != "" {
+		l, err := qcowLayout(*layoutOf)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		fmt.Println(l)
+		return
+	}
 	o.images, o.nets, o.targets = split(images), split(nets), split(targets)
 	if o.quick {
 		setByUser := map[string]bool{}

@@ -142,6 +142,22 @@ func (b *bench) convertSteps(ctx context.Context, img *image, src, target string
 		return err
 	}
 	b.res.add(key(img.name, target, "conv_project"), d)
+	// The native converter's stage alone, the same way.
+	if target == "file" {
+		os.Remove(dst)
+		f, err := os.Create(dst)
+		if err != nil {
+			return err
+		}
+		f.Truncate(vol.Size)
+		f.Close()
+	}
+	evict(src)
+	d, err = timed(func() error { return pipeline.Native{}.Convert(ctx, pimg, src, vol, nil) })
+	if err != nil {
+		return err
+	}
+	b.res.add(key(img.name, target, "conv_native"), d)
 	if target == "file" {
 		os.Remove(dst)
 	}

@@ -9,6 +9,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/libvirt-volume-provisioner/provisioner/pipeline"
 )
 
 type machineInfo struct {
@@ -157,6 +159,9 @@ func (b *bench) report() string {
 	runs := o.runs
 	for _, img := range b.images {
 		p("#### %s\n\n", img.describe())
+		if l, err := qcowLayout(img.path); err == nil {
+			p("File order against guest order: %s.\n\n", l)
+		}
 		type col struct{ net, target string }
 		var cols []col
 		p("| step |")
@@ -220,6 +225,9 @@ func (b *bench) report() string {
 		row("project, download only: cache fetch job via REST", func(c col) string { return fmtS(median(r.get(key(n, c.net, "fetch_project")))) })
 		row("project, convert only: pipeline convert (zero + qemu-img `-n --target-is-zero` + fsync)", func(c col) string {
 			return fmtS(median(r.get(key(n, c.target, "conv_project"))))
+		})
+		row(fmt.Sprintf("project, convert only, native: go-qcow2reader + %s, parallel O_DIRECT writes + fsync", pipeline.ZlibDecompressor()), func(c col) string {
+			return fmtS(median(r.get(key(n, c.target, "conv_native"))))
 		})
 		row("**(c) project job, cold** (empty cache), POST → completed", jobCell("cold"))
 		row("**(c) project job, warm** (cached), POST → completed", jobCell("warm"))

@@ -431,12 +431,13 @@ func (c *Cache) download(ctx context.Context, src Source, ref messaging.ImageRef
 		}
 		return e, fmt.Errorf("create download file in cache directory %s: %w", c.dir, err)
 	}
+	partialName := tmp.Name()
 	defer func() {
 		if tmp != nil {
 			_ = tmp.Close()
 		}
 		if err != nil {
-			_ = os.Remove(tmp.Name())
+			_ = os.Remove(partialName) // gone already once renamed into place
 		}
 	}()
 

@@ -481,6 +481,10 @@ func init() {
 // or libdeflate when built with the libdeflate tag.
 var zlibDecompressor string
 
+// ZlibDecompressor names what decompresses Native's zlib clusters:
+// "libdeflate" (built with the libdeflate tag) or "compress/flate".
+func ZlibDecompressor() string { return zlibDecompressor }
+
 // maxCompressedCluster bounds a compressed cluster's bytes: a 2 MiB cluster
 // plus the most additional sectors its descriptor can name.
 const maxCompressedCluster = 3 << 21

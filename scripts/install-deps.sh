@@ -8,11 +8,12 @@
 #   lvm2                  LVM tools, copied into the LVM guest
 #   libvirt-daemon-system libvirtd for the libvirt backend's tests
 #   libvirt-dev pkg-config gcc   cgo build of libvirt.org/go/libvirt
+#   libdeflate-dev               the native converter's zlib decompressor (build tag libdeflate)
 #   prometheus            the real Prometheus and promtool of the metrics tests
 #   util-linux curl       losetup (loop devices), curl
 set -euo pipefail
 cd "$(dirname "$0")/.."
-packages=(qemu-utils e2fsprogs qemu-system-x86 lvm2 libvirt-daemon-system libvirt-dev pkg-config gcc prometheus util-linux curl)
+packages=(qemu-utils libdeflate-dev e2fsprogs qemu-system-x86 lvm2 libvirt-daemon-system libvirt-dev pkg-config gcc prometheus util-linux curl)
 need=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")

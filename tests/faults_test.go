@@ -86,7 +86,7 @@ func TestEmbeddedNATSRestartedMidJob(t *testing.T) {
 func TestCutOffWorkerStopsWriting(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, envOptions{noWorker: true})
-	w := e.startWorker("h1", slow)
+	w := e.startWorker("h1", slow, withQemuImg)
 	qcow2, ref := image(t, 64<<20, 28)
 	url := e.upload("images/fence.qcow2", qcow2, true)
 	id := e.submit(map[string]any{"image_url": url, "volume_name": "vm-fence", "volume_size_gb": 1})

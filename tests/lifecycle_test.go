@@ -19,6 +19,10 @@ import (
 // setting, so a job stays running long enough to act on it.
 const slow = "PROVISIONER_WRITE_LIMIT=4194304"
 
+// withQemuImg makes the worker convert with qemu-img (the default is the
+// native converter), for the tests about its child process.
+const withQemuImg = "PROVISIONER_CONVERTER=qemu-img"
+
 func TestCancelRunningAndPending(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, envOptions{noWorker: true})
@@ -195,7 +199,7 @@ func qemuImgProc(path string) string {
 func TestWorkerKilledMidJobCompletesOnce(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, envOptions{noWorker: true})
-	w := e.startWorker("h1", slow)
+	w := e.startWorker("h1", slow, withQemuImg)
 	qcow2, ref := image(t, 64<<20, 9)
 	url := e.upload("images/crash.qcow2", qcow2, true)
 

@@ -391,7 +391,12 @@ func TestOpenAPI(t *testing.T) {
 	r = c.do(exchange{method: http.MethodPost, path: "/api/v1/jobs", status: 202,
 		body: jsonBody(t, map[string]any{"image_url": delURL, "volume_name": "vm-oas-del", "volume_size_gb": 1, "hypervisor": "h3"})})
 	delID := r.json(t)["job_id"].(string)
-	e.waitJob(delID, 30*time.Second, func(j job) bool { return j.Progress != nil && j.Progress.Stage == "populating" })
+	// Populating, with the download committed to the cache (the record then
+	// names the cached file; a cold image streams into the volume while it
+	// downloads, and is in the cache only once its digest verified).
+	e.waitJob(delID, 30*time.Second, func(j job) bool {
+		return j.Progress != nil && j.Progress.Stage == "populating" && j.ImagePath != ""
+	})
 	r = c.do(exchange{method: http.MethodDelete, path: delPath, status: 409})
 	require.Equal(t, "conflict", r.json(t)["error"])
 	e.waitStatus(delID, "completed")

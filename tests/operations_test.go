@@ -119,7 +119,7 @@ func TestSIGTERMLetsRunningJobsFinish(t *testing.T) {
 	require.Equal(t, "pending", e.getJob(later).Status, "a stopping worker takes no new job")
 
 	// A grace period shorter than the job: stopped, then redelivered and completed.
-	w = e.startWorker("h1", slow, "PROVISIONER_SHUTDOWN_GRACE=500ms")
+	w = e.startWorker("h1", slow, withQemuImg, "PROVISIONER_SHUTDOWN_GRACE=500ms")
 	e.waitStatus(later, "completed")
 	id = e.submit(map[string]any{"image_url": url, "volume_name": "vm-cut", "volume_size_gb": 1})
 	e.waitJob(id, 30*time.Second, func(j job) bool { return j.Progress != nil && j.Progress.Stage == "populating" })
@@ -190,7 +190,11 @@ func TestDeleteCachedImage(t *testing.T) {
 		"checksum must be 64 hexadecimal digits (the cache key shown by GET /api/v1/cache/images)")
 
 	id := e.submit(map[string]any{"image_url": url, "volume_name": "vm-del", "volume_size_gb": 1})
-	j := e.waitJob(id, 30*time.Second, func(j job) bool { return j.Progress != nil && j.Progress.Stage == "populating" })
+	// Populating from the committed cache file (a cold image streams while
+	// it downloads and is in the cache once its digest verified).
+	j := e.waitJob(id, 30*time.Second, func(j job) bool {
+		return j.Progress != nil && j.Progress.Stage == "populating" && j.ImagePath != ""
+	})
 	requireError(t, e.do(http.MethodDelete, "/api/v1/cache/images/"+digest+"?hypervisor=h1", nil), 409, "conflict",
 		`image `+digest+` is in use by a running job on hypervisor "h1"; try again when it ends`)
 	e.waitStatus(id, "completed")

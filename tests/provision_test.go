@@ -128,6 +128,42 @@ func TestChecksumMismatchCachesNothingAndRollsBack(t *testing.T) {
 	require.EqualValues(t, 0, e.do(http.MethodGet, "/api/v1/cache/images", nil).json(t)["count"])
 }
 
+// TestChecksumMismatchLeavesExistingVolume: a cold image is streamed only
+// into a volume the job creates; an existing volume is written only once
+// the download verified, so a bad download leaves it byte for byte as it was.
+func TestChecksumMismatchLeavesExistingVolume(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{})
+	qcow2, _ := image(t, 8<<20, 33)
+	url := e.upload("images/bad-reuse.qcow2", qcow2, false)
+	require.NoError(t, e.minio.PutBytes(t.Context(), e.bucket, "images/bad-reuse.qcow2.sha256",
+		[]byte("1111111111111111111111111111111111111111111111111111111111111111  bad-reuse.qcow2\n")))
+
+	require.NoError(t, os.MkdirAll(e.volDirs["h1"], 0o755))
+	path := e.volumePath("h1", "vm-keep")
+	f, err := os.Create(path)
+	require.NoError(t, err)
+	require.NoError(t, f.Truncate(gib))
+	marker := []byte("the old disk, which must survive a failed job")
+	for _, off := range []int64{0, 4 << 20, gib - int64(len(marker))} {
+		_, err := f.WriteAt(marker, off)
+		require.NoError(t, err)
+	}
+	require.NoError(t, f.Close())
+	before, err := testenv.FileSHA256(path)
+	require.NoError(t, err)
+
+	id := e.submit(map[string]any{"image_url": url, "volume_name": "vm-keep", "volume_size_gb": 1})
+	j := e.waitStatus(id, "failed")
+	require.Contains(t, j.Error, "checksum mismatch")
+	after, err := testenv.FileSHA256(path)
+	require.NoError(t, err)
+	require.Equal(t, before, after, "the existing volume was written")
+	entries, err := os.ReadDir(e.cacheDirs["h1"])
+	require.NoError(t, err)
+	require.Empty(t, entries, "the cache directory must hold nothing")
+}
+
 func TestBackingFileRefusedNothingWritten(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, envOptions{})

@@ -54,6 +54,8 @@ func (w *Worker) fetchImage(ctx context.Context, rep *reporter, m messaging.Job,
 	img, stream, err := pipeline.InspectStream(ctx, f.Partial, m.ImageType)
 	if err == nil && stream {
 		ji.img = img
+		dl.setQuiet(true)
+		rep.progress(pipeline.StageInspect, 0, 0)
 		return ji, nil
 	}
 	// Not a qcow2 image, or a bad header: the whole file decides.
@@ -128,36 +130,29 @@ func (w *Worker) finishDownload(ctx context.Context, rep *reporter, ji *jobImage
 	return nil
 }
 
-// streamProgress passes a download's progress to the job's reporter until
-// the conversion starts reading the download; from then on the conversion
-// reports the stage and the download's bytes are only counted.
+// streamProgress passes a download's progress to the job's reporter, except
+// while the job goes on with the download still arriving: then the job's own
+// stages are reported and the download's bytes are only counted.
 type streamProgress struct {
 	rep *reporter
 
-	mu        sync.Mutex
-	streaming bool
-	last      int64 // download bytes counted so far
+	mu    sync.Mutex
+	quiet bool
 }
 
 func (s *streamProgress) progress(stage string, done, total int64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if stage == pipeline.StageDownload {
-		if s.streaming {
-			if done > s.last {
-				s.rep.w.metrics.downloaded.Add(float64(done - s.last))
-			}
-			s.last = max(s.last, done)
-			return
-		}
-		s.last = done
+	if s.quiet && stage == pipeline.StageDownload {
+		s.rep.countOnly(stage, done)
+		return
 	}
 	s.rep.progress(stage, done, total)
 }
 
-// stream switches to counting only.
-func (s *streamProgress) stream() {
+// setQuiet switches between reporting and counting only.
+func (s *streamProgress) setQuiet(q bool) {
 	s.mu.Lock()
-	s.streaming = true
+	s.quiet = q
 	s.mu.Unlock()
 }

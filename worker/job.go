@@ -455,13 +455,11 @@ func (w *Worker) execute(ctx context.Context, rep *reporter, rec kvstate.Job, m 
 	// digest and structure were checked first.
 	stream := ji.part != nil && res.created
 	if ji.part != nil && !stream {
+		ji.dl.setQuiet(false)
 		if err := w.finishDownload(ctx, rep, &ji, true); err != nil {
 			return res, err
 		}
 		ji.part = nil
-	}
-	if stream {
-		ji.dl.stream()
 	}
 	rep.progress(pipeline.StagePopulate, 0, img.VirtualSize)
 	res.writing = true

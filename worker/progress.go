@@ -61,6 +61,8 @@ type reporter struct {
 	// span is the current stage's span, started at stageStart.
 	span       trace.Span
 	stageStart time.Time
+	// counted is, per stage, the bytes already added to the byte counters.
+	counted map[string]int64
 }
 
 func newReporter(w *Worker, ctx context.Context, log *logrus.Entry, rec kvstate.Job) *reporter {
@@ -119,11 +121,7 @@ func (r *reporter) progress(stage string, done, total int64) {
 		pct = rng.from + int(int64(rng.to-rng.from)*min(done, total)/total)
 	}
 	pct = max(pct, r.cur.Percent)
-	if delta := done - r.cur.BytesProcessed; stage != r.cur.Stage {
-		r.countBytes(stage, done)
-	} else if delta > 0 {
-		r.countBytes(stage, delta)
-	}
+	r.countTo(stage, done)
 	r.cur = kvstate.Progress{Stage: stage, Percent: pct, BytesProcessed: done, BytesTotal: total}
 	if total > 0 {
 		r.sized = r.cur
@@ -199,8 +197,25 @@ func (r *reporter) markVolumeCreated(ctx context.Context) error {
 	return err
 }
 
-// countBytes adds n bytes of stage to the byte counters.
-func (r *reporter) countBytes(stage string, n int64) {
+// countOnly counts a stage's bytes without making it the current stage
+// (a download still arriving while the conversion reports).
+func (r *reporter) countOnly(stage string, done int64) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.countTo(stage, done)
+}
+
+// countTo brings stage's byte counter to done bytes; a stage reported again
+// (or its progress going back) is not counted twice. r.mu must be held.
+func (r *reporter) countTo(stage string, done int64) {
+	if r.counted == nil {
+		r.counted = map[string]int64{}
+	}
+	n := done - r.counted[stage]
+	if n <= 0 {
+		return
+	}
+	r.counted[stage] = done
 	switch stage {
 	case pipeline.StageDownload:
 		r.w.metrics.downloaded.Add(float64(n))

@@ -75,7 +75,7 @@ func run(args []string) error {
 	imagesPool := c.String("PROVISIONER_LIBVIRT_IMAGES_POOL", "images", "libvirt pool whose directory is the image cache (libvirt backend)")
 	qemuImg := c.String("PROVISIONER_QEMU_IMG", "qemu-img", "qemu-img binary")
 	writeLimit := c.Int64("PROVISIONER_WRITE_LIMIT", 0, "cap on volume writes in bytes per second (0: no limit)")
-	converterName := c.String("PROVISIONER_CONVERTER", "qemu-img", "qcow2 converter: qemu-img, or native (go-qcow2reader, parallel writers)")
+	converterName := c.String("PROVISIONER_CONVERTER", "native", "qcow2 converter: native (go-qcow2reader, parallel O_DIRECT writers; streams a cold image into a new volume while it downloads), or qemu-img")
 	minioEndpoint := c.String("MINIO_ENDPOINT", "", "MinIO endpoint host:port image URLs must name")
 	minioAccess := c.String("MINIO_ACCESS_KEY", "", "MinIO access key")
 	minioSecret := c.Secret("MINIO_SECRET_KEY", "MinIO secret key")
@@ -184,6 +184,7 @@ func run(args []string) error {
 	hs := &http.Server{Handler: w.Handler(), ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = hs.Serve(ln) }()
 	defer hs.Close()
-	log.WithFields(logrus.Fields{"addr": ln.Addr().String(), "host": *host, "cache_dir": vols.cacheDir, "backend": *backend}).Info("worker HTTP listening")
+	log.WithFields(logrus.Fields{"addr": ln.Addr().String(), "host": *host, "cache_dir": vols.cacheDir, "backend": *backend,
+		"converter": *converterName, "zlib": pipeline.ZlibDecompressor()}).Info("worker HTTP listening")
 	return w.Run(ctx)
 }
