@@ -47,7 +47,7 @@ const DefaultNativeWorkers = 4
 // NativeChunkSize is the size of each worker's buffer, the most one write
 // carries. It is a multiple of every qcow2 cluster size (at most 2 MiB)
 // and of every logical block size.
-const NativeChunkSize = 4 << 20
+const NativeChunkSize = 2 << 20
 
 // maxNativeWorkers bounds Workers, and so the memory Convert uses.
 const maxNativeWorkers = 64

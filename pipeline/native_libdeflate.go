@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/bits"
 	"sync"
 	"unsafe"
 
@@ -58,10 +59,32 @@ func putDecompressor(d *C.struct_libdeflate_decompressor) {
 	}
 }
 
-var clusterPool = sync.Pool{New: func() any {
-	b := make([]byte, maxCluster)
+// clusterPools hold decompression buffers by size class: pool i holds
+// buffers of 1<<i bytes, up to maxCluster.
+var clusterPools [22]sync.Pool
+
+// clusterBuffer returns a buffer for a cluster whose compressed section
+// (as go-qcow2reader passes it: the cluster size plus the additional
+// sectors its descriptor names) is sectionSize bytes. A valid compressed
+// cluster is smaller than the cluster it decompresses to (qemu stores a
+// cluster that does not shrink uncompressed), so the section is less than
+// twice the cluster size and its largest power of two is the cluster size.
+func clusterBuffer(sectionSize int64) *[]byte {
+	size := int64(maxCluster)
+	if sectionSize > 0 && sectionSize < maxCluster {
+		size = int64(1) << (bits.Len64(uint64(sectionSize)) - 1)
+	}
+	i := bits.Len64(uint64(size)) - 1
+	if b, ok := clusterPools[i].Get().(*[]byte); ok {
+		return b
+	}
+	b := make([]byte, size)
 	return &b
-}}
+}
+
+func putClusterBuffer(b *[]byte) {
+	clusterPools[bits.Len64(uint64(cap(*b)))-1].Put(b)
+}
 
 // libdeflateCluster serves a cluster decompressed in one call.
 type libdeflateCluster struct {
@@ -80,13 +103,17 @@ func (c *libdeflateCluster) Read(p []byte) (int, error) {
 
 func (c *libdeflateCluster) Close() error {
 	if c.out != nil {
-		clusterPool.Put(c.out)
+		putClusterBuffer(c.out)
 		c.out, c.data = nil, nil
 	}
 	return nil
 }
 
 func newLibdeflateCluster(r io.Reader) (io.ReadCloser, error) {
+	section := int64(maxCluster)
+	if sr, ok := r.(*io.SectionReader); ok {
+		section = sr.Size()
+	}
 	in, err := readCompressed(r)
 	if err != nil {
 		return nil, err
@@ -100,14 +127,14 @@ func newLibdeflateCluster(r io.Reader) (io.ReadCloser, error) {
 		return nil, err
 	}
 	defer putDecompressor(d)
-	out := clusterPool.Get().(*[]byte)
+	out := clusterBuffer(section)
 	var got C.size_t
 	res := C.libdeflate_deflate_decompress(d,
 		unsafe.Pointer(&(*in)[0]), C.size_t(len(*in)),
 		unsafe.Pointer(&(*out)[0]), C.size_t(len(*out)), &got)
 	if res != C.LIBDEFLATE_SUCCESS {
-		clusterPool.Put(out)
-		return nil, fmt.Errorf("libdeflate: decompression failed (result %d)", int(res))
+		putClusterBuffer(out)
+		return nil, fmt.Errorf("libdeflate: decompression failed (result %d; a compressed cluster must inflate to at most its cluster size, %d bytes)", int(res), len(*out))
 	}
 	return &libdeflateCluster{out: out, data: (*out)[:got]}, nil
 }
