@@ -214,6 +214,7 @@ func (b *bench) report() string {
 			}
 		}
 		row("download alone: one-stream GET to a file", func(c col) string { return fmtS(median(r.get(key(n, c.net, "download")))) })
+		row("download alone, 4 ranged GETs in parallel (ETag pinned)", func(c col) string { return fmtS(median(r.get(key(n, c.net, "download4")))) })
 		row("sha256sum of the download", func(c col) string { return fmtS(median(r.get(key(n, c.net, "sha")))) })
 		row("convert alone: `qemu-img convert -t none -T none`", func(c col) string { return fmtS(median(r.get(key(n, c.target, "conv_a")))) })
 		row("convert alone, tuned: `… -m 16 -W`", func(c col) string { return fmtS(median(r.get(key(n, c.target, "conv_b")))) })
