@@ -206,30 +206,43 @@ func TestCacheFetch(t *testing.T) {
 	require.True(t, *e.waitStatus(id, "completed").CacheHit)
 }
 
-// TestNativeConverter runs jobs through the native (go-qcow2reader)
-// converter: byte-exact on a new volume and over a volume full of garbage.
-func TestNativeConverter(t *testing.T) {
+// TestConverters runs jobs through both converters: byte-exact on a new
+// volume (a cold image, which the native converter streams while it
+// downloads) and over a volume full of garbage (a cache hit).
+func TestConverters(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t, envOptions{noWorker: true})
-	e.startWorker("h1", "PROVISIONER_CONVERTER=native")
-	qcow2, ref := image(t, 40<<20, 30)
-	url := e.upload("images/native.qcow2", qcow2, true)
-	id := e.submit(map[string]any{"image_url": url, "volume_name": "vm-native", "volume_size_gb": 1})
-	e.waitStatus(id, "completed")
-	requireVolume(t, e.volumePath("h1", "vm-native"), ref, gib)
+	for i, conv := range []string{"native", "qemu-img"} {
+		t.Run(conv, func(t *testing.T) {
+			t.Parallel()
+			e := newEnv(t, envOptions{noWorker: true})
+			w := e.startWorker("h1", "PROVISIONER_CONVERTER="+conv)
+			qcow2, ref := image(t, 40<<20, uint64(30+i))
+			url := e.upload("images/conv.qcow2", qcow2, true)
+			id := e.submit(map[string]any{"image_url": url, "volume_name": "vm-conv", "volume_size_gb": 1})
+			j := e.waitStatus(id, "completed")
+			require.False(t, *j.CacheHit)
+			requireVolume(t, e.volumePath("h1", "vm-conv"), ref, gib)
+			const streamed = "converting the image while it downloads"
+			if conv == "native" {
+				require.Contains(t, w.output(), streamed)
+			} else {
+				require.NotContains(t, w.output(), streamed)
+			}
 
-	f, err := os.OpenFile(e.volumePath("h1", "vm-native"), os.O_WRONLY, 0)
-	require.NoError(t, err)
-	garbage := make([]byte, 1<<20)
-	for i := range garbage {
-		garbage[i] = 0x5A
+			f, err := os.OpenFile(e.volumePath("h1", "vm-conv"), os.O_WRONLY, 0)
+			require.NoError(t, err)
+			garbage := make([]byte, 1<<20)
+			for i := range garbage {
+				garbage[i] = 0x5A
+			}
+			for off := int64(0); off < 64<<20; off += 1 << 20 {
+				_, err := f.WriteAt(garbage, off)
+				require.NoError(t, err)
+			}
+			require.NoError(t, f.Close())
+			id = e.submit(map[string]any{"image_url": url, "volume_name": "vm-conv", "volume_size_gb": 1})
+			require.True(t, *e.waitStatus(id, "completed").CacheHit)
+			requireVolume(t, e.volumePath("h1", "vm-conv"), ref, gib)
+		})
 	}
-	for off := int64(0); off < 64<<20; off += 1 << 20 {
-		_, err := f.WriteAt(garbage, off)
-		require.NoError(t, err)
-	}
-	require.NoError(t, f.Close())
-	id = e.submit(map[string]any{"image_url": url, "volume_name": "vm-native", "volume_size_gb": 1})
-	e.waitStatus(id, "completed")
-	requireVolume(t, e.volumePath("h1", "vm-native"), ref, gib)
 }

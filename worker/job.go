@@ -461,6 +461,10 @@ func (w *Worker) execute(ctx context.Context, rep *reporter, rec kvstate.Job, m 
 		}
 		ji.part = nil
 	}
+	trace.SpanFromContext(ctx).SetAttributes(attribute.Bool("streamed", stream))
+	if stream {
+		rep.log.Info("converting the image while it downloads; its digest is checked when the last byte arrives")
+	}
 	rep.progress(pipeline.StagePopulate, 0, img.VirtualSize)
 	res.writing = true
 	// What the conversion reads is verified while it runs: a cache hit's
