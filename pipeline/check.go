@@ -1,6 +1,7 @@
 package pipeline
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -33,7 +34,10 @@ func (q QemuImg) Check(ctx context.Context, img Image, path string) error {
 	var stderr tailBuffer
 	stderr.max = stderrTail
 	cmd.Stderr = &stderr
-	out, err := cmd.Output()
+	var stdout bytes.Buffer
+	cmd.Stdout = &stdout
+	err := q.run(cmd, bin) // under the same address-space limit as convert
+	out := stdout.Bytes()
 	var res struct {
 		Corruptions int `json:"corruptions"`
 		CheckErrors int `json:"check-errors"`

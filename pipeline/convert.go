@@ -39,6 +39,26 @@ type QemuImg struct {
 	MemoryLimit int64
 }
 
+// run starts cmd (a qemu-img command) and waits for it, with its address
+// space capped at q.MemoryLimit: a hostile image must not make qemu-img use
+// unbounded memory. Pdeathsig fires when the thread that started the child
+// exits, so the calling goroutine keeps its thread until the child is reaped.
+func (q QemuImg) run(cmd *exec.Cmd, bin string) error {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("start %s: %w", bin, err)
+	}
+	lim := q.MemoryLimit
+	if lim == 0 {
+		lim = DefaultQemuImgMemoryLimit
+	}
+	if lim > 0 {
+		_ = unix.Prlimit(cmd.Process.Pid, unix.RLIMIT_AS, &unix.Rlimit{Cur: uint64(lim), Max: uint64(lim)}, nil)
+	}
+	return cmd.Wait()
+}
+
 // DefaultQemuImgMemoryLimit is qemu-img's default address-space limit.
 const DefaultQemuImgMemoryLimit = 2 << 30
 
@@ -140,26 +160,8 @@ func (q QemuImg) convertQCOW2(ctx context.Context, img Image, src, target string
 		progress(StagePopulate, int64(pct/100*float64(img.VirtualSize)), img.VirtualSize)
 	}}
 
-	// Pdeathsig fires when the thread that started the child exits, so the
-	// starting goroutine keeps its thread until the child is reaped.
 	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		defer runtime.UnlockOSThread()
-		if err := cmd.Start(); err != nil {
-			errc <- fmt.Errorf("start %s: %w", bin, err)
-			return
-		}
-		// A hostile image must not make qemu-img use unbounded memory.
-		lim := q.MemoryLimit
-		if lim == 0 {
-			lim = DefaultQemuImgMemoryLimit
-		}
-		if lim > 0 {
-			_ = unix.Prlimit(cmd.Process.Pid, unix.RLIMIT_AS, &unix.Rlimit{Cur: uint64(lim), Max: uint64(lim)}, nil)
-		}
-		errc <- cmd.Wait()
-	}()
+	go func() { errc <- q.run(cmd, bin) }()
 	err := <-errc
 	if err == nil {
 		return nil
