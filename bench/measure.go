@@ -177,37 +177,30 @@ func (b *bench) convertSteps(ctx context.Context, img *image, src, target string
 	}
 	vol := pipeline.Volume{Name: "bench", Path: dst, Size: img.virtual}
 	if target == "file" {
-		os.Remove(dst)
 		vol.Size = img.volumeGB() << 30
-		f, err := os.Create(dst)
+	}
+	// Each converter's stage alone, into a new sparse file of the volume's
+	// size (as the file backend creates) or the loop device.
+	for _, c := range []struct {
+		name string
+		conv pipeline.Converter
+	}{{"conv_project", pipeline.QemuImg{}}, {"conv_native", pipeline.Native{}}} {
+		if target == "file" {
+			os.Remove(dst)
+			f, err := os.Create(dst)
+			if err != nil {
+				return err
+			}
+			f.Truncate(vol.Size)
+			f.Close()
+		}
+		evict(src)
+		d, err := timed(func() error { return c.conv.Convert(ctx, pimg, src, vol, nil) })
 		if err != nil {
 			return err
 		}
-		f.Truncate(vol.Size)
-		f.Close()
+		b.res.add(key(img.name, target, c.name), d)
 	}
-	evict(src)
-	d, err := timed(func() error { return pipeline.QemuImg{}.Convert(ctx, pimg, src, vol, nil) })
-	if err != nil {
-		return err
-	}
-	b.res.add(key(img.name, target, "conv_project"), d)
-	// The native converter's stage alone, the same way.
-	if target == "file" {
-		os.Remove(dst)
-		f, err := os.Create(dst)
-		if err != nil {
-			return err
-		}
-		f.Truncate(vol.Size)
-		f.Close()
-	}
-	evict(src)
-	d, err = timed(func() error { return pipeline.Native{}.Convert(ctx, pimg, src, vol, nil) })
-	if err != nil {
-		return err
-	}
-	b.res.add(key(img.name, target, "conv_native"), d)
 	if target == "file" {
 		os.Remove(dst)
 	}

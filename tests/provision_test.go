@@ -4,6 +4,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"path"
 	"path/filepath"
 	"testing"
 
@@ -110,13 +111,21 @@ func TestReprovisionOverGarbage(t *testing.T) {
 	requireVolume(t, e.volumePath("h1", "vm-old"), ref, gib)
 }
 
+// uploadWrongChecksum uploads an 8 MiB-virtual image as object with a
+// .sha256 that does not match it, and returns its URL.
+func (e *env) uploadWrongChecksum(t *testing.T, object string, seed uint64) string {
+	t.Helper()
+	qcow2, _ := image(t, 8<<20, seed)
+	url := e.upload(object, qcow2, false)
+	require.NoError(t, e.minio.PutBytes(t.Context(), e.bucket, object+".sha256",
+		[]byte("1111111111111111111111111111111111111111111111111111111111111111  "+path.Base(object)+"\n")))
+	return url
+}
+
 func TestChecksumMismatchCachesNothingAndRollsBack(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, envOptions{})
-	qcow2, _ := image(t, 8<<20, 3)
-	url := e.upload("images/bad.qcow2", qcow2, false)
-	require.NoError(t, e.minio.PutBytes(t.Context(), e.bucket, "images/bad.qcow2.sha256",
-		[]byte("0000000000000000000000000000000000000000000000000000000000000000  bad.qcow2\n")))
+	url := e.uploadWrongChecksum(t, "images/bad.qcow2", 3)
 
 	id := e.submit(map[string]any{"image_url": url, "volume_name": "vm-bad", "volume_size_gb": 1})
 	j := e.waitStatus(id, "failed")
@@ -134,10 +143,7 @@ func TestChecksumMismatchCachesNothingAndRollsBack(t *testing.T) {
 func TestChecksumMismatchLeavesExistingVolume(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, envOptions{})
-	qcow2, _ := image(t, 8<<20, 33)
-	url := e.upload("images/bad-reuse.qcow2", qcow2, false)
-	require.NoError(t, e.minio.PutBytes(t.Context(), e.bucket, "images/bad-reuse.qcow2.sha256",
-		[]byte("1111111111111111111111111111111111111111111111111111111111111111  bad-reuse.qcow2\n")))
+	url := e.uploadWrongChecksum(t, "images/bad-reuse.qcow2", 33)
 
 	require.NoError(t, os.MkdirAll(e.volDirs["h1"], 0o755))
 	path := e.volumePath("h1", "vm-keep")
