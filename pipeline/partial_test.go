@@ -3,8 +3,10 @@ package pipeline
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -122,9 +124,14 @@ type streamFixture struct {
 
 func newStreamFixture(t *testing.T, virt int64, checksum string) *streamFixture {
 	t.Helper()
+	qcow2, _ := testenv.QCOW2Image(t, t.TempDir(), virt, 41)
+	return streamFixtureOf(t, qcow2, checksum)
+}
+
+// streamFixtureOf is newStreamFixture for a qcow2 file of the test's own.
+func streamFixtureOf(t *testing.T, qcow2, checksum string) *streamFixture {
+	t.Helper()
 	m, bucket := needMinIO(t)
-	dir := t.TempDir()
-	qcow2, _ := testenv.QCOW2Image(t, dir, virt, 41)
 	url, _, err := m.PutImage(t.Context(), bucket, "images/stream.qcow2", qcow2, checksum == "")
 	require.NoError(t, err)
 	if checksum != "" {
@@ -228,4 +235,39 @@ func TestStreamReleaseAbortsDownload(t *testing.T) {
 	require.ErrorIs(t, err, context.Canceled)
 	require.Empty(t, cacheFiles(t, f.cache))
 	requireNoEntries(t, f.index, f.host)
+}
+
+// TestStreamConvertReverseOrder: an image whose clusters lie in the file in
+// the reverse of their guest order (as a VM that wrote its disk from the
+// end would leave it) streams byte-exact: the conversion's first reads wait
+// for the end of the file.
+func TestStreamConvertReverseOrder(t *testing.T) {
+	t.Parallel()
+	qemuIO, err := exec.LookPath("qemu-io")
+	if err != nil {
+		testenv.Missing(t, "qemu-io", "apt-get install qemu-utils")
+	}
+	const virt = 8 << 20
+	qcow2 := filepath.Join(t.TempDir(), "reverse.qcow2")
+	nativeQemuImg(t, "create", "-q", "-f", "qcow2", qcow2, "8M")
+	args := []string{"-f", "qcow2"}
+	for i := virt/(256<<10) - 1; i >= 0; i -= 2 { // every other 256 KiB, last first
+		args = append(args, "-c", fmt.Sprintf("write -P %d %d 256k", i%250+1, i*(256<<10)))
+	}
+	out, err := exec.Command(qemuIO, append(args, qcow2)...).CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	f := streamFixtureOf(t, qcow2, "")
+	f.src.perMiB = 250 * time.Millisecond // about a second for the 4 MiB file
+
+	fetch, err := f.cache.EnsureInUseStream(t.Context(), f.src, f.ref, nil)
+	require.NoError(t, err)
+	defer fetch.Release()
+	img, stream, err := InspectStream(t.Context(), fetch.Partial, "qcow2")
+	require.NoError(t, err)
+	require.True(t, stream)
+	vol := garbageVolume(t, t.TempDir(), virt)
+	require.NoError(t, Native{}.ConvertStream(t.Context(), img, fetch.Partial, vol, nil))
+	_, err = fetch.Partial.Wait(t.Context())
+	require.NoError(t, err)
+	requireVolumeIs(t, vol, f.raw)
 }
