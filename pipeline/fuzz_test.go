@@ -114,7 +114,13 @@ func fuzzQemuImgSeeds(f *testing.F) [][]byte {
 	if _, err := exec.LookPath(qemuImg); err != nil {
 		return nil
 	}
-	dir := f.TempDir()
+	// Not f.TempDir: every fuzz worker process runs this too, and a killed
+	// worker never cleans its test's directories up.
+	dir, err := os.MkdirTemp("", "fuzz-inspect-seeds-")
+	if err != nil {
+		f.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
 	run := func(args ...string) bool {
 		cmd := exec.Command(qemuImg, args...)
 		cmd.Dir = dir
@@ -129,7 +135,7 @@ func fuzzQemuImgSeeds(f *testing.F) [][]byte {
 		"v2.qcow2":     {"create", "-f", "qcow2", "-o", "compat=0.10", "v2.qcow2", "1M"},
 		"backed.qcow2": {"create", "-f", "qcow2", "-b", "plain.qcow2", "-F", "qcow2", "backed.qcow2", "1M"},
 		"luks.qcow2": {"create", "--object", "secret,id=sec0,data=fuzz-secret", "-f", "qcow2",
-			"-o", "encrypt.format=luks,encrypt.key-secret=sec0", "luks.qcow2", "1M"},
+			"-o", "encrypt.format=luks,encrypt.key-secret=sec0,encrypt.iter-time=250", "luks.qcow2", "1M"},
 		"aes.qcow2": {"create", "--object", "secret,id=sec0,data=fuzz-secret", "-f", "qcow2",
 			"-o", "compat=0.10,encrypt.format=aes,encrypt.key-secret=sec0", "aes.qcow2", "1M"},
 		"datafile.qcow2": {"create", "-f", "qcow2", "-o", "data_file=datafile.raw", "datafile.qcow2", "1M"},
