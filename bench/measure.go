@@ -181,10 +181,26 @@ func (b *bench) convertSteps(ctx context.Context, img *image, src, target string
 	}
 	// Each converter's stage alone, into a new sparse file of the volume's
 	// size (as the file backend creates) or the loop device.
-	for _, c := range []struct {
+	type stage struct {
 		name string
 		conv pipeline.Converter
-	}{{"conv_project", pipeline.QemuImg{}}, {"conv_native", pipeline.Native{}}} {
+		zlib string // the native converter's zlib decompressor
+	}
+	stages := []stage{{"conv_project", pipeline.QemuImg{}, ""}}
+	for i, z := range pipeline.ZlibDecompressors() {
+		name := "conv_native" // the worker's: the one in use first
+		if i > 0 {
+			name = "conv_native_" + z
+		}
+		stages = append(stages, stage{name, pipeline.Native{}, z})
+	}
+	defer pipeline.SetZlibDecompressor(pipeline.ZlibDecompressors()[0])
+	for _, c := range stages {
+		if c.zlib != "" {
+			if err := pipeline.SetZlibDecompressor(c.zlib); err != nil {
+				return err
+			}
+		}
 		if target == "file" {
 			os.Remove(dst)
 			f, err := os.Create(dst)

@@ -233,9 +233,15 @@ func (b *bench) report() string {
 		row("project, convert only: pipeline convert (zero + qemu-img `-n --target-is-zero` + fsync)", func(c col) string {
 			return fmtS(median(r.get(key(n, c.target, "conv_project"))))
 		})
-		row(fmt.Sprintf("project, convert only, native: go-qcow2reader + %s, parallel O_DIRECT writes + fsync", pipeline.ZlibDecompressor()), func(c col) string {
-			return fmtS(median(r.get(key(n, c.target, "conv_native"))))
-		})
+		for i, z := range pipeline.ZlibDecompressors() {
+			k := "conv_native"
+			label := fmt.Sprintf("project, convert only, native: go-qcow2reader + %s, parallel O_DIRECT writes + fsync", z)
+			if i > 0 {
+				k = "conv_native_" + z
+				label = fmt.Sprintf("… native with %s instead", z)
+			}
+			row(label, func(c col) string { return fmtS(median(r.get(key(n, c.target, k)))) })
+		}
 		row("**(c) project job, cold** (empty cache), POST → completed", jobCell("cold"))
 		row("**(c) project job, warm** (cached), POST → completed", jobCell("warm"))
 		row("cold ÷ max(download alone, convert alone (b))", func(c col) string {

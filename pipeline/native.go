@@ -10,6 +10,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"sort"
 	"sync"
 
 	"github.com/klauspost/compress/zstd"
@@ -472,18 +473,47 @@ func (c *nativeCopy) copyItem(ctx context.Context, it nativeItem, buf []byte, ou
 // zstd, which it lacks, and a zlib one that reuses its state instead of
 // allocating a new flate reader and its buffers for every cluster.
 func init() {
-	zlibDecompressor = "compress/flate"
-	qcow2.SetDecompressor(qcow2.CompressionTypeZlib, newFlateCluster)
+	zlibDecompressors["compress/flate"] = newFlateCluster
+	_ = SetZlibDecompressor("compress/flate")
 	qcow2.SetDecompressor(qcow2.CompressionTypeZstd, newZstdCluster)
 }
 
-// zlibDecompressor names what decompresses zlib clusters: compress/flate,
-// or libdeflate when built with the libdeflate tag.
+// zlibDecompressors are the zlib decompressors built in, by name.
+var zlibDecompressors = map[string]qcow2.Decompressor{}
+
+// zlibDecompressor names the one in use.
 var zlibDecompressor string
 
 // ZlibDecompressor names what decompresses Native's zlib clusters:
-// "libdeflate" (built with the libdeflate tag) or "compress/flate".
+// "libdeflate" (the default when built with the libdeflate tag) or
+// "compress/flate".
 func ZlibDecompressor() string { return zlibDecompressor }
+
+// ZlibDecompressors lists the zlib decompressors built in, the one in use
+// first.
+func ZlibDecompressors() []string {
+	names := []string{zlibDecompressor}
+	for n := range zlibDecompressors {
+		if n != zlibDecompressor {
+			names = append(names, n)
+		}
+	}
+	sort.Strings(names[1:])
+	return names
+}
+
+// SetZlibDecompressor makes Native inflate zlib clusters with the named
+// decompressor, one of ZlibDecompressors. The choice is process-wide; make
+// it before conversions start (the benchmark harness compares them).
+func SetZlibDecompressor(name string) error {
+	d, ok := zlibDecompressors[name]
+	if !ok {
+		return fmt.Errorf("zlib decompressor %q is not built in (have %v)", name, ZlibDecompressors())
+	}
+	qcow2.SetDecompressor(qcow2.CompressionTypeZlib, d)
+	zlibDecompressor = name
+	return nil
+}
 
 // maxCompressedCluster bounds a compressed cluster's bytes: a 2 MiB cluster
 // plus the most additional sectors its descriptor can name.

@@ -19,8 +19,6 @@ import (
 	"math/bits"
 	"sync"
 	"unsafe"
-
-	"github.com/lima-vm/go-qcow2reader/image/qcow2"
 )
 
 // maxCluster is the largest qcow2 cluster (cluster_bits 21), the most a
@@ -30,8 +28,8 @@ const maxCluster = 2 << 20
 func init() {
 	// Runs after native.go's init (files initialise in name order), so this
 	// replaces its compress/flate decompressor.
-	zlibDecompressor = "libdeflate"
-	qcow2.SetDecompressor(qcow2.CompressionTypeZlib, newLibdeflateCluster)
+	zlibDecompressors["libdeflate"] = newLibdeflateCluster
+	_ = SetZlibDecompressor("libdeflate")
 }
 
 // libdeflate decompressors are not safe for concurrent use; a bounded free

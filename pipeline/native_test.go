@@ -270,3 +270,24 @@ func TestNativeZeroClusters(t *testing.T) {
 	nativeConvert(t, Native{}, qcow2, "qcow2", vol)
 	requireVolumeIs(t, vol, ref)
 }
+
+// TestNativeZlibDecompressors: every zlib decompressor built in converts
+// byte-exact.
+func TestNativeZlibDecompressors(t *testing.T) {
+	// Not parallel: the decompressor is process-wide.
+	dir := t.TempDir()
+	qcow2, _ := testenv.QCOW2Image(t, dir, 6<<20, 32)
+	ref := qemuReference(t, qcow2)
+	inUse := ZlibDecompressor()
+	t.Cleanup(func() { require.NoError(t, SetZlibDecompressor(inUse)) })
+	names := ZlibDecompressors()
+	require.Equal(t, inUse, names[0])
+	require.Contains(t, names, "compress/flate")
+	for _, name := range names {
+		require.NoError(t, SetZlibDecompressor(name))
+		vol := zeroedVolume(t, t.TempDir(), 6<<20)
+		nativeConvert(t, Native{}, qcow2, "qcow2", vol)
+		requireVolumeIs(t, vol, ref)
+	}
+	require.ErrorContains(t, SetZlibDecompressor("gzip"), `zlib decompressor "gzip" is not built in`)
+}
