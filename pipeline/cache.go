@@ -523,6 +523,9 @@ func (c *Cache) download(ctx context.Context, src Source, ref messaging.ImageRef
 		}
 		if info.ETag == "" && offset > 0 {
 			// Without an ETag a resumed read could mix two versions: start over.
+			if part != nil {
+				part.restart() // before the file is truncated under its readers
+			}
 			if _, err := tmp.Seek(0, io.SeekStart); err != nil {
 				return e, fmt.Errorf("restart download %s: %w", ref.URL, err)
 			}
@@ -531,9 +534,7 @@ func (c *Cache) download(ctx context.Context, src Source, ref messaging.ImageRef
 			}
 			h.Reset()
 			offset = 0
-			if part != nil {
-				part.advance(0)
-			}
+			out = &writeBehind{f: tmp}
 		}
 		if werr := rt.wait(ctx, rerr); werr != nil {
 			return e, fmt.Errorf("download %s: %w", ref.URL, werr)

@@ -141,8 +141,8 @@ func (img Image) CheckFits(volSize int64) error {
 // Inspect does, once its first bytes have arrived. stream is true for a
 // qcow2 image that passes the checks (img is then set); it is false, with
 // a nil error, for anything else, which the caller inspects with Inspect
-// once the download is complete. err is a refused qcow2 header, or the
-// download's failure.
+// once the download is complete (as it does when the header could not be
+// read). err is a refused qcow2 header.
 func InspectStream(ctx context.Context, part *Partial, declaredType string) (img Image, stream bool, err error) {
 	if declaredType == messaging.ImageRaw {
 		return Image{}, false, nil
@@ -150,7 +150,9 @@ func InspectStream(ctx context.Context, part *Partial, declaredType string) (img
 	hdr := make([]byte, qcowV3HeaderLen)
 	n, err := part.ReaderAt(ctx).ReadAt(hdr, 0)
 	if err != nil && !errors.Is(err, io.EOF) {
-		return Image{}, false, fmt.Errorf("read the image's header: %w", err)
+		// A failed or restarted download, or ctx: the caller waits for the
+		// download, which reports its own failure, or inspects the file.
+		return Image{}, false, nil
 	}
 	hdr = hdr[:n]
 	if n < len(qcowMagic) || string(hdr[:len(qcowMagic)]) != qcowMagic {

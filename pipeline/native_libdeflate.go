@@ -130,6 +130,16 @@ func newLibdeflateCluster(r io.Reader) (io.ReadCloser, error) {
 	res := C.libdeflate_deflate_decompress(d,
 		unsafe.Pointer(&(*in)[0]), C.size_t(len(*in)),
 		unsafe.Pointer(&(*out)[0]), C.size_t(len(*out)), &got)
+	if res == C.LIBDEFLATE_INSUFFICIENT_SPACE && len(*out) < maxCluster {
+		// The section did not tell the cluster size after all (it depends
+		// on how go-qcow2reader sizes it): try again with room for the
+		// largest cluster.
+		putClusterBuffer(out)
+		out = clusterBuffer(maxCluster)
+		res = C.libdeflate_deflate_decompress(d,
+			unsafe.Pointer(&(*in)[0]), C.size_t(len(*in)),
+			unsafe.Pointer(&(*out)[0]), C.size_t(len(*out)), &got)
+	}
 	if res != C.LIBDEFLATE_SUCCESS {
 		putClusterBuffer(out)
 		return nil, fmt.Errorf("libdeflate: decompression failed (result %d; a compressed cluster must inflate to at most its cluster size, %d bytes)", int(res), len(*out))

@@ -62,12 +62,33 @@ func (p *Partial) start(path string, total int64) error {
 func (p *Partial) advance(written int64) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if written < p.written && p.broken == nil {
+	if written < p.written {
 		p.broken = ErrStreamRestarted
 	}
 	p.written = written
 	close(p.arrived)
 	p.arrived = make(chan struct{})
+}
+
+// restart is called by the download before it starts over from the first
+// byte (truncating the file): every read from then on, and every read that
+// was under way, fails with ErrStreamRestarted.
+func (p *Partial) restart() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.broken = ErrStreamRestarted
+	p.written = 0
+	close(p.arrived)
+	p.arrived = make(chan struct{})
+}
+
+// Restarted reports whether the download started over from the first byte:
+// what was read before may belong to another version of the object, even
+// if no read failed.
+func (p *Partial) Restarted() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.broken != nil
 }
 
 // finish records the download's outcome and wakes every reader.
@@ -153,7 +174,16 @@ func (r *partialReader) ReadAt(b []byte, off int64) (int, error) {
 			need = min(need, total)
 		}
 		if f != nil && (ended || written >= need) {
-			return f.ReadAt(b, off)
+			n, err := f.ReadAt(b, off)
+			// The file may have been truncated for a restart while it was
+			// read: then these bytes cannot be trusted.
+			p.mu.Lock()
+			broken = p.broken
+			p.mu.Unlock()
+			if broken != nil {
+				return 0, broken
+			}
+			return n, err
 		}
 		select {
 		case <-arrived:

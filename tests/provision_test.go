@@ -1,6 +1,7 @@
 package tests
 
 import (
+	"fmt"
 	"net/http"
 	"os"
 	"os/exec"
@@ -109,6 +110,29 @@ func TestReprovisionOverGarbage(t *testing.T) {
 	j := e.waitStatus(id, "failed")
 	require.Contains(t, j.Error, "outside the ±5%")
 	requireVolume(t, e.volumePath("h1", "vm-old"), ref, gib)
+}
+
+// TestRawImages: raw images into new volumes with both converters, cold
+// (downloaded and verified whole, then copied) and from the cache,
+// byte-exact. (image_type defaults to qcow2, so raw is declared.)
+func TestRawImages(t *testing.T) {
+	t.Parallel()
+	for i, conv := range []string{"native", "qemu-img"} {
+		t.Run(conv, func(t *testing.T) {
+			t.Parallel()
+			e := newEnv(t, envOptions{noWorker: true})
+			e.startWorker("h1", "PROVISIONER_CONVERTER="+conv)
+			raw := filepath.Join(t.TempDir(), "disk.raw")
+			require.NoError(t, testenv.RawImage(raw, 6<<20, uint64(40+i)))
+			url := e.upload("images/disk.raw", raw, true)
+			for j, cached := range []bool{false, true} {
+				vol := fmt.Sprintf("vm-raw-%d", j)
+				id := e.submit(map[string]any{"image_url": url, "image_type": "raw", "volume_name": vol, "volume_size_gb": 1})
+				require.Equal(t, cached, *e.waitStatus(id, "completed").CacheHit)
+				requireVolume(t, e.volumePath("h1", vol), raw, gib)
+			}
+		})
+	}
 }
 
 // uploadWrongChecksum uploads an 8 MiB-virtual image as object with a

@@ -25,6 +25,8 @@ type jobImage struct {
 	dl *streamProgress
 	// release ends the job's use of the image (idempotent).
 	release func()
+	// counted: the cache lookup's outcome is recorded (metrics, record).
+	counted bool
 }
 
 // fetchImage gets the job's image into the cache (or starts downloading it)
@@ -55,6 +57,9 @@ func (w *Worker) fetchImage(ctx context.Context, rep *reporter, m messaging.Job,
 	if err == nil && stream {
 		ji.img = img
 		dl.setQuiet(true)
+		// A miss, recorded now; the cached file is recorded once it commits.
+		rep.setCache(ctx, false, "", "")
+		ji.counted = true
 		rep.progress(pipeline.StageInspect, 0, 0)
 		return ji, nil
 	}
@@ -63,6 +68,7 @@ func (w *Worker) fetchImage(ctx context.Context, rep *reporter, m messaging.Job,
 		f.Release()
 		return ji, werr
 	}
+	ji.part = nil // downloaded and verified: converted from the file
 	rep.progress(pipeline.StageInspect, 0, 0)
 	if err == nil {
 		ji.img, err = pipeline.Inspect(ji.path, m.ImageType)
@@ -121,7 +127,12 @@ func (w *Worker) finishDownload(ctx context.Context, rep *reporter, ji *jobImage
 		return fmt.Errorf("fetch image: %w", err)
 	}
 	ji.path, ji.checksum, ji.key = e.Path, e.Checksum, e.Key
-	rep.setCache(ctx, false, e.Path, e.Checksum)
+	if ji.counted {
+		rep.recordImage(ctx, e.Path, e.Checksum)
+	} else {
+		rep.setCache(ctx, false, e.Path, e.Checksum)
+		ji.counted = true
+	}
 	if check && w.parts.Checker != nil {
 		if err := w.parts.Checker.Check(ctx, ji.img, e.Path); err != nil {
 			return w.refuse(ctx, ji.release, e.Key, err)

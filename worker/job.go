@@ -508,8 +508,10 @@ func (w *Worker) execute(ctx context.Context, rep *reporter, rec kvstate.Job, m 
 		return res, verr
 	}
 	res.imagePath, res.checksum = ji.path, ji.checksum
-	if errors.Is(err, pipeline.ErrStreamRestarted) {
-		// The download started over mid-way; it is whole and verified now.
+	if errors.Is(err, pipeline.ErrStreamRestarted) || (stream && err == nil && ji.part.Restarted()) {
+		// The download started over mid-way (perhaps on another version
+		// of the object); it is whole and verified now: convert again
+		// from the cached file.
 		err = w.parts.Converter.Convert(ctx, img, ji.path, vol, rep.progress)
 	}
 	if err != nil {

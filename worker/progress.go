@@ -184,6 +184,17 @@ func (r *reporter) setCache(ctx context.Context, hit bool, path, checksum string
 	})
 }
 
+// recordImage records the cached file a job reads, once a download it
+// streamed from has committed (the miss was counted by setCache before).
+func (r *reporter) recordImage(ctx context.Context, path, checksum string) {
+	trace.SpanFromContext(r.ctx).SetAttributes(attribute.String("image_path", path))
+	_, _, _ = r.w.jobs.Update(ctx, r.host, r.jobID, func(j *kvstate.Job) error {
+		j.ImagePath = path
+		j.Checksum = checksum
+		return nil
+	})
+}
+
 // markVolumeCreated records, before the volume exists, that this job creates
 // it, so a later attempt after a crash knows the volume is its own.
 func (r *reporter) markVolumeCreated(ctx context.Context) error {
