@@ -475,7 +475,15 @@ func (m *sampler) loop() {
 
 func (m *sampler) once() {
 	var rss float64
+	self := m.b.worker.Process.Pid
+	selfExe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", self))
 	for _, pid := range m.b.workerPids() {
+		// A child between its clone and its exec (Go starts children with
+		// CLONE_VM|CLONE_VFORK) shares the worker's memory, and its VmRSS
+		// is the worker's: counting it would count the worker twice.
+		if exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", pid)); pid != self && exe != "" && exe == selfExe {
+			continue
+		}
 		rss += procRSS(pid)
 	}
 	m.st.rssPeak = max(m.st.rssPeak, rss)
