@@ -40,6 +40,11 @@ func Setup(ctx context.Context, service, version string) (tp trace.TracerProvide
 			return nil, nil, err
 		}
 		opts = append(opts, sdktrace.WithBatcher(exp))
+	} else {
+		// Nothing exports spans: they are not recorded, but still get
+		// trace and span ids, which logs and job records carry and NATS
+		// headers propagate.
+		opts = append(opts, sdktrace.WithSampler(sdktrace.NeverSample()))
 	}
 	sdk := sdktrace.NewTracerProvider(opts...)
 	otel.SetTracerProvider(sdk)
