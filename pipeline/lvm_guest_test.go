@@ -340,23 +340,26 @@ func TestLVMGuestInactiveLV(t *testing.T) {
 	// Cleanup removes it while inactive.
 }
 
-// TestLVMGuestConvert writes images into LVs full of garbage through the
-// converter the worker uses, with the Volume as Create returns it (the
-// /dev/<vg>/<lv> symlink).
+// TestLVMGuestConvert writes images into LVs full of garbage through both
+// converters the worker has (native, the default, and qemu-img), with the
+// Volume as Create returns it (the /dev/<vg>/<lv> symlink).
 func TestLVMGuestConvert(t *testing.T) {
 	t.Parallel()
 	b := guestBackend(t)
 	qcow2, raw := guestImages(t)
-	for _, format := range []string{"qcow2", "raw"} {
-		t.Run(format, func(t *testing.T) {
+	converters := map[string]Converter{"native": Native{}, "qemu-img": QemuImg{}}
+	for _, name := range []string{"native-qcow2", "native-raw", "qemu-img-qcow2", "qemu-img-raw"} {
+		t.Run(name, func(t *testing.T) {
 			t.Parallel()
-			vol := createLV(t, b, "lvg-convert-"+format, guestLVSize)
+			vol := createLV(t, b, "lvg-convert-"+name, guestLVSize)
 			fillDevice(t, vol.Path, vol.Size, 0xAB)
+			format := name[strings.LastIndex(name, "-")+1:]
+			conv := converters[name[:strings.LastIndex(name, "-")]]
 			src := map[string]string{"qcow2": qcow2, "raw": raw}[format]
 			img, err := Inspect(src, format)
 			require.NoError(t, err)
 			var last int64
-			err = QemuImg{}.Convert(t.Context(), img, src, vol, func(stage string, done, total int64) {
+			err = conv.Convert(t.Context(), img, src, vol, func(stage string, done, total int64) {
 				require.Equal(t, StagePopulate, stage)
 				require.GreaterOrEqual(t, done, last, "progress never goes backwards")
 				last = done
