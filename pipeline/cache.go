@@ -584,15 +584,23 @@ func (c *Cache) download(ctx context.Context, src Source, ref messaging.ImageRef
 	return e, nil
 }
 
-// pump copies r into f and h in chunks of len(buf), calling chunk after
-// each chunk written. rerr is r's error (nil at the end of the stream),
-// werr the file's; it stops when ctx ends (rerr is then ctx's error).
+// firstChunk is the size of the first chunk pump writes: small, so that a
+// reader of the file being downloaded (the image's header) does not wait
+// for a whole copy buffer to fill.
+const firstChunk = 64 << 10
+
+// pump copies r into f and h in chunks of len(buf) (the first one
+// firstChunk), calling chunk after each chunk written. rerr is r's error
+// (nil at the end of the stream), werr the file's; it stops when ctx ends
+// (rerr is then ctx's error).
 func pump(ctx context.Context, r io.Reader, f io.Writer, h io.Writer, buf []byte, chunk func(n int)) (rerr, werr error) {
+	size := min(len(buf), firstChunk)
 	for {
 		if err := ctx.Err(); err != nil {
 			return err, nil
 		}
-		n, err := fill(r, buf)
+		n, err := fill(r, buf[:size])
+		size = len(buf)
 		if n > 0 {
 			if _, werr := f.Write(buf[:n]); werr != nil {
 				return nil, werr
