@@ -151,6 +151,20 @@ func streamFixtureOf(t *testing.T, qcow2, checksum string) *streamFixture {
 	return &streamFixture{cache: c, index: index, host: host, src: src, ref: ref, qcow2: qcow2, raw: qemuReference(t, qcow2)}
 }
 
+// startStream starts fetching f's image (a miss) and inspects its header.
+func (f *streamFixture) startStream(t *testing.T) (*Fetch, Image) {
+	t.Helper()
+	fetch, err := f.cache.EnsureInUseStream(t.Context(), f.src, f.ref, nil)
+	require.NoError(t, err)
+	t.Cleanup(fetch.Release)
+	require.False(t, fetch.Hit)
+	require.NotNil(t, fetch.Partial)
+	img, stream, err := InspectStream(t.Context(), fetch.Partial, "qcow2")
+	require.NoError(t, err)
+	require.True(t, stream)
+	return fetch, img
+}
+
 // TestStreamConvertWhileDownloading: the native converter writes the
 // volume from the download as it arrives (its first data lands before the
 // download ends), the cache commits the verified image, and the volume is
@@ -210,15 +224,10 @@ func TestStreamConvertWhileDownloading(t *testing.T) {
 func TestStreamChecksumMismatch(t *testing.T) {
 	t.Parallel()
 	f := newStreamFixture(t, 4<<20, "1111111111111111111111111111111111111111111111111111111111111111")
-	fetch, err := f.cache.EnsureInUseStream(t.Context(), f.src, f.ref, nil)
-	require.NoError(t, err)
-	defer fetch.Release()
-	img, stream, err := InspectStream(t.Context(), fetch.Partial, "qcow2")
-	require.NoError(t, err)
-	require.True(t, stream)
+	fetch, img := f.startStream(t)
 	vol := zeroedVolume(t, t.TempDir(), 4<<20)
 	cerr := Native{}.ConvertStream(t.Context(), img, fetch.Partial, vol, nil)
-	_, err = fetch.Partial.Wait(t.Context())
+	_, err := fetch.Partial.Wait(t.Context())
 	require.ErrorContains(t, err, "checksum mismatch")
 	if cerr != nil { // the conversion may have read everything before the end was judged
 		require.ErrorContains(t, cerr, "checksum mismatch")
@@ -265,12 +274,7 @@ func TestStreamConvertReverseOrder(t *testing.T) {
 	f := streamFixtureOf(t, qcow2, "")
 	f.src.perMiB = 250 * time.Millisecond // about a second for the 4 MiB file
 
-	fetch, err := f.cache.EnsureInUseStream(t.Context(), f.src, f.ref, nil)
-	require.NoError(t, err)
-	defer fetch.Release()
-	img, stream, err := InspectStream(t.Context(), fetch.Partial, "qcow2")
-	require.NoError(t, err)
-	require.True(t, stream)
+	fetch, img := f.startStream(t)
 	vol := garbageVolume(t, t.TempDir(), virt)
 	require.NoError(t, Native{}.ConvertStream(t.Context(), img, fetch.Partial, vol, nil))
 	_, err = fetch.Partial.Wait(t.Context())
