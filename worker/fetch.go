@@ -25,8 +25,6 @@ type jobImage struct {
 	dl *streamProgress
 	// release ends the job's use of the image (idempotent).
 	release func()
-	// counted: the cache lookup's outcome is recorded (metrics, record).
-	counted bool
 }
 
 // fetchImage gets the job's image into the cache (or starts downloading it)
@@ -46,20 +44,15 @@ func (w *Worker) fetchImage(ctx context.Context, rep *reporter, m messaging.Job,
 	if f.Hit {
 		ji.path, ji.checksum, ji.key = f.Entry.Path, f.Entry.Checksum, f.Entry.Key
 		rep.setCache(ctx, true, f.Entry.Path, f.Entry.Checksum)
-		rep.progress(pipeline.StageInspect, 0, 0)
-		if ji.img, err = pipeline.Inspect(ji.path, m.ImageType); err != nil {
-			return ji, w.refuse(ctx, f.Release, ji.key, err)
-		}
-		return ji, nil
+		return ji, w.inspectCached(ctx, rep, &ji, m.ImageType, false)
 	}
+	// A miss; the cached file is recorded once the download commits.
+	rep.setCache(ctx, false, "", "")
 	ji.part = f.Partial
 	img, stream, err := pipeline.InspectStream(ctx, f.Partial, m.ImageType)
 	if err == nil && stream {
 		ji.img = img
 		dl.setQuiet(true)
-		// A miss, recorded now; the cached file is recorded once it commits.
-		rep.setCache(ctx, false, "", "")
-		ji.counted = true
 		rep.progress(pipeline.StageInspect, 0, 0)
 		return ji, nil
 	}
@@ -69,17 +62,25 @@ func (w *Worker) fetchImage(ctx context.Context, rep *reporter, m messaging.Job,
 		return ji, werr
 	}
 	ji.part = nil // downloaded and verified: converted from the file
-	rep.progress(pipeline.StageInspect, 0, 0)
-	if err == nil {
-		ji.img, err = pipeline.Inspect(ji.path, m.ImageType)
-	}
-	if err == nil && w.parts.Checker != nil {
-		err = w.parts.Checker.Check(ctx, ji.img, ji.path)
-	}
 	if err != nil {
 		return ji, w.refuse(ctx, f.Release, ji.key, err)
 	}
-	return ji, nil
+	return ji, w.inspectCached(ctx, rep, &ji, m.ImageType, true)
+}
+
+// inspectCached inspects ji's cached file and, with check, checks its
+// structure (qemu-img check); a refused image is removed from the cache.
+func (w *Worker) inspectCached(ctx context.Context, rep *reporter, ji *jobImage, declaredType string, check bool) error {
+	rep.progress(pipeline.StageInspect, 0, 0)
+	var err error
+	ji.img, err = pipeline.Inspect(ji.path, declaredType)
+	if err == nil && check && w.parts.Checker != nil {
+		err = w.parts.Checker.Check(ctx, ji.img, ji.path)
+	}
+	if err != nil {
+		return w.refuse(ctx, ji.release, ji.key, err)
+	}
+	return nil
 }
 
 // fetchWhole is fetchImage without streaming: the image is downloaded,
@@ -91,18 +92,9 @@ func (w *Worker) fetchWhole(ctx context.Context, rep *reporter, m messaging.Job,
 	}
 	ji = jobImage{hit: hit, path: entry.Path, checksum: entry.Checksum, key: entry.Key, verify: verify, release: release}
 	rep.setCache(ctx, hit, entry.Path, entry.Checksum)
-
-	rep.progress(pipeline.StageInspect, 0, 0)
-	ji.img, err = pipeline.Inspect(entry.Path, m.ImageType)
-	if err == nil && !hit && w.parts.Checker != nil {
-		// A cached image was checked when it was downloaded; its digest is
-		// verified on every hit.
-		err = w.parts.Checker.Check(ctx, ji.img, entry.Path)
-	}
-	if err != nil {
-		return ji, w.refuse(ctx, release, entry.Key, err)
-	}
-	return ji, nil
+	// A cached image was checked when it was downloaded; its digest is
+	// verified on every hit.
+	return ji, w.inspectCached(ctx, rep, &ji, m.ImageType, !hit)
 }
 
 // refuse removes an unusable image from the cache (after release, as
@@ -118,7 +110,8 @@ func (w *Worker) refuse(ctx context.Context, release func(), key string, err err
 }
 
 // finishDownload waits for ji's download to commit (its digest verified)
-// and records the cached file; with check, the new image's structure is
+// and records the cached file on the job (the miss was counted when it was
+// found); with check, the new image's structure is
 // checked too (qemu-img check), and a refused image is removed from the
 // cache.
 func (w *Worker) finishDownload(ctx context.Context, rep *reporter, ji *jobImage, check bool) error {
@@ -127,12 +120,7 @@ func (w *Worker) finishDownload(ctx context.Context, rep *reporter, ji *jobImage
 		return fmt.Errorf("fetch image: %w", err)
 	}
 	ji.path, ji.checksum, ji.key = e.Path, e.Checksum, e.Key
-	if ji.counted {
-		rep.recordImage(ctx, e.Path, e.Checksum)
-	} else {
-		rep.setCache(ctx, false, e.Path, e.Checksum)
-		ji.counted = true
-	}
+	rep.recordImage(ctx, e.Path, e.Checksum)
 	if check && w.parts.Checker != nil {
 		if err := w.parts.Checker.Check(ctx, ji.img, e.Path); err != nil {
 			return w.refuse(ctx, ji.release, e.Key, err)

@@ -491,20 +491,18 @@ func (w *Worker) execute(ctx context.Context, rep *reporter, rec kvstate.Job, m 
 	} else {
 		err = w.parts.Converter.Convert(convCtx, img, ji.path, vol, rep.progress)
 	}
+	aborted := false
 	if stream && err != nil && !errors.Is(err, pipeline.ErrStreamRestarted) {
 		select {
 		case <-ji.part.Done(): // the download ended: its outcome comes first
 		default:
-			// The conversion failed on its own: the download is not needed.
+			// The conversion failed on its own: the download is not needed,
+			// and its abort is not the error to report.
 			ji.part.Abort()
-			<-verified
-			if cause := context.Cause(ctx); cause != nil {
-				return res, cause
-			}
-			return res, fmt.Errorf("populate volume %q: %w", m.VolumeName, err)
+			aborted = true
 		}
 	}
-	if verr := <-verified; verr != nil {
+	if verr := <-verified; verr != nil && !aborted {
 		return res, verr
 	}
 	res.imagePath, res.checksum = ji.path, ji.checksum

@@ -184,8 +184,8 @@ func (r *reporter) setCache(ctx context.Context, hit bool, path, checksum string
 	})
 }
 
-// recordImage records the cached file a job reads, once a download it
-// streamed from has committed (the miss was counted by setCache before).
+// recordImage records the cached file a job reads once the download it
+// waited for or streamed from has committed (setCache counted the miss).
 func (r *reporter) recordImage(ctx context.Context, path, checksum string) {
 	trace.SpanFromContext(r.ctx).SetAttributes(attribute.String("image_path", path))
 	_, _, _ = r.w.jobs.Update(ctx, r.host, r.jobID, func(j *kvstate.Job) error {
