@@ -58,13 +58,11 @@ func (p *Partial) start(path string, total int64) error {
 	return nil
 }
 
-// advance records that [0, written) is in the file.
+// advance records that [0, written) is in the file; written only grows
+// (a download that starts over calls restart first).
 func (p *Partial) advance(written int64) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if written < p.written {
-		p.broken = ErrStreamRestarted
-	}
 	p.written = written
 	close(p.arrived)
 	p.arrived = make(chan struct{})
