@@ -80,6 +80,20 @@ type Job struct {
 	// VolumeCreated is set before the job creates its volume, so a later
 	// attempt knows the volume is its own to reuse or roll back.
 	VolumeCreated bool `json:"volume_created,omitempty"`
+	// HeartbeatAt is when the running attempt last confirmed it is alive
+	// (its worker's clock). A later delivery does not start while the
+	// heartbeat is fresh (AttemptAlive).
+	HeartbeatAt *time.Time `json:"heartbeat_at,omitempty"`
+	// AttemptID names the running attempt (one per delivery a worker
+	// starts): delivery counts repeat when a consumer is recreated, this
+	// does not. Only the attempt it names writes the record (UpdateAttempt).
+	AttemptID string `json:"attempt_id,omitempty"`
+}
+
+// AttemptAlive reports whether the record is running under an attempt
+// whose heartbeat is younger than within, as seen at now.
+func (j Job) AttemptAlive(now time.Time, within time.Duration) bool {
+	return j.Status == StatusRunning && j.HeartbeatAt != nil && now.Sub(*j.HeartbeatAt) < within
 }
 
 // NewJob is the pending record of a job message.
@@ -103,6 +117,10 @@ var (
 	ErrNotFound = errors.New("job not found")
 	// ErrExists: a record already exists under that key.
 	ErrExists = errors.New("job already exists")
+	// ErrSuperseded: the record belongs to another attempt of the job now
+	// (a later delivery took over); the attempt that got this error must
+	// stop writing.
+	ErrSuperseded = errors.New("another attempt of the job owns its record")
 )
 
 // TransitionError is a change the state machine does not allow.
@@ -160,7 +178,8 @@ func DecodeJob(data []byte) (Job, error) {
 // Update applies fn to the current record and stores the result with a
 // compare-and-set, retrying on concurrent changes. fn returns an error to
 // abandon the update. A status change the state machine forbids is a
-// *TransitionError and nothing is written.
+// *TransitionError and nothing is written; so is any change of a record that
+// has ended (a terminal record is written once).
 func (s Jobs) Update(ctx context.Context, host, jobID string, fn func(*Job) error) (Job, uint64, error) {
 	for attempt := 0; ; attempt++ {
 		cur, rev, err := s.Get(ctx, host, jobID)
@@ -175,7 +194,7 @@ func (s Jobs) Update(ctx context.Context, host, jobID string, fn func(*Job) erro
 		if err := fn(&next); err != nil {
 			return cur, rev, err
 		}
-		if next.Status != cur.Status && !CanMove(cur.Status, next.Status) {
+		if cur.Status.Terminal() || next.Status != cur.Status && !CanMove(cur.Status, next.Status) {
 			return cur, rev, &TransitionError{From: cur.Status, To: next.Status}
 		}
 		next.UpdatedAt = time.Now().UTC()
@@ -191,6 +210,23 @@ func (s Jobs) Update(ctx context.Context, host, jobID string, fn func(*Job) erro
 			return cur, rev, fmt.Errorf("update job record %s: %w", jobID, err)
 		}
 	}
+}
+
+// UpdateAttempt is Update for the running attempt attemptID: fn runs only
+// while the record is running under that attempt. A record that ended
+// is a *TransitionError; one that another delivery took over is
+// ErrSuperseded. Either way an attempt that lost its record never writes it
+// again.
+func (s Jobs) UpdateAttempt(ctx context.Context, host, jobID, attemptID string, fn func(*Job) error) (Job, uint64, error) {
+	return s.Update(ctx, host, jobID, func(j *Job) error {
+		if j.Status.Terminal() {
+			return &TransitionError{From: j.Status, To: j.Status}
+		}
+		if j.Status != StatusRunning || j.AttemptID != attemptID {
+			return fmt.Errorf("%w (now attempt %d, %s)", ErrSuperseded, j.Attempt, j.Status)
+		}
+		return fn(j)
+	})
 }
 
 func isRevisionMismatch(err error) bool {

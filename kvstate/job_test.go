@@ -325,3 +325,59 @@ func TestJobsWatch(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, kvstate.StatusRunning, rec.Status)
 }
+
+func TestUpdateAttemptFencesOtherAttempts(t *testing.T) {
+	t.Parallel()
+	b := startBuckets(t)
+	ctx := testCtx(t)
+	jobs := kvstate.Jobs{KV: b.Jobs}
+	_, err := jobs.Create(ctx, pendingJob("hv-01", jobID1))
+	require.NoError(t, err)
+	start := func(attempt int) {
+		_, _, err := jobs.Update(ctx, "hv-01", jobID1, func(j *kvstate.Job) error {
+			// Both deliveries numbered 1 (a recreated consumer): the ids differ.
+			j.Status, j.Attempt, j.AttemptID = kvstate.StatusRunning, 1, fmt.Sprint("a", attempt)
+			return nil
+		})
+		require.NoError(t, err)
+	}
+	start(1)
+	_, _, err = jobs.UpdateAttempt(ctx, "hv-01", jobID1, "a1", func(j *kvstate.Job) error { j.ImagePath = "/one"; return nil })
+	require.NoError(t, err)
+
+	start(2) // a later delivery took over
+	_, rev, err := jobs.Get(ctx, "hv-01", jobID1)
+	require.NoError(t, err)
+	_, _, err = jobs.UpdateAttempt(ctx, "hv-01", jobID1, "a1", func(j *kvstate.Job) error { j.Status = kvstate.StatusCompleted; return nil })
+	require.ErrorIs(t, err, kvstate.ErrSuperseded)
+	cur, gotRev, err := jobs.Get(ctx, "hv-01", jobID1)
+	require.NoError(t, err)
+	require.Equal(t, rev, gotRev, "the superseded attempt wrote nothing")
+	require.Equal(t, kvstate.StatusRunning, cur.Status)
+
+	_, _, err = jobs.UpdateAttempt(ctx, "hv-01", jobID1, "a2", func(j *kvstate.Job) error { j.Status = kvstate.StatusCompleted; return nil })
+	require.NoError(t, err)
+	// A terminal record is written once: not again by its own attempt, not
+	// with the same status.
+	_, _, err = jobs.UpdateAttempt(ctx, "hv-01", jobID1, "a2", func(j *kvstate.Job) error { j.Status = kvstate.StatusCompleted; return nil })
+	var te *kvstate.TransitionError
+	require.ErrorAs(t, err, &te)
+	_, _, err = jobs.Update(ctx, "hv-01", jobID1, func(j *kvstate.Job) error { j.ImagePath = "/again"; return nil })
+	require.ErrorAs(t, err, &te)
+	cur, _, err = jobs.Get(ctx, "hv-01", jobID1)
+	require.NoError(t, err)
+	require.Equal(t, "/one", cur.ImagePath)
+}
+
+func TestAttemptAlive(t *testing.T) {
+	t.Parallel()
+	now := time.Now()
+	hb := now.Add(-time.Second)
+	j := kvstate.Job{Status: kvstate.StatusRunning, HeartbeatAt: &hb}
+	require.True(t, j.AttemptAlive(now, 2*time.Second))
+	require.False(t, j.AttemptAlive(now, 500*time.Millisecond))
+	j.HeartbeatAt = nil
+	require.False(t, j.AttemptAlive(now, time.Hour), "no heartbeat: an attempt from before heartbeats, or none")
+	j.HeartbeatAt, j.Status = &hb, kvstate.StatusCompleted
+	require.False(t, j.AttemptAlive(now, time.Hour))
+}

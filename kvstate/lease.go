@@ -96,10 +96,18 @@ func (l Leases) Acquire(ctx context.Context, host, volume, jobID string, ttl tim
 	return nil, fmt.Errorf("take lease of volume %s: too many concurrent changes", volume)
 }
 
-// Renew extends the lease by ttl from now.
+// ErrLeaseLost: the lease was taken over (by another attempt, or after it
+// expired); its former holder must stop writing the volume.
+var ErrLeaseLost = errors.New("volume lease was taken over")
+
+// Renew extends the lease by ttl from now; ErrLeaseLost if it is no longer
+// this holder's.
 func (h *HeldLease) Renew(ctx context.Context, ttl time.Duration) error {
 	data, _ := json.Marshal(Lease{JobID: h.jobID, Expires: time.Now().Add(ttl).UTC()})
 	rev, err := h.leases.KV.Update(ctx, h.key, data, h.rev)
+	if isRevisionMismatch(err) {
+		return fmt.Errorf("renew lease %s: %w", h.key, ErrLeaseLost)
+	}
 	if err != nil {
 		return fmt.Errorf("renew lease %s: %w", h.key, err)
 	}

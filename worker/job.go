@@ -9,6 +9,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/sirupsen/logrus"
 	"go.opentelemetry.io/otel/attribute"
@@ -78,6 +79,15 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
 		_ = msg.Term()
 		return
 	}
+	attempt := int(meta.NumDelivered)
+	if w.deferToRunningAttempt(log, msg, cur) {
+		return
+	}
+	if !w.claimLocal(jobID, attempt) {
+		log.Info("another delivery of this job is being handled here; leaving the job to it")
+		return
+	}
+	defer w.releaseLocal(jobID, attempt)
 	if verr != nil {
 		w.fail(kctx, log, host, jobID, "invalid job message: "+verr.Error())
 		_ = msg.TermWithReason("malformed")
@@ -103,10 +113,16 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
 	log = log.WithFields(telemetry.LogFields(sctx))
 	traceID, _, _ := telemetry.IDs(sctx)
 	now := time.Now().UTC()
+	attemptID := uuid.NewString()
 	rec, _, err = w.jobs.Update(kctx, host, jobID, func(j *kvstate.Job) error {
+		if j.AttemptAlive(time.Now().UTC(), w.attemptAliveWithin()) {
+			return errAttemptAlive
+		}
 		j.Status = kvstate.StatusRunning
-		j.Attempt = int(meta.NumDelivered)
+		j.Attempt = attempt
+		j.AttemptID = attemptID
 		j.StartedAt = &now
+		j.HeartbeatAt = &now
 		j.Error = ""
 		j.Progress = &kvstate.Progress{Stage: pipeline.StageChecksum}
 		if j.TraceID == "" {
@@ -118,6 +134,11 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
 	if errors.As(err, &te) {
 		log.WithField("status", te.From).Info("job ended before it started; acknowledging without running")
 		_ = msg.Term()
+		return
+	}
+	if errors.Is(err, errAttemptAlive) {
+		log.Info("an earlier attempt of this job started meanwhile; leaving the job to it")
+		_ = msg.NakWithDelay(w.attemptAliveWithin())
 		return
 	}
 	if err != nil {
@@ -133,9 +154,91 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
 	}
 }
 
-// fail writes a failed record (unless the job already ended).
+// errAttemptAlive: the record is running under another attempt whose
+// heartbeat is fresh.
+var errAttemptAlive = errors.New("another attempt of the job is running")
+
+// attemptAliveWithin is how long a running attempt's heartbeat counts as
+// alive. A running attempt heartbeats every sixth of the ack wait and stops
+// writing when nothing was confirmed for half of it (keepAlive), so it is
+// stopped by two thirds of the ack wait after its last heartbeat; a
+// redelivery comes a whole ack wait after it.
+func (w *Worker) attemptAliveWithin() time.Duration { return w.cfg.AckWait * 3 / 4 }
+
+// deferToRunningAttempt reports whether this delivery must not start
+// because an earlier attempt of the job is still running: in this process
+// (the delivery is dropped without an ack; the running attempt's
+// in-progress acks keep the message pending, and its ack or term settles
+// it) or elsewhere with a fresh heartbeat (the delivery is nak'ed until the
+// heartbeat would expire). A delivery of a job whose attempt is running is
+// never started, so its effect cannot happen twice at once.
+func (w *Worker) deferToRunningAttempt(log *logrus.Entry, msg jetstream.Msg, cur kvstate.Job) bool {
+	if cur.Status != kvstate.StatusRunning {
+		return false
+	}
+	log = log.WithField("running_attempt", cur.Attempt)
+	if w.runningLocal(cur.JobID) {
+		log.Info("delivery of a job whose earlier attempt is running here; leaving the job to that attempt")
+		return true
+	}
+	within := w.attemptAliveWithin()
+	if !cur.AttemptAlive(time.Now().UTC(), within) {
+		return false
+	}
+	wait := within - time.Since(*cur.HeartbeatAt)
+	log.WithField("retry_in", wait.Round(time.Millisecond).String()).Info("delivery of a job whose earlier attempt is alive elsewhere (fresh heartbeat); retrying when it would have expired")
+	_ = msg.NakWithDelay(max(wait, nakDelay))
+	return true
+}
+
+// claimLocal records that this process runs attempt of jobID; false if it
+// already runs another attempt of it.
+func (w *Worker) claimLocal(jobID string, attempt int) bool {
+	w.runMu.Lock()
+	defer w.runMu.Unlock()
+	if w.running == nil {
+		w.running = map[string]int{}
+	}
+	if _, ok := w.running[jobID]; ok {
+		return false
+	}
+	w.running[jobID] = attempt
+	return true
+}
+
+func (w *Worker) releaseLocal(jobID string, attempt int) {
+	w.runMu.Lock()
+	defer w.runMu.Unlock()
+	if w.running[jobID] == attempt {
+		delete(w.running, jobID)
+	}
+}
+
+func (w *Worker) runningLocal(jobID string) bool {
+	w.runMu.Lock()
+	defer w.runMu.Unlock()
+	_, ok := w.running[jobID]
+	return ok
+}
+
+// fail writes a failed record before the job runs (unless it already
+// ended).
 func (w *Worker) fail(ctx context.Context, log *logrus.Entry, host, jobID, reason string) {
-	rec, _, err := w.jobs.Update(ctx, host, jobID, func(j *kvstate.Job) error {
+	w.recordFailure(ctx, log, host, jobID, reason, w.jobs.Update)
+}
+
+// failAttempt writes a failed record for the running attempt, unless the
+// job ended or another attempt owns the record.
+func (w *Worker) failAttempt(ctx context.Context, log *logrus.Entry, rec kvstate.Job, reason string) {
+	w.recordFailure(ctx, log, rec.Hypervisor, rec.JobID, reason, func(ctx context.Context, host, jobID string, fn func(*kvstate.Job) error) (kvstate.Job, uint64, error) {
+		return w.jobs.UpdateAttempt(ctx, host, jobID, rec.AttemptID, fn)
+	})
+}
+
+type updateFunc func(ctx context.Context, host, jobID string, fn func(*kvstate.Job) error) (kvstate.Job, uint64, error)
+
+func (w *Worker) recordFailure(ctx context.Context, log *logrus.Entry, host, jobID, reason string, update updateFunc) {
+	rec, _, err := update(ctx, host, jobID, func(j *kvstate.Job) error {
 		now := time.Now().UTC()
 		j.Status = kvstate.StatusFailed
 		j.Error = reason
@@ -178,7 +281,7 @@ func (w *Worker) run(ctx context.Context, log *logrus.Entry, msg jetstream.Msg, 
 		defer t.Stop()
 	}
 	var lease leaseRenewer
-	wg.Go(func() { w.keepAlive(jobCtx, stop, msg, &lease) })
+	wg.Go(func() { w.keepAlive(jobCtx, stop, msg, rec, &lease) })
 	wg.Go(func() { w.watchCancel(jobCtx, stop, host, jobID) })
 	log = log.WithFields(logrus.Fields{"attempt": rec.Attempt, "caller": rec.Caller})
 	log.WithFields(logrus.Fields{"kind": m.Kind, "volume": m.VolumeName, "image_url": m.ImageURL}).Info("job started")
@@ -191,6 +294,9 @@ func (w *Worker) run(ctx context.Context, log *logrus.Entry, msg jetstream.Msg, 
 
 	bg, cancel := context.WithTimeout(context.Background(), kvTimeout)
 	defer cancel()
+	if cause == nil && errors.Is(err, kvstate.ErrSuperseded) {
+		cause = w.whySuperseded(bg, host, jobID)
+	}
 	if errors.Is(cause, errFenced) {
 		log.WithError(cause).Error("job stopped")
 		return "fenced"
@@ -201,7 +307,7 @@ func (w *Worker) run(ctx context.Context, log *logrus.Entry, msg jetstream.Msg, 
 		return "interrupted"
 	}
 	if err == nil && cause == nil {
-		final, _, uerr := w.jobs.Update(bg, host, jobID, func(j *kvstate.Job) error {
+		final, _, uerr := w.jobs.UpdateAttempt(bg, host, jobID, rec.AttemptID, func(j *kvstate.Job) error {
 			now := time.Now().UTC()
 			j.Status = kvstate.StatusCompleted
 			j.FinishedAt = &now
@@ -213,7 +319,12 @@ func (w *Worker) run(ctx context.Context, log *logrus.Entry, msg jetstream.Msg, 
 			return nil
 		})
 		var te *kvstate.TransitionError
-		if errors.As(uerr, &te) {
+		if errors.Is(uerr, kvstate.ErrSuperseded) {
+			// Another attempt owns the record (the volume is its now): no
+			// ack, no rollback.
+			log.WithError(uerr).Error("job stopped: another attempt took the job over")
+			return "fenced"
+		} else if errors.As(uerr, &te) {
 			cause = errCancelled // cancelled at the last moment: undo below
 		} else if uerr != nil {
 			log.WithError(uerr).Warn("could not record completion; the job will be redelivered")
@@ -261,9 +372,19 @@ func (w *Worker) run(ctx context.Context, log *logrus.Entry, msg jetstream.Msg, 
 		return string(kvstate.StatusCancelled)
 	}
 	w.metrics.duration.WithLabelValues("failed").Observe(time.Since(started).Seconds())
-	w.fail(bg, log.WithField("stage", rep.stage()), host, jobID, err.Error())
+	w.failAttempt(bg, log.WithField("stage", rep.stage()), rec, err.Error())
 	_ = msg.TermWithReason("failed")
 	return string(kvstate.StatusFailed)
+}
+
+// whySuperseded is the cause of an attempt stopped by ErrSuperseded: the
+// job was cancelled (roll back as for a cancel), or another attempt owns the
+// record (fenced: touch nothing).
+func (w *Worker) whySuperseded(ctx context.Context, host, jobID string) error {
+	if cur, _, err := w.jobs.Get(ctx, host, jobID); err == nil && cur.Status == kvstate.StatusCancelled {
+		return errCancelled
+	}
+	return errFenced
 }
 
 // leaseRenewer holds the volume lease once the job has taken it, so the
@@ -295,7 +416,7 @@ func (l *leaseRenewer) renew(ctx context.Context, ttl time.Duration) error {
 // When nothing was confirmed for half the ack wait, it stops the job, so
 // the job stops writing well before the server could redeliver it to
 // another worker.
-func (w *Worker) keepAlive(ctx context.Context, stop context.CancelCauseFunc, msg jetstream.Msg, lease *leaseRenewer) {
+func (w *Worker) keepAlive(ctx context.Context, stop context.CancelCauseFunc, msg jetstream.Msg, rec kvstate.Job, lease *leaseRenewer) {
 	every := w.cfg.AckWait / 6
 	t := time.NewTicker(every)
 	defer t.Stop()
@@ -332,12 +453,40 @@ func (w *Worker) keepAlive(ctx context.Context, stop context.CancelCauseFunc, ms
 				err = lease.renew(rctx, w.cfg.AckWait)
 			}
 			if err == nil {
+				err = w.attemptHeartbeat(rctx, rec)
+			}
+			if errors.Is(err, kvstate.ErrSuperseded) || errors.Is(err, kvstate.ErrLeaseLost) {
+				w.log.WithError(err).Error("another attempt took the job over: stopping this one")
+				stop(errFenced)
+				return
+			}
+			if err == nil {
 				lastOK.Store(time.Now().UnixNano())
 			} else if ctx.Err() == nil {
 				w.log.WithError(err).Warn("in-progress ack failed")
 			}
 		}()
 	}
+}
+
+// attemptHeartbeat records that the running attempt is alive. A record that
+// ended meanwhile (a cancel) is not an error here: watchCancel stops the job.
+func (w *Worker) attemptHeartbeat(ctx context.Context, rec kvstate.Job) error {
+	_, _, err := w.jobs.UpdateAttempt(ctx, rec.Hypervisor, rec.JobID, rec.AttemptID, func(j *kvstate.Job) error {
+		now := time.Now().UTC()
+		j.HeartbeatAt = &now
+		return nil
+	})
+	var te *kvstate.TransitionError
+	if errors.As(err, &te) {
+		return nil
+	}
+	if errors.Is(err, kvstate.ErrSuperseded) {
+		if cause := w.whySuperseded(ctx, rec.Hypervisor, rec.JobID); !errors.Is(cause, errFenced) {
+			return nil
+		}
+	}
+	return err
 }
 
 // watchCancel stops the job when its record turns cancelled.

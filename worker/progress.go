@@ -48,7 +48,7 @@ type reporter struct {
 	log     *logrus.Entry
 	host    string
 	jobID   string
-	attempt int
+	attempt string // the record's AttemptID
 	stages  map[string]stageRange
 	started time.Time
 
@@ -70,7 +70,7 @@ func newReporter(w *Worker, ctx context.Context, log *logrus.Entry, rec kvstate.
 	if rec.Kind == messaging.KindCacheFetch {
 		stages = fetchStages
 	}
-	return &reporter{w: w, ctx: ctx, log: log, host: rec.Hypervisor, jobID: rec.JobID, attempt: rec.Attempt, stages: stages, started: time.Now()}
+	return &reporter{w: w, ctx: ctx, log: log, host: rec.Hypervisor, jobID: rec.JobID, attempt: rec.AttemptID, stages: stages, started: time.Now()}
 }
 
 // startStage ends the previous stage's span and starts one for stage.
@@ -149,10 +149,7 @@ func (r *reporter) progress(stage string, done, total int64) {
 	// on a record update, and neither does the converter reporting to it.
 	ctx, cancel := context.WithTimeout(r.ctx, kvTimeout)
 	defer cancel()
-	rec, _, err := r.w.jobs.Update(ctx, r.host, r.jobID, func(j *kvstate.Job) error {
-		if j.Status != kvstate.StatusRunning {
-			return &kvstate.TransitionError{From: j.Status, To: j.Status}
-		}
+	rec, _, err := r.w.jobs.UpdateAttempt(ctx, r.host, r.jobID, r.attempt, func(j *kvstate.Job) error {
 		j.Progress = &p
 		return nil
 	})
@@ -176,7 +173,7 @@ func (r *reporter) setCache(ctx context.Context, hit bool, path, checksum string
 	} else {
 		r.w.metrics.cache.WithLabelValues("miss").Inc()
 	}
-	_, _, _ = r.w.jobs.Update(ctx, r.host, r.jobID, func(j *kvstate.Job) error {
+	_, _, _ = r.w.jobs.UpdateAttempt(ctx, r.host, r.jobID, r.attempt, func(j *kvstate.Job) error {
 		j.CacheHit = &hit
 		j.ImagePath = path
 		j.Checksum = checksum
@@ -188,7 +185,7 @@ func (r *reporter) setCache(ctx context.Context, hit bool, path, checksum string
 // waited for or streamed from has committed (setCache counted the miss).
 func (r *reporter) recordImage(ctx context.Context, path, checksum string) {
 	trace.SpanFromContext(r.ctx).SetAttributes(attribute.String("image_path", path))
-	_, _, _ = r.w.jobs.Update(ctx, r.host, r.jobID, func(j *kvstate.Job) error {
+	_, _, _ = r.w.jobs.UpdateAttempt(ctx, r.host, r.jobID, r.attempt, func(j *kvstate.Job) error {
 		j.ImagePath = path
 		j.Checksum = checksum
 		return nil
@@ -198,10 +195,7 @@ func (r *reporter) recordImage(ctx context.Context, path, checksum string) {
 // markVolumeCreated records, before the volume exists, that this job creates
 // it, so a later attempt after a crash knows the volume is its own.
 func (r *reporter) markVolumeCreated(ctx context.Context) error {
-	_, _, err := r.w.jobs.Update(ctx, r.host, r.jobID, func(j *kvstate.Job) error {
-		if j.Status != kvstate.StatusRunning {
-			return &kvstate.TransitionError{From: j.Status, To: j.Status}
-		}
+	_, _, err := r.w.jobs.UpdateAttempt(ctx, r.host, r.jobID, r.attempt, func(j *kvstate.Job) error {
 		j.VolumeCreated = true
 		return nil
 	})

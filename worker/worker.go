@@ -119,6 +119,10 @@ type Worker struct {
 	active   atomic.Int32
 	waiting  atomic.Int64
 	tracer   trace.Tracer
+
+	// running maps the jobs this process runs to their attempt.
+	runMu   sync.Mutex
+	running map[string]int
 }
 
 type metrics struct {
