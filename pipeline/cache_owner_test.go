@@ -40,15 +40,22 @@ func requireIntact(t *testing.T, p, digest string) {
 	require.Equal(t, digest, got, "the user's file %s must survive byte for byte", p)
 }
 
-// replaceFile puts the user's own bytes at p, a cached file: by renaming a
-// new file over it (another inode), or by rewriting it in place with the
-// same size, as cp onto an existing file does (the same inode).
-func replaceFile(t *testing.T, p string, inPlace bool) string {
+// replaceMode is how a user's file replaces a cached one.
+type replaceMode string
+
+const (
+	renamedOver replaceMode = "renamed-over" // a new file renamed over it: another inode
+	inPlace     replaceMode = "in-place"     // rewritten with the same size, as cp onto it does: the same inode
+)
+
+// replaceFile puts the user's own bytes at p, a cached file, as mode says,
+// and returns their SHA-256.
+func replaceFile(t *testing.T, p string, mode replaceMode) string {
 	t.Helper()
 	st, err := os.Stat(p)
 	require.NoError(t, err)
 	tmp, digest := userFile(t, filepath.Dir(p), "incoming.tmp", int(st.Size()), 99)
-	if !inPlace {
+	if mode == renamedOver {
 		require.NoError(t, os.Rename(tmp, p))
 		return digest
 	}
@@ -128,7 +135,7 @@ func TestCacheReplacedFileSurvives(t *testing.T) {
 		entry  kvstate.CacheEntry
 		digest string // the user's bytes now at entry.Path
 	}
-	setup := func(t *testing.T, inPlace bool) *testBundle {
+	setup := func(t *testing.T, mode replaceMode) *testBundle {
 		t.Helper()
 		m, bucket := needMinIO(t)
 		b := &testBundle{src: testSource(t, m)}
@@ -137,7 +144,7 @@ func TestCacheReplacedFileSurvives(t *testing.T) {
 		var err error
 		b.entry, _, err = b.cache.Ensure(context.Background(), b.src, ref, nil)
 		require.NoError(t, err)
-		b.digest = replaceFile(t, b.entry.Path, inPlace)
+		b.digest = replaceFile(t, b.entry.Path, mode)
 		return b
 	}
 	ops := map[string]func(t *testing.T, b *testBundle){
@@ -163,11 +170,11 @@ func TestCacheReplacedFileSurvives(t *testing.T) {
 			require.FileExists(t, e.Path)
 		},
 	}
-	for _, inPlace := range []bool{false, true} {
+	for _, mode := range []replaceMode{renamedOver, inPlace} {
 		for name, op := range ops {
-			t.Run(map[bool]string{false: "renamed-over/", true: "in-place/"}[inPlace]+name, func(t *testing.T) {
+			t.Run(string(mode)+"/"+name, func(t *testing.T) {
 				t.Parallel()
-				b := setup(t, inPlace)
+				b := setup(t, mode)
 				op(t, b)
 				requireIntact(t, b.entry.Path, b.digest)
 				if name != "download" {
@@ -243,7 +250,7 @@ func TestCacheReconcileAdoptsLegacyFiles(t *testing.T) {
 	}
 	// What an older version leaves: no state directory at all.
 	require.NoError(t, os.RemoveAll(filepath.Join(cache.Dir(), stateDirName)))
-	userC := replaceFile(t, paths[2], false)
+	userC := replaceFile(t, paths[2], renamedOver)
 	oldPartial, oldDigest := userFile(t, cache.Dir(), ".partial-"+digestA+"-123", 1<<10, 3)
 
 	upgraded, err := NewCache(cache.Dir(), host, index)
