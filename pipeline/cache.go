@@ -19,9 +19,6 @@ import (
 	"github.com/libvirt-volume-provisioner/provisioner/messaging"
 )
 
-// partialPrefix starts the names of files being downloaded.
-const partialPrefix = ".partial-"
-
 // copyBufSize is the buffer used to move image bytes.
 const copyBufSize = 1 << 20
 
@@ -45,7 +42,10 @@ var _ CacheIndex = kvstate.CacheIndex{}
 // Cache keeps downloaded images in a directory, keyed by their SHA-256 (or
 // by their URL's SHA-256 when none is published), indexed per host.
 type Cache struct {
-	dir   string
+	dir string
+	// state is the cache's own subdirectory of dir (see cache_owner.go):
+	// downloads under way and the records of the files the cache created.
+	state string
 	host  string
 	index CacheIndex
 	opts  CacheOptions
@@ -63,6 +63,9 @@ type Cache struct {
 
 	// onChange runs after a file is added to or removed from the cache.
 	onChange func(ctx context.Context)
+	// onForeign hears of files left in place because the cache did not
+	// create them.
+	onForeign func(ctx context.Context, path, reason string)
 }
 
 // SetOnChange registers fn to run after a file is added to or removed from
@@ -82,7 +85,9 @@ type keyLock struct {
 }
 
 // NewCache makes a cache in dir (created if needed) for host's index
-// entries, with the default options (no size cap).
+// entries, with the default options (no size cap). The cache keeps its own
+// state in dir/.provisioner (created and marked by it); an existing
+// .provisioner it did not create is refused with ErrForeignStateDir.
 func NewCache(dir, host string, index CacheIndex) (*Cache, error) {
 	return NewCacheWithOptions(dir, host, index, CacheOptions{})
 }
@@ -99,8 +104,12 @@ func NewCacheWithOptions(dir, host string, index CacheIndex, opts CacheOptions) 
 	if opts.MaxBytes < 0 {
 		return nil, fmt.Errorf("cache size cap %d is negative; 0 means no cap", opts.MaxBytes)
 	}
+	state, err := initStateDir(abs)
+	if err != nil {
+		return nil, err
+	}
 	return &Cache{
-		dir: abs, host: host, index: index, opts: opts.withDefaults(),
+		dir: abs, state: state, host: host, index: index, opts: opts.withDefaults(),
 		locks: map[string]*keyLock{}, inUse: map[string]int{}, inflight: map[string]*inflight{},
 	}, nil
 }
@@ -286,10 +295,13 @@ func (c *Cache) lookup(ctx context.Context, src Source, ref messaging.ImageRef, 
 		return e, false, fmt.Errorf("look up image %s in the cache index: %w", key, err)
 	}
 	want := e.Checksum
-	ok := true
 	if kind == kvstate.KeyKindSHA256 {
 		want = key
-	} else {
+	}
+	// Any file whose digest matches may be served; only one the cache
+	// created is ever removed (dropEntry).
+	ok := true
+	if kind != kvstate.KeyKindSHA256 {
 		info, err := c.statObject(ctx, src, ref)
 		if err != nil {
 			return e, false, fmt.Errorf("revalidate the cached copy of %s: %w", ref.URL, err)
@@ -304,7 +316,7 @@ func (c *Cache) lookup(ctx context.Context, src Source, ref messaging.ImageRef, 
 		}
 	}
 	if !ok {
-		if err := c.dropEntry(ctx, e); err != nil {
+		if err := c.dropEntry(ctx, e, "stale or corrupt cache entry"); err != nil {
 			return e, false, err
 		}
 		c.changed(ctx)
@@ -317,13 +329,11 @@ func (c *Cache) lookup(ctx context.Context, src Source, ref messaging.ImageRef, 
 	return e, true, nil
 }
 
-// dropEntry removes an entry's file (when it is in the cache directory) and
-// then the entry.
-func (c *Cache) dropEntry(ctx context.Context, e kvstate.CacheEntry) error {
-	if e.Path != "" && c.inDir(e.Path) {
-		if err := os.Remove(e.Path); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("remove cached image %s: %w", e.Path, err)
-		}
+// dropEntry removes an entry's file (only when the cache created it: see
+// removeOwned; why says why it goes) and then the entry.
+func (c *Cache) dropEntry(ctx context.Context, e kvstate.CacheEntry, why string) error {
+	if _, err := c.removeOwned(ctx, e.Path, why); err != nil {
+		return err
 	}
 	if err := c.index.Delete(ctx, c.host, e.Key); err != nil {
 		return fmt.Errorf("drop cache entry of %s: %w", e.SourceURL, err)
@@ -424,7 +434,7 @@ func (c *Cache) download(ctx context.Context, src Source, ref messaging.ImageRef
 	}
 	defer c.unreserve(key)
 
-	tmp, err := os.CreateTemp(c.dir, partialPrefix+key+"-*")
+	tmp, err := os.CreateTemp(c.partialDir(), key+"-*")
 	if err != nil {
 		if errors.Is(err, syscall.ENOSPC) {
 			return e, fmt.Errorf("not enough space in the image cache %s to start downloading %s: %w", c.dir, ref.URL, err)
@@ -563,12 +573,11 @@ func (c *Cache) download(ctx context.Context, src Source, ref messaging.ImageRef
 		}
 	}()
 
-	final := filepath.Join(c.dir, CacheFileName(ref.Object, key))
-	if err := os.Rename(tmpName, final); err != nil {
-		return e, fmt.Errorf("move downloaded image into place as %s: %w", final, err)
-	}
-	if err := syncDir(c.dir); err != nil {
-		_ = os.Remove(final)
+	final, err := c.place(tmpName, CacheFileName(ref.Object, key), key)
+	if err != nil {
+		if final != "" {
+			_, _ = c.removeOwned(ctx, final, "download not committed")
+		}
 		return e, err
 	}
 	now := time.Now().UTC()
@@ -577,7 +586,7 @@ func (c *Cache) download(ctx context.Context, src Source, ref messaging.ImageRef
 		SourceURL: ref.URL, ETag: info.ETag, CreatedAt: now, LastUsed: now,
 	}
 	if err := c.index.Put(ctx, c.host, e); err != nil {
-		_ = os.Remove(final)
+		_, _ = c.removeOwned(context.WithoutCancel(ctx), final, "download not committed")
 		return kvstate.CacheEntry{}, fmt.Errorf("record %s in the cache index: %w", ref.URL, err)
 	}
 	c.changed(ctx)

@@ -52,7 +52,7 @@ func (c *Cache) hitVerifier(e kvstate.CacheEntry) func(context.Context) error {
 		if ok {
 			return nil
 		}
-		if derr := c.dropEntry(context.WithoutCancel(ctx), e); derr != nil {
+		if derr := c.dropEntry(context.WithoutCancel(ctx), e, "digest mismatch"); derr != nil {
 			return fmt.Errorf("%w (%s), and removing it failed: %v", ErrCachedImageCorrupt, e.Path, derr)
 		}
 		c.changed(ctx)

@@ -7,7 +7,6 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
-	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -284,7 +283,7 @@ func (c *Cache) evictLocked(ctx context.Context, need int64) (EvictSummary, erro
 			continue
 		}
 		if err == nil {
-			err = c.dropEntry(ctx, cur)
+			err = c.dropEntry(ctx, cur, "evicted")
 		}
 		unlock()
 		if err != nil {
@@ -320,7 +319,8 @@ func (e *ImageInUseError) InUse() bool { return true }
 func (e *ImageInUseError) Is(target error) bool { return target == ErrImageInUse }
 
 // Remove deletes key's entry and its file (an image found unusable, or a
-// deletion asked for). It refuses while a job is using or downloading the
+// deletion asked for); a file the cache did not create stays (see
+// removeOwned), only the entry goes. It refuses while a job is using or downloading the
 // image: release your own EnsureInUse first.
 func (c *Cache) Remove(ctx context.Context, key string) error {
 	if c.InUse(key) {
@@ -341,15 +341,7 @@ func (c *Cache) Remove(ctx context.Context, key string) error {
 	if err != nil {
 		return err
 	}
-	if c.inDir(e.Path) {
-		if err := os.Remove(e.Path); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("remove cached image %s: %w", e.Path, err)
-		}
-		if err := syncDir(c.dir); err != nil {
-			return err
-		}
-	}
-	if err := c.index.Delete(ctx, c.host, key); err != nil {
+	if err := c.dropEntry(ctx, e, "deleted from the cache"); err != nil {
 		return err
 	}
 	c.changed(ctx)
@@ -357,25 +349,30 @@ func (c *Cache) Remove(ctx context.Context, key string) error {
 }
 
 // RemovePartials removes the download files a crashed process left behind
-// (not those of downloads running now) and returns how many it removed.
+// in the cache's partial directory (not those of downloads running now) and
+// returns how many it removed. Nothing outside that directory is touched.
 func (c *Cache) RemovePartials() (int, error) {
-	ents, err := os.ReadDir(c.dir)
+	dir := c.partialDir()
+	ents, err := os.ReadDir(dir)
 	if err != nil {
-		return 0, fmt.Errorf("read cache directory %s: %w", c.dir, err)
+		return 0, fmt.Errorf("read the cache's partial directory %s: %w", dir, err)
 	}
 	n := 0
 	for _, d := range ents {
-		if !strings.HasPrefix(d.Name(), partialPrefix) || d.IsDir() {
+		if !d.Type().IsRegular() {
 			continue
 		}
-		if key, _, ok := strings.Cut(strings.TrimPrefix(d.Name(), partialPrefix), "-"); ok && c.busy(key) {
+		if key, _, ok := strings.Cut(d.Name(), "-"); ok && c.busy(key) {
 			continue
 		}
-		p := filepath.Join(c.dir, d.Name())
+		p := filepath.Join(dir, d.Name())
 		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return n, fmt.Errorf("remove partial download %s: %w", p, err)
 		}
 		n++
+	}
+	if n > 0 {
+		return n, syncDir(dir)
 	}
 	return n, nil
 }
@@ -388,30 +385,10 @@ func (c *Cache) busy(key string) bool {
 	return down || c.inUse[key] > 0
 }
 
-// busyPrefix reports whether a key starting with short is in use or being
-// downloaded.
-func (c *Cache) busyPrefix(short string) bool {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for k := range c.inUse {
-		if strings.HasPrefix(k, short) {
-			return true
-		}
-	}
-	for k := range c.inflight {
-		if strings.HasPrefix(k, short) {
-			return true
-		}
-	}
-	return false
-}
-
-// cacheFileRE matches the names CacheFileName makes: <stem>-<16 hex>[.ext].
-var cacheFileRE = regexp.MustCompile(`^.+-([0-9a-f]{16})(\.[A-Za-z0-9]{1,15})?$`)
-
 // ReconcileSummary says what ReconcileReport changed.
 type ReconcileSummary struct {
-	// PartialsRemoved counts .partial-* files (interrupted downloads) removed.
+	// PartialsRemoved counts interrupted downloads removed from the cache's
+	// partial directory.
 	PartialsRemoved int `json:"partials_removed"`
 	// EntriesKept counts index entries whose file is there with its size.
 	EntriesKept int `json:"entries_kept"`
@@ -421,9 +398,19 @@ type ReconcileSummary struct {
 	// SizeMismatchDropped counts index entries dropped, with their file,
 	// because the file's size differs from the entry's.
 	SizeMismatchDropped int `json:"size_mismatch_dropped"`
-	// OrphansRemoved counts files named like cached images but without an
-	// index entry, removed (without a recorded digest they cannot be trusted).
+	// OrphansRemoved counts files the cache created (their ownership record
+	// matches) that no index entry names, removed: a download that stopped
+	// between putting the file in place and indexing it.
 	OrphansRemoved int `json:"orphans_removed"`
+	// Adopted counts indexed files cached by a version without ownership
+	// records that proved to be the entry's image (name, size and SHA-256)
+	// and are now recorded as the cache's own.
+	Adopted int `json:"adopted,omitempty"`
+	// ForeignKept counts files left in place because the cache cannot prove
+	// it created them (no ownership record matches: someone else wrote or
+	// replaced them), though an index entry or a stale record named them;
+	// those entries and records are dropped.
+	ForeignKept int `json:"foreign_kept,omitempty"`
 	// Evicted and EvictedBytes: images evicted to get under the cap.
 	Evicted      int   `json:"evicted"`
 	EvictedBytes int64 `json:"evicted_bytes"`
@@ -436,10 +423,13 @@ func (c *Cache) Reconcile(ctx context.Context) error {
 }
 
 // ReconcileReport brings the directory and this host's index entries into
-// agreement, at start: it removes partial downloads; drops entries whose
-// file is missing, and entries whose file has another size along with the
-// file; removes files named like cached images that no entry names; then
-// evicts to the cap. Images in use or being downloaded are left alone.
+// agreement, at start: it removes interrupted downloads from the partial
+// directory; drops entries whose file is missing, and entries whose file
+// has another size along with the file; adopts the files older versions
+// cached (see adoptLegacy); removes files it created that no entry names;
+// then evicts to the cap. It removes only files whose ownership record
+// matches them: any other file, whatever its name, stays (its entry is
+// dropped). Images in use or being downloaded are left alone.
 func (c *Cache) ReconcileReport(ctx context.Context) (ReconcileSummary, error) {
 	var sum ReconcileSummary
 	n, err := c.RemovePartials()
@@ -464,57 +454,124 @@ func (c *Cache) ReconcileReport(ctx context.Context) (ReconcileSummary, error) {
 			sum.EntriesKept++
 			continue
 		}
-		var st os.FileInfo
-		err := errors.New("outside the cache directory")
-		if c.inDir(e.Path) {
-			st, err = os.Lstat(e.Path)
+		keep, err := c.reconcileEntry(ctx, e, &sum)
+		if err != nil {
+			return sum, err
 		}
-		switch {
-		case err == nil && st.Mode().IsRegular() && st.Size() == e.Size:
+		if keep {
 			named[filepath.Base(e.Path)] = true
-			sum.EntriesKept++
 			continue
-		case err == nil && st.Mode().IsRegular():
-			if err := os.Remove(e.Path); err != nil && !errors.Is(err, os.ErrNotExist) {
-				return sum, fmt.Errorf("remove cached image %s of the wrong size: %w", e.Path, err)
-			}
-			sum.SizeMismatchDropped++
-		case err == nil, errors.Is(err, os.ErrNotExist), !c.inDir(e.Path):
-			if err == nil {
-				named[filepath.Base(e.Path)] = true // not a regular file: not ours to remove
-			}
-			sum.MissingDropped++
-		default:
-			return sum, fmt.Errorf("check cached image %s: %w", e.Path, err)
 		}
 		if err := c.index.Delete(ctx, c.host, e.Key); err != nil {
 			return sum, fmt.Errorf("drop cache entry of %s: %w", e.Path, err)
 		}
 		changed = true
 	}
-	ents, err := os.ReadDir(c.dir)
+	removed, err := c.sweepRecords(ctx, named, &sum)
+	changed = changed || removed
 	if err != nil {
-		return sum, fmt.Errorf("read cache directory %s: %w", c.dir, err)
-	}
-	for _, d := range ents {
-		name := d.Name()
-		m := cacheFileRE.FindStringSubmatch(name)
-		if m == nil || named[name] || !d.Type().IsRegular() || strings.HasPrefix(name, ".") || c.busyPrefix(m[1]) {
-			continue
-		}
-		p := filepath.Join(c.dir, name)
-		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
-			return sum, fmt.Errorf("remove unindexed cache file %s: %w", p, err)
-		}
-		sum.OrphansRemoved++
-		changed = true
-	}
-	if changed || sum.PartialsRemoved > 0 {
-		if err := syncDir(c.dir); err != nil {
-			return sum, err
-		}
+		return sum, err
 	}
 	ev, err := c.Evict(ctx)
 	sum.Evicted, sum.EvictedBytes = ev.Evicted, ev.Bytes
 	return sum, err
+}
+
+// reconcileEntry checks one entry's file, counting what it finds in sum,
+// and reports whether the entry stays; the caller drops it otherwise. It
+// removes the file only when the cache created it and its size is wrong.
+func (c *Cache) reconcileEntry(ctx context.Context, e kvstate.CacheEntry, sum *ReconcileSummary) (bool, error) {
+	if !c.inDir(e.Path) {
+		sum.MissingDropped++
+		return false, nil
+	}
+	name := filepath.Base(e.Path)
+	st, err := os.Lstat(e.Path)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		sum.MissingDropped++
+		return false, c.removeRecord(name)
+	case err != nil:
+		return false, fmt.Errorf("check cached image %s: %w", e.Path, err)
+	case !st.Mode().IsRegular():
+		sum.MissingDropped++ // not a regular file: not ours to remove
+		return false, nil
+	}
+	rec, err := c.readRecord(name)
+	if errors.Is(err, os.ErrNotExist) {
+		adopted, err := c.adoptLegacy(ctx, e)
+		if err != nil {
+			return false, err
+		}
+		if adopted {
+			sum.Adopted++
+			sum.EntriesKept++
+			return true, nil
+		}
+	}
+	if err != nil || !rec.matches(st) {
+		c.foreign(ctx, e.Path, "its cache entry is dropped, the file is left in place: the cache did not create it (no ownership record matches it)")
+		sum.ForeignKept++
+		return false, c.removeRecord(name)
+	}
+	if st.Size() == e.Size {
+		sum.EntriesKept++
+		return true, nil
+	}
+	if _, err := c.removeOwned(ctx, e.Path, "cached image of the wrong size"); err != nil {
+		return false, err
+	}
+	sum.SizeMismatchDropped++
+	return false, nil
+}
+
+// sweepRecords goes over the ownership records: a record whose file no
+// entry names (and is not in use) is an orphan, removed with its file when
+// the record matches it; a record of a missing file, or of a file someone
+// else replaced (left in place), is dropped. It reports whether it removed
+// a file.
+func (c *Cache) sweepRecords(ctx context.Context, named map[string]bool, sum *ReconcileSummary) (bool, error) {
+	dir := filepath.Join(c.state, ownedDir)
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		return false, fmt.Errorf("read the cache's ownership records %s: %w", dir, err)
+	}
+	removedAny := false
+	for _, d := range ents {
+		name := d.Name()
+		if tmp, _ := filepath.Match(recordTmpGlob, name); tmp {
+			if err := os.Remove(filepath.Join(dir, name)); err != nil && !errors.Is(err, os.ErrNotExist) {
+				return removedAny, fmt.Errorf("remove unfinished ownership record %s: %w", name, err)
+			}
+			continue
+		}
+		if named[name] {
+			continue
+		}
+		rec, err := c.readRecord(name)
+		if err == nil && c.busy(rec.Key) {
+			continue
+		}
+		p := filepath.Join(c.dir, name)
+		if err != nil {
+			// An unreadable record proves nothing: drop it, keep the file.
+			if err := c.removeRecord(name); err != nil {
+				return removedAny, err
+			}
+			continue
+		}
+		_, serr := os.Lstat(p)
+		removed, err := c.removeOwned(ctx, p, "unindexed cache file")
+		if err != nil {
+			return removedAny, fmt.Errorf("remove unindexed cache file %s: %w", p, err)
+		}
+		switch {
+		case removed:
+			sum.OrphansRemoved++
+			removedAny = true
+		case serr == nil:
+			sum.ForeignKept++
+		}
+	}
+	return removedAny, nil
 }

@@ -165,6 +165,16 @@ func TestCacheReconcileSummary(t *testing.T) {
 	require.NoError(t, err)
 	eC, _, err := cache.Ensure(ctx, src, refC, nil)
 	require.NoError(t, err)
+	// Orphans: files the cache put in place whose entries were never
+	// written (a crash in between).
+	var orphans []string
+	for i, object := range []string{"old.qcow2", "noext"} {
+		ref, digest := putImage(t, m, bucket, object, 1<<10, uint64(44+i), true)
+		e, _, err := cache.Ensure(ctx, src, ref, nil)
+		require.NoError(t, err)
+		require.NoError(t, index.Delete(ctx, host, digest))
+		orphans = append(orphans, e.Path)
+	}
 
 	dir := cache.Dir()
 	write := func(name string) string {
@@ -172,16 +182,15 @@ func TestCacheReconcileSummary(t *testing.T) {
 		require.NoError(t, os.WriteFile(p, []byte("x"), 0o600))
 		return p
 	}
-	partial := write(".partial-" + eA.Key + "-123")
-	orphan := write("old-0123456789abcdef.qcow2")
-	orphanNoExt := write("noext-fedcba9876543210")
-	unrelated := []string{write("notes.txt"), write("user-image.qcow2"), write("old-0123456789ABCDEF.qcow2")}
+	partial := filepath.Join(cache.partialDir(), eA.Key+"-123")
+	require.NoError(t, os.WriteFile(partial, []byte("x"), 0o600))
+	// Files the cache did not create stay, whatever their names.
+	unrelated := []string{write("notes.txt"), write("user-image.qcow2"), write("old-0123456789ABCDEF.qcow2"),
+		write("old-0123456789abcdef.qcow2"), write("noext-fedcba9876543210"), write(".partial-" + eA.Key + "-123")}
 	require.NoError(t, os.Remove(eB.Path)) // entry without a file
-	f, err := os.OpenFile(eC.Path, os.O_APPEND|os.O_WRONLY, 0)
-	require.NoError(t, err)
-	_, err = f.Write([]byte("trailing"))
-	require.NoError(t, err)
-	require.NoError(t, f.Close()) // file of the wrong size
+	wrong := eC
+	wrong.Size += 8
+	require.NoError(t, index.Put(ctx, host, wrong)) // file of the wrong size
 
 	var changes atomic.Int64
 	cache.SetOnChange(func(context.Context) { changes.Add(1) })
@@ -190,12 +199,13 @@ func TestCacheReconcileSummary(t *testing.T) {
 	require.Equal(t, ReconcileSummary{PartialsRemoved: 1, EntriesKept: 1, MissingDropped: 1, SizeMismatchDropped: 1, OrphansRemoved: 2}, sum)
 	require.Positive(t, changes.Load())
 	require.NoFileExists(t, partial)
-	require.NoFileExists(t, orphan)
-	require.NoFileExists(t, orphanNoExt)
+	for _, p := range orphans {
+		require.NoFileExists(t, p)
+	}
 	require.NoFileExists(t, eC.Path)
 	require.FileExists(t, eA.Path)
 	for _, p := range unrelated {
-		require.FileExists(t, p, "files not named like cached images are left alone")
+		require.FileExists(t, p, "files the cache did not create are left alone")
 	}
 	entries, err := index.List(ctx, host)
 	require.NoError(t, err)
@@ -216,5 +226,6 @@ func TestCacheReconcileSummary(t *testing.T) {
 	require.NoFileExists(t, eA.Path)
 	names := cacheFiles(t, capped)
 	sort.Strings(names)
-	require.Equal(t, []string{"notes.txt", "old-0123456789ABCDEF.qcow2", "user-image.qcow2"}, names)
+	require.Equal(t, []string{".partial-" + eA.Key + "-123", "noext-fedcba9876543210", "notes.txt", "old-0123456789ABCDEF.qcow2",
+		"old-0123456789abcdef.qcow2", "user-image.qcow2"}, names)
 }

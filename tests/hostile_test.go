@@ -31,8 +31,7 @@ func TestTruncatedImageFailsAndLeavesNothing(t *testing.T) {
 	require.Contains(t, j.Error, "the image is corrupt or truncated: qemu-img check found")
 	require.NoFileExists(t, e.volumePath("h1", "vm-cut"))
 	require.EqualValues(t, 0, e.do(http.MethodGet, "/api/v1/cache/images", nil).json(t)["count"])
-	entries, err := os.ReadDir(e.cacheDirs["h1"])
-	require.NoError(t, err)
+	entries := cacheDirEntries(t, e.cacheDirs["h1"])
 	require.Empty(t, entries)
 }
 

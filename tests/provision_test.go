@@ -155,8 +155,7 @@ func TestChecksumMismatchCachesNothingAndRollsBack(t *testing.T) {
 	j := e.waitStatus(id, "failed")
 	require.Contains(t, j.Error, "checksum mismatch")
 	require.NoFileExists(t, e.volumePath("h1", "vm-bad"))
-	entries, err := os.ReadDir(e.cacheDirs["h1"])
-	require.NoError(t, err)
+	entries := cacheDirEntries(t, e.cacheDirs["h1"])
 	require.Empty(t, entries, "the cache directory must hold nothing")
 	require.EqualValues(t, 0, e.do(http.MethodGet, "/api/v1/cache/images", nil).json(t)["count"])
 }
@@ -189,8 +188,7 @@ func TestChecksumMismatchLeavesExistingVolume(t *testing.T) {
 	after, err := testenv.FileSHA256(path)
 	require.NoError(t, err)
 	require.Equal(t, before, after, "the existing volume was written")
-	entries, err := os.ReadDir(e.cacheDirs["h1"])
-	require.NoError(t, err)
+	entries := cacheDirEntries(t, e.cacheDirs["h1"])
 	require.Empty(t, entries, "the cache directory must hold nothing")
 }
 
@@ -211,8 +209,7 @@ func TestBackingFileRefusedNothingWritten(t *testing.T) {
 	j := e.waitStatus(id, "failed")
 	require.Contains(t, j.Error, "backing file")
 	require.NoFileExists(t, e.volumePath("h1", "vm-over"))
-	entries, err := os.ReadDir(e.cacheDirs["h1"])
-	require.NoError(t, err)
+	entries := cacheDirEntries(t, e.cacheDirs["h1"])
 	require.Empty(t, entries)
 }
 

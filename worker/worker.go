@@ -253,7 +253,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	}
 	w.log.WithFields(logrus.Fields{"host": w.cfg.Host, "partials_removed": sum.PartialsRemoved, "entries_kept": sum.EntriesKept,
 		"missing_dropped": sum.MissingDropped, "size_mismatch_dropped": sum.SizeMismatchDropped, "orphans_removed": sum.OrphansRemoved,
-		"evicted": sum.Evicted, "evicted_bytes": sum.EvictedBytes}).Info("image cache reconciled")
+		"adopted": sum.Adopted, "foreign_kept": sum.ForeignKept, "evicted": sum.Evicted, "evicted_bytes": sum.EvictedBytes}).Info("image cache reconciled")
 	cons, err := w.js.CreateOrUpdateConsumer(ctx, messaging.JobStream, messaging.ConsumerConfig(w.subjects, w.cfg.Host, w.cfg.AckWait, w.cfg.MaxDeliver))
 	if err != nil {
 		return fmt.Errorf("bind consumer %s: %w", messaging.ConsumerName(w.cfg.Host), err)

@@ -168,6 +168,9 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
+	cache.SetOnForeignFile(func(_ context.Context, path, reason string) {
+		log.WithFields(logrus.Fields{"path": path, "reason": reason}).Warn("image cache left a file it did not create")
+	})
 	if vols.refreshCache != nil {
 		cache.SetOnChange(func(ctx context.Context) {
 			if err := vols.refreshCache(ctx); err != nil {
