@@ -13,8 +13,9 @@ import (
 	"github.com/libvirt-volume-provisioner/provisioner/messaging"
 )
 
-// sseKeepAlive is how often an idle event stream sends a comment line.
-const sseKeepAlive = 15 * time.Second
+// defaultSSEKeepAlive is how often an idle event stream sends a comment
+// line unless Config.SSEKeepAlive says otherwise.
+const defaultSSEKeepAlive = 15 * time.Second
 
 // jobEvents streams a job's progress as Server-Sent Events until the job
 // ends: one "progress" event per change of its record (the current state
@@ -40,7 +41,7 @@ func (s *Server) jobEvents(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(http.StatusOK)
 	_ = rc.Flush()
 
-	keepAlive := time.NewTicker(sseKeepAlive)
+	keepAlive := time.NewTicker(s.cfg.SSEKeepAlive)
 	defer keepAlive.Stop()
 	for {
 		select {
