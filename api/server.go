@@ -241,6 +241,9 @@ func (w *statusWriter) WriteHeader(code int) {
 	w.ResponseWriter.WriteHeader(code)
 }
 
+// Unwrap is the wrapped writer, so http.ResponseController reaches its
+// Flush and deadlines (the event stream needs both).
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 // instrument counts requests by route template (never the raw path).
 func (s *Server) instrument(next http.Handler) http.Handler {
