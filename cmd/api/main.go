@@ -100,7 +100,11 @@ func run(args []string) error {
 		return err
 	}
 	opts = append(opts, natsconn.Resilient(
-		func(err error) { log.WithError(err).Warn("NATS disconnected") },
+		func(err error) {
+			if err != nil { // nil: the connection was closed on purpose (shutdown)
+				log.WithError(err).Warn("NATS disconnected")
+			}
+		},
 		func(url string) { log.WithField("url", url).Info("NATS reconnected") })...)
 	nc, err := nats.Connect(nconf.URL, opts...)
 	if err != nil {
