@@ -3,6 +3,7 @@ package api
 import (
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"strconv"
 	"time"
@@ -13,8 +14,9 @@ import (
 	"github.com/libvirt-volume-provisioner/provisioner/messaging"
 )
 
-// sseKeepAlive is how often an idle event stream sends a comment line.
-const sseKeepAlive = 15 * time.Second
+// defaultSSEKeepAlive is how often an idle event stream sends a comment
+// line unless Config.SSEKeepAlive says otherwise.
+const defaultSSEKeepAlive = 15 * time.Second
 
 // jobEvents streams a job's progress as Server-Sent Events until the job
 // ends: one "progress" event per change of its record (the current state
@@ -32,25 +34,21 @@ func (s *Server) jobEvents(w http.ResponseWriter, r *http.Request) {
 	}
 	defer func() { _ = watcher.Stop() }()
 
-	rc := http.NewResponseController(w)
-	_ = rc.SetWriteDeadline(time.Time{}) // a stream outlives the server's write timeout
-	w.Header().Set("Content-Type", "text/event-stream")
-	w.Header().Set("Cache-Control", "no-cache")
-	w.Header().Set("X-Accel-Buffering", "no")
-	w.WriteHeader(http.StatusOK)
-	_ = rc.Flush()
-
-	keepAlive := time.NewTicker(sseKeepAlive)
+	stream, err := s.startStream(w)
+	if err != nil {
+		s.log.WithError(err).WithField("request_id", requestID(r)).Error("cannot stream events")
+		return
+	}
+	keepAlive := time.NewTicker(s.cfg.SSEKeepAlive)
 	defer keepAlive.Stop()
 	for {
 		select {
 		case <-r.Context().Done():
 			return
 		case <-keepAlive.C:
-			if _, err := fmt.Fprint(w, ": keep-alive\n\n"); err != nil {
+			if stream.send(": keep-alive\n\n") != nil {
 				return
 			}
-			_ = rc.Flush()
 		case e, open := <-watcher.Updates():
 			if !open {
 				return
@@ -63,15 +61,53 @@ func (s *Server) jobEvents(w http.ResponseWriter, r *http.Request) {
 				continue
 			}
 			data, _ := json.Marshal(EventOf(j))
-			if _, err := fmt.Fprintf(w, "id: %s\nevent: progress\ndata: %s\n\n", strconv.FormatUint(e.Revision(), 10), data); err != nil {
+			if stream.send(fmt.Sprintf("id: %s\nevent: progress\ndata: %s\n\n", strconv.FormatUint(e.Revision(), 10), data)) != nil {
 				return
 			}
-			_ = rc.Flush()
 			if j.Status.Terminal() {
 				return
 			}
 		}
 	}
+}
+
+// eventStream writes Server-Sent Events, each flushed at once under a write
+// deadline of its own.
+type eventStream struct {
+	w  http.ResponseWriter
+	rc *http.ResponseController
+	// window is how long one write may take: two keep-alive intervals.
+	window time.Duration
+}
+
+// startStream starts the response. The server's write timeout is replaced
+// by a deadline per write, so a stream lives as long as the job while a
+// client that stopped reading is still dropped.
+func (s *Server) startStream(w http.ResponseWriter) (*eventStream, error) {
+	rc := http.NewResponseController(w)
+	st := &eventStream{w: w, rc: rc, window: 2 * s.cfg.SSEKeepAlive}
+	if err := rc.SetWriteDeadline(time.Now().Add(st.window)); err != nil {
+		return nil, fmt.Errorf("set the write deadline of the event stream: %w", err)
+	}
+	w.Header().Set("Content-Type", "text/event-stream")
+	w.Header().Set("Cache-Control", "no-cache")
+	w.Header().Set("X-Accel-Buffering", "no")
+	w.WriteHeader(http.StatusOK)
+	if err := rc.Flush(); err != nil {
+		return nil, fmt.Errorf("flush the event stream: %w", err)
+	}
+	return st, nil
+}
+
+// send writes one event or comment and flushes it.
+func (st *eventStream) send(text string) error {
+	if err := st.rc.SetWriteDeadline(time.Now().Add(st.window)); err != nil {
+		return err
+	}
+	if _, err := io.WriteString(st.w, text); err != nil {
+		return err
+	}
+	return st.rc.Flush()
 }
 
 // EventOf is the progress event of a job record, the same payload workers

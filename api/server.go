@@ -47,6 +47,18 @@ type Config struct {
 	// Auth authenticates /api/v1 callers; nil (or empty) means every
 	// caller is anonymous, which the command allows only on loopback.
 	Auth *auth.Authenticator
+	// ListenAddr is the REST listener's address: its host (and, on
+	// loopback, localhost and the loopback addresses) is an allowed Host.
+	ListenAddr string
+	// AllowedHosts are further names requests may carry in Host (a load
+	// balancer's or a TLS certificate's names).
+	AllowedHosts []string
+	// CORSOrigins are the browser origins (scheme://host[:port]) that may
+	// call the API cross-origin; empty refuses every cross-origin request.
+	CORSOrigins []string
+	// SSEKeepAlive is how often an idle event stream sends a comment line;
+	// zero means 15 s.
+	SSEKeepAlive time.Duration
 }
 
 // Server serves the REST API.
@@ -68,6 +80,7 @@ type Server struct {
 	metrics                 *metrics
 	router                  *mux.Router
 	tracer                  trace.Tracer
+	allowed                 guard
 }
 
 type metrics struct {
@@ -120,6 +133,9 @@ func New(ctx context.Context, cfg Config, nc *nats.Conn, subjects messaging.Subj
 	if cfg.MaxBodyBytes <= 0 {
 		cfg.MaxBodyBytes = 64 << 10
 	}
+	if cfg.SSEKeepAlive <= 0 {
+		cfg.SSEKeepAlive = defaultSSEKeepAlive
+	}
 	if cfg.TracerProvider == nil {
 		cfg.TracerProvider = otel.GetTracerProvider()
 	}
@@ -128,7 +144,8 @@ func New(ctx context.Context, cfg Config, nc *nats.Conn, subjects messaging.Subj
 	}
 	s := &Server{cfg: cfg, nc: nc, js: js, subjects: subjects, log: log, started: time.Now(), metrics: newMetrics(),
 		jobs: kvstate.Jobs{KV: b.Jobs}, cache: kvstate.CacheIndex{KV: b.Cache}, hosts: kvstate.Hosts{KV: b.Hosts}, volumes: b.Volumes, idem: idem, recordStream: recordStream, jobStream: jobStream,
-		tracer: cfg.TracerProvider.Tracer("github.com/libvirt-volume-provisioner/provisioner/api")}
+		tracer:  cfg.TracerProvider.Tracer("github.com/libvirt-volume-provisioner/provisioner/api"),
+		allowed: newGuard(cfg.ListenAddr, cfg.AllowedHosts, cfg.CORSOrigins)}
 	s.routes()
 	return s, nil
 }
@@ -159,10 +176,11 @@ func (s *Server) routes() {
 }
 
 // Handler is the server's HTTP handler: a span for every request (named
-// from the route template, continuing the caller's W3C trace context) and
-// request ids on every response.
+// from the route template, continuing the caller's W3C trace context),
+// request ids on every response, and the guard (Host, Origin, body size and
+// type) before any route.
 func (s *Server) Handler() http.Handler {
-	return otelhttp.NewHandler(withRequestID(s.router), "http",
+	return otelhttp.NewHandler(withRequestID(s.guard(s.router)), "http",
 		otelhttp.WithTracerProvider(s.cfg.TracerProvider), otelhttp.WithPropagators(telemetry.Propagator),
 		otelhttp.WithSpanNameFormatter(func(_ string, r *http.Request) string { return r.Method + " unmatched" }))
 }
@@ -222,6 +240,10 @@ func (w *statusWriter) WriteHeader(code int) {
 	w.code = code
 	w.ResponseWriter.WriteHeader(code)
 }
+
+// Unwrap is the wrapped writer, so http.ResponseController reaches its
+// Flush and deadlines (the event stream needs both).
+func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 
 // instrument counts requests by route template (never the raw path).
 func (s *Server) instrument(next http.Handler) http.Handler {

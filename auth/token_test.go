@@ -86,11 +86,11 @@ func TestParseKeys(t *testing.T) {
 	require.NoError(t, err)
 	require.Len(t, keys, 2)
 	for _, c := range []struct{ in, want string }{
-		{"ops", `token secret entry for key id "ops": want <kid>:<base64 secret>, kid of letters, digits, '_', '.', '-'`},
+		{"ops", `token secret entry 1: want <kid>:<base64 secret>, kid of letters, digits, '_', '.', '-' (the entry is not shown)`},
 		{"ops:c2hvcnQ=", `token secret of key id "ops": secret is shorter than 32 bytes`},
 		{"ops:???", `token secret of key id "ops": secret is not base64`},
 		{"ops:" + secret + ",ops:" + secret, `token secret of key id "ops" is given twice`},
-		{"a b:" + secret, `token secret entry for key id "a b": want <kid>:<base64 secret>, kid of letters, digits, '_', '.', '-'`},
+		{"a b:" + secret, `token secret entry 1: want <kid>:<base64 secret>, kid of letters, digits, '_', '.', '-' (the entry is not shown)`},
 	} {
 		_, err := ParseKeys(c.in)
 		require.EqualError(t, err, c.want)

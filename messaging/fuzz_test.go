@@ -314,6 +314,8 @@ func checkVolumeName(t *testing.T, name string) {
 		t.Fatalf("accepted volume name %q with a leading '-'", name)
 	case strings.ContainsAny(name, "/\\\x00"):
 		t.Fatalf("accepted volume name %q with a path separator or NUL", name)
+	case strings.HasPrefix(name, ".") || strings.HasSuffix(name, ".") || strings.Contains(name, ".."):
+		t.Fatalf("accepted volume name %q, which makes a KV key with an empty token", name)
 	}
 	for _, c := range []byte(name) {
 		if c <= ' ' || c >= 0x7f {

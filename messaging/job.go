@@ -238,6 +238,10 @@ func ValidateVolumeName(name string) error {
 		return fieldErr("volume_name", "must not start with '-'")
 	case !volumeNameRE.MatchString(name):
 		return fieldErr("volume_name", "%q may hold only letters, digits, '_', '.' and '-'", name)
+	case strings.HasPrefix(name, ".") || strings.HasSuffix(name, ".") || strings.Contains(name, ".."):
+		// The name is a token of KV keys (VolumeKey), where '.' separates
+		// tokens and none may be empty.
+		return fieldErr("volume_name", "%q must not start or end with '.' or hold \"..\"", name)
 	case strings.HasPrefix(name, "snapshot") || strings.HasPrefix(name, "pvmove"):
 		return fieldErr("volume_name", "%q starts with a prefix LVM reserves (snapshot, pvmove)", name)
 	}

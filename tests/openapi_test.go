@@ -464,6 +464,7 @@ func TestOpenAPI(t *testing.T) {
 	}
 	for _, p := range []string{"/api/v1/jobs", "/api/v1/cache/fetch"} {
 		c.do(exchange{method: http.MethodPost, path: p, status: 413, badRequest: true, body: []byte(strings.Repeat(" ", 70<<10) + "{}")})
+		c.do(exchange{method: http.MethodPost, path: p, status: 415, badRequest: true, body: []byte(`{}`), header: map[string]string{"Content-Type": "text/plain"}})
 	}
 	c.do(exchange{method: http.MethodPost, path: "/api/v1/cache/fetch", status: 400, badRequest: true, body: jsonBody(t, map[string]any{})})
 	c.do(exchange{method: http.MethodPost, path: "/api/v1/cache/fetch", status: 400, badRequest: true, body: jsonBody(t, map[string]any{"image_url": url, "volume_name": "v"})})

@@ -16,26 +16,38 @@ import (
 	"github.com/libvirt-volume-provisioner/provisioner/telemetry"
 )
 
-// stageRange is the part of the overall percentage a stage covers.
-type stageRange struct{ from, to int }
-
-var provisionStages = map[string]stageRange{
-	pipeline.StageChecksum:   {0, 1},
-	pipeline.StageCacheCheck: {1, 1},
-	pipeline.StageDownload:   {1, 45},
-	pipeline.StageVerify:     {45, 50},
-	pipeline.StageInspect:    {50, 50},
-	pipeline.StageVolume:     {51, 51},
-	pipeline.StagePopulate:   {52, 98},
-	pipeline.StageFinalize:   {99, 99},
+// stageEnds are the overall percentages at which each stage ends. A stage
+// starts where the job's percentage stands when it begins, so a stage that
+// is skipped (a cache hit skips the download) or does no measured work
+// (inspecting, creating the volume) moves nothing: the percentage rises only
+// with the bytes a sized stage processes, and a record never shows a
+// percentage its bytes do not account for.
+var provisionStages = map[string]int{
+	pipeline.StageChecksum:   1,
+	pipeline.StageCacheCheck: 1,
+	pipeline.StageDownload:   45,
+	pipeline.StageVerify:     50,
+	pipeline.StageInspect:    50,
+	pipeline.StageVolume:     51,
+	pipeline.StagePopulate:   98,
+	pipeline.StageFinalize:   99,
 }
 
-var fetchStages = map[string]stageRange{
-	pipeline.StageChecksum:   {0, 1},
-	pipeline.StageCacheCheck: {1, 1},
-	pipeline.StageDownload:   {1, 90},
-	pipeline.StageVerify:     {90, 98},
-	pipeline.StageInspect:    {99, 99},
+var fetchStages = map[string]int{
+	pipeline.StageChecksum:   1,
+	pipeline.StageCacheCheck: 1,
+	pipeline.StageDownload:   90,
+	pipeline.StageVerify:     98,
+	pipeline.StageInspect:    99,
+}
+
+// stagePercent is the overall percentage of a stage that began at base and
+// ends at end, done of total bytes into it; an unsized stage stays at base.
+func stagePercent(base, end int, done, total int64) int {
+	if total <= 0 || end <= base {
+		return base
+	}
+	return base + int(int64(end-base)*min(max(done, 0), total)/total)
 }
 
 // reporter turns stage progress into an overall percentage that never goes
@@ -49,7 +61,7 @@ type reporter struct {
 	host    string
 	jobID   string
 	attempt string // the record's AttemptID
-	stages  map[string]stageRange
+	stages  map[string]int
 	started time.Time
 
 	mu  sync.Mutex
@@ -57,7 +69,9 @@ type reporter struct {
 	// sized is the last progress with a known total, kept for the final record.
 	sized     kvstate.Progress
 	lastStage string
-	lastSent  time.Time
+	// base is the overall percentage when the current stage began.
+	base     int
+	lastSent time.Time
 	// span is the current stage's span, started at stageStart.
 	span       trace.Span
 	stageStart time.Time
@@ -112,15 +126,14 @@ func (r *reporter) stage() string {
 
 func (r *reporter) progress(stage string, done, total int64) {
 	r.mu.Lock()
-	rng, ok := r.stages[stage]
+	if stage != r.lastStage {
+		r.base = r.cur.Percent
+	}
+	end, ok := r.stages[stage]
 	if !ok {
-		rng = stageRange{r.cur.Percent, r.cur.Percent}
+		end = r.base
 	}
-	pct := rng.from
-	if total > 0 && rng.to > rng.from {
-		pct = rng.from + int(int64(rng.to-rng.from)*min(done, total)/total)
-	}
-	pct = max(pct, r.cur.Percent)
+	pct := max(stagePercent(r.base, end, done, total), r.cur.Percent)
 	r.countTo(stage, done)
 	r.cur = kvstate.Progress{Stage: stage, Percent: pct, BytesProcessed: done, BytesTotal: total}
 	if total > 0 {

@@ -6,7 +6,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	stdlog "log"
 	"net"
 	"net/http"
 	"os"
@@ -58,8 +57,12 @@ func run(args []string) error {
 	endpoints := c.String("PROVISIONER_IMAGE_ENDPOINTS", os.Getenv("MINIO_ENDPOINT"), "object store endpoints (host:port, comma-separated) image URLs may name; defaults to $MINIO_ENDPOINT; empty allows any")
 	logLevel := c.String("PROVISIONER_LOG_LEVEL", "info", "log level: debug, info, warn, error")
 	sec := securityFlags(c)
+	httpCfg := httpFlags(c)
 	natsCfg := config.NATSFlags(c)
 	if err := c.Parse(args); err != nil {
+		return err
+	}
+	if err := httpCfg.check(); err != nil {
 		return err
 	}
 	log, err := logging.New(*logLevel)
@@ -97,7 +100,11 @@ func run(args []string) error {
 		return err
 	}
 	opts = append(opts, natsconn.Resilient(
-		func(err error) { log.WithError(err).Warn("NATS disconnected") },
+		func(err error) {
+			if err != nil { // nil: the connection was closed on purpose (shutdown)
+				log.WithError(err).Warn("NATS disconnected")
+			}
+		},
 		func(url string) { log.WithField("url", url).Info("NATS reconnected") })...)
 	nc, err := nats.Connect(nconf.URL, opts...)
 	if err != nil {
@@ -122,7 +129,9 @@ func run(args []string) error {
 			eps = append(eps, messaging.NormalizeEndpoint(e, secure))
 		}
 	}
-	srv, err := api.New(ctx, api.Config{DefaultHypervisor: *defaultHost, ImageEndpoints: eps, Version: version.Version, TracerProvider: tp, Auth: authn}, nc, subjects, log)
+	apiCfg := api.Config{DefaultHypervisor: *defaultHost, ImageEndpoints: eps, Version: version.Version, TracerProvider: tp, Auth: authn}
+	httpCfg.apply(&apiCfg, *httpAddr, tlsConfig)
+	srv, err := api.New(ctx, apiCfg, nc, subjects, log)
 	if err != nil {
 		return err
 	}
@@ -130,8 +139,7 @@ func run(args []string) error {
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", *httpAddr, err)
 	}
-	hs := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second, WriteTimeout: 60 * time.Second,
-		TLSConfig: tlsConfig, ErrorLog: stdlog.New(log.WriterLevel(logrus.WarnLevel), "", 0)}
+	hs := httpCfg.server(srv.Handler(), tlsConfig, log)
 	errc := make(chan error, 1)
 	go func() {
 		if tlsConfig != nil {

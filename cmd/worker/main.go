@@ -61,6 +61,7 @@ func run(args []string) error {
 	host := c.String("PROVISIONER_HOST", defaultHost(), "host name this worker serves (default: the machine's hostname, sanitized)")
 	machine := c.String("PROVISIONER_MACHINE_ID", machineID(), "identity of this machine in the host registry (default: /etc/machine-id)")
 	httpAddr := c.String("PROVISIONER_HTTP_ADDR", "127.0.0.1:8081", "listen address of /metrics and the health endpoints")
+	httpIdle := c.Duration("PROVISIONER_HTTP_IDLE_TIMEOUT", 2*time.Minute, "how long an idle keep-alive connection to the HTTP endpoints stays open")
 	natsURL := c.String("PROVISIONER_NATS_URL", nats.DefaultURL, "NATS server URL(s), comma-separated")
 	prefix := c.String("PROVISIONER_SUBJECT_PREFIX", messaging.DefaultPrefix, "first token of every subject")
 	ackWait := c.Duration("PROVISIONER_ACK_WAIT", 2*time.Minute, "consumer ack wait; in-progress acks go out every third of it")
@@ -184,7 +185,13 @@ func run(args []string) error {
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", *httpAddr, err)
 	}
-	hs := &http.Server{Handler: w.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	if *httpIdle <= 0 {
+		return fmt.Errorf("PROVISIONER_HTTP_IDLE_TIMEOUT must be positive, not %s", *httpIdle)
+	}
+	// Every phase of a connection is bounded: an idle or slow client never
+	// holds a connection open for ever.
+	hs := &http.Server{Handler: w.Handler(), ReadHeaderTimeout: 10 * time.Second, ReadTimeout: 30 * time.Second,
+		WriteTimeout: 30 * time.Second, IdleTimeout: *httpIdle}
 	go func() { _ = hs.Serve(ln) }()
 	defer hs.Close()
 	log.WithFields(logrus.Fields{"addr": ln.Addr().String(), "host": *host, "cache_dir": vols.cacheDir, "backend": *backend,
