@@ -228,9 +228,13 @@ func New(ctx context.Context, cfg Config, nc *nats.Conn, subjects messaging.Subj
 		case <-time.After(time.Second):
 		}
 	}
+	// During a leader election KV requests fail for a few seconds ("no
+	// response from stream"): the worker retries them rather than failing
+	// the job.
+	retry := func(kv jetstream.KeyValue) jetstream.KeyValue { return kvstate.Retrying(kv, kvstate.DefaultRetryBudget) }
 	w := &Worker{cfg: cfg, nc: nc, js: js, subjects: subjects, parts: parts, log: log, started: time.Now(),
-		jobs: kvstate.Jobs{KV: b.Jobs}, hosts: kvstate.Hosts{KV: b.Hosts}, cacheKV: b.Cache}
-	w.leases = kvstate.Leases{KV: b.Volumes, Active: kvstate.JobActive(w.jobs, cfg.Host)}
+		jobs: kvstate.Jobs{KV: retry(b.Jobs)}, hosts: kvstate.Hosts{KV: retry(b.Hosts)}, cacheKV: retry(b.Cache)}
+	w.leases = kvstate.Leases{KV: retry(b.Volumes), Active: kvstate.JobActive(w.jobs, cfg.Host)}
 	w.metrics = newMetrics(w)
 	w.tracer = cfg.TracerProvider.Tracer("github.com/libvirt-volume-provisioner/provisioner/worker")
 	return w, nil
@@ -243,11 +247,11 @@ func (w *Worker) Registry() *prometheus.Registry { return w.metrics.registry }
 // Jobs still running then are stopped and left for redelivery.
 func (w *Worker) Run(ctx context.Context) error {
 	h := kvstate.Host{Name: w.cfg.Host, MachineID: w.cfg.MachineID, Version: w.cfg.Version, StartedAt: time.Now().UTC(), LastSeen: time.Now().UTC(), Heartbeat: w.cfg.Heartbeat}
-	rev, err := w.hosts.Claim(ctx, h)
+	rev, err := waitOut(ctx, w.log, "register host", func() (uint64, error) { return w.hosts.Claim(ctx, h) })
 	if err != nil {
 		return fmt.Errorf("register host %s: %w", w.cfg.Host, err)
 	}
-	sum, err := w.parts.Cache.ReconcileReport(ctx)
+	sum, err := waitOut(ctx, w.log, "reconcile image cache", func() (pipeline.ReconcileSummary, error) { return w.parts.Cache.ReconcileReport(ctx) })
 	if err != nil {
 		return fmt.Errorf("reconcile image cache: %w", err)
 	}
@@ -396,4 +400,23 @@ func (w *Worker) cacheBytes() int64 {
 		}
 	}
 	return n
+}
+
+// waitOut runs a start-up step until it succeeds, fails for good, or ctx
+// ends: a worker that starts while the NATS cluster elects a leader waits
+// (transient errors are logged and retried every two seconds) instead of
+// exiting.
+func waitOut[T any](ctx context.Context, log *logrus.Logger, step string, fn func() (T, error)) (T, error) {
+	for {
+		v, err := fn()
+		if !kvstate.Transient(err) || ctx.Err() != nil {
+			return v, err
+		}
+		log.WithError(err).Warn(step + ": NATS is not answering yet (a leader election?); retrying")
+		select {
+		case <-ctx.Done():
+			return v, err
+		case <-time.After(2 * time.Second):
+		}
+	}
 }
