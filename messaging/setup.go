@@ -19,11 +19,37 @@ type Limits struct {
 	MaxQueuedJobs int64
 	// EventRetention is how long progress events are kept.
 	EventRetention time.Duration
+	// MaxHosts bounds the fleet: the job stream's consumer limit (one
+	// consumer per host). Set explicitly, so nats-server's default of 1,000
+	// consumers per stream (default_max_consumers) never applies.
+	MaxHosts int
+}
+
+// DefaultMaxHosts is the fleet maximum when none is configured.
+const DefaultMaxHosts = 10_000
+
+// ErrFleetFull: the job stream has a consumer for as many hosts as the
+// fleet maximum allows.
+var ErrFleetFull = errors.New("the fleet is at its maximum number of hosts")
+
+// HostConsumerError explains a failure to create host's job consumer: the
+// server's "maximum consumers limit reached" becomes ErrFleetFull naming
+// the limit and the setting that raises it.
+func HostConsumerError(err error, host string, maxHosts int) error {
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeMaximumConsumersLimit {
+		limit := "the configured maximum"
+		if maxHosts > 0 {
+			limit = fmt.Sprintf("%d hosts", maxHosts)
+		}
+		return fmt.Errorf("host %s: %w (%s; raise PROVISIONER_MAX_HOSTS on the API, or remove hosts that are gone): %v", host, ErrFleetFull, limit, err)
+	}
+	return fmt.Errorf("create the job consumer of host %s: %w", host, err)
 }
 
 // DefaultLimits are the limits used when none are configured.
 func DefaultLimits() Limits {
-	return Limits{Replicas: 1, JobRetention: 7 * 24 * time.Hour, MaxQueuedJobs: 100_000, EventRetention: 24 * time.Hour}
+	return Limits{Replicas: 1, JobRetention: 7 * 24 * time.Hour, MaxQueuedJobs: 100_000, EventRetention: 24 * time.Hour, MaxHosts: DefaultMaxHosts}
 }
 
 // JobStreamConfig is the configuration of the job stream.
@@ -43,7 +69,15 @@ func JobStreamConfig(s Subjects, l Limits) jetstream.StreamConfig {
 		DiscardNewPerSubject: true,
 		Duplicates:           2 * time.Minute,
 		AllowDirect:          true,
+		MaxConsumers:         l.maxHosts(),
 	}
+}
+
+func (l Limits) maxHosts() int {
+	if l.MaxHosts <= 0 {
+		return DefaultMaxHosts
+	}
+	return l.MaxHosts
 }
 
 // EventStreamConfig is the configuration of the progress event stream.

@@ -2,6 +2,7 @@ package messaging_test
 
 import (
 	"context"
+	"fmt"
 	"errors"
 	"testing"
 	"time"
@@ -20,6 +21,7 @@ func TestDefaultLimits(t *testing.T) {
 		JobRetention:   7 * 24 * time.Hour,
 		MaxQueuedJobs:  100_000,
 		EventRetention: 24 * time.Hour,
+		MaxHosts:       messaging.DefaultMaxHosts,
 	}, messaging.DefaultLimits())
 }
 
@@ -274,4 +276,38 @@ func TestJobHeadersRoundTrip(t *testing.T) {
 	gc := messaging.HeaderCarrier(got.Header)
 	require.Equal(t, "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", gc.Get("Traceparent"))
 	require.Equal(t, "1", gc.Get(messaging.HeaderJobVersion))
+}
+
+// TestFleetLargerThanServerDefault: nats-server allows 1,000 consumers per
+// stream unless the stream says otherwise; the job stream says so, so
+// host 1,001 (and more) gets its consumer, and a host past the configured
+// maximum is refused with an error naming the limit.
+func TestFleetLargerThanServerDefault(t *testing.T) {
+	t.Parallel()
+	js := startJetStream(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	s := messaging.NewSubjects("")
+	l := messaging.DefaultLimits()
+	l.MaxHosts = 1_100
+	require.NoError(t, messaging.Setup(ctx, js, s, l))
+	create := func(i int) error {
+		host := fmt.Sprintf("hv-%04d", i)
+		_, err := js.CreateOrUpdateConsumer(ctx, messaging.JobStream, messaging.ConsumerConfig(s, host, time.Minute, 5))
+		if err != nil {
+			return messaging.HostConsumerError(err, host, l.MaxHosts)
+		}
+		return nil
+	}
+	for i := range 1_100 {
+		require.NoError(t, create(i), "host %d", i+1)
+	}
+	err := create(1_100)
+	require.ErrorIs(t, err, messaging.ErrFleetFull)
+	require.Contains(t, err.Error(), "1100 hosts; raise PROVISIONER_MAX_HOSTS")
+
+	// The limit can be raised on a running stream.
+	l.MaxHosts = 1_200
+	require.NoError(t, messaging.Setup(ctx, js, s, l))
+	require.NoError(t, create(1_100))
 }

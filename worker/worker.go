@@ -260,7 +260,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		"adopted": sum.Adopted, "foreign_kept": sum.ForeignKept, "evicted": sum.Evicted, "evicted_bytes": sum.EvictedBytes}).Info("image cache reconciled")
 	cons, err := w.js.CreateOrUpdateConsumer(ctx, messaging.JobStream, messaging.ConsumerConfig(w.subjects, w.cfg.Host, w.cfg.AckWait, w.cfg.MaxDeliver))
 	if err != nil {
-		return fmt.Errorf("bind consumer %s: %w", messaging.ConsumerName(w.cfg.Host), err)
+		return messaging.HostConsumerError(err, w.cfg.Host, 0)
 	}
 	w.log.WithFields(logrus.Fields{"host": w.cfg.Host, "consumer": messaging.ConsumerName(w.cfg.Host), "ack_wait": w.cfg.AckWait.String()}).Info("worker started")
 

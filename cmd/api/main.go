@@ -52,6 +52,7 @@ func run(args []string) error {
 	jsStore := c.Int64("PROVISIONER_JETSTREAM_MAX_STORE", 8<<30, "embedded JetStream storage limit in bytes")
 	prefix := c.String("PROVISIONER_SUBJECT_PREFIX", messaging.DefaultPrefix, "first token of every subject")
 	replicas := c.Int("PROVISIONER_REPLICAS", 1, "replicas of streams and buckets (3 on a NATS cluster)")
+	maxHosts := c.Int("PROVISIONER_MAX_HOSTS", messaging.DefaultMaxHosts, "fleet maximum: hosts with a job consumer (the job stream's consumer limit)")
 	jobRetention := c.Duration("PROVISIONER_JOB_RETENTION", 7*24*time.Hour, "how long job records are kept after their last change")
 	defaultHost := c.String("PROVISIONER_DEFAULT_HYPERVISOR", "", "hypervisor used when a request names none (empty: requests must name one)")
 	endpoints := c.String("PROVISIONER_IMAGE_ENDPOINTS", os.Getenv("MINIO_ENDPOINT"), "object store endpoints (host:port, comma-separated) image URLs may name; defaults to $MINIO_ENDPOINT; empty allows any")
@@ -119,6 +120,7 @@ func run(args []string) error {
 	limits := messaging.DefaultLimits()
 	limits.Replicas = *replicas
 	limits.JobRetention = *jobRetention
+	limits.MaxHosts = *maxHosts
 	if err := setupWithRetry(ctx, js, subjects, limits, log); err != nil {
 		return err
 	}
