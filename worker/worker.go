@@ -231,7 +231,9 @@ func New(ctx context.Context, cfg Config, nc *nats.Conn, subjects messaging.Subj
 	// During a leader election KV requests fail for a few seconds ("no
 	// response from stream"): the worker retries them rather than failing
 	// the job.
-	retry := func(kv jetstream.KeyValue) jetstream.KeyValue { return kvstate.Retrying(kv, kvstate.DefaultRetryBudget) }
+	retry := func(kv jetstream.KeyValue) jetstream.KeyValue {
+		return kvstate.Retrying(kv, kvstate.DefaultRetryBudget)
+	}
 	w := &Worker{cfg: cfg, nc: nc, js: js, subjects: subjects, parts: parts, log: log, started: time.Now(),
 		jobs: kvstate.Jobs{KV: retry(b.Jobs)}, hosts: kvstate.Hosts{KV: retry(b.Hosts)}, cacheKV: retry(b.Cache)}
 	w.leases = kvstate.Leases{KV: retry(b.Volumes), Active: kvstate.JobActive(w.jobs, cfg.Host)}
