@@ -64,7 +64,7 @@ func run(args []string) error {
 	httpIdle := c.Duration("PROVISIONER_HTTP_IDLE_TIMEOUT", 2*time.Minute, "how long an idle keep-alive connection to the HTTP endpoints stays open")
 	natsURL := c.String("PROVISIONER_NATS_URL", nats.DefaultURL, "NATS server URL(s), comma-separated")
 	prefix := c.String("PROVISIONER_SUBJECT_PREFIX", messaging.DefaultPrefix, "first token of every subject")
-	ackWait := c.Duration("PROVISIONER_ACK_WAIT", 2*time.Minute, "consumer ack wait; in-progress acks go out every third of it")
+	ackWait := c.Duration("PROVISIONER_ACK_WAIT", 2*time.Minute, "consumer ack wait; in-progress acks, lease renewals and the record heartbeat go out every sixth of it")
 	maxDeliver := c.Int("PROVISIONER_MAX_DELIVER", 5, "deliveries of one job before it fails")
 	heartbeat := c.Duration("PROVISIONER_HEARTBEAT", 5*time.Second, "host registry heartbeat interval")
 	cacheDir := c.String("PROVISIONER_CACHE_DIR", "/var/lib/libvirt/images", "image cache directory")
