@@ -203,9 +203,7 @@ func TestDeleteCachedImage(t *testing.T) {
 	require.Equal(t, map[string]any{"status": "deleted", "checksum": digest, "hypervisor": "h1"}, r.json(t))
 	require.NoFileExists(t, j.ImagePath)
 	require.EqualValues(t, 0, e.do(http.MethodGet, "/api/v1/cache/images", nil).json(t)["count"])
-	entries, err := os.ReadDir(filepath.Dir(j.ImagePath))
-	require.NoError(t, err)
-	require.Empty(t, entries)
+	require.Empty(t, cacheDirEntries(t, filepath.Dir(j.ImagePath)))
 
 	w.stop()
 	requireError(t, e.do(http.MethodDelete, "/api/v1/cache/images/"+digest, nil), 503, "service unavailable",

@@ -302,6 +302,12 @@ func (w *Worker) run(ctx context.Context, log *logrus.Entry, msg jetstream.Msg, 
 		return "fenced"
 	}
 	if errors.Is(cause, errShutdown) {
+		// Stopped cleanly: the next delivery need not wait for this
+		// attempt's heartbeat to expire.
+		_, _, _ = w.jobs.UpdateAttempt(bg, host, jobID, rec.AttemptID, func(j *kvstate.Job) error {
+			j.HeartbeatAt = nil
+			return nil
+		})
 		log.Info("job interrupted by shutdown; it will be redelivered")
 		_ = msg.NakWithDelay(nakDelay)
 		return "interrupted"
