@@ -126,6 +126,11 @@ func run(args []string) error {
 	if err != nil {
 		return err
 	}
+	stopWorkers, err := srv.ServeWorkers(ctx)
+	if err != nil {
+		return err
+	}
+	defer stopWorkers()
 	ln, err := net.Listen("tcp", *httpAddr)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", *httpAddr, err)
