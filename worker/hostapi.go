@@ -99,4 +99,3 @@ func (c hostCacheIndex) List(ctx context.Context, host string) ([]kvstate.CacheE
 	sort.Slice(out, func(i, j int) bool { return out[i].Path < out[j].Path })
 	return out, nil
 }
-
