@@ -359,6 +359,7 @@ func (s *Server) cancelJob(w http.ResponseWriter, r *http.Request) {
 		s.failNATS(w, r, "cancel job", err)
 		return
 	}
+	s.hintJobChanged(updated.Hypervisor, jobID)
 	if rec.Status == kvstate.StatusPending {
 		s.dropQueued(ctx, updated.Hypervisor, jobID)
 		s.releaseVolume(ctx, updated.Hypervisor, updated.VolumeName, jobID)

@@ -59,6 +59,9 @@ type Config struct {
 	// SSEKeepAlive is how often an idle event stream sends a comment line;
 	// zero means 15 s.
 	SSEKeepAlive time.Duration
+	// MaxHosts is the fleet maximum the job stream was set up with (named
+	// in the error a host past it gets).
+	MaxHosts int
 }
 
 // Server serves the REST API.

@@ -234,8 +234,10 @@ func publicKey(path string) (string, error) {
 }
 
 // WorkerPermissions are the NATS permissions of host's worker with subject
-// prefix prefix (empty: messaging.DefaultPrefix): its own consumer, jobs,
-// acks, events and KV keys, and nothing else. host "*" allows any one host
+// prefix prefix (empty: messaging.DefaultPrefix): its own consumer (which
+// the API creates for it), jobs, acks, events, KV keys and API requests, and
+// nothing else. It may create no consumer at all, so none can deliver to a
+// subject of its choosing. host "*" allows any one host
 // (the embedded server's shared worker key). deploy/nats/accounts.conf
 // spells out the same list for each hypervisor's user.
 //
@@ -251,11 +253,11 @@ func WorkerPermissions(prefix, host string) *server.Permissions {
 	}
 	jobs := messaging.JobStream
 	pub := []string{
-		// Create or update its durable pull consumer, filtered on its own jobs
-		// (nats.go sends the filter in the subject; the server checks that it
-		// equals the request's filter).
-		"$JS.API.CONSUMER.CREATE." + jobs + "." + consumer + "." + prefix + ".jobs." + host + ".>",
-		// Consumer info (queue depth for health) and pull requests.
+		// Ask the API to create or update its consumer and to list its cache
+		// index. A worker creates no consumer itself: a consumer's creator
+		// picks its deliver subject, and nats-server does not check it.
+		prefix + ".api.hosts." + host + ".>",
+		// Consumer info (binding, queue depth for health) and pull requests.
 		"$JS.API.CONSUMER.INFO." + jobs + "." + consumer,
 		"$JS.API.CONSUMER.MSG.NEXT." + jobs + "." + consumer,
 		// Ack, nak, in-progress and term of its own deliveries.
@@ -279,26 +281,15 @@ func WorkerPermissions(prefix, host string) *server.Permissions {
 			"$JS.API.DIRECT.GET.KV_"+b+".$KV."+b+"."+host+".>",
 		)
 	}
-	for _, b := range []string{messaging.JobBucket, messaging.CacheBucket} {
-		pub = append(pub,
-			// Watch (job records: cancellation) and list (cache index) its own
-			// keys: an ordered consumer filtered on them...
-			"$JS.API.CONSUMER.CREATE.KV_"+b+".*.$KV."+b+"."+host+".>",
-			// ...deleted when the watch stops...
-			"$JS.API.CONSUMER.DELETE.KV_"+b+".*",
-			// ...with flow control replies.
-			"$JS.FC.KV_"+b+".>",
-		)
-	}
 	inbox := "_INBOX_worker." + host + ".>"
 	if host == "*" {
 		inbox = "_INBOX_worker.>"
 	}
 	return &server.Permissions{
 		Publish: &server.SubjectPermission{Allow: pub},
-		// Replies (JetStream API, publish acks, pulled jobs, watches) arrive
-		// on its own inbox only; control requests (cache delete) on its own
-		// control subjects.
+		// Replies (JetStream API, publish acks, pulled jobs, the API's
+		// answers) arrive on its own inbox only; control requests (cache
+		// delete) and cancel hints on its own control subjects.
 		Subscribe: &server.SubjectPermission{Allow: []string{inbox, prefix + ".control." + host + ".>"}},
 		// It may answer the control requests it receives, once each.
 		Response: &server.ResponsePermission{MaxMsgs: 1, Expires: time.Minute},

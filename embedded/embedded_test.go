@@ -186,7 +186,10 @@ func TestWorkerKeyPermissions(t *testing.T) {
 	hosts := kvstate.Hosts{KV: b.Hosts}
 	_, err = hosts.Claim(ctx, kvstate.Host{Name: host, MachineID: "m", LastSeen: time.Now().UTC(), Heartbeat: time.Second})
 	require.NoError(t, err)
-	cons, err := wjs.CreateOrUpdateConsumer(ctx, messaging.JobStream, messaging.ConsumerConfig(subjects, host, time.Minute, 5))
+	// The API creates the consumer (api.Server.ServeWorkers); the worker binds it.
+	_, err = apiJS.CreateOrUpdateConsumer(ctx, messaging.JobStream, messaging.ConsumerConfig(subjects, host, time.Minute, 5))
+	require.NoError(t, err)
+	cons, err := wjs.Consumer(ctx, messaging.JobStream, messaging.ConsumerName(host))
 	require.NoError(t, err)
 	_, err = cons.Info(ctx)
 	require.NoError(t, err)
@@ -199,24 +202,28 @@ func TestWorkerKeyPermissions(t *testing.T) {
 	m.Normalize()
 	_, err = jobs.Create(ctx, kvstate.NewJob(m, host, time.Now().UTC()))
 	require.NoError(t, err)
-	w, err := jobs.Watch(ctx, host, testJobID)
+	_, _, err = jobs.Get(ctx, host, testJobID)
 	require.NoError(t, err)
-	require.NotNil(t, <-w.Updates())
-	require.NoError(t, w.Stop())
 	lease, err := kvstate.Leases{KV: b.Volumes}.Acquire(ctx, host, "v", testJobID, time.Minute)
 	require.NoError(t, err)
 	require.NoError(t, lease.Release(ctx))
 	cache := kvstate.CacheIndex{KV: b.Cache}
 	require.NoError(t, cache.Put(ctx, host, kvstate.CacheEntry{Key: strings.Repeat("a", 64), Path: "/x"}))
-	list, err := cache.List(ctx, host)
+	_, err = cache.Get(ctx, host, strings.Repeat("a", 64))
 	require.NoError(t, err)
-	require.Len(t, list, 1)
 	require.NoError(t, wnc.Publish(subjects.Event(host, testJobID), []byte(`{}`)))
 	require.NoError(t, msg.DoubleAck(ctx))
 	require.NoError(t, wnc.Flush())
 
-	// What it may not do.
 	short := func() context.Context { return ctxT(t, 1500*time.Millisecond) }
+	// What it may not do: create any consumer (a consumer's creator picks
+	// its deliver subject).
+	_, err = wjs.CreateOrUpdateConsumer(short(), messaging.JobStream, messaging.ConsumerConfig(subjects, host, time.Minute, 5))
+	require.Error(t, err)
+	werrs.waitFor(t, "Permissions Violation", "$JS.API.CONSUMER.CREATE."+messaging.JobStream)
+	_, err = b.Jobs.Watch(short(), host+"."+testJobID)
+	require.Error(t, err)
+	werrs.waitFor(t, "Permissions Violation", "$JS.API.CONSUMER.CREATE.KV_"+messaging.JobBucket)
 	_, err = wjs.CreateStream(short(), jetstream.StreamConfig{Name: "EVIL", Subjects: []string{"evil.>"}})
 	require.Error(t, err)
 	werrs.waitFor(t, "Permissions Violation", "$JS.API.STREAM.CREATE.EVIL")

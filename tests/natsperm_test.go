@@ -349,7 +349,11 @@ func permCheck(t *testing.T, url string, keys permKeys, replicas int) {
 
 	// hv-02's worker takes its job and holds it un-acked.
 	_, js2, _ := permConnect(t, url, natsconn.Config{NKeyFile: keys.hv02, Name: "worker-hv-02", InboxPrefix: natsconn.WorkerInboxPrefix("hv-02")})
-	cons2, err := js2.CreateOrUpdateConsumer(ctx, messaging.JobStream, messaging.ConsumerConfig(s, "hv-02", time.Minute, 5))
+	// The API creates each host's consumer (the API.ServeWorkers request);
+	// the worker only binds it.
+	_, err = apiJS.CreateOrUpdateConsumer(ctx, messaging.JobStream, messaging.ConsumerConfig(s, "hv-02", time.Minute, 5))
+	require.NoError(t, err)
+	cons2, err := js2.Consumer(ctx, messaging.JobStream, messaging.ConsumerName("hv-02"))
 	require.NoError(t, err)
 	msgB := permNext(t, cons2)
 	require.Equal(t, s.Job("hv-02", permJobB), msgB.Subject())
@@ -363,7 +367,9 @@ func permCheck(t *testing.T, url string, keys permKeys, replicas int) {
 	require.NoError(t, err)
 	_, err = kvstate.Hosts{KV: b.Hosts}.Claim(ctx, kvstate.Host{Name: host, MachineID: "m1", LastSeen: time.Now().UTC(), Heartbeat: time.Second})
 	require.NoError(t, err)
-	cons1, err := js1.CreateOrUpdateConsumer(ctx, messaging.JobStream, messaging.ConsumerConfig(s, host, time.Minute, 5))
+	_, err = apiJS.CreateOrUpdateConsumer(ctx, messaging.JobStream, messaging.ConsumerConfig(s, host, time.Minute, 5))
+	require.NoError(t, err)
+	cons1, err := js1.Consumer(ctx, messaging.JobStream, messaging.ConsumerName(host))
 	require.NoError(t, err)
 	_, err = cons1.Info(ctx)
 	require.NoError(t, err)
@@ -375,30 +381,21 @@ func permCheck(t *testing.T, url string, keys permKeys, replicas int) {
 	mA.Normalize()
 	_, err = jobs.Create(ctx, kvstate.NewJob(mA, host, time.Now().UTC()))
 	require.NoError(t, err)
-	w, err := jobs.Watch(ctx, host, permJobA)
-	require.NoError(t, err)
-	require.NotNil(t, <-w.Updates())
 	_, _, err = jobs.Update(ctx, host, permJobA, func(j *kvstate.Job) error { j.Status = kvstate.StatusRunning; return nil })
 	require.NoError(t, err)
-	for seen := false; !seen; {
-		select {
-		case e := <-w.Updates():
-			// nil marks the end of the initial values.
-			seen = e != nil && strings.Contains(string(e.Value()), `"running"`)
-		case <-time.After(10 * time.Second):
-			t.Fatal("the watch saw no update")
-		}
-	}
-	require.NoError(t, w.Stop())
+	// A worker reads its records by direct get (cancellation), never by a watch.
+	got, _, err := jobs.Get(ctx, host, permJobA)
+	require.NoError(t, err)
+	require.Equal(t, kvstate.StatusRunning, got.Status)
 	lease, err := kvstate.Leases{KV: b.Volumes}.Acquire(ctx, host, "v", permJobA, time.Minute)
 	require.NoError(t, err)
 	require.NoError(t, lease.Renew(ctx, time.Minute))
 	require.NoError(t, lease.Release(ctx))
 	cache := kvstate.CacheIndex{KV: b.Cache}
 	require.NoError(t, cache.Put(ctx, host, kvstate.CacheEntry{Key: strings.Repeat("a", 64), Path: "/x"}))
-	list, err := cache.List(ctx, host)
+	entry, err := cache.Get(ctx, host, strings.Repeat("a", 64))
 	require.NoError(t, err)
-	require.Len(t, list, 1)
+	require.Equal(t, "/x", entry.Path)
 	require.NoError(t, nc1.Publish(s.Event(host, permJobA), []byte(`{"status":"completed"}`)))
 	ev, err := events.NextMsg(5 * time.Second)
 	require.NoError(t, err)
@@ -488,6 +485,8 @@ func permCheck(t *testing.T, url string, keys permKeys, replicas int) {
 		require.NoError(t, err)
 		errs1.waitViolation(t, "subscription", subj)
 	}
+
+	permNoDeliveryToOtherHosts(t, url, keys, nc1, errs1, adminJS)
 
 	// hv-02's job is still its own, un-acked; it can ack it.
 	ci, err := cons2.Info(ctx)

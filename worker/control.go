@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -19,8 +20,12 @@ var ErrImageInUse = errors.New("image is in use by a running job")
 // serveControl answers the host's control requests (removing an image from
 // the cache) until the returned function is called.
 func (w *Worker) serveControl(ctx context.Context) (func(), error) {
-	index := kvstate.CacheIndex{KV: w.cacheKV}
+	index := w.CacheIndex()
 	sub, err := w.nc.Subscribe(w.subjects.CacheDelete(w.cfg.Host), func(m *nats.Msg) {
+		if !fromRequester(m) {
+			w.log.WithField("subject", m.Subject).Warn("control request ignored: it has no reply subject a requester listens on, so it did not come from the API")
+			return
+		}
 		reply := func(r messaging.CacheDeleteReply) {
 			data, _ := json.Marshal(r)
 			_ = m.Respond(data)
@@ -73,4 +78,13 @@ type inUse interface{ InUse() bool }
 func isInUse(err error) bool {
 	var iu inUse
 	return errors.As(err, &iu) && iu.InUse()
+}
+
+// fromRequester reports whether m can be a request a client sent: it has a
+// reply subject, and not a JetStream one. Messages that nats-server itself
+// publishes on a subject a client chose (the answer to a request whose reply
+// subject names another host's control subject, a pulled job delivered
+// there) have no reply subject, or a $JS.ACK one.
+func fromRequester(m *nats.Msg) bool {
+	return m.Reply != "" && !strings.HasPrefix(m.Reply, "$JS.")
 }

@@ -495,30 +495,6 @@ func (w *Worker) attemptHeartbeat(ctx context.Context, rec kvstate.Job) error {
 	return err
 }
 
-// watchCancel stops the job when its record turns cancelled.
-func (w *Worker) watchCancel(ctx context.Context, stop context.CancelCauseFunc, host, jobID string) {
-	for ctx.Err() == nil {
-		watcher, err := w.jobs.Watch(ctx, host, jobID)
-		if err != nil {
-			time.Sleep(time.Second)
-			continue
-		}
-		for e := range watcher.Updates() {
-			if e == nil {
-				continue
-			}
-			if e.Operation() != jetstream.KeyValuePut {
-				continue
-			}
-			var j kvstate.Job
-			if json.Unmarshal(e.Value(), &j) == nil && j.Status == kvstate.StatusCancelled {
-				stop(errCancelled)
-			}
-		}
-		_ = watcher.Stop()
-	}
-}
-
 type result struct {
 	cacheHit   bool
 	imagePath  string

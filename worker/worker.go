@@ -51,6 +51,9 @@ type Config struct {
 	MaxPendingAge time.Duration
 	// MaxRunTime fails an attempt that runs longer (0: none).
 	MaxRunTime time.Duration
+	// CancelCheck is how often a running job's record is read for a
+	// cancel besides the API's hints (default 2 s).
+	CancelCheck time.Duration
 	// VolumeAllow, when set, is the pattern (anchored) of the volume names
 	// this worker may touch.
 	VolumeAllow *regexp.Regexp
@@ -206,6 +209,9 @@ func New(ctx context.Context, cfg Config, nc *nats.Conn, subjects messaging.Subj
 	if cfg.TracerProvider == nil {
 		cfg.TracerProvider = otel.GetTracerProvider()
 	}
+	if cfg.CancelCheck <= 0 {
+		cfg.CancelCheck = 2 * time.Second
+	}
 	if cfg.ShutdownGrace <= 0 {
 		cfg.ShutdownGrace = 30 * time.Second
 	}
@@ -253,6 +259,11 @@ func (w *Worker) Run(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("register host %s: %w", w.cfg.Host, err)
 	}
+	// The consumer first: it waits for the API, which the cache list needs too.
+	cons, err := w.bindConsumer(ctx)
+	if err != nil {
+		return err
+	}
 	sum, err := waitOut(ctx, w.log, "reconcile image cache", func() (pipeline.ReconcileSummary, error) { return w.parts.Cache.ReconcileReport(ctx) })
 	if err != nil {
 		return fmt.Errorf("reconcile image cache: %w", err)
@@ -260,10 +271,6 @@ func (w *Worker) Run(ctx context.Context) error {
 	w.log.WithFields(logrus.Fields{"host": w.cfg.Host, "partials_removed": sum.PartialsRemoved, "entries_kept": sum.EntriesKept,
 		"missing_dropped": sum.MissingDropped, "size_mismatch_dropped": sum.SizeMismatchDropped, "orphans_removed": sum.OrphansRemoved,
 		"adopted": sum.Adopted, "foreign_kept": sum.ForeignKept, "evicted": sum.Evicted, "evicted_bytes": sum.EvictedBytes}).Info("image cache reconciled")
-	cons, err := w.js.CreateOrUpdateConsumer(ctx, messaging.JobStream, messaging.ConsumerConfig(w.subjects, w.cfg.Host, w.cfg.AckWait, w.cfg.MaxDeliver))
-	if err != nil {
-		return messaging.HostConsumerError(err, w.cfg.Host, 0)
-	}
 	w.log.WithFields(logrus.Fields{"host": w.cfg.Host, "consumer": messaging.ConsumerName(w.cfg.Host), "ack_wait": w.cfg.AckWait.String()}).Info("worker started")
 
 	// ctx ending stops fetching; running jobs go on until runCtx ends, a

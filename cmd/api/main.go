@@ -131,12 +131,17 @@ func run(args []string) error {
 			eps = append(eps, messaging.NormalizeEndpoint(e, secure))
 		}
 	}
-	apiCfg := api.Config{DefaultHypervisor: *defaultHost, ImageEndpoints: eps, Version: version.Version, TracerProvider: tp, Auth: authn}
+	apiCfg := api.Config{MaxHosts: limits.MaxHosts, DefaultHypervisor: *defaultHost, ImageEndpoints: eps, Version: version.Version, TracerProvider: tp, Auth: authn}
 	httpCfg.apply(&apiCfg, *httpAddr, tlsConfig)
 	srv, err := api.New(ctx, apiCfg, nc, subjects, log)
 	if err != nil {
 		return err
 	}
+	stopWorkers, err := srv.ServeWorkers(ctx)
+	if err != nil {
+		return err
+	}
+	defer stopWorkers()
 	ln, err := net.Listen("tcp", *httpAddr)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", *httpAddr, err)

@@ -23,7 +23,6 @@ import (
 	"github.com/libvirt-volume-provisioner/provisioner/config"
 	"github.com/libvirt-volume-provisioner/provisioner/internal/logging"
 	"github.com/libvirt-volume-provisioner/provisioner/internal/version"
-	"github.com/libvirt-volume-provisioner/provisioner/kvstate"
 	"github.com/libvirt-volume-provisioner/provisioner/messaging"
 	"github.com/libvirt-volume-provisioner/provisioner/natsconn"
 	"github.com/libvirt-volume-provisioner/provisioner/pipeline"
@@ -164,7 +163,7 @@ func run(args []string) error {
 	if minFree == 0 {
 		minFree = -1 // CacheOptions' zero means the default
 	}
-	cache, err := pipeline.NewCacheWithOptions(vols.cacheDir, *host, kvstate.CacheIndex{KV: w.CacheBucket()},
+	cache, err := pipeline.NewCacheWithOptions(vols.cacheDir, *host, w.CacheIndex(),
 		pipeline.CacheOptions{MaxBytes: *cacheMax, MinFreeBytes: minFree, RetryBudget: *retryBudget})
 	if err != nil {
 		return err
