@@ -58,6 +58,11 @@ func (id Identity) AllowImage(ref messaging.ImageRef) error {
 	return fmt.Errorf("%s may not use images from %s (allowed: %s)", id.Name, id.Buckets.Describe(ref), id.Buckets)
 }
 
+// ImageScoped reports whether the identity's scope limits which images it
+// may touch (a volume pattern or image buckets): such an identity may touch
+// a cache entry only after AllowCache accepted the entry's source.
+func (id Identity) ImageScoped() bool { return id.volumes != nil || len(id.Buckets) > 0 }
+
 // AllowCache says whether the identity may fetch an image from ref into a
 // host's cache, or remove an image that came from ref (403). An identity
 // scoped to volume names may touch the cache only when its scope also names
