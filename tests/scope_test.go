@@ -2,11 +2,16 @@ package tests
 
 import (
 	"context"
+	"encoding/json"
 	"net/http"
 	"os"
+	"strconv"
 	"testing"
 	"time"
 
+	"github.com/google/uuid"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 
 	"github.com/libvirt-volume-provisioner/provisioner/auth"
@@ -91,4 +96,50 @@ func TestScopeVolumeOnJobEndpoints(t *testing.T) {
 		403, "forbidden", `token:ops/web-images may not use images from bucket "`+other+`" (allowed: `+s.bucket+`)`)
 	_, err = os.Stat(s.volumePath("hv-01", "web-2"))
 	require.ErrorIs(t, err, os.ErrNotExist)
+}
+
+// TestAllowImageBuckets reproduces issue 11, item 5: any object the worker's
+// MinIO credentials could read was copied into a volume. With
+// PROVISIONER_IMAGE_BUCKETS the API refuses an image from another bucket
+// (400, naming image_url), and the worker fails such a job published
+// straight to NATS before anything is downloaded or written.
+func TestAllowImageBuckets(t *testing.T) {
+	t.Parallel()
+	allowed := "a" + strconv.FormatInt(time.Now().UnixNano(), 36)
+	e := newEnv(t, envOptions{noWorker: true, apiEnv: []string{"PROVISIONER_IMAGE_BUCKETS=" + allowed}})
+	e.startWorker("h1", "PROVISIONER_IMAGE_BUCKETS="+allowed)
+	qcow2, ref := image(t, 4<<20, 43)
+	goodURL, _, err := e.minio.PutImage(context.Background(), allowed, "golden.qcow2", qcow2, true)
+	require.NoError(t, err)
+	secret, _ := image(t, 4<<20, 44)
+	secretURL := e.upload("secret.qcow2", secret, true) // the test's own bucket: not on the list
+
+	refused := `image_url: bucket "` + e.bucket + `" is not an allowed image source (allowed: ` + allowed + `)`
+	requireError(t, e.do(http.MethodPost, "/api/v1/jobs", map[string]any{"image_url": secretURL, "volume_name": "stolen", "volume_size_gb": 1}), 400, "invalid request", refused)
+	requireError(t, e.do(http.MethodPost, "/api/v1/cache/fetch", map[string]any{"image_url": secretURL}), 400, "invalid request", refused)
+
+	// Straight to NATS, past the API.
+	js, err := jetstream.New(e.connectNATS())
+	require.NoError(t, err)
+	id := uuid.NewString()
+	body, _ := json.Marshal(map[string]any{"job_id": id, "image_url": secretURL, "volume_name": "stolen", "volume_size_gb": 1})
+	msg := nats.NewMsg("provisioner.jobs.h1." + id)
+	msg.Data = body
+	_, err = js.PublishMsg(t.Context(), msg, jetstream.WithMsgID(id))
+	require.NoError(t, err)
+	j := e.waitStatus(id, "failed")
+	require.Equal(t, `image_url names bucket "`+e.bucket+`", which is not an image source this worker may read (PROVISIONER_IMAGE_BUCKETS=`+allowed+`); use an image from one of those, or ask the operator to allow it`, j.Error)
+	_, err = os.Stat(e.volumePath("h1", "stolen"))
+	require.ErrorIs(t, err, os.ErrNotExist, "no volume was created")
+	cached, err := os.ReadDir(e.cacheDirs["h1"])
+	require.NoError(t, err)
+	for _, f := range cached {
+		require.NotContains(t, f.Name(), "secret", "nothing of the refused image was cached")
+	}
+	require.EqualValues(t, 0, e.do(http.MethodGet, "/api/v1/cache/images", nil).json(t)["count"])
+
+	// The allowed bucket still works.
+	good := e.submit(map[string]any{"image_url": goodURL, "volume_name": "vm-1", "volume_size_gb": 1})
+	e.waitStatus(good, "completed")
+	requireVolume(t, e.volumePath("h1", "vm-1"), ref, gib)
 }
