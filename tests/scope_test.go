@@ -3,13 +3,19 @@ package tests
 import (
 	"context"
 	"encoding/json"
+	"io"
 	"net/http"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/google/uuid"
+	"github.com/minio/minio-go/v7"
+	"github.com/minio/minio-go/v7/pkg/credentials"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
@@ -142,4 +148,45 @@ func TestAllowImageBuckets(t *testing.T) {
 	good := e.submit(map[string]any{"image_url": goodURL, "volume_name": "vm-1", "volume_size_gb": 1})
 	e.waitStatus(good, "completed")
 	requireVolume(t, e.volumePath("h1", "vm-1"), ref, gib)
+}
+
+// TestAllowDemoWorkerReadOnly: the MinIO user scripts/run.sh (make run, make
+// demo) gives the worker, made by tools/miniouser exactly as run.sh runs it,
+// reads the images bucket and nothing else: another bucket is refused, and
+// so is every write.
+func TestAllowDemoWorkerReadOnly(t *testing.T) {
+	t.Parallel()
+	m := requireMinIO(t)
+	ctx := context.Background()
+	tool := filepath.Join(t.TempDir(), "miniouser")
+	out, err := exec.Command("go", "build", "-C", "../tools/miniouser", "-o", tool, ".").CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	suffix := strconv.FormatInt(time.Now().UnixNano(), 36)
+	images, other, user := "img"+suffix, "oth"+suffix, "worker-"+suffix
+	qcow2, _ := image(t, 1<<20, 45)
+	_, _, err = m.PutImage(ctx, other, "private.qcow2", qcow2, false)
+	require.NoError(t, err)
+	cmd := exec.Command(tool, "-endpoint", m.Endpoint, "-bucket", images, "-user", user)
+	cmd.Env = append(os.Environ(), "MINIO_ROOT_USER="+m.AccessKey, "MINIO_ROOT_PASSWORD="+m.SecretKey, "MINIO_USER_SECRET=secret-"+suffix)
+	out, err = cmd.CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	_, _, err = m.PutImage(ctx, images, "demo/base.qcow2", qcow2, true) // the bucket exists now; root uploads
+	require.NoError(t, err)
+
+	c, err := minio.New(m.Endpoint, &minio.Options{Creds: credentials.NewStaticV4(user, "secret-"+suffix, "")})
+	require.NoError(t, err)
+	obj, err := c.GetObject(ctx, images, "demo/base.qcow2", minio.GetObjectOptions{})
+	require.NoError(t, err)
+	data, err := io.ReadAll(obj)
+	require.NoError(t, err, "the worker reads the images bucket")
+	require.NotEmpty(t, data)
+	_, err = c.StatObject(ctx, images, "demo/missing.qcow2", minio.StatObjectOptions{})
+	require.Equal(t, "NoSuchKey", minio.ToErrorResponse(err).Code, "a missing image is reported as missing, not as denied")
+
+	_, err = c.StatObject(ctx, other, "private.qcow2", minio.StatObjectOptions{})
+	require.Equal(t, "AccessDenied", minio.ToErrorResponse(err).Code, "another bucket: %v", err)
+	_, err = c.PutObject(ctx, images, "demo/evil.qcow2", strings.NewReader("x"), 1, minio.PutObjectOptions{})
+	require.Equal(t, "AccessDenied", minio.ToErrorResponse(err).Code, "writing: %v", err)
+	require.Equal(t, "AccessDenied", minio.ToErrorResponse(c.RemoveObject(ctx, images, "demo/base.qcow2", minio.RemoveObjectOptions{})).Code, "deleting")
+	require.Equal(t, "AccessDenied", minio.ToErrorResponse(c.MakeBucket(ctx, "new"+suffix, minio.MakeBucketOptions{})).Code, "creating buckets")
 }
