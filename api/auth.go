@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/libvirt-volume-provisioner/provisioner/auth"
+	"github.com/libvirt-volume-provisioner/provisioner/messaging"
 )
 
 // Error categories of authentication and authorization failures.
@@ -61,6 +62,24 @@ func identity(r *http.Request) auth.Identity {
 // allowHost answers 403 itself when the caller may not use host.
 func allowHost(w http.ResponseWriter, r *http.Request, host string) bool {
 	if err := identity(r).AllowHost(host); err != nil {
+		writeError(w, http.StatusForbidden, catForbidden, err.Error())
+		return false
+	}
+	return true
+}
+
+// allowSubmission answers 403 itself when the caller's scope does not cover
+// the job m from ref: the volume and the image's bucket of a provision job,
+// AllowCache for a cache fetch.
+func allowSubmission(w http.ResponseWriter, r *http.Request, m messaging.Job, ref messaging.ImageRef) bool {
+	id := identity(r)
+	var err error
+	if m.Kind == messaging.KindCacheFetch {
+		err = id.AllowCache(ref)
+	} else if err = id.AllowVolume(m.VolumeName); err == nil {
+		err = id.AllowImage(ref)
+	}
+	if err != nil {
 		writeError(w, http.StatusForbidden, catForbidden, err.Error())
 		return false
 	}

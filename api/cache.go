@@ -13,6 +13,7 @@ import (
 	"github.com/gorilla/mux"
 	"github.com/nats-io/nats.go"
 
+	"github.com/libvirt-volume-provisioner/provisioner/kvstate"
 	"github.com/libvirt-volume-provisioner/provisioner/messaging"
 )
 
@@ -98,6 +99,9 @@ func (s *Server) deleteCachedImage(w http.ResponseWriter, r *http.Request) {
 	if !ok || !allowHost(w, r, host) {
 		return
 	}
+	if key, ok = s.scopedCacheKey(ctx, w, r, host, key); !ok {
+		return
+	}
 	data, _ := json.Marshal(messaging.CacheDeleteRequest{Key: key, Caller: identity(r).Name})
 	msg, err := s.nc.RequestWithContext(ctx, s.subjects.CacheDelete(host), data)
 	if errors.Is(err, nats.ErrNoResponders) || errors.Is(err, context.DeadlineExceeded) {
@@ -124,4 +128,52 @@ func (s *Server) deleteCachedImage(w http.ResponseWriter, r *http.Request) {
 	default:
 		writeError(w, http.StatusInternalServerError, catInternal, "the worker could not remove the image: "+rep.Message)
 	}
+}
+
+// scopedCacheKey checks that a caller whose scope limits images (volume
+// names or image buckets) may remove the cached image named by key (a cache
+// key or a content checksum, resolved as the worker does) and returns the
+// entry's cache key, so the worker removes exactly the entry checked. It
+// answers the request itself: 404 when no entry matches, 403 when the entry
+// came from outside the scope. Unscoped callers pass key through.
+func (s *Server) scopedCacheKey(ctx context.Context, w http.ResponseWriter, r *http.Request, host, key string) (string, bool) {
+	id := identity(r)
+	if !id.ImageScoped() {
+		return key, true
+	}
+	if len(id.Buckets) == 0 { // scoped to volumes only: no cache entry is its own
+		writeError(w, http.StatusForbidden, catForbidden, id.AllowCache(messaging.ImageRef{}).Error())
+		return "", false
+	}
+	entry, err := s.cache.Get(ctx, host, key)
+	if errors.Is(err, kvstate.ErrNotFound) {
+		var entries []kvstate.CacheEntry
+		if entries, err = s.cache.List(ctx, host); err == nil {
+			err = kvstate.ErrNotFound
+			for _, e := range entries {
+				if e.Checksum == key {
+					entry, err = e, nil
+					break
+				}
+			}
+		}
+	}
+	if errors.Is(err, kvstate.ErrNotFound) {
+		writeError(w, http.StatusNotFound, "image not found", fmt.Sprintf("image %s is not in the cache of hypervisor %q", key, host))
+		return "", false
+	}
+	if err != nil {
+		s.failNATS(w, r, "read cache index", err)
+		return "", false
+	}
+	ref, err := messaging.ParseImageURL(entry.SourceURL)
+	if err == nil {
+		err = id.AllowCache(ref)
+	}
+	if err != nil {
+		// The message does not say where the image came from.
+		writeError(w, http.StatusForbidden, catForbidden, fmt.Sprintf("%s may not remove image %s from the cache of hypervisor %q: it did not come from the image buckets of its scope (%s)", id.Name, key, host, id.Buckets))
+		return "", false
+	}
+	return entry.Key, true
 }

@@ -138,20 +138,18 @@ func (s *Server) submit(w http.ResponseWriter, r *http.Request, m messaging.Job)
 		writeError(w, http.StatusBadRequest, catInvalid, fmt.Sprintf("image_url: endpoint %s is a loopback, link-local or metadata address; an operator must configure it in PROVISIONER_IMAGE_ENDPOINTS to allow it", ref.Endpoint))
 		return
 	}
+	if !s.cfg.ImageBuckets.Allows(ref) {
+		writeError(w, http.StatusBadRequest, catInvalid, fmt.Sprintf("image_url: %s is not an allowed image source (allowed: %s)", s.cfg.ImageBuckets.Describe(ref), s.cfg.ImageBuckets))
+		return
+	}
 	if !s.connected(w) {
 		return
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.NATSTimeout)
 	defer cancel()
 	host, ok := s.resolveHost(ctx, w, r, m.Hypervisor)
-	if !ok || !allowHost(w, r, host) {
+	if !ok || !allowHost(w, r, host) || !allowSubmission(w, r, m, ref) {
 		return
-	}
-	if m.Kind == messaging.KindProvision {
-		if err := identity(r).AllowVolume(m.VolumeName); err != nil {
-			writeError(w, http.StatusForbidden, catForbidden, err.Error())
-			return
-		}
 	}
 	m.Hypervisor = host
 	// undo takes back what this request reserved when it cannot finish.
@@ -302,7 +300,9 @@ func (s *Server) findJob(ctx context.Context, jobID string) (kvstate.Job, error)
 }
 
 // jobOf finds the job named by the request's path, answering the request
-// itself (400, 404, 403, 503) when it cannot be used.
+// itself (400, 404, 403, 503) when it cannot be used: a job on a host, or
+// for a volume (or a cache fetch of an image), outside the caller's scope is
+// 403. Reads, cancels and event streams all go through it.
 func (s *Server) jobOf(w http.ResponseWriter, r *http.Request) (kvstate.Job, bool) {
 	jobID, ok := jobIDFromPath(w, r)
 	if !ok || !s.connected(w) {
@@ -319,7 +319,14 @@ func (s *Server) jobOf(w http.ResponseWriter, r *http.Request) (kvstate.Job, boo
 		s.failNATS(w, r, "read job", err)
 		return rec, false
 	}
-	return rec, allowHost(w, r, rec.Hypervisor)
+	if !allowHost(w, r, rec.Hypervisor) {
+		return rec, false
+	}
+	if err := identity(r).AllowJob(rec.JobID, rec.Kind, rec.VolumeName, rec.ImageURL); err != nil {
+		writeError(w, http.StatusForbidden, catForbidden, err.Error())
+		return rec, false
+	}
+	return rec, true
 }
 
 func (s *Server) getJob(w http.ResponseWriter, r *http.Request) {

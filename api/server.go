@@ -36,6 +36,9 @@ type Config struct {
 	// ImageEndpoints are the object store endpoints (host:port) image URLs
 	// may name; empty allows any.
 	ImageEndpoints []string
+	// ImageBuckets are the buckets (or bucket/prefix) image URLs may name;
+	// empty allows any.
+	ImageBuckets messaging.ImageSources
 	// Version is reported by the health endpoints.
 	Version string
 	// NATSTimeout bounds each NATS operation of a request.

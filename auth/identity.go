@@ -11,6 +11,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/libvirt-volume-provisioner/provisioner/messaging"
 )
 
 // Identity is an authenticated caller and what it may touch.
@@ -20,7 +22,11 @@ type Identity struct {
 	Name string
 	// Hypervisors, when not empty, are the only hosts it may use.
 	Hypervisors []string
-	volumes     *regexp.Regexp
+	// Buckets, when not empty, are the only image sources (buckets or
+	// bucket/prefix) it may submit jobs from, on top of the server's own
+	// PROVISIONER_IMAGE_BUCKETS.
+	Buckets messaging.ImageSources
+	volumes *regexp.Regexp
 }
 
 // Anonymous is the identity of callers when authentication is off.
@@ -43,6 +49,51 @@ func (id Identity) AllowVolume(name string) error {
 	return fmt.Errorf("%s may not write volume %q (allowed: names matching %s)", id.Name, name, id.volumes)
 }
 
+// AllowImage says whether the identity may use an image from ref's bucket
+// (403).
+func (id Identity) AllowImage(ref messaging.ImageRef) error {
+	if id.Buckets.Allows(ref) {
+		return nil
+	}
+	return fmt.Errorf("%s may not use images from %s (allowed: %s)", id.Name, id.Buckets.Describe(ref), id.Buckets)
+}
+
+// ImageScoped reports whether the identity's scope limits which images it
+// may touch (a volume pattern or image buckets): such an identity may touch
+// a cache entry only after AllowCache accepted the entry's source.
+func (id Identity) ImageScoped() bool { return id.volumes != nil || len(id.Buckets) > 0 }
+
+// AllowCache says whether the identity may fetch an image from ref into a
+// host's cache, or remove an image that came from ref (403). An identity
+// scoped to volume names may touch the cache only when its scope also names
+// image buckets, and then only for images from them.
+func (id Identity) AllowCache(ref messaging.ImageRef) error {
+	if id.volumes != nil && len(id.Buckets) == 0 {
+		return fmt.Errorf("%s is scoped to volumes matching %s and may not fetch or remove cached images (its scope names no image buckets)", id.Name, id.volumes)
+	}
+	return id.AllowImage(ref)
+}
+
+// AllowJob says whether the identity may read, cancel or watch an existing
+// job of kind, for volume, from imageURL (403). A provision job must be for
+// a volume in scope; a cache fetch job follows AllowCache. The message does
+// not name the job's volume or image, which the caller may not see.
+func (id Identity) AllowJob(jobID, kind, volume, imageURL string) error {
+	if kind == messaging.KindCacheFetch {
+		if id.volumes == nil && len(id.Buckets) == 0 {
+			return nil
+		}
+		if ref, err := messaging.ParseImageURL(imageURL); err == nil && id.AllowCache(ref) == nil {
+			return nil
+		}
+		return fmt.Errorf("%s may not use job %s: it fetches an image outside its scope", id.Name, jobID)
+	}
+	if id.volumes == nil || id.volumes.MatchString(volume) {
+		return nil
+	}
+	return fmt.Errorf("%s may not use job %s: its volume is outside its scope (names matching %s)", id.Name, jobID, id.volumes)
+}
+
 // Client is an allowed client certificate identity and its scope.
 type Client struct {
 	// Name matches a verified certificate: "cn:<common name>",
@@ -52,6 +103,9 @@ type Client struct {
 	// Volumes, when set, is a regular expression volume names must match;
 	// it is anchored (^…$).
 	Volumes string `json:"volumes,omitempty"`
+	// Buckets, when set, are the image sources ("bucket" or
+	// "bucket/prefix") the client may use.
+	Buckets []string `json:"buckets,omitempty"`
 }
 
 // Policy is the allowlist of client certificate identities.
@@ -79,8 +133,24 @@ func LoadPolicy(path string) (*Policy, error) {
 		if _, err := anchored(c.Volumes); err != nil {
 			return nil, fmt.Errorf("client policy %s: volumes of %q: %w", path, c.Name, err)
 		}
+		if _, err := parseBuckets(c.Buckets); err != nil {
+			return nil, fmt.Errorf("client policy %s: buckets of %q: %w", path, c.Name, err)
+		}
 	}
 	return &p, nil
+}
+
+// parseBuckets reads a scope's image sources.
+func parseBuckets(entries []string) (messaging.ImageSources, error) {
+	var out messaging.ImageSources
+	for _, e := range entries {
+		src, err := messaging.ParseImageSource(e)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, src)
+	}
+	return out, nil
 }
 
 func anchored(pattern string) (*regexp.Regexp, error) {
@@ -136,7 +206,8 @@ func (a *Authenticator) Authenticate(r *http.Request) (Identity, error) {
 			for _, c := range a.Policy.Clients {
 				if slices.Contains(names, c.Name) {
 					re, _ := anchored(c.Volumes)
-					return Identity{Name: "cert:" + strings.TrimPrefix(c.Name, "cn:"), Hypervisors: c.Hypervisors, volumes: re}, nil
+					buckets, _ := parseBuckets(c.Buckets) // checked by LoadPolicy
+					return Identity{Name: "cert:" + strings.TrimPrefix(c.Name, "cn:"), Hypervisors: c.Hypervisors, Buckets: buckets, volumes: re}, nil
 				}
 			}
 		}
@@ -171,5 +242,6 @@ func (a *Authenticator) Authenticate(r *http.Request) (Identity, error) {
 	if c.Volumes != "" {
 		re, _ = anchored(c.Volumes)
 	}
-	return Identity{Name: "token:" + c.KeyID + "/" + c.Subject, Hypervisors: c.Hypervisors, volumes: re}, nil
+	buckets, _ := parseBuckets(c.Buckets) // checked by Verify
+	return Identity{Name: "token:" + c.KeyID + "/" + c.Subject, Hypervisors: c.Hypervisors, Buckets: buckets, volumes: re}, nil
 }

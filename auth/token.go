@@ -36,6 +36,9 @@ type Claims struct {
 	Hypervisors []string `json:"hyp,omitempty"`
 	// Volumes, when set, is a regular expression volume names must match.
 	Volumes string `json:"vol,omitempty"`
+	// Buckets, when not empty, are the only image sources ("bucket" or
+	// "bucket/prefix") the bearer may use.
+	Buckets []string `json:"bkt,omitempty"`
 }
 
 // Errors of token verification; all mean 401.
@@ -132,6 +135,9 @@ func (k Keys) Mint(c Claims) (string, error) {
 			return "", fmt.Errorf("volume pattern: %w", err)
 		}
 	}
+	if _, err := parseBuckets(c.Buckets); err != nil {
+		return "", fmt.Errorf("buckets: %w", err)
+	}
 	payload, err := json.Marshal(c)
 	if err != nil {
 		return "", err
@@ -191,6 +197,9 @@ func (k Keys) Verify(token string, now time.Time) (Claims, error) {
 		if _, err := regexp.Compile(c.Volumes); err != nil {
 			return Claims{}, ErrMalformed
 		}
+	}
+	if _, err := parseBuckets(c.Buckets); err != nil {
+		return Claims{}, ErrMalformed
 	}
 	return c, nil
 }

@@ -11,6 +11,13 @@ mkdir -p "$VAR"
 export PATH="$PATH:$(go env GOPATH)/bin"
 export MINIO_ACCESS_KEY=${MINIO_ACCESS_KEY:-provisioner}
 export MINIO_SECRET_KEY=${MINIO_SECRET_KEY:-provisioner-secret}
+# The buckets images may come from (API and worker refuse others).
+export PROVISIONER_IMAGE_BUCKETS=${PROVISIONER_IMAGE_BUCKETS:-images}
+# The worker's own MinIO credentials: with the MinIO started here, a
+# read-only user for the images bucket (never the root user above, which only
+# the demo's upload uses); with your MinIO, yours (default: MINIO_ACCESS_KEY).
+WORKER_MINIO_ACCESS_KEY=${WORKER_MINIO_ACCESS_KEY:-}
+WORKER_MINIO_SECRET_KEY=${WORKER_MINIO_SECRET_KEY:-}
 API_ADDR=${API_ADDR:-127.0.0.1:8080}
 WORKER_ADDR=${WORKER_ADDR:-127.0.0.1:8081}
 pids=()
@@ -36,14 +43,21 @@ done
 if [ -z "${MINIO_ENDPOINT:-}" ]; then
   export MINIO_ENDPOINT=127.0.0.1:9000
   port_free "$MINIO_ENDPOINT" || { echo "address $MINIO_ENDPOINT is in use: stop it, or set MINIO_ENDPOINT to your MinIO" >&2; exit 1; }
+  mkdir -p "$VAR/minio" && chmod 700 "$VAR/minio"   # the object data and MinIO's IAM: nobody else's to read
   MINIO_ROOT_USER=$MINIO_ACCESS_KEY MINIO_ROOT_PASSWORD=$MINIO_SECRET_KEY MINIO_BROWSER=off \
     minio server --quiet --address "$MINIO_ENDPOINT" --console-address 127.0.0.1:9001 "$VAR/minio" >>"$VAR/minio.log" 2>&1 &
   pids+=($!)
   wait_http "http://$MINIO_ENDPOINT/minio/health/live" MinIO "$VAR/minio.log"
-  echo "MinIO        http://$MINIO_ENDPOINT (access key $MINIO_ACCESS_KEY), data in $VAR/minio"
+  WORKER_MINIO_ACCESS_KEY=${WORKER_MINIO_ACCESS_KEY:-provisioner-worker}
+  WORKER_MINIO_SECRET_KEY=${WORKER_MINIO_SECRET_KEY:-$(head -c 18 /dev/urandom | base64 | tr '+/' '-_')}
+  images_bucket=${PROVISIONER_IMAGE_BUCKETS%%,*}; images_bucket=${images_bucket%%/*}   # the first allowed bucket
+  go build -C tools/miniouser -o "$PWD/bin/miniouser" .
+  MINIO_ROOT_USER=$MINIO_ACCESS_KEY MINIO_ROOT_PASSWORD=$MINIO_SECRET_KEY MINIO_USER_SECRET=$WORKER_MINIO_SECRET_KEY \
+    bin/miniouser -endpoint "$MINIO_ENDPOINT" -bucket "$images_bucket" -user "$WORKER_MINIO_ACCESS_KEY"
+  echo "MinIO        http://$MINIO_ENDPOINT (root access key $MINIO_ACCESS_KEY; the worker's, read-only on bucket $images_bucket: $WORKER_MINIO_ACCESS_KEY), data in $VAR/minio"
 fi
 
-PROVISIONER_HTTP_ADDR=$API_ADDR PROVISIONER_DATA_DIR=$VAR PROVISIONER_DEFAULT_HYPERVISOR=${PROVISIONER_DEFAULT_HYPERVISOR:-local} \
+MINIO_ACCESS_KEY= MINIO_SECRET_KEY= PROVISIONER_HTTP_ADDR=$API_ADDR PROVISIONER_DATA_DIR=$VAR PROVISIONER_DEFAULT_HYPERVISOR=${PROVISIONER_DEFAULT_HYPERVISOR:-local} \
   bin/api >>"$VAR/api.log" 2>&1 &
 pids+=($!)
 wait_http "http://$API_ADDR/livez" API "$VAR/api.log"
@@ -51,6 +65,7 @@ echo "API          http://$API_ADDR (embedded NATS on nats://${PROVISIONER_NATS_
 
 PROVISIONER_HTTP_ADDR=$WORKER_ADDR PROVISIONER_HOST=${PROVISIONER_HOST:-local} PROVISIONER_NATS_URL=nats://${PROVISIONER_NATS_LISTEN:-127.0.0.1:4222} \
   PROVISIONER_NATS_NKEY=$VAR/credentials/worker.nk \
+  MINIO_ACCESS_KEY=${WORKER_MINIO_ACCESS_KEY:-$MINIO_ACCESS_KEY} MINIO_SECRET_KEY=${WORKER_MINIO_SECRET_KEY:-$MINIO_SECRET_KEY} \
   PROVISIONER_CACHE_DIR=${PROVISIONER_CACHE_DIR:-$VAR/cache} PROVISIONER_VOLUME_BACKEND=file PROVISIONER_VOLUME_DIR=${PROVISIONER_VOLUME_DIR:-$VAR/volumes} \
   bin/worker >>"$VAR/worker.log" 2>&1 &
 pids+=($!)

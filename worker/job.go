@@ -516,6 +516,10 @@ func (w *Worker) execute(ctx context.Context, rep *reporter, rec kvstate.Job, m 
 	if ref.Endpoint != w.parts.Source.Endpoint() {
 		return res, fmt.Errorf("image_url names endpoint %s, but this worker's object store is %s", ref.Endpoint, w.parts.Source.Endpoint())
 	}
+	if !w.cfg.ImageBuckets.Allows(ref) {
+		return res, fmt.Errorf("image_url names %s, which is not an image source this worker may read (PROVISIONER_IMAGE_BUCKETS=%s); use an image from one of those, or ask the operator to allow it",
+			w.cfg.ImageBuckets.Describe(ref), w.cfg.ImageBuckets)
+	}
 	ji, err := w.fetchImage(ctx, rep, m, ref)
 	if err != nil {
 		return res, err

@@ -57,6 +57,10 @@ type Config struct {
 	// VolumeAllow, when set, is the pattern (anchored) of the volume names
 	// this worker may touch.
 	VolumeAllow *regexp.Regexp
+	// ImageBuckets, when not empty, are the only buckets (or bucket/prefix)
+	// this worker reads images from; a job naming another fails before
+	// anything is downloaded or written.
+	ImageBuckets messaging.ImageSources
 }
 
 // Parts are the pipeline's implementations a worker drives.

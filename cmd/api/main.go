@@ -56,6 +56,7 @@ func run(args []string) error {
 	jobRetention := c.Duration("PROVISIONER_JOB_RETENTION", 7*24*time.Hour, "how long job records are kept after their last change")
 	defaultHost := c.String("PROVISIONER_DEFAULT_HYPERVISOR", "", "hypervisor used when a request names none (empty: requests must name one)")
 	endpoints := c.String("PROVISIONER_IMAGE_ENDPOINTS", os.Getenv("MINIO_ENDPOINT"), "object store endpoints (host:port, comma-separated) image URLs may name; defaults to $MINIO_ENDPOINT; empty allows any")
+	buckets := c.String("PROVISIONER_IMAGE_BUCKETS", "", "buckets (or bucket/prefix), comma-separated, image URLs may name; empty allows any")
 	logLevel := c.String("PROVISIONER_LOG_LEVEL", "info", "log level: debug, info, warn, error")
 	sec := securityFlags(c)
 	httpCfg := httpFlags(c)
@@ -131,7 +132,11 @@ func run(args []string) error {
 			eps = append(eps, messaging.NormalizeEndpoint(e, secure))
 		}
 	}
-	apiCfg := api.Config{MaxHosts: limits.MaxHosts, DefaultHypervisor: *defaultHost, ImageEndpoints: eps, Version: version.Version, TracerProvider: tp, Auth: authn}
+	sources, err := messaging.ParseImageSources(*buckets)
+	if err != nil {
+		return fmt.Errorf("PROVISIONER_IMAGE_BUCKETS: %w", err)
+	}
+	apiCfg := api.Config{MaxHosts: limits.MaxHosts, DefaultHypervisor: *defaultHost, ImageEndpoints: eps, ImageBuckets: sources, Version: version.Version, TracerProvider: tp, Auth: authn}
 	httpCfg.apply(&apiCfg, *httpAddr, tlsConfig)
 	srv, err := api.New(ctx, apiCfg, nc, subjects, log)
 	if err != nil {

@@ -15,7 +15,7 @@ import (
 // tokenCommand implements "api token create" and "api token secret".
 func tokenCommand(args []string, out io.Writer) error {
 	if len(args) == 0 {
-		return errors.New("usage: api token create --key-id ID --ttl 24h [--subject NAME] [--hypervisors a,b] [--volumes REGEX] | api token secret --key-id ID")
+		return errors.New("usage: api token create --key-id ID --ttl 24h [--subject NAME] [--hypervisors a,b] [--volumes REGEX] [--buckets a,b/prefix] | api token secret --key-id ID")
 	}
 	switch args[0] {
 	case "secret":
@@ -38,6 +38,7 @@ func tokenCommand(args []string, out io.Writer) error {
 		subject := fs.String("subject", "", "who the token is for (recorded as the caller)")
 		hyps := fs.String("hypervisors", "", "comma-separated hypervisors the token may use (empty: all)")
 		vols := fs.String("volumes", "", "regular expression volume names must match (empty: all)")
+		buckets := fs.String("buckets", "", "comma-separated image buckets (or bucket/prefix) the token may use images from (empty: all)")
 		if err := fs.Parse(args[1:]); err != nil {
 			return err
 		}
@@ -61,6 +62,11 @@ func tokenCommand(args []string, out io.Writer) error {
 		for _, h := range strings.Split(*hyps, ",") {
 			if h = strings.TrimSpace(h); h != "" {
 				claims.Hypervisors = append(claims.Hypervisors, h)
+			}
+		}
+		for _, b := range strings.Split(*buckets, ",") {
+			if b = strings.TrimSpace(b); b != "" {
+				claims.Buckets = append(claims.Buckets, b)
 			}
 		}
 		token, err := keys.Mint(claims)

@@ -88,6 +88,7 @@ func run(args []string) error {
 	maxPending := c.Duration("PROVISIONER_MAX_PENDING_AGE", 24*time.Hour, "fail a job that waited longer than this for a worker (0: no limit)")
 	maxRun := c.Duration("PROVISIONER_MAX_RUN_TIME", 2*time.Hour, "fail an attempt that runs longer than this (0: no limit)")
 	volumeAllow := c.String("PROVISIONER_VOLUME_ALLOW", "", "regular expression (anchored) of the volume names this worker may touch (empty: all)")
+	buckets := c.String("PROVISIONER_IMAGE_BUCKETS", "", "buckets (or bucket/prefix), comma-separated, this worker reads images from; a job naming another fails (empty: any its credentials can read)")
 	natsCfg := config.NATSFlags(c)
 	if err := c.Parse(args); err != nil {
 		return err
@@ -101,6 +102,10 @@ func run(args []string) error {
 		if allow, err = regexp.Compile("^(?:" + *volumeAllow + ")$"); err != nil {
 			return fmt.Errorf("PROVISIONER_VOLUME_ALLOW: %w", err)
 		}
+	}
+	sources, err := messaging.ParseImageSources(*buckets)
+	if err != nil {
+		return fmt.Errorf("PROVISIONER_IMAGE_BUCKETS: %w", err)
 	}
 	if *minioEndpoint == "" {
 		return errors.New("MINIO_ENDPOINT is not set: the worker needs the object store that holds the images")
@@ -155,7 +160,7 @@ func run(args []string) error {
 	// The cache index needs the buckets; New waits for the API to create them.
 	w, err := worker.New(ctx, worker.Config{Host: *host, MachineID: *machine, Version: version.Version, AckWait: *ackWait,
 		MaxDeliver: *maxDeliver, Heartbeat: *heartbeat, TracerProvider: tp,
-		ShutdownGrace: *grace, MaxPendingAge: *maxPending, MaxRunTime: *maxRun, VolumeAllow: allow}, nc, subjects, worker.Parts{Source: source, Backend: vols.backend, Converter: converter, Checker: pipeline.QemuImg{Path: qemuPath}}, log)
+		ShutdownGrace: *grace, MaxPendingAge: *maxPending, MaxRunTime: *maxRun, VolumeAllow: allow, ImageBuckets: sources}, nc, subjects, worker.Parts{Source: source, Backend: vols.backend, Converter: converter, Checker: pipeline.QemuImg{Path: qemuPath}}, log)
 	if err != nil {
 		return err
 	}
