@@ -28,7 +28,6 @@ import (
 	"github.com/libvirt-volume-provisioner/provisioner/api"
 	"github.com/libvirt-volume-provisioner/provisioner/embedded"
 	"github.com/libvirt-volume-provisioner/provisioner/internal/testenv"
-	"github.com/libvirt-volume-provisioner/provisioner/kvstate"
 	"github.com/libvirt-volume-provisioner/provisioner/messaging"
 	"github.com/libvirt-volume-provisioner/provisioner/pipeline"
 	"github.com/libvirt-volume-provisioner/provisioner/worker"
@@ -68,7 +67,7 @@ func TestOneTraceFromRequestToStages(t *testing.T) {
 	w, err := worker.New(ctx, worker.Config{Host: "h1", MachineID: "m1", AckWait: 5 * time.Second, Heartbeat: time.Second, TracerProvider: tp},
 		nc, subjects, worker.Parts{Source: source, Backend: files, Converter: pipeline.QemuImg{}}, log)
 	require.NoError(t, err)
-	cache, err := pipeline.NewCache(filepath.Join(dir, "cache"), "h1", kvstate.CacheIndex{KV: w.CacheBucket()})
+	cache, err := pipeline.NewCache(filepath.Join(dir, "cache"), "h1", w.CacheIndex())
 	require.NoError(t, err)
 	w.SetCache(cache)
 	var wg sync.WaitGroup
@@ -77,6 +76,9 @@ func TestOneTraceFromRequestToStages(t *testing.T) {
 
 	srv, err := api.New(ctx, api.Config{DefaultHypervisor: "h1", Version: "test", TracerProvider: tp, ImageEndpoints: []string{m.Endpoint}}, nc, subjects, log)
 	require.NoError(t, err)
+	stopWorkers, err := srv.ServeWorkers(ctx) // the worker asks the API for its consumer
+	require.NoError(t, err)
+	t.Cleanup(stopWorkers)
 	hs := httptest.NewServer(srv.Handler())
 	t.Cleanup(hs.Close)
 	e := &env{t: t, apiURL: hs.URL, minio: m, bucket: "trace" + strconv.FormatInt(time.Now().UnixNano(), 36)}
