@@ -229,12 +229,18 @@ func (s Jobs) UpdateAttempt(ctx context.Context, host, jobID, attemptID string, 
 	})
 }
 
+// isRevisionMismatch reports a compare-and-set conflict: the key changed
+// (or exists) since the revision the write named. Replicated streams report
+// it with another error code (10164) than single-replica ones (10071);
+// nats.go maps both to ErrKeyRevisionMismatch (Update, Delete) and
+// ErrKeyExists (Create).
 func isRevisionMismatch(err error) bool {
-	var apiErr *jetstream.APIError
-	if errors.As(err, &apiErr) && apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence {
+	if errors.Is(err, jetstream.ErrKeyRevisionMismatch) || errors.Is(err, jetstream.ErrKeyExists) {
 		return true
 	}
-	return errors.Is(err, jetstream.ErrKeyExists)
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && (apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequence ||
+		apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)
 }
 
 // Watch streams changes of one job record until ctx ends.

@@ -330,13 +330,18 @@ func (w *Worker) run(ctx context.Context, log *logrus.Entry, msg jetstream.Msg, 
 			// ack, no rollback.
 			log.WithError(uerr).Error("job stopped: another attempt took the job over")
 			return "fenced"
+		} else if errors.As(uerr, &te) && te.From == kvstate.StatusCompleted && w.ownCompletion(bg, rec) {
+			// The completion landed but its answer was lost (an election):
+			// a retry found the record completed by this very attempt.
+			final, uerr = w.currentRecord(bg, rec), nil
 		} else if errors.As(uerr, &te) {
 			cause = errCancelled // cancelled at the last moment: undo below
-		} else if uerr != nil {
+		}
+		if cause == nil && uerr != nil {
 			log.WithError(uerr).Warn("could not record completion; the job will be redelivered")
 			_ = msg.NakWithDelay(nakDelay)
 			return "interrupted"
-		} else {
+		} else if cause == nil {
 			_ = msg.DoubleAck(bg)
 			w.metrics.jobs.WithLabelValues(string(kvstate.StatusCompleted)).Inc()
 			w.metrics.duration.WithLabelValues("completed").Observe(time.Since(started).Seconds())
@@ -381,6 +386,21 @@ func (w *Worker) run(ctx context.Context, log *logrus.Entry, msg jetstream.Msg, 
 	w.failAttempt(bg, log.WithField("stage", rep.stage()), rec, err.Error())
 	_ = msg.TermWithReason("failed")
 	return string(kvstate.StatusFailed)
+}
+
+// ownCompletion reports whether the record was completed by the attempt
+// rec names.
+func (w *Worker) ownCompletion(ctx context.Context, rec kvstate.Job) bool {
+	cur, _, err := w.jobs.Get(ctx, rec.Hypervisor, rec.JobID)
+	return err == nil && cur.Status == kvstate.StatusCompleted && cur.AttemptID == rec.AttemptID
+}
+
+// currentRecord is the stored record, or rec when it cannot be read.
+func (w *Worker) currentRecord(ctx context.Context, rec kvstate.Job) kvstate.Job {
+	if cur, _, err := w.jobs.Get(ctx, rec.Hypervisor, rec.JobID); err == nil {
+		return cur
+	}
+	return rec
 }
 
 // whySuperseded is the cause of an attempt stopped by ErrSuperseded: the
