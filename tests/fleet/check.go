@@ -21,6 +21,7 @@ type verdict struct {
 	lost int
 	// doubled: more than one effect (a volume written twice).
 	doubled    int
+	overlapped int // doubled with the executions at the same time
 	reruns     int // started more than once, but one effect (redelivery after a crash)
 	maxPerHost int
 	examples   []string
@@ -119,7 +120,12 @@ func (v *verdict) judgeOne(s *submission, recs map[string]kvstate.Job, t *tally)
 	effects := t.effects[s.key]
 	if effects > 1 {
 		v.doubled++
-		v.example(fmt.Sprintf("doubled: job %s on %s: %d effects, %d starts", s.jobID, s.host, effects, t.starts[s.key]))
+		kind := "one after the other"
+		if t.overlapped(s.key) {
+			v.overlapped++
+			kind = "overlapping"
+		}
+		v.example(fmt.Sprintf("doubled: job %s on %s (%s): %d effects, %d starts, %s", s.jobID, s.host, s.via, effects, t.starts[s.key], kind))
 	} else if t.starts[s.key] > 1 {
 		v.reruns++
 	}
@@ -164,8 +170,8 @@ func percentile(sorted []time.Duration, q float64) time.Duration {
 
 // print writes the findings and, last, the one summary line.
 func (v verdict) print(w io.Writer, hosts int) {
-	fmt.Fprintf(w, "jobs: offered=%d accepted=%d not_accepted=%d completed=%d failed=%d cancelled=%d non_terminal=%d no_record=%d reruns=%d\n",
-		v.offered, v.accepted, v.notAccepted, v.completed, v.failed, v.cancelled, v.nonTerminal, v.missing, v.reruns)
+	fmt.Fprintf(w, "jobs: offered=%d accepted=%d not_accepted=%d completed=%d failed=%d cancelled=%d non_terminal=%d no_record=%d reruns=%d doubled_overlapping=%d\n",
+		v.offered, v.accepted, v.notAccepted, v.completed, v.failed, v.cancelled, v.nonTerminal, v.missing, v.reruns, v.overlapped)
 	for _, e := range v.examples {
 		fmt.Fprintln(w, "  "+e)
 	}

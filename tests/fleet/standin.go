@@ -43,6 +43,9 @@ type tally struct {
 	// effects: a conversion ran to its end (the volume was written).
 	effects    map[string]int
 	effectHost map[string]string
+	// startAt and effectAt are the times of every start and effect of a job.
+	startAt    map[string][]time.Time
+	effectAt   map[string][]time.Time
 	startTimes []time.Time
 	completed  int
 	// maxPerHost is the most jobs seen running at once on one host.
@@ -51,7 +54,8 @@ type tally struct {
 }
 
 func newTally() *tally {
-	return &tally{firstStart: map[string]time.Time{}, starts: map[string]int{}, effects: map[string]int{}, effectHost: map[string]string{}}
+	return &tally{firstStart: map[string]time.Time{}, starts: map[string]int{}, effects: map[string]int{}, effectHost: map[string]string{},
+		startAt: map[string][]time.Time{}, effectAt: map[string][]time.Time{}}
 }
 
 func (t *tally) start(key string, now time.Time) {
@@ -61,6 +65,7 @@ func (t *tally) start(key string, now time.Time) {
 		t.firstStart[key] = now
 	}
 	t.starts[key]++
+	t.startAt[key] = append(t.startAt[key], now)
 	t.startTimes = append(t.startTimes, now)
 }
 
@@ -69,9 +74,24 @@ func (t *tally) effect(key, host string) {
 	defer t.mu.Unlock()
 	t.effects[key]++
 	t.effectHost[key] = host
+	t.effectAt[key] = append(t.effectAt[key], time.Now())
 	if t.effects[key] == 1 {
 		t.completed++
 	}
+}
+
+// overlapped reports whether a job started again while an earlier
+// execution had not yet had its effect (two writers of one volume at once),
+// rather than after it (a crash or a lost completion between the write and
+// its record). t.mu held.
+func (t *tally) overlapped(key string) bool {
+	starts, effects := t.startAt[key], t.effectAt[key]
+	for k := 0; k+1 < len(starts) && k < len(effects); k++ {
+		if starts[k+1].Before(effects[k]) {
+			return true
+		}
+	}
+	return false
 }
 
 func (t *tally) concurrency(host string, n int) {
