@@ -134,7 +134,7 @@ func (v *verdict) judgeOne(s *submission, recs map[string]kvstate.Job, t *tally)
 	case !ok:
 		v.missing++
 		v.lost++
-		v.example(fmt.Sprintf("lost: job %s on %s (%s): no record", s.jobID, s.host, s.via))
+		v.example(fmt.Sprintf("lost: job %s on %s (%s): no record %s", s.jobID, s.host, s.via, s.note))
 		return
 	case rec.Status == kvstate.StatusCompleted:
 		v.completed++
@@ -147,8 +147,8 @@ func (v *verdict) judgeOne(s *submission, recs map[string]kvstate.Job, t *tally)
 	}
 	if rec.Status != kvstate.StatusCompleted || effects == 0 {
 		v.lost++
-		v.example(fmt.Sprintf("lost: job %s on %s (%s): status %s, attempt %d, %d effects, error %q",
-			s.jobID, s.host, s.via, rec.Status, rec.Attempt, effects, rec.Error))
+		v.example(fmt.Sprintf("lost: job %s on %s (%s): status %s, attempt %d, %d effects, error %q %s",
+			s.jobID, s.host, s.via, rec.Status, rec.Attempt, effects, rec.Error, s.note))
 	}
 }
 

@@ -37,6 +37,9 @@ type submission struct {
 	sent     time.Time
 	accepted time.Time
 	err      error
+	// note says how a REST submission was answered after a retry (which
+	// replica, replayed or not, and the first error), for the findings.
+	note string
 }
 
 // loader offers jobs through the APIs' REST endpoint and straight to NATS.
@@ -92,6 +95,9 @@ func (l *loader) submit(ctx context.Context, s *submission, i int) {
 			err = l.publish(ctx, s, i)
 		}
 		if err == nil {
+			if attempt > 0 && s.note == "" {
+				s.note = fmt.Sprintf("accepted on try %d after: %v", attempt+1, s.err)
+			}
 			s.accepted, s.err = time.Now(), nil
 			return
 		}
@@ -136,6 +142,9 @@ func (l *loader) postREST(ctx context.Context, s *submission, i int) error {
 		return fmt.Errorf("POST %s: no job_id in %s", a.name, b)
 	}
 	s.jobID = got.JobID
+	if resp.Header.Get("Idempotent-Replayed") == "true" {
+		s.note = fmt.Sprintf("%s answered with a replayed Idempotency-Key (after: %v)", a.name, s.err)
+	}
 	return nil
 }
 
