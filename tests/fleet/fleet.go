@@ -84,6 +84,9 @@ func run(ctx context.Context, opt options, out io.Writer) (res result, err error
 			fmt.Fprintf(out, "fault: %v\n", res.fault.rejoinErr)
 		}
 	}
+	if opt.natsBench != "" {
+		f.natsBench(ctx, opt.natsBench)
+	}
 	fmt.Fprintf(out, "fleet_up_s=%.2f\n", res.fleetUp.Seconds())
 	res.verdict.print(out, opt.hosts)
 	return res, nil

@@ -39,6 +39,7 @@ type options struct {
 	restEvery    int
 	keep         bool
 	settle       time.Duration
+	natsBench    string
 }
 
 func parseFlags(args []string) (options, error) {
@@ -55,6 +56,7 @@ func parseFlags(args []string) (options, error) {
 	fs.IntVar(&o.restEvery, "rest-every", 2, "every n-th job goes through REST, the rest straight to NATS (0: none through REST)")
 	fs.BoolVar(&o.keep, "keep", false, "keep the run's directory (configs, logs, stores) even when nothing went wrong")
 	fs.DurationVar(&o.settle, "settle", 0, "how long to wait for the last jobs with no progress (default: 2 ack waits + 30 s)")
+	fs.StringVar(&o.natsBench, "nats-bench", "", "after the fleet run, run this nats CLI's JetStream publish benchmark on the same cluster (scripts/install-nats-cli.sh builds bin/nats)")
 	if err := fs.Parse(args); err != nil {
 		return o, err
 	}
