@@ -25,6 +25,8 @@ type verdict struct {
 	reruns     int // started more than once, but one effect (redelivery after a crash)
 	maxPerHost int
 	examples   []string
+	exits      int
+	firstExit  string
 	p50, p99   time.Duration
 	acceptRate float64
 }
@@ -86,7 +88,7 @@ func readRecords(ctx context.Context, jobs kvstate.Jobs, subs []*submission) map
 func judge(subs []*submission, recs map[string]kvstate.Job, t *tally) verdict {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	v := verdict{offered: len(subs), maxPerHost: t.maxPerHost}
+	v := verdict{offered: len(subs), maxPerHost: t.maxPerHost, exits: t.exits, firstExit: t.firstExit}
 	var dispatch []time.Duration
 	var first, last time.Time
 	for _, s := range subs {
@@ -172,6 +174,9 @@ func percentile(sorted []time.Duration, q float64) time.Duration {
 func (v verdict) print(w io.Writer, hosts int) {
 	fmt.Fprintf(w, "jobs: offered=%d accepted=%d not_accepted=%d completed=%d failed=%d cancelled=%d non_terminal=%d no_record=%d reruns=%d doubled_overlapping=%d\n",
 		v.offered, v.accepted, v.notAccepted, v.completed, v.failed, v.cancelled, v.nonTerminal, v.missing, v.reruns, v.overlapped)
+	if v.exits > 0 {
+		fmt.Fprintf(w, "workers that exited on their own (restarted after %s, as systemd would): %d; first: %s\n", restartSec, v.exits, v.firstExit)
+	}
 	for _, e := range v.examples {
 		fmt.Fprintln(w, "  "+e)
 	}

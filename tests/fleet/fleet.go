@@ -64,7 +64,10 @@ func run(ctx context.Context, opt options, out io.Writer) (res result, err error
 	if err != nil {
 		return res, err
 	}
-	f.logf("fleet up: %d hosts with their consumers in %.2f s", opt.hosts, res.fleetUp.Seconds())
+	f.tally.mu.Lock()
+	exits := f.tally.exits
+	f.tally.mu.Unlock()
+	f.logf("fleet up: %d hosts with their consumers in %.2f s (%d workers exited on their own meanwhile)", opt.hosts, res.fleetUp.Seconds(), exits)
 	meter := newCPUMeter(f.pids)
 	selfStart, wallStart := selfCPU(), time.Now()
 	res.verdict, res.fault, err = f.load(ctx)

@@ -77,15 +77,42 @@ func (h *simHost) start(ctx context.Context) error {
 	p := &workerProcess{nc: nc, pipe: pipe, cancel: cancel, done: make(chan error, 1)}
 	go func() {
 		err := w.Run(pctx)
-		if err != nil && pctx.Err() == nil {
-			h.set.log.WithError(err).WithField("host", name).Error("fleet: worker exited")
-		}
 		p.done <- err
+		if err != nil && pctx.Err() == nil {
+			h.onFailure(ctx, p, err)
+		}
 	}()
 	h.mu.Lock()
 	h.cur = p
 	h.mu.Unlock()
 	return nil
+}
+
+// restartSec is how long systemd waits before restarting a failed worker
+// (deploy/systemd/provisioner-worker.service: Restart=on-failure, RestartSec=2s).
+const restartSec = 2 * time.Second
+
+// onFailure handles a worker that exited on its own with err: it is
+// counted and, as systemd would, restarted after restartSec.
+func (h *simHost) onFailure(ctx context.Context, p *workerProcess, err error) {
+	h.set.log.WithError(err).WithField("host", h.state.name).Error("fleet: worker exited; restarting it as systemd would")
+	h.state.tally.workerExit(h.state.name, err)
+	h.mu.Lock()
+	current := h.cur == p
+	h.mu.Unlock()
+	p.nc.Close()
+	p.pipe.kill()
+	if !current {
+		return
+	}
+	select {
+	case <-ctx.Done():
+		return
+	case <-time.After(restartSec):
+	}
+	if err := h.start(ctx); err != nil {
+		h.set.log.WithError(err).WithField("host", h.state.name).Error("fleet: restart failed")
+	}
 }
 
 // kill ends the worker process like kill -9: its NATS connection closes

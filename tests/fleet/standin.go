@@ -51,6 +51,19 @@ type tally struct {
 	// maxPerHost is the most jobs seen running at once on one host.
 	maxPerHost int
 	maxHost    string
+	// exits counts workers that exited on their own (then restarted).
+	exits     int
+	firstExit string
+}
+
+// workerExit counts a worker that exited on its own.
+func (t *tally) workerExit(host string, err error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.exits++
+	if t.firstExit == "" {
+		t.firstExit = host + ": " + err.Error()
+	}
 }
 
 func newTally() *tally {
