@@ -11,7 +11,7 @@ LDFLAGS := -X github.com/libvirt-volume-provisioner/provisioner/internal/version
 GO_TAGS ?= libdeflate
 export GOFLAGS := $(GOFLAGS) -tags=$(GO_TAGS)
 
-.PHONY: all build deps run demo test unit integration bench bench-quick lint clean e2e-lvm fuzz
+.PHONY: all build deps run demo test unit integration bench bench-quick fleet fleet-quick lint clean e2e-lvm fuzz
 
 all: build
 
@@ -57,6 +57,15 @@ bench: deps build
 ## bench-quick: smoke run of the harness (small image, loopback only, one run; prints only)
 bench-quick: build
 	$(GO) run ./bench -quick
+
+## fleet: the fleet harness (tests/fleet): 3-node NATS cluster, two APIs, 1,000 simulated hypervisors, 10,000 jobs (minutes)
+FLEET_ARGS ?= -hosts 1000 -jobs 10000 -rate 1000 -duration 1s
+fleet:
+	$(GO) run ./tests/fleet $(FLEET_ARGS)
+
+## fleet-quick: the same with 50 hosts and 500 jobs (under a minute)
+fleet-quick:
+	$(GO) run ./tests/fleet -hosts 50 -jobs 500 -rate 100 -duration 1s $(FLEET_ARGS_QUICK)
 
 ## lint: formatting and vet
 lint:

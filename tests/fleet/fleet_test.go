@@ -1,0 +1,35 @@
+package main
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+)
+
+// TestFleetKillLeader is a small fleet (20 simulated hypervisors, 200 jobs
+// over REST and NATS) on a real 3-node cluster whose job stream leader is
+// killed with 40% of the jobs done and restarted 5 s later: nothing may be
+// lost or run twice, no host may run more than two jobs at once, and the
+// restarted node must be current on every stream within 30 s.
+func TestFleetKillLeader(t *testing.T) {
+	t.Parallel()
+	if testing.Short() {
+		t.Skip("starts a 3-node NATS cluster and two APIs")
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
+	defer cancel()
+	opt := options{hosts: 20, jobs: 200, rate: 50, duration: time.Second, fault: faultKillLeader,
+		restartAfter: 5 * time.Second, ackWait: 30 * time.Second, restEvery: 2, settle: 60 * time.Second}
+	res, err := run(ctx, opt, t.Output())
+	require.NoError(t, err)
+	v := res.verdict
+	require.Equal(t, opt.jobs, v.accepted, "every offered job is accepted")
+	require.Zero(t, v.lost, "lost jobs: %v", v.examples)
+	require.Zero(t, v.doubled, "jobs with more than one effect: %v", v.examples)
+	require.LessOrEqual(t, v.maxPerHost, 2, "jobs running at once on one host")
+	require.NotEmpty(t, res.fault.node, "the job stream leader was killed")
+	require.NoError(t, res.fault.rejoinErr)
+	require.LessOrEqual(t, res.fault.rejoin, 30*time.Second, "the restarted node is current again within 30 s")
+}
