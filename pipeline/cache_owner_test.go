@@ -71,7 +71,7 @@ func replaceFile(t *testing.T, p string, mode replaceMode) string {
 	return digest
 }
 
-// TestCacheReconcileLeavesUserFiles is the attack of issue 11: files an
+// TestCacheReconcileLeavesUserFiles reproduces the attack on the sweep: files an
 // operator keeps in the cache directory, named like cached images or like
 // partial downloads, survive a worker start (a new Cache on the directory
 // and ReconcileReport), while what the cache itself left behind goes.

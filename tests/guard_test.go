@@ -39,7 +39,7 @@ func (e *env) rawRequest(method, path, host, contentType, body string, headers .
 	return response{Status: resp.StatusCode, Header: resp.Header, Body: data}
 }
 
-// TestCSRFAndDNSRebindingRefused replays issue 11's attack on the default
+// TestCSRFAndDNSRebindingRefused replays the CSRF/DNS-rebinding attack on the default
 // loopback API with no authentication: a web page posting a job as
 // text/plain with a foreign Origin and Host, and a rebound name reading the
 // cache list. Each part is refused on its own, in the error format; curl-like

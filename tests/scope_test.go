@@ -24,7 +24,7 @@ import (
 	"github.com/libvirt-volume-provisioner/provisioner/internal/testenv"
 )
 
-// TestScopeVolumeOnJobEndpoints reproduces the attack of issue 11, item 4: a
+// TestScopeVolumeOnJobEndpoints reproduces the scope attack: a
 // token scoped to web-.* on hv-01 read, cancelled (which removed the volume
 // the job created) and watched a db-1 job. Every job endpoint now answers
 // 403 for a job outside the volume scope, and the db-1 job runs to its end.
@@ -104,7 +104,7 @@ func TestScopeVolumeOnJobEndpoints(t *testing.T) {
 	require.ErrorIs(t, err, os.ErrNotExist)
 }
 
-// TestAllowImageBuckets reproduces issue 11, item 5: any object the worker's
+// TestAllowImageBuckets reproduces the image-source attack: any object the worker's
 // MinIO credentials could read was copied into a volume. With
 // PROVISIONER_IMAGE_BUCKETS the API refuses an image from another bucket
 // (400, naming image_url), and the worker fails such a job published
