@@ -2,6 +2,7 @@ package tests
 
 import (
 	"errors"
+	"io"
 	"strings"
 	"testing"
 	"time"
@@ -9,10 +10,12 @@ import (
 	"github.com/google/uuid"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+	"github.com/sirupsen/logrus"
 	"github.com/stretchr/testify/require"
 
 	"github.com/libvirt-volume-provisioner/provisioner/messaging"
 	"github.com/libvirt-volume-provisioner/provisioner/natsconn"
+	"github.com/libvirt-volume-provisioner/provisioner/worker"
 )
 
 // permInjection is what permNoReplyInjection works with: the servers, the
@@ -135,4 +138,14 @@ func permRequest(t *testing.T, nc *nats.Conn, subject string, body []byte) *nats
 		return last == nil
 	}, 15*time.Second, 100*time.Millisecond, "request on %s: %v", subject, last)
 	return reply
+}
+
+// permWorkerBinds starts the worker's own set-up (worker.New: bind the
+// streams and buckets) with the JetStream API prefix of its host account.
+func permWorkerBinds(t *testing.T, nc1 *nats.Conn) {
+	log := logrus.New()
+	log.SetOutput(io.Discard)
+	cfg := worker.Config{Host: "hv-01", MachineID: "m1", JSAPIPrefix: permJSPrefix}
+	_, err := worker.New(permCtx(t, 20*time.Second), cfg, nc1, messaging.NewSubjects(""), worker.Parts{}, log)
+	require.NoError(t, err, "worker.New with PROVISIONER_NATS_JS_PREFIX=%s", permJSPrefix)
 }

@@ -535,6 +535,7 @@ func permCheck(t *testing.T, url string, keys permKeys, replicas int) {
 	}
 
 	permRequestsAcrossAccounts(t, apiNC, nc1)
+	permWorkerBinds(t, nc1)
 	permNoDeliveryToOtherHosts(t, url, keys, nc1, errs1, adminJS)
 	permNoReplyInjection(t, permInjection{url: url, keys: keys, nc1: nc1, nc2: nc2, worker1: b, api: apiB, apiJS: apiJS})
 
