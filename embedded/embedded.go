@@ -234,16 +234,45 @@ func publicKey(path string) (string, error) {
 }
 
 // WorkerPermissions are the NATS permissions of host's worker with subject
-// prefix prefix (empty: messaging.DefaultPrefix): its own consumer (which
-// the API creates for it), jobs, acks, events, KV keys and API requests, and
-// nothing else. It may create no consumer at all, so none can deliver to a
-// subject of its choosing. host "*" allows any one host
-// (the embedded server's shared worker key). deploy/nats/accounts.conf
-// spells out the same list for each hypervisor's user.
+// prefix prefix (empty: messaging.DefaultPrefix) when it shares the
+// PROVISIONER account: its own consumer (which the API creates for it),
+// jobs, acks, events, KV keys and API requests, and nothing else. It may
+// create no consumer at all, so none can deliver to a subject of its
+// choosing. host "*" allows any one host (the embedded server's shared
+// worker key).
 //
 // A worker must use the inbox prefix natsconn.WorkerInboxPrefix(host): it
-// may subscribe only there.
+// may subscribe only there. In a shared account a worker can still name
+// another host's subjects as the reply subject of its own JetStream
+// requests; deploy/nats therefore puts each host in an account of its own
+// (HostAccount).
 func WorkerPermissions(prefix, host string) *server.Permissions {
+	return workerPermissions(prefix, host, workerPublishes(prefix, host))
+}
+
+// workerPermissions are a worker's permissions with publish allow list pub.
+func workerPermissions(prefix, host string, pub []string) *server.Permissions {
+	if prefix == "" {
+		prefix = messaging.DefaultPrefix
+	}
+	inbox := "_INBOX_worker." + host + ".>"
+	if host == "*" {
+		inbox = "_INBOX_worker.>"
+	}
+	return &server.Permissions{
+		Publish: &server.SubjectPermission{Allow: pub},
+		// Replies (JetStream API, publish acks, pulled jobs, the API's
+		// answers) arrive on its own inbox only; control requests (cache
+		// delete) and cancel hints on its own control subjects.
+		Subscribe: &server.SubjectPermission{Allow: []string{inbox, prefix + ".control." + host + ".>"}},
+		// It may answer the control requests it receives, once each.
+		Response: &server.ResponsePermission{MaxMsgs: 1, Expires: time.Minute},
+	}
+}
+
+// workerPublishes are the subjects of the PROVISIONER account host's worker
+// publishes on (see WorkerPermissions).
+func workerPublishes(prefix, host string) []string {
 	if prefix == "" {
 		prefix = messaging.DefaultPrefix
 	}
@@ -281,17 +310,5 @@ func WorkerPermissions(prefix, host string) *server.Permissions {
 			"$JS.API.DIRECT.GET.KV_"+b+".$KV."+b+"."+host+".>",
 		)
 	}
-	inbox := "_INBOX_worker." + host + ".>"
-	if host == "*" {
-		inbox = "_INBOX_worker.>"
-	}
-	return &server.Permissions{
-		Publish: &server.SubjectPermission{Allow: pub},
-		// Replies (JetStream API, publish acks, pulled jobs, the API's
-		// answers) arrive on its own inbox only; control requests (cache
-		// delete) and cancel hints on its own control subjects.
-		Subscribe: &server.SubjectPermission{Allow: []string{inbox, prefix + ".control." + host + ".>"}},
-		// It may answer the control requests it receives, once each.
-		Response: &server.ResponsePermission{MaxMsgs: 1, Expires: time.Minute},
-	}
+	return pub
 }

@@ -201,7 +201,37 @@ func (e *permErrs) snapshot() []string {
 	return slices.Clone(e.list)
 }
 
+// permJSPrefix is the JetStream API prefix of the workers in their host
+// accounts (deploy/nats/accounts.conf).
+const permJSPrefix = embedded.HostAPIPrefix
+
+// permLocal is subject of the PROVISIONER account as a worker in its host
+// account names it.
+func permLocal(subject string) string {
+	if permJSPrefix == "" {
+		return subject
+	}
+	return embedded.LocalSubject(subject)
+}
+
+// permConnect connects as c with the JetStream API of the PROVISIONER
+// account (the API, operators).
 func permConnect(t *testing.T, url string, c natsconn.Config) (*nats.Conn, jetstream.JetStream, *permErrs) {
+	t.Helper()
+	return permConnectPrefix(t, url, c, "")
+}
+
+// permConnectWorker connects as host's worker from its host account: its
+// inbox prefix, the JetStream API under permJSPrefix.
+func permConnectWorker(t *testing.T, url, seed, host string) (*nats.Conn, jetstream.JetStream, *permErrs) {
+	t.Helper()
+	c := natsconn.Config{NKeyFile: seed, Name: "worker-" + host, InboxPrefix: natsconn.WorkerInboxPrefix(host)}
+	return permConnectPrefix(t, url, c, permJSPrefix)
+}
+
+// permConnectPrefix connects as c with the JetStream API under apiPrefix
+// ("" for none).
+func permConnectPrefix(t *testing.T, url string, c natsconn.Config, apiPrefix string) (*nats.Conn, jetstream.JetStream, *permErrs) {
 	t.Helper()
 	opts, err := natsconn.Options(c)
 	require.NoError(t, err)
@@ -213,6 +243,9 @@ func permConnect(t *testing.T, url string, c natsconn.Config) (*nats.Conn, jetst
 	}, 20*time.Second, 100*time.Millisecond, "connect to %s: %v", url, err)
 	t.Cleanup(nc.Close)
 	js, err := jetstream.New(nc)
+	if apiPrefix != "" {
+		js, err = jetstream.NewWithAPIPrefix(nc, apiPrefix)
+	}
 	require.NoError(t, err)
 	return nc, js, e
 }
@@ -274,12 +307,15 @@ func TestNATSPermissions(t *testing.T) {
 		permCheck(t, strings.Join(urls, ","), keys, 3)
 	})
 
-	// The per-host worker users in accounts.conf have exactly the
-	// permissions embedded.WorkerPermissions builds for the same host.
-	t.Run("config matches embedded.WorkerPermissions", func(t *testing.T) {
+	// The host accounts in accounts.conf are exactly what
+	// cmd/nats-host-account prints (embedded.HostAccount), and their users
+	// have the permissions it builds.
+	t.Run("config matches embedded.HostAccount", func(t *testing.T) {
 		t.Parallel()
 		dir := t.TempDir()
 		keys := permNewKeys(t, dir)
+		data, err := os.ReadFile(filepath.Join(permDeployDir(t), "accounts.conf"))
+		require.NoError(t, err)
 		var repl []string
 		for v, pub := range keys.pub {
 			repl = append(repl, v, `"`+pub+`"`)
@@ -294,14 +330,25 @@ func TestNATSPermissions(t *testing.T) {
 			byKey[u.Nkey] = u
 		}
 		require.Nil(t, byKey[keys.pub["$PROVISIONER_NKEY_ADMIN"]].Permissions, "admin has full access")
-		for host, v := range map[string]string{"hv-01": "$PROVISIONER_NKEY_WORKER_HV_01", "hv-02": "$PROVISIONER_NKEY_WORKER_HV_02"} {
-			got := byKey[keys.pub[v]].Permissions
-			want := embedded.WorkerPermissions("", host)
+		require.Equal(t, embedded.MainAccount, byKey[keys.pub["$PROVISIONER_NKEY_API"]].Account.Name)
+		for _, host := range []string{"hv-01", "hv-02"} {
+			a := embedded.NewHostAccount("", host)
+			require.Contains(t, string(data), a.Config(), "accounts.conf: the %s account differs from go run ./cmd/nats-host-account %s", host, host)
+			require.Contains(t, string(data), a.MainImport(), "accounts.conf: PROVISIONER does not import %s's control subjects", host)
+			u := byKey[keys.pub["$"+embedded.NKeyVariable(host)]]
+			require.Equal(t, a.Name, u.Account.Name, host)
+			got, want := u.Permissions, a.Permissions
 			require.ElementsMatch(t, want.Publish.Allow, got.Publish.Allow, host)
 			require.Empty(t, got.Publish.Deny, host)
 			require.ElementsMatch(t, want.Subscribe.Allow, got.Subscribe.Allow, host)
 			require.Empty(t, got.Subscribe.Deny, host)
 			require.Equal(t, want.Response, got.Response, host)
+			// The imports are WorkerPermissions of the shared account, renamed.
+			var subjects []string
+			for _, im := range a.Imports {
+				subjects = append(subjects, im.Subject)
+			}
+			require.ElementsMatch(t, embedded.WorkerPermissions("", host).Publish.Allow, subjects, host)
 		}
 	})
 }
@@ -348,7 +395,7 @@ func permCheck(t *testing.T, url string, keys permKeys, replicas int) {
 	require.NoError(t, err)
 
 	// hv-02's worker takes its job and holds it un-acked.
-	_, js2, _ := permConnect(t, url, natsconn.Config{NKeyFile: keys.hv02, Name: "worker-hv-02", InboxPrefix: natsconn.WorkerInboxPrefix("hv-02")})
+	nc2, js2, _ := permConnectWorker(t, url, keys.hv02, "hv-02")
 	// The API creates each host's consumer (the API.ServeWorkers request);
 	// the worker only binds it.
 	_, err = apiJS.CreateOrUpdateConsumer(ctx, messaging.JobStream, messaging.ConsumerConfig(s, "hv-02", time.Minute, 5))
@@ -362,7 +409,7 @@ func permCheck(t *testing.T, url string, keys permKeys, replicas int) {
 
 	// hv-01's worker does its work.
 	host := "hv-01"
-	nc1, js1, errs1 := permConnect(t, url, natsconn.Config{NKeyFile: keys.hv01, Name: "worker-hv-01", InboxPrefix: natsconn.WorkerInboxPrefix(host)})
+	nc1, js1, errs1 := permConnectWorker(t, url, keys.hv01, host)
 	b, err := messaging.BindBuckets(ctx, js1)
 	require.NoError(t, err)
 	_, err = kvstate.Hosts{KV: b.Hosts}.Claim(ctx, kvstate.Host{Name: host, MachineID: "m1", LastSeen: time.Now().UTC(), Heartbeat: time.Second})
@@ -417,50 +464,51 @@ func permCheck(t *testing.T, url string, keys permKeys, replicas int) {
 		wg.Go(func() { assert.Error(t, f(), subject) })
 	}
 	other := messaging.ConsumerConfig(s, "hv-02", time.Minute, 5)
-	denied("publish", "$JS.API.CONSUMER.CREATE.PROVISIONER_JOBS.worker-hv-02.provisioner.jobs.hv-02.>", func() error {
+	denied("publish", permLocal("$JS.API.CONSUMER.CREATE.PROVISIONER_JOBS.worker-hv-02.provisioner.jobs.hv-02.>"), func() error {
 		_, err := js1.CreateOrUpdateConsumer(short(), messaging.JobStream, other)
 		return err
 	})
 	// Its own consumer name with hv-02's filter.
 	sneaky := messaging.ConsumerConfig(s, host, time.Minute, 5)
 	sneaky.FilterSubject = s.JobsFilter("hv-02")
-	denied("publish", "$JS.API.CONSUMER.CREATE.PROVISIONER_JOBS.worker-hv-01.provisioner.jobs.hv-02.>", func() error {
+	denied("publish", permLocal("$JS.API.CONSUMER.CREATE.PROVISIONER_JOBS.worker-hv-01.provisioner.jobs.hv-02.>"), func() error {
 		_, err := js1.CreateOrUpdateConsumer(short(), messaging.JobStream, sneaky)
 		return err
 	})
-	denied("publish", "$JS.API.CONSUMER.INFO.PROVISIONER_JOBS.worker-hv-02", func() error {
+	denied("publish", permLocal("$JS.API.CONSUMER.INFO.PROVISIONER_JOBS.worker-hv-02"), func() error {
 		_, err := js1.Consumer(short(), messaging.JobStream, "worker-hv-02")
 		return err
 	})
-	denied("publish", "$JS.API.CONSUMER.MSG.NEXT.PROVISIONER_JOBS.worker-hv-02", func() error {
-		_, err := nc1.Request("$JS.API.CONSUMER.MSG.NEXT.PROVISIONER_JOBS.worker-hv-02", []byte(`{"batch":1,"expires":500000000}`), time.Second)
+	next2 := permLocal("$JS.API.CONSUMER.MSG.NEXT.PROVISIONER_JOBS.worker-hv-02")
+	denied("publish", next2, func() error {
+		_, err := nc1.Request(next2, []byte(`{"batch":1,"expires":500000000}`), time.Second)
 		return err
 	})
-	denied("publish", "$JS.API.STREAM.CREATE.EVIL", func() error {
+	denied("publish", permLocal("$JS.API.STREAM.CREATE.EVIL"), func() error {
 		_, err := js1.CreateStream(short(), jetstream.StreamConfig{Name: "EVIL", Subjects: []string{"evil.>"}})
 		return err
 	})
-	denied("publish", "$JS.API.STREAM.INFO."+messaging.JobStream, func() error {
+	denied("publish", permLocal("$JS.API.STREAM.INFO."+messaging.JobStream), func() error {
 		_, err := js1.Stream(short(), messaging.JobStream)
 		return err
 	})
-	denied("publish", "$JS.API.STREAM.PURGE."+messaging.JobStream, func() error {
-		_, err := nc1.Request("$JS.API.STREAM.PURGE."+messaging.JobStream, []byte(`{}`), time.Second)
+	denied("publish", permLocal("$JS.API.STREAM.PURGE."+messaging.JobStream), func() error {
+		_, err := nc1.Request(permLocal("$JS.API.STREAM.PURGE."+messaging.JobStream), []byte(`{}`), time.Second)
 		return err
 	})
-	denied("publish", "$KV.provisioner_jobs.hv-02.x", func() error {
+	denied("publish", permLocal("$KV.provisioner_jobs.hv-02.x"), func() error {
 		_, err := b.Jobs.Put(short(), "hv-02.x", []byte(`{}`))
 		return err
 	})
-	denied("publish", "$JS.API.DIRECT.GET.KV_provisioner_jobs.$KV.provisioner_jobs.hv-02."+permJobB, func() error {
+	denied("publish", permLocal("$JS.API.DIRECT.GET.KV_provisioner_jobs.$KV.provisioner_jobs.hv-02."+permJobB), func() error {
 		_, err := b.Jobs.Get(short(), "hv-02."+permJobB)
 		return err
 	})
-	denied("publish", "$KV.provisioner_hosts.hv-02", func() error {
+	denied("publish", permLocal("$KV.provisioner_hosts.hv-02"), func() error {
 		_, err := b.Hosts.Put(short(), "hv-02", []byte(`{}`))
 		return err
 	})
-	denied("publish", "$JS.API.CONSUMER.CREATE.KV_provisioner_jobs.*.$KV.provisioner_jobs.hv-02."+permJobB, func() error {
+	denied("publish", permLocal("$JS.API.CONSUMER.CREATE.KV_provisioner_jobs.*.$KV.provisioner_jobs.hv-02."+permJobB), func() error {
 		// A watch of hv-02's record: the consumer name is random, so match
 		// the violation by what follows it.
 		_, err := b.Jobs.Watch(short(), "hv-02."+permJobB)
@@ -486,7 +534,10 @@ func permCheck(t *testing.T, url string, keys permKeys, replicas int) {
 		errs1.waitViolation(t, "subscription", subj)
 	}
 
+	permRequestsAcrossAccounts(t, apiNC, nc1)
+	permWorkerBinds(t, nc1)
 	permNoDeliveryToOtherHosts(t, url, keys, nc1, errs1, adminJS)
+	permNoReplyInjection(t, permInjection{url: url, keys: keys, nc1: nc1, nc2: nc2, worker1: b, api: apiB, apiJS: apiJS})
 
 	// hv-02's job is still its own, un-acked; it can ack it.
 	ci, err := cons2.Info(ctx)

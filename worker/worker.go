@@ -31,6 +31,12 @@ const Slots = 2
 type Config struct {
 	// Host is the host token this worker serves.
 	Host string
+	// JSAPIPrefix is the JetStream API prefix (PROVISIONER_NATS_JS_PREFIX):
+	// empty for a worker in the account that holds the streams (the
+	// embedded server), embedded.HostAPIPrefix for a worker in a host
+	// account of its own (deploy/nats), which imports that account's
+	// JetStream API under the prefix.
+	JSAPIPrefix string
 	// MachineID identifies the machine that owns Host.
 	MachineID string
 	Version   string
@@ -219,7 +225,7 @@ func New(ctx context.Context, cfg Config, nc *nats.Conn, subjects messaging.Subj
 	if cfg.ShutdownGrace <= 0 {
 		cfg.ShutdownGrace = 30 * time.Second
 	}
-	js, err := jetstream.New(nc)
+	js, err := newJetStream(nc, cfg.JSAPIPrefix)
 	if err != nil {
 		return nil, err
 	}
@@ -250,6 +256,18 @@ func New(ctx context.Context, cfg Config, nc *nats.Conn, subjects messaging.Subj
 	w.metrics = newMetrics(w)
 	w.tracer = cfg.TracerProvider.Tracer("github.com/libvirt-volume-provisioner/provisioner/worker")
 	return w, nil
+}
+
+// newJetStream is the JetStream API of nc, under apiPrefix when it is set.
+func newJetStream(nc *nats.Conn, apiPrefix string) (jetstream.JetStream, error) {
+	if apiPrefix == "" {
+		return jetstream.New(nc)
+	}
+	js, err := jetstream.NewWithAPIPrefix(nc, apiPrefix)
+	if err != nil {
+		return nil, fmt.Errorf("JetStream API prefix %q (PROVISIONER_NATS_JS_PREFIX): %w", apiPrefix, err)
+	}
+	return js, nil
 }
 
 // Registry is the worker's Prometheus registry.

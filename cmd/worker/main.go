@@ -62,6 +62,7 @@ func run(args []string) error {
 	httpAddr := c.String("PROVISIONER_HTTP_ADDR", "127.0.0.1:8081", "listen address of /metrics and the health endpoints")
 	httpIdle := c.Duration("PROVISIONER_HTTP_IDLE_TIMEOUT", 2*time.Minute, "how long an idle keep-alive connection to the HTTP endpoints stays open")
 	natsURL := c.String("PROVISIONER_NATS_URL", nats.DefaultURL, "NATS server URL(s), comma-separated")
+	jsPrefix := c.String("PROVISIONER_NATS_JS_PREFIX", "", "JetStream API prefix: empty when the worker shares the streams' NATS account (embedded server), $JS.PROV.API for a host account of its own (deploy/nats)")
 	prefix := c.String("PROVISIONER_SUBJECT_PREFIX", messaging.DefaultPrefix, "first token of every subject")
 	ackWait := c.Duration("PROVISIONER_ACK_WAIT", 2*time.Minute, "consumer ack wait; in-progress acks, lease renewals and the record heartbeat go out every sixth of it")
 	maxDeliver := c.Int("PROVISIONER_MAX_DELIVER", 5, "deliveries of one job before it fails")
@@ -158,7 +159,7 @@ func run(args []string) error {
 	defer vols.close()
 	subjects := messaging.NewSubjects(*prefix)
 	// The cache index needs the buckets; New waits for the API to create them.
-	w, err := worker.New(ctx, worker.Config{Host: *host, MachineID: *machine, Version: version.Version, AckWait: *ackWait,
+	w, err := worker.New(ctx, worker.Config{Host: *host, JSAPIPrefix: *jsPrefix, MachineID: *machine, Version: version.Version, AckWait: *ackWait,
 		MaxDeliver: *maxDeliver, Heartbeat: *heartbeat, TracerProvider: tp,
 		ShutdownGrace: *grace, MaxPendingAge: *maxPending, MaxRunTime: *maxRun, VolumeAllow: allow, ImageBuckets: sources}, nc, subjects, worker.Parts{Source: source, Backend: vols.backend, Converter: converter, Checker: pipeline.QemuImg{Path: qemuPath}}, log)
 	if err != nil {
