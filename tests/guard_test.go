@@ -28,15 +28,7 @@ func (e *env) rawRequest(method, path, host, contentType, body string, headers .
 	if contentType != "" {
 		req.Header.Set("Content-Type", contentType)
 	}
-	for i := 0; i+1 < len(headers); i += 2 {
-		req.Header.Set(headers[i], headers[i+1])
-	}
-	resp, err := e.httpClient().Do(req)
-	require.NoError(e.t, err)
-	defer resp.Body.Close()
-	data, err := io.ReadAll(resp.Body)
-	require.NoError(e.t, err)
-	return response{Status: resp.StatusCode, Header: resp.Header, Body: data}
+	return e.send(req, headers...)
 }
 
 // TestCSRFAndDNSRebindingRefused replays the CSRF/DNS-rebinding attack on the default

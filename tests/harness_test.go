@@ -303,15 +303,7 @@ func (e *env) do(method, path string, body any, headers ...string) response {
 	if body != nil {
 		req.Header.Set("Content-Type", "application/json")
 	}
-	for i := 0; i+1 < len(headers); i += 2 {
-		req.Header.Set(headers[i], headers[i+1])
-	}
-	resp, err := e.httpClient().Do(req)
-	require.NoError(e.t, err)
-	defer resp.Body.Close()
-	data, err := io.ReadAll(resp.Body)
-	require.NoError(e.t, err)
-	return response{Status: resp.StatusCode, Header: resp.Header, Body: data}
+	return e.send(req, headers...)
 }
 
 // job is a job record as the API returns it.
@@ -449,4 +441,18 @@ func mustNkey(t *testing.T, path string) nats.Option {
 	opt, err := nats.NkeyOptionFromSeed(path)
 	require.NoError(t, err)
 	return opt
+}
+
+// send sends req with the extra header pairs and reads the whole answer.
+func (e *env) send(req *http.Request, headers ...string) response {
+	e.t.Helper()
+	for i := 0; i+1 < len(headers); i += 2 {
+		req.Header.Set(headers[i], headers[i+1])
+	}
+	resp, err := e.httpClient().Do(req)
+	require.NoError(e.t, err)
+	defer resp.Body.Close()
+	data, err := io.ReadAll(resp.Body)
+	require.NoError(e.t, err)
+	return response{Status: resp.StatusCode, Header: resp.Header, Body: data}
 }
