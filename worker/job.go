@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -647,7 +648,10 @@ func (w *Worker) execute(ctx context.Context, rep *reporter, rec kvstate.Job, m 
 		err = w.parts.Converter.Convert(convCtx, img, ji.path, vol, rep.progress)
 	}
 	aborted := false
-	if stream && err != nil && !errors.Is(err, pipeline.ErrStreamRestarted) {
+	// A read past the end of a download that ended short (a truncated
+	// image) is not the conversion failing on its own: the download's
+	// verdict, still being reached, says why.
+	if stream && err != nil && !errors.Is(err, pipeline.ErrStreamRestarted) && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF) {
 		select {
 		case <-ji.part.Done(): // the download ended: its outcome comes first
 		default:
