@@ -44,7 +44,7 @@ func permConsumerCounts(t *testing.T, js jetstream.JetStream) map[string]int {
 	return out
 }
 
-// permNoDeliveryToOtherHosts is the attack of issue 11 item 3: hv-01's user
+// permNoDeliveryToOtherHosts is the attack on deliver subjects: hv-01's user
 // creating consumers that deliver its own records or jobs to hv-02's control
 // and event subjects (nats-server does not check a deliver subject against
 // the creator's permissions), creating consumers in a loop, and publishing

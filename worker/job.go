@@ -78,6 +78,7 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
 			w.metrics.jobs.WithLabelValues(string(kvstate.StatusFailed)).Inc()
 		}
 		_ = msg.Term()
+		w.settle(host, jobID)
 		return
 	}
 	attempt := int(meta.NumDelivered)
@@ -92,17 +93,20 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
 	if verr != nil {
 		w.fail(kctx, log, host, jobID, "invalid job message: "+verr.Error())
 		_ = msg.TermWithReason("malformed")
+		w.settle(host, jobID)
 		return
 	}
 	if age := time.Since(cur.CreatedAt); w.cfg.MaxPendingAge > 0 && cur.Status == kvstate.StatusPending && age > w.cfg.MaxPendingAge {
 		w.fail(kctx, log, host, jobID, fmt.Sprintf("the job waited %s for a worker, longer than the maximum pending age of %s (PROVISIONER_MAX_PENDING_AGE); submit it again",
 			age.Round(time.Second), w.cfg.MaxPendingAge))
 		_ = msg.TermWithReason("pending too long")
+		w.settle(host, jobID)
 		return
 	}
 	if int(meta.NumDelivered) >= w.cfg.MaxDeliver {
 		w.fail(kctx, log, host, jobID, fmt.Sprintf("gave up after %d deliveries: the job never finished (its worker stopped or lost contact while running it)", meta.NumDelivered))
 		_ = msg.TermWithReason("max deliveries")
+		w.settle(host, jobID)
 		return
 	}
 	// The job's span continues the trace of the request that queued it.
@@ -135,6 +139,7 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
 	if errors.As(err, &te) {
 		log.WithField("status", te.From).Info("job ended before it started; acknowledging without running")
 		_ = msg.Term()
+		w.settle(host, jobID)
 		return
 	}
 	if errors.Is(err, errAttemptAlive) {
@@ -344,6 +349,7 @@ func (w *Worker) run(ctx context.Context, log *logrus.Entry, msg jetstream.Msg, 
 			return "interrupted"
 		} else if cause == nil {
 			_ = msg.DoubleAck(bg)
+			w.settle(host, jobID)
 			w.metrics.jobs.WithLabelValues(string(kvstate.StatusCompleted)).Inc()
 			w.metrics.duration.WithLabelValues("completed").Observe(time.Since(started).Seconds())
 			w.publishEvent(host, jobID, final)
@@ -375,6 +381,7 @@ func (w *Worker) run(ctx context.Context, log *logrus.Entry, msg jetstream.Msg, 
 	}
 	if errors.Is(cause, errCancelled) {
 		_ = msg.Term()
+		w.settle(host, jobID)
 		w.metrics.jobs.WithLabelValues(string(kvstate.StatusCancelled)).Inc()
 		w.metrics.duration.WithLabelValues("cancelled").Observe(time.Since(started).Seconds())
 		if cur, _, err := w.jobs.Get(bg, host, jobID); err == nil {
@@ -386,6 +393,7 @@ func (w *Worker) run(ctx context.Context, log *logrus.Entry, msg jetstream.Msg, 
 	w.metrics.duration.WithLabelValues("failed").Observe(time.Since(started).Seconds())
 	w.failAttempt(bg, log.WithField("stage", rep.stage()), rec, err.Error())
 	_ = msg.TermWithReason("failed")
+	w.settle(host, jobID)
 	return string(kvstate.StatusFailed)
 }
 

@@ -128,7 +128,7 @@ func (f *fleet) up(ctx context.Context) error {
 		return err
 	}
 	f.logf("3-node cluster up: %s", f.cluster.URLs())
-	if f.apis, err = newAPIs(f.dir, f.cluster.URLs()); err != nil {
+	if f.apis, err = newAPIs(f.dir, f.cluster.URLs(), f.opt.dispatch); err != nil {
 		return err
 	}
 	// One after the other: each creates or updates the streams and buckets at start.

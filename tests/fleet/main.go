@@ -1,4 +1,4 @@
-// Command fleet is the fleet harness (issue 12): a real 3-node nats-server
+// Command fleet is the fleet harness: a real 3-node nats-server
 // cluster (separate processes, R3 streams and buckets), two replicas of the
 // real bin/api, and N simulated hypervisors in this process, each running
 // the real worker code (worker.New and Run) over a stand-in pipeline that
@@ -40,6 +40,7 @@ type options struct {
 	keep         bool
 	settle       time.Duration
 	natsBench    string
+	dispatch     string
 }
 
 func parseFlags(args []string) (options, error) {
@@ -56,6 +57,7 @@ func parseFlags(args []string) (options, error) {
 	fs.IntVar(&o.restEvery, "rest-every", 2, "every n-th job goes through REST, the rest straight to NATS (0: none through REST)")
 	fs.BoolVar(&o.keep, "keep", false, "keep the run's directory (configs, logs, stores) even when nothing went wrong")
 	fs.DurationVar(&o.settle, "settle", 0, "how long to wait for the last jobs with no progress (default: 2 ack waits + 30 s)")
+	fs.StringVar(&o.dispatch, "dispatch", "limits", "the APIs' PROVISIONER_DISPATCH: limits or workqueue")
 	fs.StringVar(&o.natsBench, "nats-bench", "", "after the fleet run, run this nats CLI's JetStream publish benchmark on the same cluster (scripts/install-nats-cli.sh builds bin/nats)")
 	if err := fs.Parse(args); err != nil {
 		return o, err
