@@ -81,7 +81,9 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
 		w.settle(host, jobID)
 		return
 	}
-	attempt := int(meta.NumDelivered)
+	// Delivery counts start again when a consumer is created again (its
+	// node died); the record counts the attempts that started.
+	attempt := max(int(meta.NumDelivered), cur.Attempt+1)
 	if w.deferToRunningAttempt(log, msg, cur) {
 		return
 	}
@@ -103,8 +105,8 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
 		w.settle(host, jobID)
 		return
 	}
-	if int(meta.NumDelivered) >= w.cfg.MaxDeliver {
-		w.fail(kctx, log, host, jobID, fmt.Sprintf("gave up after %d deliveries: the job never finished (its worker stopped or lost contact while running it)", meta.NumDelivered))
+	if attempt >= w.cfg.MaxDeliver {
+		w.fail(kctx, log, host, jobID, fmt.Sprintf("gave up after %d deliveries: the job never finished (its worker stopped or lost contact while running it)", attempt))
 		_ = msg.TermWithReason("max deliveries")
 		w.settle(host, jobID)
 		return
@@ -113,7 +115,7 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
 	pctx := telemetry.Propagator.Extract(ctx, messaging.HeaderCarrier(msg.Headers()))
 	sctx, span := w.tracer.Start(pctx, "job "+m.Kind, trace.WithSpanKind(trace.SpanKindConsumer),
 		trace.WithAttributes(attribute.String("job_id", jobID), attribute.String("host", host), attribute.String("volume", m.VolumeName),
-			attribute.String("image_url", m.ImageURL), attribute.Int("attempt", int(meta.NumDelivered))))
+			attribute.String("image_url", m.ImageURL), attribute.Int("attempt", attempt)))
 	defer span.End()
 	log = log.WithFields(telemetry.LogFields(sctx))
 	traceID, _, _ := telemetry.IDs(sctx)
@@ -319,7 +321,7 @@ func (w *Worker) run(ctx context.Context, log *logrus.Entry, msg jetstream.Msg, 
 		return "interrupted"
 	}
 	if err == nil && cause == nil {
-		final, _, uerr := w.jobs.UpdateAttempt(bg, host, jobID, rec.AttemptID, func(j *kvstate.Job) error {
+		final, uerr := w.recordCompletion(log, rec, func(j *kvstate.Job) {
 			now := time.Now().UTC()
 			j.Status = kvstate.StatusCompleted
 			j.FinishedAt = &now
@@ -328,7 +330,6 @@ func (w *Worker) run(ctx context.Context, log *logrus.Entry, msg jetstream.Msg, 
 			j.ImagePath = res.imagePath
 			j.VolumePath = res.volumePath
 			j.Checksum = res.checksum
-			return nil
 		})
 		var te *kvstate.TransitionError
 		if errors.Is(uerr, kvstate.ErrSuperseded) {
@@ -336,10 +337,6 @@ func (w *Worker) run(ctx context.Context, log *logrus.Entry, msg jetstream.Msg, 
 			// ack, no rollback.
 			log.WithError(uerr).Error("job stopped: another attempt took the job over")
 			return "fenced"
-		} else if errors.As(uerr, &te) && te.From == kvstate.StatusCompleted && w.ownCompletion(bg, rec) {
-			// The completion landed but its answer was lost (an election):
-			// a retry found the record completed by this very attempt.
-			final, uerr = w.currentRecord(bg, rec), nil
 		} else if errors.As(uerr, &te) {
 			cause = errCancelled // cancelled at the last moment: undo below
 		}
@@ -395,6 +392,36 @@ func (w *Worker) run(ctx context.Context, log *logrus.Entry, msg jetstream.Msg, 
 	_ = msg.TermWithReason("failed")
 	w.settle(host, jobID)
 	return string(kvstate.StatusFailed)
+}
+
+// completionPersist is how long a worker keeps trying to record that a job
+// completed while NATS does not answer. The volume is written: giving up
+// would have the job run again. Meanwhile a redelivery to this worker is
+// left to this attempt (runningLocal).
+const completionPersist = 10 * time.Minute
+
+// recordCompletion writes the running attempt's completed record, retrying
+// transient errors (an election, a node down) for up to completionPersist.
+func (w *Worker) recordCompletion(log *logrus.Entry, rec kvstate.Job, fn func(*kvstate.Job)) (kvstate.Job, error) {
+	deadline := time.Now().Add(completionPersist)
+	for wait := time.Second; ; wait = min(2*wait, 15*time.Second) {
+		ctx, cancel := context.WithTimeout(context.Background(), kvTimeout)
+		final, _, err := w.jobs.UpdateAttempt(ctx, rec.Hypervisor, rec.JobID, rec.AttemptID, func(j *kvstate.Job) error {
+			fn(j)
+			return nil
+		})
+		cancel()
+		var te *kvstate.TransitionError
+		if errors.As(err, &te) && te.From == kvstate.StatusCompleted && w.ownCompletion(context.Background(), rec) {
+			// An earlier try landed but its answer was lost.
+			return w.currentRecord(context.Background(), rec), nil
+		}
+		if !kvstate.Transient(err) || time.Now().Add(wait).After(deadline) {
+			return final, err
+		}
+		log.WithError(err).WithField("retry_in", wait.String()).Warn("cannot record the job's completion yet (NATS is not answering); retrying")
+		time.Sleep(wait)
+	}
 }
 
 // ownCompletion reports whether the record was completed by the attempt
