@@ -125,19 +125,22 @@ func (s *Server) dispatch() messaging.Dispatch {
 
 // consumerAnswerWithin bounds how long a consumer's leader may take to
 // answer before the API counts the consumer as lost.
-const consumerAnswerWithin = 1500 * time.Millisecond
+const consumerAnswerWithin = time.Second
 
 // replaceLostConsumer deletes host's consumer when it does not answer the
-// API either (its one replica was on a node that died or is stopped), so
+// API either, twice (its one replica was on a node that died or is stopped), so
 // that the create that follows places a new one on a live node. The new
 // consumer delivers every job still in the stream again; the records fence
 // those that ran or are running. A consumer that answers is kept.
 func (s *Server) replaceLostConsumer(ctx context.Context, host, name string) {
-	ictx, cancel := context.WithTimeout(ctx, consumerAnswerWithin)
-	_, err := s.js.Consumer(ictx, messaging.JobStream, name)
-	cancel()
-	if err == nil || errors.Is(err, jetstream.ErrConsumerNotFound) {
-		return
+	var err error
+	for try := 0; try < 2; try++ { // one late answer is not a lost consumer
+		ictx, cancel := context.WithTimeout(ctx, consumerAnswerWithin)
+		_, err = s.js.Consumer(ictx, messaging.JobStream, name)
+		cancel()
+		if err == nil || errors.Is(err, jetstream.ErrConsumerNotFound) {
+			return
+		}
 	}
 	log := s.log.WithFields(map[string]any{"host": host, "consumer": name})
 	log.WithError(err).Warn("the consumer of a worker does not answer; creating it again")

@@ -19,61 +19,99 @@ import (
 // node and is gone while that node is down.
 const consumerLostAfter = 3 * time.Second
 
+// fetchWait is how long one pull request waits for a job, and
+// fetchHeartbeat how often the consumer confirms an idle pull is alive (two
+// missed ones end the pull with jetstream.ErrNoHeartbeat). Long pulls keep
+// an idle fleet quiet: a thousand idle hosts cost the cluster a hundred pull
+// requests and five hundred heartbeats a second, not two thousand pulls.
+const (
+	fetchWait      = 20 * time.Second
+	fetchHeartbeat = 4 * time.Second
+)
+
 // hostConsumer is the host's job consumer as the slots use it: replaced
 // when it is lost, and watched through the slots' fetches.
 type hostConsumer struct {
 	cur atomic.Pointer[jetstream.Consumer]
-	// healthyAt is when a fetch last got an answer from the consumer (a
-	// message, or "no messages"), in Unix nanoseconds.
-	healthyAt atomic.Int64
+	// failingSince is when fetches began to fail (Unix nanoseconds; 0 while
+	// the consumer answers).
+	failingSince atomic.Int64
 	// rebind serialises replacing the consumer.
 	rebind sync.Mutex
+	// lostAfter is how long fetches must fail before the next replacement:
+	// consumerLostAfter, doubled after each replacement up to
+	// maxLostAfter, so an overloaded cluster that answers late is not
+	// flooded with replacements; back to consumerLostAfter once a fetch
+	// succeeds a minute after the last replacement.
+	lostAfter  atomic.Int64
+	replacedAt atomic.Int64
 }
+
+const maxLostAfter = time.Minute
 
 func (c *hostConsumer) get() jetstream.Consumer { return *c.cur.Load() }
 
 func (c *hostConsumer) set(cons jetstream.Consumer) {
 	c.cur.Store(&cons)
-	c.healthy()
+	c.failingSince.Store(0)
 }
 
-func (c *hostConsumer) healthy() { c.healthyAt.Store(time.Now().UnixNano()) }
-
-func (c *hostConsumer) silentFor() time.Duration {
-	return time.Since(time.Unix(0, c.healthyAt.Load()))
+// replaced records a replacement and lengthens the wait before the next.
+func (c *hostConsumer) replaced() {
+	c.replacedAt.Store(time.Now().UnixNano())
+	c.lostAfter.Store(int64(min(2*c.threshold(), maxLostAfter)))
 }
 
-// fetch asks the consumer for one job, waiting up to a second. A nil
+func (c *hostConsumer) threshold() time.Duration {
+	if d := time.Duration(c.lostAfter.Load()); d > 0 {
+		return d
+	}
+	return consumerLostAfter
+}
+
+// answered records a fetch the consumer answered.
+func (c *hostConsumer) answered() {
+	c.failingSince.Store(0)
+	if c.lostAfter.Load() != 0 && time.Since(time.Unix(0, c.replacedAt.Load())) > maxLostAfter {
+		c.lostAfter.Store(0)
+	}
+}
+
+// lost reports whether the consumer counts as lost after a fetch failed
+// with err: fetches have failed for the current threshold (its heartbeats
+// stopping counts for consumerLostAfter of it: two missed heartbeats are
+// already eight seconds of silence).
+func (c *hostConsumer) lost(err error) bool {
+	now := time.Now().UnixNano()
+	c.failingSince.CompareAndSwap(0, now)
+	failing := time.Duration(now - c.failingSince.Load())
+	return failing >= c.threshold() || errors.Is(err, jetstream.ErrNoHeartbeat) && failing >= c.threshold()-consumerLostAfter
+}
+
+// fetch asks the consumer for one job, waiting up to fetchWait. A nil
 // message with a nil error means the consumer answered that it has none.
 func (w *Worker) fetch(ctx context.Context) (jetstream.Msg, error) {
-	fctx, cancel := context.WithTimeout(ctx, time.Second)
+	fctx, cancel := context.WithTimeout(ctx, fetchWait)
 	defer cancel()
-	msg, err := w.cons.get().Next(jetstream.FetchContext(fctx))
+	msg, err := w.cons.get().Next(jetstream.FetchContext(fctx), jetstream.FetchHeartbeat(fetchHeartbeat))
 	if err == nil || errors.Is(err, nats.ErrTimeout) || errors.Is(err, jetstream.ErrNoMessages) {
 		// Next reports the server's "request expired" as a timeout: the
 		// consumer answered.
-		w.cons.healthy()
+		w.cons.answered()
 		return msg, nil
 	}
 	return nil, err
 }
 
-// recoverConsumer asks the API to create the consumer again once no fetch
-// has had an answer for consumerLostAfter (its node died or is stopped;
-// the API keeps a consumer that still answers it). Only one slot asks; the
-// other finds the consumer replaced.
+// recoverConsumer asks the API to create the consumer again once it counts
+// as lost (its node died or is stopped; the API keeps a consumer that still
+// answers it). Only one slot asks; the other finds the consumer replaced.
 func (w *Worker) recoverConsumer(ctx context.Context, log *logrus.Entry, cause error) {
-	if w.cons.silentFor() < consumerLostAfter {
-		return
-	}
-	if !w.cons.rebind.TryLock() {
+	if !w.cons.lost(cause) || !w.cons.rebind.TryLock() {
 		return
 	}
 	defer w.cons.rebind.Unlock()
-	if w.cons.silentFor() < consumerLostAfter {
-		return
-	}
-	log.WithError(cause).WithField("silent_for", w.cons.silentFor().Round(time.Millisecond).String()).Warn("this host's consumer does not answer; asking the API to create it again")
+	log.WithError(cause).Warn("this host's consumer does not answer; asking the API to create it again")
 	cons, err := w.bindConsumerWith(ctx, messaging.ConsumerRequest{
 		AckWaitMS: w.cfg.AckWait.Milliseconds(), MaxDeliver: w.cfg.MaxDeliver, Unavailable: true,
 	})
@@ -82,7 +120,8 @@ func (w *Worker) recoverConsumer(ctx context.Context, log *logrus.Entry, cause e
 		return
 	}
 	w.cons.set(cons)
-	log.Info("this host's consumer was created again; jobs still queued are delivered again")
+	w.cons.replaced()
+	log.WithField("next_after", w.cons.threshold().String()).Info("this host's consumer was created again; jobs still queued are delivered again")
 }
 
 // settle tells the API that a job of this host has ended, so that its

@@ -51,6 +51,7 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
 		_ = msg.TermWithReason("bad subject")
 		return
 	}
+	w.waiting.Store(int64(meta.NumPending))
 	log := w.log.WithFields(logrus.Fields{"job_id": jobID, "host": host, "delivery": meta.NumDelivered})
 	kctx, cancel := context.WithTimeout(ctx, kvTimeout)
 	defer cancel()

@@ -342,7 +342,10 @@ func (w *Worker) Run(ctx context.Context) error {
 func (w *Worker) heartbeat(ctx context.Context, h kvstate.Host, rev uint64) error {
 	t := time.NewTicker(w.cfg.Heartbeat)
 	defer t.Stop()
-	for {
+	// The queue length is read every sixth beat (and from each delivered
+	// job's metadata): consumer info from a thousand hosts every beat would
+	// load the cluster for a gauge.
+	for beat := 0; ; beat++ {
 		select {
 		case <-ctx.Done():
 			return nil
@@ -352,8 +355,10 @@ func (w *Worker) heartbeat(ctx context.Context, h kvstate.Host, rev uint64) erro
 		h.ActiveJobs = int(w.active.Load())
 		rctx, cancel := context.WithTimeout(ctx, w.cfg.Heartbeat)
 		newRev, err := w.hosts.Renew(rctx, h, rev)
-		if info, ierr := w.cons.get().Info(rctx); ierr == nil {
-			w.waiting.Store(int64(info.NumPending))
+		if beat%6 == 0 {
+			if info, ierr := w.cons.get().Info(rctx); ierr == nil {
+				w.waiting.Store(int64(info.NumPending))
+			}
 		}
 		cancel()
 		if errors.Is(err, kvstate.ErrHostClaimed) {
