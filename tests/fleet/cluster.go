@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"time"
@@ -66,9 +67,9 @@ func freePorts(n int) ([]int, error) {
 // nodeConfig derives node i's configuration from the project's own
 // deploy/nats/cluster/node-<i>.conf: the same server name, cluster name,
 // payload and JetStream limits, with the harness's ports, store directory
-// and one random route secret, plus a monitoring port. The include of
-// accounts.conf is dropped: its per-host nkey users cover only hv-01 and
-// hv-02, so the harness's cluster runs without client authentication.
+// and one random route secret, plus a monitoring port. The JWT
+// authentication (the include of operator.conf and the resolver) is
+// dropped: the harness's cluster runs without client authentication.
 func nodeConfig(deployDir string, i int, client, route, monitor []int, storeDir, secret string) (string, error) {
 	path := filepath.Join(deployDir, fmt.Sprintf("node-%d.conf", i+1))
 	b, err := os.ReadFile(path)
@@ -80,8 +81,12 @@ func nodeConfig(deployDir string, i int, client, route, monitor []int, storeDir,
 		{fmt.Sprintf("port: %d", 4222+i), fmt.Sprintf("port: %d", client[i])},
 		{fmt.Sprintf("port: %d", 6222+i), fmt.Sprintf("port: %d", route[i])},
 		{fmt.Sprintf(`"/var/lib/nats/node-%d"`, i+1), fmt.Sprintf("%q", storeDir)},
-		{"include ../accounts.conf", "# accounts.conf left out by the fleet harness (no client auth)"},
 	}
+	auth := jwtAuthBlock.FindString(conf)
+	if auth == "" {
+		return "", fmt.Errorf("%s no longer has the operator.conf include and resolver block: update the fleet harness's nodeConfig", path)
+	}
+	conf = strings.Replace(conf, auth, "# operator.conf and the resolver left out by the fleet harness (no client auth)\n", 1)
 	for j := range clusterSize {
 		if j != i {
 			subst = append(subst, struct{ old, new string }{fmt.Sprintf("127.0.0.1:%d", 6222+j), fmt.Sprintf("127.0.0.1:%d", route[j])})
@@ -97,6 +102,10 @@ func nodeConfig(deployDir string, i int, client, route, monitor []int, storeDir,
 	conf += fmt.Sprintf("\nhttp: \"127.0.0.1:%d\"\n", monitor[i])
 	return conf, nil
 }
+
+// jwtAuthBlock is the JWT authentication of a node's configuration: the
+// include of operator.conf and the resolver block after it.
+var jwtAuthBlock = regexp.MustCompile(`(?s)include \.\./operator\.conf\nresolver \{.*?\n\}\n`)
 
 // startCluster writes the three nodes' configs under dir and starts them.
 func startCluster(bin, deployDir, dir string) (*cluster, error) {
