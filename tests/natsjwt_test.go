@@ -1,6 +1,7 @@
 package tests
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"slices"
@@ -228,5 +229,53 @@ func permExits(t *testing.T, p *proc, d time.Duration) {
 		require.Error(t, p.err, "exit status\n%s", p.output())
 	case <-time.After(d):
 		t.Fatalf("still running after %s:\n%s", d, tail(p.output(), 4000))
+	}
+}
+
+// permRevoke revokes hv-02 by pushing to the first of urls while its
+// workers are connected to every one of them: each is disconnected within
+// seconds with "authentication revoked", and its credentials are refused
+// on every server afterwards.
+func permRevoke(t *testing.T, urls []string, keys permKeys) {
+	type conn struct {
+		url     string
+		revoked chan error
+	}
+	var conns []conn
+	for _, u := range urls {
+		c := conn{url: u, revoked: make(chan error, 8)}
+		opts, err := natsconn.Options(natsconn.Config{CredsFile: keys.hv02, Name: "revoke-" + u, InboxPrefix: natsconn.WorkerInboxPrefix("hv-02")})
+		require.NoError(t, err)
+		nc, err := nats.Connect(u, append(opts, nats.NoReconnect(), nats.ErrorHandler(func(_ *nats.Conn, _ *nats.Subscription, err error) {
+			c.revoked <- err
+		}))...)
+		require.NoError(t, err)
+		t.Cleanup(nc.Close)
+		require.NoError(t, nc.Flush())
+		conns = append(conns, c)
+	}
+	start := time.Now()
+	out := permRunTool(t, "revoke", "-dir", keys.dir, "-server", urls[0], "hv-02")
+	require.Contains(t, out, "host hv-02 revoked")
+	deadline := time.After(10 * time.Second)
+	for _, c := range conns {
+		var seen []error
+		for revoked := false; !revoked; {
+			select {
+			case err := <-c.revoked:
+				// The server may first apply the account's change to the
+				// connection ("maximum subscriptions exceeded"), then evict it.
+				seen = append(seen, err)
+				revoked = errors.Is(err, nats.ErrAuthRevoked)
+			case <-deadline:
+				t.Fatalf("hv-02's connection to %s was not revoked within 10s; errors: %v", c.url, seen)
+			}
+		}
+	}
+	t.Logf("revoked on %d servers within %s", len(urls), time.Since(start).Round(time.Millisecond))
+	for _, u := range urls {
+		_, err := nats.Connect(u, nats.UserCredentials(keys.hv02), nats.NoReconnect(), nats.Timeout(2*time.Second))
+		require.Error(t, err, u)
+		require.Contains(t, strings.ToLower(err.Error()), "authorization violation", u)
 	}
 }

@@ -313,6 +313,7 @@ func TestNATSPermissions(t *testing.T) {
 		url := "nats://127.0.0.1:" + port
 		permEnrollBoth(t, &keys, url)
 		permCheck(t, url, keys, 1)
+		permRevoke(t, []string{url}, keys)
 	})
 
 	t.Run("cluster", func(t *testing.T) {
@@ -348,6 +349,7 @@ func TestNATSPermissions(t *testing.T) {
 		url := strings.Join(urls, ",")
 		permEnrollBoth(t, &keys, url)
 		permCheck(t, url, keys, 3)
+		permRevoke(t, urls, keys)
 	})
 
 	// The host accounts provisioner-nats enroll pushes are exactly
