@@ -7,7 +7,7 @@
 // The programs map their environment onto Config:
 //
 //	PROVISIONER_NATS_URL       Config.URL
-//	PROVISIONER_NATS_CREDS     Config.CredsFile  (JWT + seed, "nsc generate creds")
+//	PROVISIONER_NATS_CREDS     Config.CredsFile  (JWT + seed, "provisioner-nats enroll")
 //	PROVISIONER_NATS_NKEY      Config.NKeyFile   (an nkey user seed, "nk -gen user")
 //	PROVISIONER_NATS_USER      Config.User
 //	PROVISIONER_NATS_PASSWORD  Config.Password
@@ -18,7 +18,9 @@
 // A worker also sets Config.InboxPrefix to WorkerInboxPrefix(host): the NATS
 // permissions in deploy/nats (and those of the embedded server's worker key)
 // let a worker receive replies only on its own inbox prefix, so no worker can
-// read the replies another worker or the API gets.
+// read the replies another worker or the API gets. A worker with enrolled
+// credentials also checks they are its host's (CheckCredsHost) and ends
+// when the server refuses them (OnRefused).
 package natsconn
 
 import (
