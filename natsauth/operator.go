@@ -243,54 +243,99 @@ func (o *Operator) Lock() (func(), error) {
 	return func() { _ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN); f.Close() }, nil
 }
 
-// Change is an enrollment or a revocation: the account JWTs to push (the
-// host's first, then PROVISIONER's), and for an enrollment the worker's
-// credentials. Nothing is written until Commit.
+// Change is an enrollment or a revocation of one or more hosts: the
+// account JWTs to push in order (the hosts' accounts, then PROVISIONER's),
+// and for an enrollment each worker's credentials. Nothing is written
+// until Commit.
 type Change struct {
-	Host     string
-	JWTs     []string
-	Creds    []byte
-	hostJWT  string
+	Hosts []string
+	JWTs  []string
+	// Creds are the credentials files by host (enrollments only).
+	Creds    map[string][]byte
+	hostJWTs map[string]string
 	mainJWT  string
-	revoking bool
 }
 
-// Enroll prepares host's enrollment: its account (the one it had, if it
-// was enrolled before), PROVISIONER importing its control subjects, and a
-// new worker user. Enrolling a host again rotates its credentials: every
-// user its account had before is revoked.
-func (o *Operator) Enroll(host string) (*Change, error) {
-	if !messaging.ValidHost(host) {
-		return nil, fmt.Errorf("host name %q is not a valid host token (lower-case letters, digits and dashes, at most 63): %w", host, ErrInvalidHost)
+// checkHosts refuses an empty list, a name that is not a host token and a
+// name given twice.
+func checkHosts(hosts []string) error {
+	if len(hosts) == 0 {
+		return errors.New("no host named")
 	}
-	a := embedded.NewHostAccount(o.Prefix, host)
-	pub, prev, err := o.hostAccountKey(host)
-	if err != nil {
+	seen := map[string]bool{}
+	for _, h := range hosts {
+		if !messaging.ValidHost(h) {
+			return fmt.Errorf("host name %q is not a valid host token (lower-case letters, digits and dashes, at most 63): %w", h, ErrInvalidHost)
+		}
+		if seen[h] {
+			return fmt.Errorf("host %s is named twice", h)
+		}
+		seen[h] = true
+	}
+	return nil
+}
+
+// Enroll prepares the enrollment of hosts: each one's account (the one it
+// had, if it was enrolled before), PROVISIONER importing their control
+// subjects, and a new worker user each. Enrolling a host again rotates its
+// credentials: every user its account had before is revoked.
+func (o *Operator) Enroll(hosts ...string) (*Change, error) {
+	if err := checkHosts(hosts); err != nil {
 		return nil, err
 	}
-	ac := hostAccountClaims(a, pub, o.MainAccount, publicKey(o.worker))
-	if prev != nil {
-		// Keep the revocations, and revoke every user issued so far.
-		ac.Revocations = prev.Revocations
-		revokeAt := time.Now()
-		ac.RevokeAt(jwt.All, revokeAt)
-		// The new user must be issued after that second (revocations
-		// cover every JWT issued at or before their time).
+	main, err := readAccount(o.path(MainJWTFile))
+	if err != nil {
+		return nil, fmt.Errorf("operator directory: %w", err)
+	}
+	c := &Change{Hosts: hosts, Creds: map[string][]byte{}, hostJWTs: map[string]string{}}
+	accounts := map[string]*jwt.AccountClaims{}
+	revokeAt := time.Now()
+	rotated := false
+	for _, host := range hosts {
+		a := embedded.NewHostAccount(o.Prefix, host)
+		pub, prev, err := o.hostAccountKey(host)
+		if err != nil {
+			return nil, err
+		}
+		ac := hostAccountClaims(a, pub, o.MainAccount, publicKey(o.worker))
+		if prev != nil {
+			// Keep the revocations, and revoke every user issued so far.
+			ac.Revocations = prev.Revocations
+			ac.RevokeAt(jwt.All, revokeAt)
+			rotated = true
+		}
+		accounts[host] = ac
+		setControlImport(main, a, pub)
+	}
+	if rotated {
+		// New users must be issued after that second (revocations cover
+		// every JWT issued at or before their time).
 		time.Sleep(time.Until(time.Unix(revokeAt.Unix()+1, 0)))
 	}
-	hostJWT, err := ac.Encode(o.signing)
-	if err != nil {
-		return nil, fmt.Errorf("sign %s's account: %w", host, err)
+	for _, host := range hosts {
+		ac := accounts[host]
+		hostJWT, err := ac.Encode(o.signing)
+		if err != nil {
+			return nil, fmt.Errorf("sign %s's account: %w", host, err)
+		}
+		if c.Creds[host], err = o.workerCreds(embedded.NewHostAccount(o.Prefix, host), ac.Subject); err != nil {
+			return nil, err
+		}
+		c.hostJWTs[host] = hostJWT
+		c.JWTs = append(c.JWTs, hostJWT)
 	}
-	mainJWT, err := o.mainWithControl(a, pub)
+	return c, o.finish(c, main)
+}
+
+// finish signs PROVISIONER's claims main into c, pushed last.
+func (o *Operator) finish(c *Change, main *jwt.AccountClaims) error {
+	s, err := main.Encode(o.signing)
 	if err != nil {
-		return nil, err
+		return fmt.Errorf("sign the %s account: %w", embedded.MainAccount, err)
 	}
-	creds, err := o.workerCreds(a, pub)
-	if err != nil {
-		return nil, err
-	}
-	return &Change{Host: host, JWTs: []string{hostJWT, mainJWT}, Creds: creds, hostJWT: hostJWT, mainJWT: mainJWT}, nil
+	c.mainJWT = s
+	c.JWTs = append(c.JWTs, s)
+	return nil
 }
 
 // hostAccountKey is the public key of host's account: the one in its
@@ -309,21 +354,6 @@ func (o *Operator) hostAccountKey(host string) (string, *jwt.AccountClaims, erro
 	}
 	defer kp.Wipe()
 	return publicKey(kp), nil, nil
-}
-
-// mainWithControl is PROVISIONER's JWT with host a's control import set to
-// accountPub ("" removes it).
-func (o *Operator) mainWithControl(a embedded.HostAccount, accountPub string) (string, error) {
-	main, err := readAccount(o.path(MainJWTFile))
-	if err != nil {
-		return "", fmt.Errorf("operator directory: %w", err)
-	}
-	setControlImport(main, a, accountPub)
-	s, err := main.Encode(o.signing)
-	if err != nil {
-		return "", fmt.Errorf("sign the %s account: %w", embedded.MainAccount, err)
-	}
-	return s, nil
 }
 
 // workerCreds issues a new user for a's worker in account accountPub,
@@ -348,35 +378,44 @@ func (o *Operator) workerCreds(a embedded.HostAccount, accountPub string) ([]byt
 	return formatCreds(userJWT, kp)
 }
 
-// Revoke prepares host's revocation: its account revokes every user, keeps
-// no signing key and imports nothing, and PROVISIONER no longer imports its
-// control subjects.
-func (o *Operator) Revoke(host string) (*Change, error) {
-	if !messaging.ValidHost(host) {
-		return nil, fmt.Errorf("host name %q is not a valid host token: %w", host, ErrInvalidHost)
-	}
-	prev, err := readAccount(o.hostJWTPath(host))
-	if errors.Is(err, fs.ErrNotExist) {
-		return nil, fmt.Errorf("%s: %w (no %s in %s)", host, ErrNotEnrolled, o.hostJWTPath(host), o.Dir)
-	}
-	if err != nil {
+// Revoke prepares the revocation of hosts: each one's account revokes
+// every user, keeps no signing key and imports nothing, and PROVISIONER no
+// longer imports their control subjects.
+func (o *Operator) Revoke(hosts ...string) (*Change, error) {
+	if err := checkHosts(hosts); err != nil {
 		return nil, err
 	}
-	hostJWT, err := revokedHostClaims(prev, time.Now()).Encode(o.signing)
+	main, err := readAccount(o.path(MainJWTFile))
 	if err != nil {
-		return nil, fmt.Errorf("sign %s's account: %w", host, err)
+		return nil, fmt.Errorf("operator directory: %w", err)
 	}
-	mainJWT, err := o.mainWithControl(embedded.NewHostAccount(o.Prefix, host), "")
-	if err != nil {
-		return nil, err
+	c := &Change{Hosts: hosts, hostJWTs: map[string]string{}}
+	now := time.Now()
+	for _, host := range hosts {
+		prev, err := readAccount(o.hostJWTPath(host))
+		if errors.Is(err, fs.ErrNotExist) {
+			return nil, fmt.Errorf("%s: %w (no %s)", host, ErrNotEnrolled, o.hostJWTPath(host))
+		}
+		if err != nil {
+			return nil, err
+		}
+		hostJWT, err := revokedHostClaims(prev, now).Encode(o.signing)
+		if err != nil {
+			return nil, fmt.Errorf("sign %s's account: %w", host, err)
+		}
+		setControlImport(main, embedded.NewHostAccount(o.Prefix, host), "")
+		c.hostJWTs[host] = hostJWT
+		c.JWTs = append(c.JWTs, hostJWT)
 	}
-	return &Change{Host: host, JWTs: []string{hostJWT, mainJWT}, hostJWT: hostJWT, mainJWT: mainJWT, revoking: true}, nil
+	return c, o.finish(c, main)
 }
 
 // Commit records c in the directory (after its JWTs were pushed).
 func (o *Operator) Commit(c *Change) error {
-	if err := writeFile(o.hostJWTPath(c.Host), []byte(c.hostJWT+"\n"), 0o644); err != nil {
-		return err
+	for _, host := range c.Hosts {
+		if err := writeFile(o.hostJWTPath(host), []byte(c.hostJWTs[host]+"\n"), 0o644); err != nil {
+			return err
+		}
 	}
 	return writeFile(o.path(MainJWTFile), []byte(c.mainJWT+"\n"), 0o644)
 }

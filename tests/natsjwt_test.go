@@ -91,7 +91,7 @@ func permAccountsMatch(t *testing.T) {
 		require.Equal(t, a.Permissions.Response.MaxMsgs, us.Template.Resp.MaxMsgs)
 		require.Equal(t, a.Permissions.Response.Expires, us.Template.Resp.Expires)
 
-		token, err := jwt.ParseDecoratedJWT(ch.Creds)
+		token, err := jwt.ParseDecoratedJWT(ch.Creds[host])
 		require.NoError(t, err)
 		uc, err := jwt.DecodeUserClaims(token)
 		require.NoError(t, err)

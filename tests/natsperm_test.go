@@ -119,19 +119,6 @@ func permTool(args ...string) (string, error) {
 	return string(out), err
 }
 
-// permEnroll enrolls host on the servers at url and returns its worker's
-// credentials file.
-func permEnroll(t *testing.T, k permKeys, url, host string) string {
-	t.Helper()
-	creds := filepath.Join(k.configDir, host+".creds")
-	out := permRunTool(t, "enroll", "-dir", k.dir, "-server", url, "-out", creds, host)
-	require.Contains(t, out, "host "+host+" enrolled")
-	st, err := os.Stat(creds)
-	require.NoError(t, err)
-	require.Equal(t, os.FileMode(0o600), st.Mode().Perm())
-	return creds
-}
-
 // permEnrollBoth waits for JetStream at url, then enrolls hv-01 and hv-02.
 func permEnrollBoth(t *testing.T, k *permKeys, url string) {
 	t.Helper()
@@ -140,8 +127,15 @@ func permEnrollBoth(t *testing.T, k *permKeys, url string) {
 		_, err := adminJS.AccountInfo(permCtx(t, time.Second))
 		return err == nil
 	}, 30*time.Second, 200*time.Millisecond, "JetStream did not become available")
-	k.hv01 = permEnroll(t, *k, url, "hv-01")
-	k.hv02 = permEnroll(t, *k, url, "hv-02")
+	// Both in one command: one push of PROVISIONER.
+	out := permRunTool(t, "enroll", "-dir", k.dir, "-server", url, "-out-dir", k.configDir, "hv-01", "hv-02")
+	for _, host := range []string{"hv-01", "hv-02"} {
+		require.Contains(t, out, "host "+host+" enrolled")
+		st, err := os.Stat(filepath.Join(k.configDir, host+".creds"))
+		require.NoError(t, err)
+		require.Equal(t, os.FileMode(0o600), st.Mode().Perm())
+	}
+	k.hv01, k.hv02 = filepath.Join(k.configDir, "hv-01.creds"), filepath.Join(k.configDir, "hv-02.creds")
 }
 
 // permDeployDir is deploy/nats in the repository.

@@ -4,17 +4,17 @@
 // account resolver at run time.
 //
 //	provisioner-nats init   -dir DIR [-prefix provisioner]
-//	provisioner-nats enroll -dir DIR -server URL [-out FILE] HOST
-//	provisioner-nats revoke -dir DIR -server URL HOST
+//	provisioner-nats enroll -dir DIR -server URL [-out FILE | -out-dir DIR] HOST...
+//	provisioner-nats revoke -dir DIR -server URL HOST...
 //	provisioner-nats push   -dir DIR -server URL
 //	provisioner-nats hosts  -dir DIR
 //
 // init makes the operator, the SYS and PROVISIONER accounts, the api,
 // admin and sys credentials and server.conf (what nats-server includes).
-// enroll gives a host its account, pushes it and PROVISIONER's updated
-// import list to the resolver, and writes the worker's .creds; enrolling a
-// host again rotates its credentials. revoke disables a host's account at
-// once: its worker is disconnected and cannot connect again. push sends
+// enroll gives each host its account, pushes them and PROVISIONER's updated
+// import list to the resolver, and writes each worker's .creds; enrolling a
+// host again rotates its credentials. revoke disables hosts' accounts at
+// once: their workers are disconnected and cannot connect again. push sends
 // every stored account JWT again (a resolver that lost its directory).
 // deploy/nats/README.md describes the whole procedure.
 package main
@@ -28,6 +28,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strings"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -44,12 +45,12 @@ func main() {
 	}
 }
 
-const usage = `usage: provisioner-nats <command> [flags] [host]
+const usage = `usage: provisioner-nats <command> [flags] [host...]
 
 commands:
   init    make an operator directory (keys, accounts, api/admin/sys credentials, server.conf)
-  enroll  give a host its NATS account and write its worker's .creds
-  revoke  revoke a host: its worker is disconnected and refused
+  enroll  give hosts their NATS accounts and write their workers' .creds
+  revoke  revoke hosts: their workers are disconnected and refused
   push    push every account JWT of the directory to the servers again
   hosts   list the enrolled hosts
 
@@ -95,13 +96,17 @@ func commonFlags(fs *flag.FlagSet, withServer bool) common {
 	return c
 }
 
-// parse parses args, wanting exactly hosts positional arguments.
-func parse(fs *flag.FlagSet, args []string, hosts int) error {
+// parse parses args; hosts says whether host names follow the flags (at
+// least one) or nothing may.
+func parse(fs *flag.FlagSet, args []string, hosts bool) error {
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if fs.NArg() != hosts {
-		return fmt.Errorf("%s: want %d host name argument(s), got %d", fs.Name(), hosts, fs.NArg())
+	switch {
+	case hosts && fs.NArg() == 0:
+		return fmt.Errorf("%s: name at least one host", fs.Name())
+	case !hosts && fs.NArg() > 0:
+		return fmt.Errorf("%s: takes no arguments, got %q", fs.Name(), fs.Args())
 	}
 	return nil
 }
@@ -124,7 +129,7 @@ func runInit(args []string, out io.Writer) error {
 	fs := flag.NewFlagSet("init", flag.ContinueOnError)
 	c := commonFlags(fs, false)
 	prefix := fs.String("prefix", envOr("PROVISIONER_SUBJECT_PREFIX", ""), "subject prefix (PROVISIONER_SUBJECT_PREFIX; default provisioner)")
-	if err := parse(fs, args, 0); err != nil {
+	if err := parse(fs, args, false); err != nil {
 		return err
 	}
 	o, err := natsauth.Init(*c.dir, *prefix)
@@ -144,9 +149,9 @@ next: start the servers, then "provisioner-nats enroll -dir %[1]s -server <url> 
 	return err
 }
 
-// change opens the directory, takes its lock, prepares a change with
-// prepare, pushes it and commits it.
-func change(c common, host string, prepare func(*natsauth.Operator, string) (*natsauth.Change, error)) (*natsauth.Change, error) {
+// change opens the directory, takes its lock, prepares a change of hosts
+// with prepare, pushes it and commits it.
+func change(c common, hosts []string, prepare func(*natsauth.Operator, ...string) (*natsauth.Change, error)) (*natsauth.Change, error) {
 	o, err := natsauth.Open(*c.dir)
 	if err != nil {
 		return nil, err
@@ -156,7 +161,7 @@ func change(c common, host string, prepare func(*natsauth.Operator, string) (*na
 		return nil, err
 	}
 	defer unlock()
-	ch, err := prepare(o, host)
+	ch, err := prepare(o, hosts...)
 	if err != nil {
 		return nil, err
 	}
@@ -165,7 +170,7 @@ func change(c common, host string, prepare func(*natsauth.Operator, string) (*na
 		return nil, err
 	}
 	defer nc.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), *c.timeout)
+	ctx, cancel := context.WithTimeout(context.Background(), *c.timeout+time.Duration(len(ch.JWTs))*10*time.Millisecond)
 	defer cancel()
 	if err := natsauth.Push(ctx, nc, ch.JWTs...); err != nil {
 		return nil, err
@@ -179,50 +184,69 @@ func change(c common, host string, prepare func(*natsauth.Operator, string) (*na
 func runEnroll(args []string, out io.Writer) error {
 	fs := flag.NewFlagSet("enroll", flag.ContinueOnError)
 	c := commonFlags(fs, true)
-	dst := fs.String("out", "", "where to write the worker's credentials (default: ./<host>.creds)")
-	if err := parse(fs, args, 1); err != nil {
+	dst := fs.String("out", "", "where to write the worker's credentials, for one host (default: <out-dir>/<host>.creds)")
+	dstDir := fs.String("out-dir", ".", "directory of the workers' credentials, <host>.creds each")
+	if err := parse(fs, args, true); err != nil {
 		return err
 	}
-	host := fs.Arg(0)
-	ch, err := change(c, host, (*natsauth.Operator).Enroll)
+	hosts := fs.Args()
+	if *dst != "" && len(hosts) > 1 {
+		return errors.New("enroll: -out names one file; use -out-dir for several hosts")
+	}
+	ch, err := change(c, hosts, (*natsauth.Operator).Enroll)
 	if err != nil {
-		return fmt.Errorf("enroll %s: %w", host, err)
+		return fmt.Errorf("enroll %s: %w", strings.Join(hosts, ", "), err)
 	}
-	path := *dst
-	if path == "" {
-		path = host + ".creds"
+	for _, host := range hosts {
+		path := *dst
+		if path == "" {
+			path = filepath.Join(*dstDir, host+".creds")
+		}
+		if err := writeCreds(path, ch.Creds[host]); err != nil {
+			return fmt.Errorf("enroll %s: the account is pushed but the credentials could not be written (enroll it again): %w", host, err)
+		}
+		if _, err := fmt.Fprintf(out, "host %s enrolled; its worker's credentials are in %s (any earlier ones are revoked)\n", host, path); err != nil {
+			return err
+		}
 	}
-	if err := os.WriteFile(path, ch.Creds, 0o600); err != nil {
-		return fmt.Errorf("enroll %s: the account is pushed but the credentials could not be written (enroll it again): %w", host, err)
-	}
-	if err := os.Chmod(path, 0o600); err != nil {
+	_, err = fmt.Fprintf(out, `on each host: install its file as /etc/provisioner/nats-worker.creds (mode 0600) and set
+  PROVISIONER_HOST=<host> PROVISIONER_NATS_CREDS=/etc/provisioner/nats-worker.creds PROVISIONER_NATS_JS_PREFIX=%s
+`, embedded.HostAPIPrefix)
+	return err
+}
+
+// writeCreds writes a credentials file readable by its owner only.
+func writeCreds(path string, creds []byte) error {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
 		return err
 	}
-	_, err = fmt.Fprintf(out, `host %[1]s enrolled; its worker's credentials are in %[2]s (any earlier ones are revoked)
-on %[1]s: install them as /etc/provisioner/nats-worker.creds (mode 0600) and set
-  PROVISIONER_HOST=%[1]s PROVISIONER_NATS_CREDS=/etc/provisioner/nats-worker.creds PROVISIONER_NATS_JS_PREFIX=%[3]s
-`, host, path, embedded.HostAPIPrefix)
-	return err
+	_, werr := f.Write(creds)
+	return errors.Join(werr, f.Chmod(0o600), f.Sync(), f.Close())
 }
 
 func runRevoke(args []string, out io.Writer) error {
 	fs := flag.NewFlagSet("revoke", flag.ContinueOnError)
 	c := commonFlags(fs, true)
-	if err := parse(fs, args, 1); err != nil {
+	if err := parse(fs, args, true); err != nil {
 		return err
 	}
-	host := fs.Arg(0)
-	if _, err := change(c, host, (*natsauth.Operator).Revoke); err != nil {
-		return fmt.Errorf("revoke %s: %w", host, err)
+	hosts := fs.Args()
+	if _, err := change(c, hosts, (*natsauth.Operator).Revoke); err != nil {
+		return fmt.Errorf("revoke %s: %w", strings.Join(hosts, ", "), err)
 	}
-	_, err := fmt.Fprintf(out, "host %s revoked: its worker is disconnected and its credentials are refused (enroll it again to issue new ones)\n", host)
-	return err
+	for _, host := range hosts {
+		if _, err := fmt.Fprintf(out, "host %s revoked: its worker is disconnected and its credentials are refused (enroll it again to issue new ones)\n", host); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func runPush(args []string, out io.Writer) error {
 	fs := flag.NewFlagSet("push", flag.ContinueOnError)
 	c := commonFlags(fs, true)
-	if err := parse(fs, args, 0); err != nil {
+	if err := parse(fs, args, false); err != nil {
 		return err
 	}
 	o, err := natsauth.Open(*c.dir)
@@ -250,7 +274,7 @@ func runPush(args []string, out io.Writer) error {
 func runHosts(args []string, out io.Writer) error {
 	fs := flag.NewFlagSet("hosts", flag.ContinueOnError)
 	c := commonFlags(fs, false)
-	if err := parse(fs, args, 0); err != nil {
+	if err := parse(fs, args, false); err != nil {
 		return err
 	}
 	o, err := natsauth.Open(*c.dir)
