@@ -40,6 +40,7 @@ type options struct {
 	keep         bool
 	settle       time.Duration
 	natsBench    string
+	jwt          bool
 }
 
 func parseFlags(args []string) (options, error) {
@@ -56,6 +57,7 @@ func parseFlags(args []string) (options, error) {
 	fs.IntVar(&o.restEvery, "rest-every", 2, "every n-th job goes through REST, the rest straight to NATS (0: none through REST)")
 	fs.BoolVar(&o.keep, "keep", false, "keep the run's directory (configs, logs, stores) even when nothing went wrong")
 	fs.DurationVar(&o.settle, "settle", 0, "how long to wait for the last jobs with no progress (default: 2 ack waits + 30 s)")
+	fs.BoolVar(&o.jwt, "jwt", false, "run the cluster with the project's NATS JWT setup (deploy/nats): every host enrolled in an account of its own")
 	fs.StringVar(&o.natsBench, "nats-bench", "", "after the fleet run, run this nats CLI's JetStream publish benchmark on the same cluster (scripts/install-nats-cli.sh builds bin/nats)")
 	if err := fs.Parse(args); err != nil {
 		return o, err
@@ -65,6 +67,9 @@ func parseFlags(args []string) (options, error) {
 	}
 	if o.hosts < 1 || o.jobs < 1 || o.rate <= 0 {
 		return o, errors.New("-hosts, -jobs and -rate must be positive")
+	}
+	if o.jwt && o.natsBench != "" {
+		return o, errors.New("-nats-bench connects without credentials: it cannot run with -jwt")
 	}
 	if o.settle == 0 {
 		o.settle = 2*o.ackWait + 30*time.Second
