@@ -45,10 +45,11 @@ type Config struct {
 	// Connect).
 	URL string
 	// CredsFile is a NATS credentials file (user JWT and nkey seed), for
-	// servers in operator (JWT) mode.
+	// servers in operator (JWT) mode (deploy/nats; provisioner-nats writes
+	// them).
 	CredsFile string
 	// NKeyFile is a file holding an nkey user seed ("SU…"), for servers that
-	// list users by their public nkey (deploy/nats, the embedded server).
+	// list users by their public nkey (the embedded server).
 	NKeyFile string
 	// User and Password authenticate with a user name and password.
 	User, Password string
@@ -164,7 +165,7 @@ func checkCredsFile(path string) error {
 		}
 	}
 	if !jwt || !seed {
-		return fmt.Errorf("NATS credentials file %s: not a credentials file (want a NATS USER JWT and a USER NKEY SEED block, as written by nsc)", path)
+		return fmt.Errorf("NATS credentials file %s: not a credentials file (want a NATS USER JWT and a USER NKEY SEED block, as written by provisioner-nats or nsc)", path)
 	}
 	return nil
 }
