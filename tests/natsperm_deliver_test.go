@@ -51,7 +51,7 @@ func permConsumerCounts(t *testing.T, js jetstream.JetStream) map[string]int {
 // on hv-02's control subjects. All are refused; nothing reaches hv-02.
 func permNoDeliveryToOtherHosts(t *testing.T, url string, keys permKeys, nc1 *nats.Conn, errs1 *permErrs, adminJS jetstream.JetStream) {
 	s := messaging.NewSubjects("")
-	adminNC, _, _ := permConnect(t, url, natsconn.Config{NKeyFile: keys.admin, Name: "admin-watch"})
+	adminNC, _, _ := permConnect(t, url, natsconn.Config{CredsFile: keys.admin, Name: "admin-watch"})
 	watch, err := adminNC.SubscribeSync(s.Control("hv-02"))
 	require.NoError(t, err)
 	events, err := adminNC.SubscribeSync(s.Prefix + ".events.hv-02.>")

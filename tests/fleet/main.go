@@ -33,6 +33,7 @@ type options struct {
 	rate         float64
 	duration     time.Duration
 	fault        string
+	jwt          bool
 	stopFor      time.Duration
 	restartAfter time.Duration
 	ackWait      time.Duration
@@ -51,6 +52,7 @@ func parseFlags(args []string) (options, error) {
 	fs.Float64Var(&o.rate, "rate", 200, "offered jobs per second")
 	fs.DurationVar(&o.duration, "duration", time.Second, "how long the stand-in pipeline runs each job")
 	fs.StringVar(&o.fault, "fault", faultNone, "fault to inject: "+strings.Join(faults, " | "))
+	fs.BoolVar(&o.jwt, "jwt", false, "run the cluster with the project's NATS JWT setup (deploy/nats): every host enrolled in an account of its own")
 	fs.DurationVar(&o.stopFor, "stop-for", 30*time.Second, "how long -fault stop-node keeps the node stopped")
 	fs.DurationVar(&o.restartAfter, "restart-after", 5*time.Second, "how long a killed node, worker or API stays down")
 	fs.DurationVar(&o.ackWait, "ack-wait", 30*time.Second, "the workers' PROVISIONER_ACK_WAIT (a killed worker's jobs come back after it)")
@@ -67,6 +69,9 @@ func parseFlags(args []string) (options, error) {
 	}
 	if o.hosts < 1 || o.jobs < 1 || o.rate <= 0 {
 		return o, errors.New("-hosts, -jobs and -rate must be positive")
+	}
+	if o.jwt && o.natsBench != "" {
+		return o, errors.New("-nats-bench connects without credentials: it cannot run with -jwt")
 	}
 	if o.settle == 0 {
 		o.settle = 2*o.ackWait + 30*time.Second
