@@ -289,13 +289,14 @@ func (w *Worker) run(ctx context.Context, log *logrus.Entry, msg jetstream.Msg, 
 		t := time.AfterFunc(w.cfg.MaxRunTime, func() { stop(errRunTime) })
 		defer t.Stop()
 	}
-	var lease leaseRenewer
-	wg.Go(func() { w.keepAlive(jobCtx, stop, msg, rec, &lease) })
-	wg.Go(func() { w.watchCancel(jobCtx, stop, host, jobID) })
 	log = log.WithFields(logrus.Fields{"attempt": rec.Attempt, "caller": rec.Caller})
+	rep := newReporter(w, jobCtx, log, rec)
+	var lease leaseRenewer
+	written := func() bool { return rep.stage() == pipeline.StageFinalize }
+	wg.Go(func() { w.keepAlive(jobCtx, stop, msg, rec, &lease, written) })
+	wg.Go(func() { w.watchCancel(jobCtx, stop, host, jobID) })
 	log.WithFields(logrus.Fields{"kind": m.Kind, "volume": m.VolumeName, "image_url": m.ImageURL}).Info("job started")
 
-	rep := newReporter(w, jobCtx, log, rec)
 	res, err := w.execute(jobCtx, rep, rec, m, &lease)
 	cause := context.Cause(jobCtx)
 	stop(nil)
@@ -479,7 +480,7 @@ func (l *leaseRenewer) renew(ctx context.Context, ttl time.Duration) error {
 // When nothing was confirmed for half the ack wait, it stops the job, so
 // the job stops writing well before the server could redeliver it to
 // another worker.
-func (w *Worker) keepAlive(ctx context.Context, stop context.CancelCauseFunc, msg jetstream.Msg, rec kvstate.Job, lease *leaseRenewer) {
+func (w *Worker) keepAlive(ctx context.Context, stop context.CancelCauseFunc, msg jetstream.Msg, rec kvstate.Job, lease *leaseRenewer, written func() bool) {
 	every := w.cfg.AckWait / 6
 	t := time.NewTicker(every)
 	defer t.Stop()
@@ -488,6 +489,7 @@ func (w *Worker) keepAlive(ctx context.Context, stop context.CancelCauseFunc, ms
 	// One renewal at a time, run aside: a call stuck in a reconnecting
 	// client must not keep the timer from fencing.
 	inflight := make(chan struct{}, 1)
+	warned := false
 	for {
 		select {
 		case <-ctx.Done():
@@ -495,9 +497,19 @@ func (w *Worker) keepAlive(ctx context.Context, stop context.CancelCauseFunc, ms
 		case <-t.C:
 		}
 		if since := time.Since(time.Unix(0, lastOK.Load())); since > w.cfg.AckWait/2 {
-			w.log.WithField("unconfirmed", since.Round(time.Millisecond).String()).Error("in-progress acks unconfirmed for half the ack wait: stopping the job before it can be redelivered")
-			stop(errFenced)
-			return
+			if !written() {
+				w.log.WithField("unconfirmed", since.Round(time.Millisecond).String()).Error("in-progress acks unconfirmed for half the ack wait: stopping the job before it can be redelivered")
+				stop(errFenced)
+				return
+			}
+			// The volume is written and this attempt writes it no more:
+			// stopping now would only have the job run again. Its
+			// completion is a compare-and-set on its attempt id, which a
+			// later attempt that started meanwhile makes fail.
+			if !warned {
+				w.log.WithField("unconfirmed", since.Round(time.Millisecond).String()).Warn("in-progress acks unconfirmed for half the ack wait, but the volume is written: recording the completion")
+				warned = true
+			}
 		}
 		select {
 		case inflight <- struct{}{}:
