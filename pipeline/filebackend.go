@@ -27,6 +27,16 @@ var _ Backend = FileBackend{}
 // out once whether its file system makes reflinks (CloneSupport): then it
 // keeps its goldens in dir/.golden.
 func NewFileBackend(dir string) (*FileBackend, error) {
+	b, err := openFileBackend(dir)
+	if err != nil {
+		return nil, err
+	}
+	b.clone = probeClones(b.Dir)
+	return b, nil
+}
+
+// openFileBackend makes (if needed) and opens the volume directory.
+func openFileBackend(dir string) (*FileBackend, error) {
 	abs, err := filepath.Abs(dir)
 	if err != nil {
 		return nil, fmt.Errorf("volume directory %q: %w", dir, err)
@@ -34,7 +44,18 @@ func NewFileBackend(dir string) (*FileBackend, error) {
 	if err := os.MkdirAll(abs, 0o750); err != nil {
 		return nil, fmt.Errorf("create volume directory %s: %w", abs, err)
 	}
-	return &FileBackend{Dir: abs, clone: probeClones(abs)}, nil
+	return &FileBackend{Dir: abs}, nil
+}
+
+// NewFileBackendWithoutClones is NewFileBackend that never clones (and
+// creates no golden directory): every volume is converted into.
+func NewFileBackendWithoutClones(dir string) (*FileBackend, error) {
+	b, err := openFileBackend(dir)
+	if err != nil {
+		return nil, err
+	}
+	b.DisableClones("clones are turned off (PROVISIONER_CLONES=off)")
+	return b, nil
 }
 
 // path returns the file of volume name, refusing names that would leave Dir
