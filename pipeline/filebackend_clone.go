@@ -44,9 +44,21 @@ var _ Cloner = FileBackend{}
 // creates the golden directory if so.
 func probeClones(dir string) *fileClones {
 	gdir := filepath.Join(dir, goldenDirName)
+	_, existed := os.Lstat(gdir)
 	if err := initGoldenDir(gdir); err != nil {
 		return &fileClones{reason: err.Error()}
 	}
+	fc := probeClone(dir, gdir)
+	if fc.dir == "" && existed != nil {
+		// Made for nothing: leave the directory as it was.
+		_ = os.Remove(filepath.Join(gdir, markerName))
+		_ = os.Remove(gdir)
+	}
+	return fc
+}
+
+// probeClone tries FICLONE from a file in gdir to one in dir.
+func probeClone(dir, gdir string) *fileClones {
 	src, err := os.CreateTemp(gdir, ".probe-*")
 	if err != nil {
 		return &fileClones{reason: fmt.Sprintf("create a probe file in %s: %v", gdir, err)}
