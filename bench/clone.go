@@ -134,8 +134,12 @@ func (b *bench) mountXFS(ctx context.Context, size int64) (string, error) {
 	return mnt, nil
 }
 
-// usedBytes is the space used in the file system of dir, after a sync.
+// usedBytes is the space used in the file system of dir, after a sync
+// and a pause for XFS to free the blocks of files removed just before (it
+// does that in the background).
 func usedBytes(dir string) float64 {
+	unix.Sync()
+	time.Sleep(200 * time.Millisecond)
 	unix.Sync()
 	var st unix.Statfs_t
 	if err := unix.Statfs(dir, &st); err != nil {
@@ -325,7 +329,7 @@ func (b *bench) cloneReport() string {
 			t := median(b.res.get(k))
 			space := "–"
 			if spaceKey != "" {
-				space = fmtMiB(median(b.res.get(spaceKey)))
+				space = fmtSpace(median(b.res.get(spaceKey)))
 			}
 			fmt.Fprintf(&sb, "| %s | %s | %s | %.3f× | %s |\n", img.describe(), step, fmtS(t), t/base, space)
 		}
@@ -337,4 +341,12 @@ func (b *bench) cloneReport() string {
 		row("the clone step alone (FICLONE, grow, fsync)", key(img.name, "clone_step", "wall"), "")
 	}
 	return sb.String()
+}
+
+// fmtSpace shows bytes in MiB, or KiB below 10 MiB.
+func fmtSpace(x float64) string {
+	if x < 10<<20 {
+		return fmt.Sprintf("%.0f KiB", x/(1<<10))
+	}
+	return fmtMiB(x)
 }
