@@ -6,9 +6,10 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"hash"
 	"io"
 	"os"
+	"sync"
+	"sync/atomic"
 
 	"golang.org/x/sys/unix"
 )
@@ -96,36 +97,52 @@ func GoldenDigest(ctx context.Context, path string) (string, error) {
 	return chunkedDigest(ctx, f, st.Size())
 }
 
+// digestWorkers is how many chunks GoldenDigest hashes at once.
+const digestWorkers = 4
+
 func chunkedDigest(ctx context.Context, f *os.File, size int64) (string, error) {
+	n := int((size + goldenChunk - 1) / goldenChunk)
+	sums := make([][sha256.Size]byte, n)
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	errs := make([]error, digestWorkers)
+	for w := range digestWorkers {
+		wg.Go(func() {
+			buf := make([]byte, goldenChunk)
+			h := sha256.New()
+			for {
+				i := next.Add(1) - 1
+				if i >= int64(n) || ctx.Err() != nil {
+					return
+				}
+				off := i * goldenChunk
+				l := min(int64(goldenChunk), size-off)
+				if l == goldenChunk && nextData(f, off, size) >= off+l {
+					sums[i] = zeroChunkSum
+					continue
+				}
+				if _, err := f.ReadAt(buf[:l], off); err != nil && !errors.Is(err, io.EOF) {
+					errs[w] = fmt.Errorf("read golden at %d: %w", off, err)
+					return
+				}
+				h.Reset()
+				h.Write(buf[:l])
+				h.Sum(sums[i][:0])
+			}
+		})
+	}
+	wg.Wait()
+	if err := ctx.Err(); err != nil {
+		return "", err
+	}
+	if err := errors.Join(errs...); err != nil {
+		return "", err
+	}
 	outer := sha256.New()
-	inner := sha256.New()
-	buf := make([]byte, goldenChunk)
-	// data is the next offset at or after which data may be; size: none.
-	data := nextData(f, 0, size)
-	for off := int64(0); off < size; off += goldenChunk {
-		if err := ctx.Err(); err != nil {
-			return "", err
-		}
-		n := min(int64(goldenChunk), size-off)
-		if data < off {
-			data = nextData(f, off, size)
-		}
-		if data >= off+n && n == goldenChunk {
-			outer.Write(zeroChunkSum[:])
-			continue
-		}
-		if _, err := f.ReadAt(buf[:n], off); err != nil && !(errors.Is(err, io.EOF) && n == 0) {
-			return "", fmt.Errorf("read golden at %d: %w", off, err)
-		}
-		sumInto(outer, inner, buf[:n])
+	for i := range sums {
+		outer.Write(sums[i][:])
 	}
 	return hex.EncodeToString(outer.Sum(nil)), nil
-}
-
-func sumInto(outer, inner hash.Hash, b []byte) {
-	inner.Reset()
-	inner.Write(b)
-	outer.Write(inner.Sum(nil))
 }
 
 // nextData is the first offset at or after off that may hold data: where
