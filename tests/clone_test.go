@@ -135,3 +135,25 @@ func TestVolumesWithoutReflinksAreConverted(t *testing.T) {
 	require.NotContains(t, images[0], "golden")
 	require.NoDirExists(t, filepath.Join(volDir, ".golden"))
 }
+
+// TestGoldenOnlyFromAVerifiedImage: a cold image is converted into its
+// golden while it downloads, but a download whose digest does not match
+// leaves no golden, no volume and nothing cached.
+func TestGoldenOnlyFromAVerifiedImage(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{noWorker: true})
+	volDir := filepath.Join(testenv.FileSystem(t, testenv.XFS), "volumes")
+	e.startWorker("h1", "PROVISIONER_VOLUME_DIR="+volDir)
+	url := e.uploadWrongChecksum(t, "images/bad.qcow2", 93)
+
+	id := e.submit(map[string]any{"image_url": url, "volume_name": "vm-bad", "volume_size_gb": 1})
+	j := e.waitStatus(id, "failed")
+	require.Contains(t, j.Error, "checksum mismatch")
+	require.NoFileExists(t, filepath.Join(volDir, "vm-bad"))
+	goldens, err := os.ReadDir(filepath.Join(volDir, ".golden"))
+	require.NoError(t, err)
+	for _, g := range goldens {
+		require.Equal(t, "owner", g.Name(), "only the directory's marker is left: no golden, no golden being made")
+	}
+	require.EqualValues(t, 0, e.do(http.MethodGet, "/api/v1/cache/images", nil).json(t)["count"])
+}
