@@ -113,6 +113,20 @@ func TestReflinkVolumesAreClonesOfAGolden(t *testing.T) {
 	require.True(t, e.cloned(id6))
 	requireVolume(t, vol("vm-4"), ref, gib)
 	require.FileExists(t, goldenPath)
+
+	// A cache fetch job (prewarm) makes the golden too: the next job only clones.
+	r = e.do(http.MethodDelete, "/api/v1/cache/images/"+digest, nil)
+	require.Equal(t, http.StatusOK, r.Status, "%s", r.Body)
+	require.NoFileExists(t, goldenPath)
+	r = e.do(http.MethodPost, "/api/v1/cache/fetch", map[string]any{"image_url": url})
+	require.Equal(t, http.StatusAccepted, r.Status, "%s", r.Body)
+	e.waitStatus(r.json(t)["job_id"].(string), "completed")
+	require.FileExists(t, goldenPath)
+	id7 := e.submit(map[string]any{"image_url": url, "volume_name": "vm-5", "volume_size_gb": 1})
+	j7 := e.waitStatus(id7, "completed")
+	require.True(t, *j7.CacheHit)
+	require.True(t, e.cloned(id7))
+	requireVolume(t, vol("vm-5"), ref, gib)
 }
 
 func TestVolumesWithoutReflinksAreConverted(t *testing.T) {

@@ -154,3 +154,24 @@ func (w *Worker) makeGolden(ctx context.Context, rep *reporter, ji *jobImage, c 
 	rep.log.WithField("golden", g.Path).WithField("immutable", g.Immutable).Info("made the image's golden")
 	return g, nil
 }
+
+// prewarmGolden is a cache fetch job's last stage where volumes are clones:
+// it makes the image's golden too, so the next job of the image only
+// clones. An image that has one is verified as any cache fetch's.
+func (w *Worker) prewarmGolden(ctx context.Context, rep *reporter, ji *jobImage, c cloneParts) error {
+	unlock, err := c.cache.LockGolden(ctx, ji.key)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	if _, ok, err := c.cache.Golden(ctx, ji.key); err != nil {
+		return err
+	} else if ok {
+		if err := ji.verify(ctx); err != nil {
+			return fmt.Errorf("verify the cached image: %w", err)
+		}
+		return nil
+	}
+	_, err = w.makeGolden(ctx, rep, ji, c)
+	return err
+}

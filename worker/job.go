@@ -552,6 +552,9 @@ func (w *Worker) execute(ctx context.Context, rep *reporter, rec kvstate.Job, m 
 	res.cacheHit, res.imagePath, res.checksum = ji.hit, ji.path, ji.checksum
 	img := ji.img
 	if m.Kind == messaging.KindCacheFetch {
+		if c, ok := w.clones(); ok {
+			return res, w.prewarmGolden(ctx, rep, &ji, c)
+		}
 		if err := ji.verify(ctx); err != nil {
 			return res, fmt.Errorf("verify the cached image: %w", err)
 		}
