@@ -51,6 +51,7 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
 		_ = msg.TermWithReason("bad subject")
 		return
 	}
+	w.waiting.Store(int64(meta.NumPending))
 	log := w.log.WithFields(logrus.Fields{"job_id": jobID, "host": host, "delivery": meta.NumDelivered})
 	kctx, cancel := context.WithTimeout(ctx, kvTimeout)
 	defer cancel()
@@ -78,9 +79,12 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
 			w.metrics.jobs.WithLabelValues(string(kvstate.StatusFailed)).Inc()
 		}
 		_ = msg.Term()
+		w.settle(host, jobID)
 		return
 	}
-	attempt := int(meta.NumDelivered)
+	// Delivery counts start again when a consumer is created again (its
+	// node died); the record counts the attempts that started.
+	attempt := max(int(meta.NumDelivered), cur.Attempt+1)
 	if w.deferToRunningAttempt(log, msg, cur) {
 		return
 	}
@@ -92,24 +96,27 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
 	if verr != nil {
 		w.fail(kctx, log, host, jobID, "invalid job message: "+verr.Error())
 		_ = msg.TermWithReason("malformed")
+		w.settle(host, jobID)
 		return
 	}
 	if age := time.Since(cur.CreatedAt); w.cfg.MaxPendingAge > 0 && cur.Status == kvstate.StatusPending && age > w.cfg.MaxPendingAge {
 		w.fail(kctx, log, host, jobID, fmt.Sprintf("the job waited %s for a worker, longer than the maximum pending age of %s (PROVISIONER_MAX_PENDING_AGE); submit it again",
 			age.Round(time.Second), w.cfg.MaxPendingAge))
 		_ = msg.TermWithReason("pending too long")
+		w.settle(host, jobID)
 		return
 	}
-	if int(meta.NumDelivered) >= w.cfg.MaxDeliver {
-		w.fail(kctx, log, host, jobID, fmt.Sprintf("gave up after %d deliveries: the job never finished (its worker stopped or lost contact while running it)", meta.NumDelivered))
+	if attempt >= w.cfg.MaxDeliver {
+		w.fail(kctx, log, host, jobID, fmt.Sprintf("gave up after %d deliveries: the job never finished (its worker stopped or lost contact while running it)", attempt))
 		_ = msg.TermWithReason("max deliveries")
+		w.settle(host, jobID)
 		return
 	}
 	// The job's span continues the trace of the request that queued it.
 	pctx := telemetry.Propagator.Extract(ctx, messaging.HeaderCarrier(msg.Headers()))
 	sctx, span := w.tracer.Start(pctx, "job "+m.Kind, trace.WithSpanKind(trace.SpanKindConsumer),
 		trace.WithAttributes(attribute.String("job_id", jobID), attribute.String("host", host), attribute.String("volume", m.VolumeName),
-			attribute.String("image_url", m.ImageURL), attribute.Int("attempt", int(meta.NumDelivered))))
+			attribute.String("image_url", m.ImageURL), attribute.Int("attempt", attempt)))
 	defer span.End()
 	log = log.WithFields(telemetry.LogFields(sctx))
 	traceID, _, _ := telemetry.IDs(sctx)
@@ -135,6 +142,7 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
 	if errors.As(err, &te) {
 		log.WithField("status", te.From).Info("job ended before it started; acknowledging without running")
 		_ = msg.Term()
+		w.settle(host, jobID)
 		return
 	}
 	if errors.Is(err, errAttemptAlive) {
@@ -314,7 +322,7 @@ func (w *Worker) run(ctx context.Context, log *logrus.Entry, msg jetstream.Msg, 
 		return "interrupted"
 	}
 	if err == nil && cause == nil {
-		final, _, uerr := w.jobs.UpdateAttempt(bg, host, jobID, rec.AttemptID, func(j *kvstate.Job) error {
+		final, uerr := w.recordCompletion(log, rec, func(j *kvstate.Job) {
 			now := time.Now().UTC()
 			j.Status = kvstate.StatusCompleted
 			j.FinishedAt = &now
@@ -324,7 +332,6 @@ func (w *Worker) run(ctx context.Context, log *logrus.Entry, msg jetstream.Msg, 
 			j.VolumePath = res.volumePath
 			j.Checksum = res.checksum
 			j.Cloned = res.cloned
-			return nil
 		})
 		var te *kvstate.TransitionError
 		if errors.Is(uerr, kvstate.ErrSuperseded) {
@@ -332,10 +339,6 @@ func (w *Worker) run(ctx context.Context, log *logrus.Entry, msg jetstream.Msg, 
 			// ack, no rollback.
 			log.WithError(uerr).Error("job stopped: another attempt took the job over")
 			return "fenced"
-		} else if errors.As(uerr, &te) && te.From == kvstate.StatusCompleted && w.ownCompletion(bg, rec) {
-			// The completion landed but its answer was lost (an election):
-			// a retry found the record completed by this very attempt.
-			final, uerr = w.currentRecord(bg, rec), nil
 		} else if errors.As(uerr, &te) {
 			cause = errCancelled // cancelled at the last moment: undo below
 		}
@@ -345,6 +348,7 @@ func (w *Worker) run(ctx context.Context, log *logrus.Entry, msg jetstream.Msg, 
 			return "interrupted"
 		} else if cause == nil {
 			_ = msg.DoubleAck(bg)
+			w.settle(host, jobID)
 			w.metrics.jobs.WithLabelValues(string(kvstate.StatusCompleted)).Inc()
 			w.metrics.duration.WithLabelValues("completed").Observe(time.Since(started).Seconds())
 			w.publishEvent(host, jobID, final)
@@ -376,6 +380,7 @@ func (w *Worker) run(ctx context.Context, log *logrus.Entry, msg jetstream.Msg, 
 	}
 	if errors.Is(cause, errCancelled) {
 		_ = msg.Term()
+		w.settle(host, jobID)
 		w.metrics.jobs.WithLabelValues(string(kvstate.StatusCancelled)).Inc()
 		w.metrics.duration.WithLabelValues("cancelled").Observe(time.Since(started).Seconds())
 		if cur, _, err := w.jobs.Get(bg, host, jobID); err == nil {
@@ -387,7 +392,38 @@ func (w *Worker) run(ctx context.Context, log *logrus.Entry, msg jetstream.Msg, 
 	w.metrics.duration.WithLabelValues("failed").Observe(time.Since(started).Seconds())
 	w.failAttempt(bg, log.WithField("stage", rep.stage()), rec, err.Error())
 	_ = msg.TermWithReason("failed")
+	w.settle(host, jobID)
 	return string(kvstate.StatusFailed)
+}
+
+// completionPersist is how long a worker keeps trying to record that a job
+// completed while NATS does not answer. The volume is written: giving up
+// would have the job run again. Meanwhile a redelivery to this worker is
+// left to this attempt (runningLocal).
+const completionPersist = 10 * time.Minute
+
+// recordCompletion writes the running attempt's completed record, retrying
+// transient errors (an election, a node down) for up to completionPersist.
+func (w *Worker) recordCompletion(log *logrus.Entry, rec kvstate.Job, fn func(*kvstate.Job)) (kvstate.Job, error) {
+	deadline := time.Now().Add(completionPersist)
+	for wait := time.Second; ; wait = min(2*wait, 15*time.Second) {
+		ctx, cancel := context.WithTimeout(context.Background(), kvTimeout)
+		final, _, err := w.jobs.UpdateAttempt(ctx, rec.Hypervisor, rec.JobID, rec.AttemptID, func(j *kvstate.Job) error {
+			fn(j)
+			return nil
+		})
+		cancel()
+		var te *kvstate.TransitionError
+		if errors.As(err, &te) && te.From == kvstate.StatusCompleted && w.ownCompletion(context.Background(), rec) {
+			// An earlier try landed but its answer was lost.
+			return w.currentRecord(context.Background(), rec), nil
+		}
+		if !kvstate.Transient(err) || time.Now().Add(wait).After(deadline) {
+			return final, err
+		}
+		log.WithError(err).WithField("retry_in", wait.String()).Warn("cannot record the job's completion yet (NATS is not answering); retrying")
+		time.Sleep(wait)
+	}
 }
 
 // ownCompletion reports whether the record was completed by the attempt

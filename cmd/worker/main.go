@@ -55,7 +55,7 @@ func machineID() string {
 	return "host-" + h
 }
 
-func run(args []string) error {
+func run(args []string) (err error) {
 	c := config.New("worker")
 	host := c.String("PROVISIONER_HOST", defaultHost(), "host name this worker serves (default: the machine's hostname, sanitized)")
 	machine := c.String("PROVISIONER_MACHINE_ID", machineID(), "identity of this machine in the host registry (default: /etc/machine-id)")
@@ -136,18 +136,19 @@ func run(args []string) error {
 
 	nconf := natsCfg()
 	nconf.URL, nconf.Name, nconf.InboxPrefix = *natsURL, "provisioner-worker-"+*host, natsconn.WorkerInboxPrefix(*host)
-	opts, err := natsconn.Options(nconf)
+	ctx, refused := context.WithCancelCause(ctx)
+	defer refused(nil)
+	nc, err := connectNATS(nconf, *host, log, refused)
 	if err != nil {
 		return err
 	}
-	opts = append(opts, natsconn.Resilient(
-		func(err error) { log.WithError(err).Warn("NATS disconnected") },
-		func(url string) { log.WithField("url", url).Info("NATS reconnected") })...)
-	nc, err := nats.Connect(*natsURL, opts...)
-	if err != nil {
-		return fmt.Errorf("connect to NATS %s: %w", *natsURL, err)
-	}
 	defer nc.Drain()
+	defer func() {
+		// A worker the server refused exits naming why, whatever Run made of it.
+		if cause := context.Cause(ctx); errors.Is(cause, natsconn.ErrRefused) {
+			err = cause
+		}
+	}()
 
 	source, err := pipeline.NewMinIOSource(*minioEndpoint, *minioAccess, *minioSecret, *minioSSL)
 	if err != nil {
@@ -226,4 +227,34 @@ func run(args []string) error {
 	log.WithFields(logrus.Fields{"addr": ln.Addr().String(), "host": *host, "cache_dir": vols.cacheDir, "backend": *backend,
 		"converter": *converterName, "zlib": pipeline.ZlibDecompressor()}).Info("worker HTTP listening")
 	return w.Run(ctx)
+}
+
+// connectNATS connects as c, host's worker. Credentials enrolled for
+// another host are refused before connecting; a refusal by the server
+// (revoked, expired or unknown credentials) is logged and passed to
+// refused, which ends the worker with it.
+func connectNATS(c natsconn.Config, host string, log *logrus.Logger, refused func(error)) (*nats.Conn, error) {
+	if c.CredsFile != "" {
+		if err := natsconn.CheckCredsHost(c.CredsFile, host); err != nil {
+			return nil, err
+		}
+	}
+	opts, err := natsconn.Options(c)
+	if err != nil {
+		return nil, err
+	}
+	opts = append(opts, natsconn.Resilient(
+		func(err error) { log.WithError(err).Warn("NATS disconnected") },
+		func(url string) { log.WithField("url", url).Info("NATS reconnected") })...)
+	opts = append(opts, natsconn.OnRefused("host "+host,
+		func(err error) {
+			log.WithError(err).Error("NATS refused the worker")
+			refused(err)
+		},
+		func(err error) { log.WithError(err).Warn("NATS error") })...)
+	nc, err := nats.Connect(c.URL, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("connect to NATS %s: %w", c.URL, err)
+	}
+	return nc, nil
 }
