@@ -9,6 +9,7 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/gorilla/mux"
 	"github.com/nats-io/nats.go"
@@ -19,9 +20,22 @@ import (
 
 // cachedImage is one image in GET /api/v1/cache/images.
 type cachedImage struct {
-	Path     string `json:"path"`
-	Size     int64  `json:"size"`
-	Checksum string `json:"checksum"`
+	Path     string        `json:"path"`
+	Size     int64         `json:"size"`
+	Checksum string        `json:"checksum"`
+	Golden   *cachedGolden `json:"golden,omitempty"`
+}
+
+// cachedGolden is an image's golden: its disk as a read-only raw file from
+// which volumes are cloned.
+type cachedGolden struct {
+	Path           string    `json:"path"`
+	Size           int64     `json:"size"`
+	AllocatedBytes int64     `json:"allocated_bytes"`
+	Digest         string    `json:"digest"`
+	Immutable      bool      `json:"immutable"`
+	CreatedAt      time.Time `json:"created_at"`
+	VerifiedAt     time.Time `json:"verified_at"`
 }
 
 type cacheList struct {
@@ -74,7 +88,12 @@ func (s *Server) listCache(w http.ResponseWriter, r *http.Request) {
 	out := cacheList{Images: []cachedImage{}, Count: len(entries), Offset: offset, Limit: limit}
 	for i := offset; i < len(entries) && i < offset+limit; i++ {
 		e := entries[i]
-		out.Images = append(out.Images, cachedImage{Path: e.Path, Size: e.Size, Checksum: e.Checksum})
+		img := cachedImage{Path: e.Path, Size: e.Size, Checksum: e.Checksum}
+		if g := e.Golden; g != nil {
+			img.Golden = &cachedGolden{Path: g.Path, Size: g.Size, AllocatedBytes: g.AllocatedBytes, Digest: g.Digest,
+				Immutable: g.Immutable, CreatedAt: g.CreatedAt, VerifiedAt: g.VerifiedAt}
+		}
+		out.Images = append(out.Images, img)
 	}
 	writeJSON(w, http.StatusOK, out)
 }

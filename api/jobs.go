@@ -33,6 +33,7 @@ type jobRequest struct {
 	ImageType     string `json:"image_type"`
 	CorrelationID string `json:"correlation_id"`
 	Hypervisor    string `json:"hypervisor"`
+	Verify        string `json:"verify"`
 }
 
 // fetchRequest is the body of POST /api/v1/cache/fetch.
@@ -102,7 +103,8 @@ func (s *Server) createJob(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	m := messaging.Job{Kind: messaging.KindProvision, ImageURL: req.ImageURL, VolumeName: req.VolumeName,
-		VolumeSizeGB: *req.VolumeSizeGB, ImageType: req.ImageType, CorrelationID: req.CorrelationID, Hypervisor: req.Hypervisor}
+		VolumeSizeGB: *req.VolumeSizeGB, ImageType: req.ImageType, CorrelationID: req.CorrelationID, Hypervisor: req.Hypervisor,
+		Verify: req.Verify}
 	s.submit(w, r, m)
 }
 

@@ -36,7 +36,8 @@ func requestHash(m messaging.Job) string {
 	data, _ := json.Marshal(struct {
 		Kind, Hypervisor, ImageURL, ImageType, VolumeName, CorrelationID string
 		VolumeSizeGB                                                     int64
-	}{m.Kind, m.Hypervisor, m.ImageURL, m.ImageType, m.VolumeName, m.CorrelationID, m.VolumeSizeGB})
+		Verify                                                           string `json:",omitempty"`
+	}{m.Kind, m.Hypervisor, m.ImageURL, m.ImageType, m.VolumeName, m.CorrelationID, m.VolumeSizeGB, m.Verify})
 	sum := sha256.Sum256(data)
 	return hex.EncodeToString(sum[:])
 }

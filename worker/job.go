@@ -332,6 +332,7 @@ func (w *Worker) run(ctx context.Context, log *logrus.Entry, msg jetstream.Msg, 
 			j.ImagePath = res.imagePath
 			j.VolumePath = res.volumePath
 			j.Checksum = res.checksum
+			j.Cloned = res.cloned
 		})
 		var te *kvstate.TransitionError
 		if errors.Is(uerr, kvstate.ErrSuperseded) {
@@ -571,6 +572,8 @@ type result struct {
 	volumeSize int64
 	checksum   string
 	created    bool
+	// cloned: the volume is a clone of the image's golden.
+	cloned bool
 	// writing is set once the volume's content is being replaced.
 	writing bool
 }
@@ -597,6 +600,9 @@ func (w *Worker) execute(ctx context.Context, rep *reporter, rec kvstate.Job, m 
 	res.cacheHit, res.imagePath, res.checksum = ji.hit, ji.path, ji.checksum
 	img := ji.img
 	if m.Kind == messaging.KindCacheFetch {
+		if c, ok := w.clones(); ok {
+			return res, w.prewarmGolden(ctx, rep, &ji, c)
+		}
 		if err := ji.verify(ctx); err != nil {
 			return res, fmt.Errorf("verify the cached image: %w", err)
 		}
@@ -637,7 +643,11 @@ func (w *Worker) execute(ctx context.Context, rep *reporter, rec kvstate.Job, m 
 				return res, err
 			}
 		}
-	} else {
+	}
+	if c, ok := w.clones(); ok {
+		return w.provisionByClone(ctx, rep, rec, m, &ji, c, vol, exists, res)
+	}
+	if !exists {
 		if err := img.CheckFits(want); err != nil {
 			return res, err
 		}
@@ -671,17 +681,34 @@ func (w *Worker) execute(ctx context.Context, rep *reporter, rec kvstate.Job, m 
 	}
 	rep.progress(pipeline.StagePopulate, 0, img.VirtualSize)
 	res.writing = true
-	// What the conversion reads is verified while it runs: a cache hit's
-	// digest, or a streamed download's digest and structure (the conversion
-	// stops at once when either fails); the job completes only if both
-	// succeed.
+	err = w.populate(ctx, rep, &ji, vol, stream)
+	res.imagePath, res.checksum = ji.path, ji.checksum
+	if err != nil {
+		return res, err
+	}
+	rep.progress(pipeline.StageFinalize, 0, 0)
+	if r, ok := w.parts.Backend.(pipeline.Refresher); ok {
+		if err := r.Refresh(ctx); err != nil {
+			return res, fmt.Errorf("refresh the volume's pool: %w", err)
+		}
+	}
+	return res, nil
+}
+
+// populate converts ji's image into vol, reading the download while it
+// arrives when stream is set. What the conversion reads is verified while
+// it runs: a cache hit's digest, or a streamed download's digest and
+// structure (the conversion stops at once when either fails); it returns nil
+// only if both succeed.
+func (w *Worker) populate(ctx context.Context, rep *reporter, ji *jobImage, vol pipeline.Volume, stream bool) error {
+	img := ji.img
 	convCtx, stopConv := context.WithCancelCause(ctx)
 	defer stopConv(nil)
 	verified := make(chan error, 1)
 	go func() {
 		var err error
 		if stream {
-			err = w.finishDownload(ctx, rep, &ji, true)
+			err = w.finishDownload(ctx, rep, ji, true)
 		} else if err = ji.verify(ctx); err != nil {
 			err = fmt.Errorf("verify the cached image: %w", err)
 		}
@@ -690,6 +717,7 @@ func (w *Worker) execute(ctx context.Context, rep *reporter, rec kvstate.Job, m 
 		}
 		verified <- err
 	}()
+	var err error
 	if stream {
 		err = w.parts.Converter.(StreamConverter).ConvertStream(convCtx, img, ji.part, vol, rep.progress)
 	} else {
@@ -710,9 +738,8 @@ func (w *Worker) execute(ctx context.Context, rep *reporter, rec kvstate.Job, m 
 		}
 	}
 	if verr := <-verified; verr != nil && !aborted {
-		return res, verr
+		return verr
 	}
-	res.imagePath, res.checksum = ji.path, ji.checksum
 	if errors.Is(err, pipeline.ErrStreamRestarted) || (stream && err == nil && ji.part.Restarted()) {
 		// The download started over mid-way (perhaps on another version
 		// of the object); it is whole and verified now: convert again
@@ -721,17 +748,11 @@ func (w *Worker) execute(ctx context.Context, rep *reporter, rec kvstate.Job, m 
 	}
 	if err != nil {
 		if cause := context.Cause(ctx); cause != nil {
-			return res, cause
+			return cause
 		}
-		return res, fmt.Errorf("populate volume %q: %w", m.VolumeName, err)
+		return fmt.Errorf("populate volume %q: %w", vol.Name, err)
 	}
-	rep.progress(pipeline.StageFinalize, 0, 0)
-	if r, ok := w.parts.Backend.(pipeline.Refresher); ok {
-		if err := r.Refresh(ctx); err != nil {
-			return res, fmt.Errorf("refresh the volume's pool: %w", err)
-		}
-	}
-	return res, nil
+	return nil
 }
 
 func (w *Worker) publishEvent(host, jobID string, j kvstate.Job) {

@@ -70,6 +70,8 @@ func run(args []string) (err error) {
 	cacheDir := c.String("PROVISIONER_CACHE_DIR", "/var/lib/libvirt/images", "image cache directory")
 	backend := c.String("PROVISIONER_VOLUME_BACKEND", "file", "volume backend: file, lvm or libvirt")
 	volumeDir := c.String("PROVISIONER_VOLUME_DIR", "/var/lib/provisioner/volumes", "directory of the file backend's volumes")
+	clones := c.String("PROVISIONER_CLONES", "auto", "file backend: auto keeps a golden raw file per image and makes volumes as reflink clones of it where the volume directory's file system has reflinks (XFS reflink=1, btrfs), converting elsewhere; off always converts")
+	scrubEvery := c.Duration("PROVISIONER_SCRUB_INTERVAL", 24*time.Hour, "how often cached images and goldens are re-hashed in the background, evicting what no longer matches (0: never)")
 	lvmVG := c.String("PROVISIONER_LVM_VG", "", "volume group of the lvm backend")
 	libvirtURI := c.String("PROVISIONER_LIBVIRT_URI", "qemu:///system", "libvirt connection URI of the libvirt backend")
 	libvirtPool := c.String("PROVISIONER_LIBVIRT_POOL", "", "storage pool of the libvirt backend's volumes")
@@ -152,7 +154,7 @@ func run(args []string) (err error) {
 	if err != nil {
 		return err
 	}
-	vols, err := openBackend(backendConfig{kind: *backend, volumeDir: *volumeDir, vg: *lvmVG, libvirtURI: *libvirtURI,
+	vols, err := openBackend(backendConfig{kind: *backend, clones: *clones, volumeDir: *volumeDir, vg: *lvmVG, libvirtURI: *libvirtURI,
 		libvirtPool: *libvirtPool, imagesPool: *imagesPool, cacheDir: *cacheDir})
 	if err != nil {
 		return err
@@ -185,7 +187,29 @@ func run(args []string) (err error) {
 			}
 		})
 	}
+	if cl, ok := vols.backend.(pipeline.Cloner); ok {
+		if ok, reason := cl.CloneSupport(); ok {
+			cache.SetGoldens(cl)
+			log.WithField("volume_dir", *volumeDir).Info("volumes are reflink clones of a golden per image")
+		} else {
+			log.WithFields(logrus.Fields{"volume_dir": *volumeDir, "reason": reason}).Info("clones are not possible here; every volume is converted into")
+		}
+	}
 	w.SetCache(cache)
+	if *scrubEvery > 0 {
+		go cache.RunScrub(ctx, *scrubEvery, func(sum pipeline.ScrubSummary, err error) {
+			l := log.WithFields(logrus.Fields{"images": sum.Images, "goldens": sum.Goldens, "images_evicted": sum.ImagesEvicted,
+				"goldens_evicted": sum.GoldensEvicted, "busy": sum.Busy})
+			switch {
+			case err != nil:
+				l.WithError(err).Warn("cache scrub failed")
+			case sum.ImagesEvicted+sum.GoldensEvicted > 0:
+				l.Warn("cache scrub evicted files that no longer matched their digest")
+			default:
+				l.Info("cache scrub found everything intact")
+			}
+		})
+	}
 
 	ln, err := net.Listen("tcp", *httpAddr)
 	if err != nil {
