@@ -292,8 +292,7 @@ func (w *Worker) run(ctx context.Context, log *logrus.Entry, msg jetstream.Msg, 
 	log = log.WithFields(logrus.Fields{"attempt": rec.Attempt, "caller": rec.Caller})
 	rep := newReporter(w, jobCtx, log, rec)
 	var lease leaseRenewer
-	written := func() bool { return rep.stage() == pipeline.StageFinalize }
-	wg.Go(func() { w.keepAlive(jobCtx, stop, msg, rec, &lease, written) })
+	wg.Go(func() { w.keepAlive(jobCtx, stop, msg, rec, &lease, rep.written) })
 	wg.Go(func() { w.watchCancel(jobCtx, stop, host, jobID) })
 	log.WithFields(logrus.Fields{"kind": m.Kind, "volume": m.VolumeName, "image_url": m.ImageURL}).Info("job started")
 

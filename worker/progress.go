@@ -118,6 +118,15 @@ func (r *reporter) endStage(err error) {
 }
 
 // stage is the current stage.
+// written reports whether the job has written all of the volume's data:
+// its populate stage reported every byte, or it went on to finalize.
+func (r *reporter) written() bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.cur.Stage == pipeline.StageFinalize ||
+		r.cur.Stage == pipeline.StagePopulate && r.cur.BytesTotal > 0 && r.cur.BytesProcessed >= r.cur.BytesTotal
+}
+
 func (r *reporter) stage() string {
 	r.mu.Lock()
 	defer r.mu.Unlock()
