@@ -15,21 +15,8 @@ import (
 
 	"github.com/libvirt-volume-provisioner/provisioner/kvstate"
 	"github.com/libvirt-volume-provisioner/provisioner/messaging"
+	"github.com/libvirt-volume-provisioner/provisioner/rest"
 )
-
-// cachedImage is one image in GET /api/v1/cache/images.
-type cachedImage struct {
-	Path     string `json:"path"`
-	Size     int64  `json:"size"`
-	Checksum string `json:"checksum"`
-}
-
-type cacheList struct {
-	Images []cachedImage `json:"images"`
-	Count  int           `json:"count"`
-	Offset int           `json:"offset"`
-	Limit  int           `json:"limit"`
-}
 
 // MaxPageLimit is the largest page GET /api/v1/cache/images returns.
 const MaxPageLimit = 1000
@@ -71,10 +58,10 @@ func (s *Server) listCache(w http.ResponseWriter, r *http.Request) {
 		s.failNATS(w, r, "list cache", err)
 		return
 	}
-	out := cacheList{Images: []cachedImage{}, Count: len(entries), Offset: offset, Limit: limit}
+	out := rest.CacheList{Images: []rest.CachedImage{}, Count: len(entries), Offset: offset, Limit: limit}
 	for i := offset; i < len(entries) && i < offset+limit; i++ {
 		e := entries[i]
-		out.Images = append(out.Images, cachedImage{Path: e.Path, Size: e.Size, Checksum: e.Checksum})
+		out.Images = append(out.Images, rest.CachedImage{Path: e.Path, Size: e.Size, Checksum: e.Checksum})
 	}
 	writeJSON(w, http.StatusOK, out)
 }
@@ -120,7 +107,7 @@ func (s *Server) deleteCachedImage(w http.ResponseWriter, r *http.Request) {
 	switch rep.Result {
 	case messaging.CacheDeleted:
 		s.log.WithFields(map[string]any{"host": host, "key": key, "caller": identity(r).Name, "request_id": requestID(r)}).Info("cached image removed")
-		writeJSON(w, http.StatusOK, map[string]string{"status": "deleted", "checksum": key, "hypervisor": host})
+		writeJSON(w, http.StatusOK, rest.CacheDeleted{Status: "deleted", Checksum: key, Hypervisor: host})
 	case messaging.CacheNotFound:
 		writeError(w, http.StatusNotFound, "image not found", fmt.Sprintf("image %s is not in the cache of hypervisor %q", key, host))
 	case messaging.CacheInUse:

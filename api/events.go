@@ -21,12 +21,16 @@ const defaultSSEKeepAlive = 15 * time.Second
 // jobEvents streams a job's progress as Server-Sent Events until the job
 // ends: one "progress" event per change of its record (the current state
 // first, so a job that already ended gets its final state at once). Each
-// event's id is the record's revision.
+// event's id is the record's revision; a client that reconnects with
+// Last-Event-ID gets only the changes after that revision (the current
+// state too when it is newer).
 func (s *Server) jobEvents(w http.ResponseWriter, r *http.Request) {
 	rec, ok := s.jobOf(w, r)
 	if !ok {
 		return
 	}
+	// An id that is not a revision is ignored: the stream starts over.
+	after, _ := strconv.ParseUint(r.Header.Get("Last-Event-ID"), 10, 64)
 	watcher, err := s.jobs.Watch(r.Context(), rec.Hypervisor, rec.JobID)
 	if err != nil {
 		s.failNATS(w, r, "watch job", err)
@@ -58,6 +62,12 @@ func (s *Server) jobEvents(w http.ResponseWriter, r *http.Request) {
 			}
 			j, err := kvstate.DecodeJob(e.Value())
 			if err != nil {
+				continue
+			}
+			if e.Revision() <= after {
+				if j.Status.Terminal() {
+					return
+				}
 				continue
 			}
 			data, _ := json.Marshal(EventOf(j))

@@ -14,11 +14,12 @@ import (
 
 	"github.com/libvirt-volume-provisioner/provisioner/kvstate"
 	"github.com/libvirt-volume-provisioner/provisioner/messaging"
+	"github.com/libvirt-volume-provisioner/provisioner/rest"
 )
 
 // HeaderIdempotencyKey makes a submission safe to retry: the same key (per
 // caller) with the same body returns the same job.
-const HeaderIdempotencyKey = "Idempotency-Key"
+const HeaderIdempotencyKey = rest.HeaderIdempotencyKey
 
 // reservationTTL bounds how long a volume stays reserved for a job that
 // never starts; a job that ended frees it at once.
@@ -90,7 +91,7 @@ func (s *Server) idempotent(ctx context.Context, w http.ResponseWriter, r *http.
 	}
 	w.Header().Set("Idempotent-Replayed", "true")
 	w.Header().Set("Location", "/api/v1/jobs/"+got.JobID)
-	writeJSON(w, http.StatusAccepted, jobAccepted{JobID: got.JobID})
+	writeJSON(w, http.StatusAccepted, rest.Accepted{JobID: got.JobID})
 	return true, nil, true
 }
 

@@ -93,6 +93,7 @@ type metrics struct {
 	registry *prometheus.Registry
 	requests *prometheus.CounterVec
 	jobs     *prometheus.CounterVec
+	fleet    *fleetMetrics
 }
 
 func newMetrics() *metrics {
@@ -106,6 +107,7 @@ func newMetrics() *metrics {
 		Help: "Jobs accepted by this API replica (status=started); workers export the jobs they ended (completed, failed, cancelled).",
 	}, []string{"status"})
 	m.jobs.WithLabelValues("started")
+	m.fleet = newFleetMetrics(m.registry)
 	m.registry.MustRegister(m.requests, m.jobs, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -162,6 +164,7 @@ func (s *Server) routes() {
 	r.HandleFunc("/api/v1/jobs/{job_id}", s.getJob).Methods(http.MethodGet)
 	r.HandleFunc("/api/v1/jobs/{job_id}/cancel", s.cancelJob).Methods(http.MethodPost)
 	r.HandleFunc("/api/v1/jobs/{job_id}/events", s.jobEvents).Methods(http.MethodGet)
+	r.HandleFunc("/api/v1/hosts", s.listHosts).Methods(http.MethodGet)
 	r.HandleFunc("/api/v1/cache/images", s.listCache).Methods(http.MethodGet)
 	r.HandleFunc("/api/v1/cache/fetch", s.fetchCache).Methods(http.MethodPost)
 	r.HandleFunc("/api/v1/cache/images/{checksum}", s.deleteCachedImage).Methods(http.MethodDelete)
