@@ -11,7 +11,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/libvirt-volume-provisioner/provisioner/kvstate"
-	"github.com/libvirt-volume-provisioner/provisioner/messaging"
+	"github.com/libvirt-volume-provisioner/provisioner/rest"
 )
 
 // defaultSSEKeepAlive is how often an idle event stream sends a comment
@@ -70,7 +70,7 @@ func (s *Server) jobEvents(w http.ResponseWriter, r *http.Request) {
 				}
 				continue
 			}
-			data, _ := json.Marshal(EventOf(j))
+			data, _ := json.Marshal(rest.EventOf(j))
 			if stream.send(fmt.Sprintf("id: %s\nevent: progress\ndata: %s\n\n", strconv.FormatUint(e.Revision(), 10), data)) != nil {
 				return
 			}
@@ -118,14 +118,4 @@ func (st *eventStream) send(text string) error {
 		return err
 	}
 	return st.rc.Flush()
-}
-
-// EventOf is the progress event of a job record, the same payload workers
-// publish on the job's NATS event subject.
-func EventOf(j kvstate.Job) messaging.Event {
-	ev := messaging.Event{JobID: j.JobID, Host: j.Hypervisor, Status: string(j.Status), Attempt: j.Attempt, Error: j.Error, Time: j.UpdatedAt}
-	if j.Progress != nil {
-		ev.Stage, ev.Percent, ev.Bytes, ev.Total, ev.ETASec = j.Progress.Stage, j.Progress.Percent, j.Progress.BytesProcessed, j.Progress.BytesTotal, j.Progress.ETASec
-	}
-	return ev
 }

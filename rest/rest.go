@@ -30,6 +30,15 @@ type Job = kvstate.Job
 // Status is a job's state (pending, running, completed, failed, cancelled).
 type Status = kvstate.Status
 
+// Job states.
+const (
+	StatusPending   = kvstate.StatusPending
+	StatusRunning   = kvstate.StatusRunning
+	StatusCompleted = kvstate.StatusCompleted
+	StatusFailed    = kvstate.StatusFailed
+	StatusCancelled = kvstate.StatusCancelled
+)
+
 // Progress is how far a job has come.
 type Progress = kvstate.Progress
 
@@ -119,4 +128,14 @@ type Error struct {
 	Message string `json:"message"`
 	// Code is the HTTP status.
 	Code int `json:"code"`
+}
+
+// EventOf is the progress event of a job record, the same payload workers
+// publish on the job's NATS event subject and the API's event stream sends.
+func EventOf(j Job) Event {
+	ev := Event{JobID: j.JobID, Host: j.Hypervisor, Status: string(j.Status), Attempt: j.Attempt, Error: j.Error, Time: j.UpdatedAt}
+	if j.Progress != nil {
+		ev.Stage, ev.Percent, ev.Bytes, ev.Total, ev.ETASec = j.Progress.Stage, j.Progress.Percent, j.Progress.BytesProcessed, j.Progress.BytesTotal, j.Progress.ETASec
+	}
+	return ev
 }
