@@ -92,7 +92,7 @@ func TestClientAgainstTheAPI(t *testing.T) {
 	require.Equal(t, `unknown hypervisor "hv-9"; known hypervisors: h1`, apiErr.Body.Message)
 
 	// A failed job: Wait returns its record and a *JobError.
-	bad, err := c.Submit(ctx, rest.JobRequest{ImageURL: "http://"+e.minio.Endpoint+"/"+e.bucket+"/images/missing.qcow2", VolumeName: "vm-missing", VolumeSizeGB: &size})
+	bad, err := c.Submit(ctx, rest.JobRequest{ImageURL: "http://" + e.minio.Endpoint + "/" + e.bucket + "/images/missing.qcow2", VolumeName: "vm-missing", VolumeSizeGB: &size})
 	require.NoError(t, err)
 	j, err = c.Wait(ctx, bad.JobID)
 	require.ErrorIs(t, err, client.ErrJobFailed)
