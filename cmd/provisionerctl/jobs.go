@@ -107,8 +107,18 @@ func (a *app) followJobs(ctx context.Context, c *client.Client, jobs []tracked) 
 		fmt.Fprintf(a.stderr, "stopped watching; the job keeps running. Watch it again with:\n  provisionerctl watch %s\n", strings.Join(ids, " "))
 		return exitError{exitInterrupted}
 	}
+	var done []rest.Job
+	for _, j := range finals {
+		if j.JobID != "" {
+			done = append(done, j)
+		}
+	}
 	if a.output == "json" {
-		if perr := a.printJSON(finals); perr != nil {
+		if perr := a.printJSON(done); perr != nil {
+			return perr
+		}
+	} else if len(done) > 0 {
+		if perr := a.jobTable(done); perr != nil {
 			return perr
 		}
 	}

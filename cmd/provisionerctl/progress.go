@@ -158,9 +158,6 @@ func finalText(j rest.Job) string {
 		if j.CacheHit != nil && *j.CacheHit {
 			s += " (cache hit)"
 		}
-		if j.VolumePath != "" {
-			s += " " + j.VolumePath
-		}
 		return s
 	case rest.StatusFailed:
 		return "failed: " + j.Error
