@@ -311,6 +311,10 @@ func TestOpenAPI(t *testing.T) {
 	r = c.do(exchange{method: http.MethodPost, path: "/api/v1/jobs/" + id + "/cancel", status: 400})
 	require.Equal(t, "failed to cancel job", r.json(t)["error"])
 
+	// The host registry.
+	r = c.do(exchange{method: http.MethodGet, path: "/api/v1/hosts", status: 200})
+	require.Equal(t, "h1", r.json(t)["hosts"].([]any)[0].(map[string]any)["host"])
+
 	// The cache, and a prewarm job.
 	r = c.do(exchange{method: http.MethodGet, path: "/api/v1/cache/images?hypervisor=h1&offset=0&limit=10", status: 200})
 	require.EqualValues(t, 1, r.json(t)["count"])
@@ -527,6 +531,7 @@ func TestOpenAPINATSUnreachable(t *testing.T) {
 		{method: http.MethodPost, path: "/api/v1/jobs/" + id + "/cancel"},
 		{method: http.MethodGet, path: "/api/v1/jobs/" + id + "/events"},
 		{method: http.MethodGet, path: "/api/v1/cache/images"},
+		{method: http.MethodGet, path: "/api/v1/hosts"},
 		{method: http.MethodDelete, path: "/api/v1/cache/images/" + strings.Repeat("ab", 32)},
 		{method: http.MethodGet, path: "/readyz"},
 	} {
