@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -68,17 +69,25 @@ func newFleetMetrics(reg prometheus.Registerer) *fleetMetrics {
 
 var allStatuses = []kvstate.Status{kvstate.StatusPending, kvstate.StatusRunning, kvstate.StatusCompleted, kvstate.StatusFailed, kvstate.StatusCancelled}
 
-// seenJob is what the fleet counts keep of one record.
+// seenJob is what the fleet counts keep of one record: enough to count it,
+// expire it and list it (GET /api/v1/jobs).
 type seenJob struct {
-	status kvstate.Status
-	at     time.Time
+	status  kvstate.Status
+	created time.Time
+	// at is when the record was last written (its expiry counts from it).
+	at time.Time
 }
 
-// fleetState is the collector's own view, touched by its goroutine only.
+// fleetState is the view of the job bucket and host registry the fleet
+// figures and the job list share. Its goroutine writes it under mu.
 type fleetState struct {
+	mu     sync.RWMutex
 	jobs   map[string]seenJob
 	counts map[kvstate.Status]int
 	hosts  map[string]kvstate.Host
+	// ready: the watch of the job bucket has delivered every record that
+	// existed when it started.
+	ready bool
 }
 
 // RunFleetMetrics keeps the fleet figures on /metrics current until ctx
@@ -98,6 +107,7 @@ func (s *Server) RunFleetMetrics(ctx context.Context, o FleetOptions) error {
 		return err
 	}
 	st := &fleetState{jobs: map[string]seenJob{}, counts: map[kvstate.Status]int{}, hosts: map[string]kvstate.Host{}}
+	s.index.Store(st)
 	go func() {
 		defer func() { _ = jobsW.Stop(); _ = hostsW.Stop() }()
 		tick := time.NewTicker(o.Interval)
@@ -113,6 +123,10 @@ func (s *Server) RunFleetMetrics(ctx context.Context, o FleetOptions) error {
 				}
 				if e != nil {
 					s.countJob(st, e)
+				} else {
+					st.mu.Lock()
+					st.ready = true
+					st.mu.Unlock()
 				}
 			case e, ok := <-hostsW.Updates():
 				if !ok {
@@ -131,6 +145,8 @@ func (s *Server) RunFleetMetrics(ctx context.Context, o FleetOptions) error {
 
 // countJob applies one change of the job bucket to the counts.
 func (s *Server) countJob(st *fleetState, e jetstream.KeyValueEntry) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
 	old, had := st.jobs[e.Key()]
 	if had {
 		st.counts[old.status]--
@@ -138,10 +154,11 @@ func (s *Server) countJob(st *fleetState, e jetstream.KeyValueEntry) {
 	}
 	if e.Operation() == jetstream.KeyValuePut {
 		var rec struct {
-			Status kvstate.Status `json:"status"`
+			Status    kvstate.Status `json:"status"`
+			CreatedAt time.Time      `json:"created_at"`
 		}
 		if json.Unmarshal(e.Value(), &rec) == nil && rec.Status != "" {
-			st.jobs[e.Key()] = seenJob{status: rec.Status, at: e.Created()}
+			st.jobs[e.Key()] = seenJob{status: rec.Status, created: rec.CreatedAt, at: e.Created()}
 			st.counts[rec.Status]++
 		}
 	}
@@ -171,6 +188,7 @@ func seeHost(st *fleetState, e jetstream.KeyValueEntry) {
 func (s *Server) refreshFleet(ctx context.Context, st *fleetState, o FleetOptions) {
 	now := time.Now()
 	if o.JobRetention > 0 {
+		st.mu.Lock()
 		for k, j := range st.jobs {
 			if now.Sub(j.at) > o.JobRetention {
 				st.counts[j.status]--
@@ -178,6 +196,7 @@ func (s *Server) refreshFleet(ctx context.Context, st *fleetState, o FleetOption
 			}
 		}
 		s.publishCounts(st)
+		st.mu.Unlock()
 	}
 	alive := 0
 	for _, h := range st.hosts {

@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/gorilla/mux"
@@ -87,6 +88,9 @@ type Server struct {
 	router                  *mux.Router
 	tracer                  trace.Tracer
 	allowed                 guard
+	// index is the job bucket's view that RunFleetMetrics keeps (nil
+	// until it runs); the job list reads it.
+	index atomic.Pointer[fleetState]
 }
 
 type metrics struct {
@@ -161,6 +165,7 @@ func New(ctx context.Context, cfg Config, nc *nats.Conn, subjects messaging.Subj
 func (s *Server) routes() {
 	r := mux.NewRouter()
 	r.HandleFunc("/api/v1/jobs", s.createJob).Methods(http.MethodPost)
+	r.HandleFunc("/api/v1/jobs", s.listJobs).Methods(http.MethodGet)
 	r.HandleFunc("/api/v1/jobs/{job_id}", s.getJob).Methods(http.MethodGet)
 	r.HandleFunc("/api/v1/jobs/{job_id}/cancel", s.cancelJob).Methods(http.MethodPost)
 	r.HandleFunc("/api/v1/jobs/{job_id}/events", s.jobEvents).Methods(http.MethodGet)

@@ -5,6 +5,7 @@ import (
 	"net/http"
 	"net/url"
 	"strconv"
+	"strings"
 
 	"github.com/google/uuid"
 
@@ -138,5 +139,40 @@ func (c *Client) Hosts(ctx context.Context) ([]rest.Host, error) {
 func (c *Client) Health(ctx context.Context) (rest.Health, error) {
 	var out rest.Health
 	_, err := c.do(ctx, call{method: http.MethodGet, path: "/health"}, &out)
+	return out, err
+}
+
+// JobQuery selects a page of GET /api/v1/jobs.
+type JobQuery struct {
+	// Hypervisor limits the list to one host (empty: every host the caller
+	// may use).
+	Hypervisor string
+	// Statuses limits the list to jobs in these states (empty: all).
+	Statuses []rest.Status
+	// Offset and Limit page the list (Limit 0: the API's default, 100).
+	Offset, Limit int
+}
+
+// ListJobs lists job records, newest first.
+func (c *Client) ListJobs(ctx context.Context, q JobQuery) (rest.JobList, error) {
+	v := url.Values{}
+	if q.Hypervisor != "" {
+		v.Set("hypervisor", q.Hypervisor)
+	}
+	if len(q.Statuses) > 0 {
+		parts := make([]string, len(q.Statuses))
+		for i, s := range q.Statuses {
+			parts[i] = string(s)
+		}
+		v.Set("status", strings.Join(parts, ","))
+	}
+	if q.Offset > 0 {
+		v.Set("offset", strconv.Itoa(q.Offset))
+	}
+	if q.Limit > 0 {
+		v.Set("limit", strconv.Itoa(q.Limit))
+	}
+	var out rest.JobList
+	_, err := c.do(ctx, call{method: http.MethodGet, path: "/api/v1/jobs", query: v}, &out)
 	return out, err
 }

@@ -139,3 +139,12 @@ func EventOf(j Job) Event {
 	}
 	return ev
 }
+
+// JobList is the body of GET /api/v1/jobs: newest first; Count is the
+// number of jobs that match, of which this page shows Jobs.
+type JobList struct {
+	Jobs   []Job `json:"jobs"`
+	Count  int   `json:"count"`
+	Offset int   `json:"offset"`
+	Limit  int   `json:"limit"`
+}

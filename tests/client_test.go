@@ -102,6 +102,19 @@ func TestClientAgainstTheAPI(t *testing.T) {
 	require.NotEmpty(t, j.Error)
 	require.Equal(t, j.Error, jobErr.Job.Error)
 
+	// The job list, newest first, filtered by status.
+	all, err := c.ListJobs(ctx, client.JobQuery{Hypervisor: "h1"})
+	require.NoError(t, err)
+	require.Equal(t, 2, all.Count)
+	require.Equal(t, []string{bad.JobID, sub.JobID}, []string{all.Jobs[0].JobID, all.Jobs[1].JobID})
+	failed, err := c.ListJobs(ctx, client.JobQuery{Statuses: []rest.Status{rest.StatusFailed}})
+	require.NoError(t, err)
+	require.Equal(t, 1, failed.Count)
+	require.Equal(t, bad.JobID, failed.Jobs[0].JobID)
+	require.Equal(t, j.Error, failed.Jobs[0].Error)
+	_, err = c.ListJobs(ctx, client.JobQuery{Statuses: []rest.Status{"done"}})
+	require.ErrorIs(t, err, client.ErrInvalid)
+
 	hosts, err := c.Hosts(ctx)
 	require.NoError(t, err)
 	require.Len(t, hosts, 1)

@@ -265,3 +265,45 @@ func asUsage(err error) error {
 	}
 	return usageError{err}
 }
+
+func (a *app) jobsCommand() *cobra.Command {
+	var (
+		statuses      []string
+		offset, limit int
+	)
+	cmd := &cobra.Command{
+		Use:     "jobs [--status running,pending] [--hypervisor HOST]",
+		Short:   "List jobs, newest first",
+		Example: "  provisionerctl jobs --status failed --hypervisor hv-1 --limit 20",
+		Args:    noArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := a.client()
+			if err != nil {
+				return err
+			}
+			q := client.JobQuery{Hypervisor: a.hypervisor, Offset: offset, Limit: limit}
+			for _, s := range trimmed(statuses) {
+				q.Statuses = append(q.Statuses, rest.Status(s))
+			}
+			list, err := c.ListJobs(cmd.Context(), q)
+			if err != nil {
+				return err
+			}
+			if a.output == "json" {
+				return a.printJSON(list)
+			}
+			if err := a.jobTable(list.Jobs); err != nil {
+				return err
+			}
+			if list.Offset+len(list.Jobs) < list.Count {
+				fmt.Fprintf(a.stderr, "%d of %d jobs shown; see --offset and --limit\n", len(list.Jobs), list.Count)
+			}
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.StringSliceVar(&statuses, "status", nil, "only jobs in these states: pending, running, completed, failed, cancelled")
+	f.IntVar(&offset, "offset", 0, "skip this many jobs")
+	f.IntVar(&limit, "limit", 0, "at most this many jobs (the API's default: 100)")
+	return cmd
+}
