@@ -119,6 +119,10 @@ func (s *Server) RunFleetMetrics(ctx context.Context, o FleetOptions) error {
 				return
 			case e, ok := <-jobsW.Updates():
 				if !ok {
+					if ctx.Err() != nil {
+						return
+					}
+					s.log.Warn("the watch of the job bucket ended: the fleet metrics and the job list stop changing")
 					return
 				}
 				if e != nil {
@@ -130,6 +134,10 @@ func (s *Server) RunFleetMetrics(ctx context.Context, o FleetOptions) error {
 				}
 			case e, ok := <-hostsW.Updates():
 				if !ok {
+					if ctx.Err() != nil {
+						return
+					}
+					s.log.Warn("the watch of the host registry ended: the fleet metrics stop changing")
 					return
 				}
 				if e != nil {
