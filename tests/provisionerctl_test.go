@@ -113,7 +113,7 @@ func lastLineWith(lines []string, subs ...string) string {
 func TestCtlBarsInATerminal(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, envOptions{noWorker: true})
-	e.startWorker("h1", "PROVISIONER_WRITE_LIMIT=16777216")
+	e.startWorker("h1", slow)
 	qcow2, ref := image(t, 48<<20, 31)
 	url := e.upload("images/tty.qcow2", qcow2, true)
 
@@ -124,13 +124,21 @@ func TestCtlBarsInATerminal(t *testing.T) {
 	lines := screenLines(out)
 	for _, vol := range []string{"vm-tty-1", "vm-tty-2"} {
 		final := lastLineWith(lines, vol+" ", "[")
-		require.Contains(t, final, "completed 100%", "the bar of %s ends completed; output:\n%s", vol, out)
-		require.Contains(t, final, "[====", "the bar of %s is full", vol)
+		require.Regexp(t, `completed +\[=+\] 100% 48\.0 MiB`, final, "the bar of %s ends completed and full; output:\n%s", vol, out)
 		requireVolume(t, e.volumePath("h1", vol), ref, gib)
 	}
 	midway := regexp.MustCompile(`vm-tty-[12] +populating +\[=*>? *\] +([1-9]|[1-9][0-9])% +[0-9.]+ [KM]iB/[0-9.]+ MiB`)
 	require.Regexp(t, midway, strings.Join(lines, "\n"), "a bar showed the stage, percent and bytes while the job ran")
 	require.Contains(t, lastLineWith(lines, "JOB_ID"), "STATUS", "the final table follows the bars")
+
+	// A job that fails: its bar stops at its error, and the command exits 1.
+	missing := "http://" + e.minio.Endpoint + "/" + e.bucket + "/images/missing.qcow2"
+	r = ctlInTerminal(t, e.apiURL, "submit", "--image", missing, "--volume", "vm-tty-bad", "--size", "1", "--wait")
+	code, out = r.wait(t)
+	require.Equal(t, 1, code, "output:\n%s", out)
+	final := lastLineWith(screenLines(out), "vm-tty-bad ", "[")
+	require.Regexp(t, `vm-tty-bad +failed +\[.*\] .+`, final, "output:\n%s", out)
+	require.Regexp(t, `provisionerctl: job [0-9a-f-]{36} failed: .+`, out)
 }
 
 var plainLine = regexp.MustCompile(`^[0-9a-f-]{36} [a-z0-9@.-]+: (pending|running( [a-z_]+ \d+%( [0-9.]+ [KMG]?i?B/[0-9.]+ [KMG]?i?B)?)?|completed 100%.*|failed: .+|cancelled)$`)

@@ -18,14 +18,19 @@ import (
 	"github.com/libvirt-volume-provisioner/provisioner/rest"
 )
 
-// isTerminal reports whether w is a terminal.
+// isTerminal reports whether w is a terminal that can show bars: one
+// that says how large it is (a pseudo-terminal of 0 rows, as script(1)
+// without a terminal of its own makes, shows none of mpb's output).
 func isTerminal(w io.Writer) bool {
 	f, ok := w.(*os.File)
 	if !ok {
 		return false
 	}
-	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
-	return err == nil
+	if _, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS); err != nil {
+		return false
+	}
+	ws, err := unix.IoctlGetWinsize(int(f.Fd()), unix.TIOCGWINSZ)
+	return err == nil && ws.Row > 0 && ws.Col > 0
 }
 
 // tracked is one job the progress display follows.
@@ -257,7 +262,11 @@ func (r *barRow) finish(j rest.Job, err error) {
 	if err != nil {
 		r.st.final = "cannot read the final state: " + err.Error()
 	} else {
-		r.st.status, r.st.final = string(j.Status), finalText(j)
+		// The status is on the bar's left already.
+		r.st.status = string(j.Status)
+		r.st.final = strings.TrimPrefix(strings.TrimPrefix(finalText(j), string(j.Status)), ":")
+		// The full error follows the bars; the bar keeps its width.
+		r.st.final = clip(strings.TrimSpace(r.st.final), 50)
 	}
 	r.st.mu.Unlock()
 	if err == nil && j.Status == rest.StatusCompleted {
@@ -272,10 +281,19 @@ func (r *barRow) stop(err error) {
 	if errors.Is(err, context.Canceled) {
 		r.st.final = "stopped watching (the job goes on)"
 	} else {
-		r.st.final = "cannot watch: " + err.Error()
+		r.st.final = clip("cannot watch: "+err.Error(), 50)
 	}
 	r.st.mu.Unlock()
 	r.bar.Abort(false)
+}
+
+// clip shortens s to at most n runes, marking the cut with an ellipsis.
+func clip(s string, n int) string {
+	r := []rune(s)
+	if len(r) <= n {
+		return s
+	}
+	return string(r[:n-1]) + "…"
 }
 
 // shortID is the first block of a job id.
