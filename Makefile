@@ -47,7 +47,7 @@ e2e-lvm:
 
 ## unit: the tests that need nothing but Go
 unit:
-	$(GO) test -count=1 ./messaging/... ./kvstate/... ./config/... ./api/...
+	$(GO) test -count=1 ./messaging/... ./kvstate/... ./config/... ./api/... ./client/...
 
 ## bench: Go microbenchmarks, then the side-by-side harness (root; several minutes; writes BENCHMARKS.md)
 bench: deps build
