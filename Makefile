@@ -19,7 +19,7 @@ all: build
 build:
 	@if echo "$(GO_TAGS)" | grep -qw libdeflate && ! echo '#include <libdeflate.h>' | $${CC:-cc} -E -x c - >/dev/null 2>&1; then \
 		echo "libdeflate.h not found: run make deps (installs Debian's libdeflate-dev), or build without it: make build GO_TAGS=" >&2; exit 1; fi
-	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/ ./cmd/api ./cmd/worker ./cmd/provisionerctl
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/ ./cmd/api ./cmd/worker ./cmd/provisioner-nats ./cmd/provisionerctl
 
 ## deps: install what the tests and the demo need (Debian packages, MinIO server)
 deps:

@@ -61,7 +61,12 @@ func (s *Server) listCache(w http.ResponseWriter, r *http.Request) {
 	out := rest.CacheList{Images: []rest.CachedImage{}, Count: len(entries), Offset: offset, Limit: limit}
 	for i := offset; i < len(entries) && i < offset+limit; i++ {
 		e := entries[i]
-		out.Images = append(out.Images, rest.CachedImage{Path: e.Path, Size: e.Size, Checksum: e.Checksum})
+		img := rest.CachedImage{Path: e.Path, Size: e.Size, Checksum: e.Checksum}
+		if g := e.Golden; g != nil {
+			img.Golden = &rest.CachedGolden{Path: g.Path, Size: g.Size, AllocatedBytes: g.AllocatedBytes, Digest: g.Digest,
+				Immutable: g.Immutable, CreatedAt: g.CreatedAt, VerifiedAt: g.VerifiedAt}
+		}
+		out.Images = append(out.Images, img)
 	}
 	writeJSON(w, http.StatusOK, out)
 }

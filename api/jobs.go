@@ -82,7 +82,8 @@ func (s *Server) createJob(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	m := messaging.Job{Kind: messaging.KindProvision, ImageURL: req.ImageURL, VolumeName: req.VolumeName,
-		VolumeSizeGB: *req.VolumeSizeGB, ImageType: req.ImageType, CorrelationID: req.CorrelationID, Hypervisor: req.Hypervisor}
+		VolumeSizeGB: *req.VolumeSizeGB, ImageType: req.ImageType, CorrelationID: req.CorrelationID, Hypervisor: req.Hypervisor,
+		Verify: req.Verify}
 	s.submit(w, r, m)
 }
 
@@ -145,8 +146,12 @@ func (s *Server) submit(w http.ResponseWriter, r *http.Request, m messaging.Job)
 		}
 	}()
 	if key := r.Header.Get(HeaderIdempotencyKey); key != "" {
-		replayed, release, ok := s.idempotent(ctx, w, r, key, m)
-		if !ok || replayed {
+		prior, release, ok := s.idempotent(ctx, w, r, key, m)
+		if !ok {
+			return
+		}
+		if prior != "" {
+			s.replay(ctx, w, r, m, prior)
 			return
 		}
 		undo = append(undo, release)
@@ -164,6 +169,46 @@ func (s *Server) submit(w http.ResponseWriter, r *http.Request, m messaging.Job)
 		s.failNATS(w, r, "record job", err)
 		return
 	}
+	err := s.queue(ctx, m)
+	if err != nil {
+		switch queued, known := s.queued(host, m.JobID); {
+		case queued:
+			// The publish landed but its answer was lost (an election).
+			err = nil
+		case !known:
+			// It may have landed: keep the record, the reservation and
+			// the Idempotency-Key, so a retry with the key finishes this
+			// submission (replay) instead of starting a second job.
+			undo = nil
+			s.failNATS(w, r, "queue job (it may have been queued: retry with the same Idempotency-Key)", err)
+			return
+		}
+	}
+	if err != nil {
+		// Nothing was queued: take the record back so no phantom job stays pending.
+		delCtx, delCancel := context.WithTimeout(context.Background(), s.cfg.NATSTimeout)
+		_ = s.jobs.KV.Delete(delCtx, messaging.JobKey(host, m.JobID))
+		delCancel()
+		s.failNATS(w, r, "queue job", err)
+		return
+	}
+	undo = nil
+	s.accepted(ctx, w, r, m)
+}
+
+// accepted answers a submission whose job is queued.
+func (s *Server) accepted(ctx context.Context, w http.ResponseWriter, r *http.Request, m messaging.Job) {
+	s.metrics.jobs.WithLabelValues("started").Inc()
+	s.log.WithFields(telemetry.LogFields(ctx)).WithFields(map[string]any{"job_id": m.JobID, "host": m.Hypervisor, "kind": m.Kind, "volume": m.VolumeName,
+		"request_id": requestID(r), "caller": m.Caller}).Info("job accepted")
+	w.Header().Set("Location", "/api/v1/jobs/"+m.JobID)
+	writeJSON(w, http.StatusAccepted, rest.Accepted{JobID: m.JobID})
+}
+
+// queue publishes m's job message (its job id as the message id, so a
+// repeat within the stream's duplicate window is dropped).
+func (s *Server) queue(ctx context.Context, m messaging.Job) error {
+	host := m.Hypervisor
 	data, _ := json.Marshal(m)
 	msg := nats.NewMsg(s.subjects.Job(host, m.JobID))
 	msg.Data = data
@@ -178,20 +223,77 @@ func (s *Server) submit(w http.ResponseWriter, r *http.Request, m messaging.Job)
 		span.SetStatus(codes.Error, err.Error())
 	}
 	span.End()
+	return err
+}
+
+// queued reports whether host's job has a message in the job stream, and
+// known false when the stream's leader did not answer. It asks the leader:
+// a direct get may be answered by a replica that has not seen the message
+// yet.
+func (s *Server) queued(host, jobID string) (queued, known bool) {
+	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.NATSTimeout)
+	defer cancel()
+	req, _ := json.Marshal(map[string]string{"last_by_subj": s.subjects.Job(host, jobID)})
+	msg, err := s.nc.RequestWithContext(ctx, "$JS.API.STREAM.MSG.GET."+messaging.JobStream, req)
 	if err != nil {
-		// Nothing was queued: take the record back so no phantom job stays pending.
-		delCtx, delCancel := context.WithTimeout(context.Background(), s.cfg.NATSTimeout)
-		_ = s.jobs.KV.Delete(delCtx, messaging.JobKey(host, m.JobID))
-		delCancel()
-		s.failNATS(w, r, "queue job", err)
+		return false, false
+	}
+	var resp struct {
+		Error *struct {
+			Code int `json:"code"`
+		} `json:"error"`
+	}
+	if json.Unmarshal(msg.Data, &resp) != nil {
+		return false, false
+	}
+	if resp.Error == nil {
+		return true, true
+	}
+	return false, resp.Error.Code == http.StatusNotFound
+}
+
+// replay answers a submission whose Idempotency-Key names the earlier job
+// prior, finishing that submission if it was cut short (an API replica
+// stopped between recording the key and queueing the job): a job with no
+// record is submitted now under prior's id, and a pending one is queued
+// again (a message still queued makes this a no-op).
+func (s *Server) replay(ctx context.Context, w http.ResponseWriter, r *http.Request, m messaging.Job, prior string) {
+	w.Header().Set("Idempotent-Replayed", "true")
+	m.JobID = prior
+	rec, _, err := s.jobs.Get(ctx, m.Hypervisor, prior)
+	switch {
+	case errors.Is(err, kvstate.ErrNotFound):
+		if m.Kind == messaging.KindProvision {
+			if _, ok := s.reserveVolume(ctx, w, r, m.Hypervisor, m); !ok {
+				return
+			}
+		}
+		rec = kvstate.NewJob(m, m.Hypervisor, m.SubmittedAt)
+		rec.TraceID, _, _ = telemetry.IDs(ctx)
+		if _, err := s.jobs.Create(ctx, rec); err != nil && !errors.Is(err, kvstate.ErrExists) {
+			s.failNATS(w, r, "record job", err)
+			return
+		}
+		fallthrough
+	case err == nil && rec.Status == kvstate.StatusPending:
+		if err := s.queue(ctx, m); err != nil && !alreadyQueued(err) {
+			s.failNATS(w, r, "queue job", err)
+			return
+		}
+		s.log.WithFields(map[string]any{"job_id": prior, "host": m.Hypervisor}).Info("idempotent retry: the earlier submission's job is queued")
+	case err != nil:
+		s.failNATS(w, r, "read job", err)
 		return
 	}
-	undo = nil
-	s.metrics.jobs.WithLabelValues("started").Inc()
-	s.log.WithFields(telemetry.LogFields(ctx)).WithFields(map[string]any{"job_id": m.JobID, "host": host, "kind": m.Kind, "volume": m.VolumeName,
-		"request_id": requestID(r), "caller": m.Caller}).Info("job accepted")
-	w.Header().Set("Location", "/api/v1/jobs/"+m.JobID)
-	writeJSON(w, http.StatusAccepted, rest.Accepted{JobID: m.JobID})
+	w.Header().Set("Location", "/api/v1/jobs/"+prior)
+	writeJSON(w, http.StatusAccepted, rest.Accepted{JobID: prior})
+}
+
+// alreadyQueued reports the job stream's refusal of a second message for
+// one job subject (a message of the job is still queued).
+func alreadyQueued(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) && strings.Contains(apiErr.Description, "maximum messages per subject")
 }
 
 // resolveHost picks the request's hypervisor or the configured default and

@@ -37,7 +37,8 @@ func requestHash(m messaging.Job) string {
 	data, _ := json.Marshal(struct {
 		Kind, Hypervisor, ImageURL, ImageType, VolumeName, CorrelationID string
 		VolumeSizeGB                                                     int64
-	}{m.Kind, m.Hypervisor, m.ImageURL, m.ImageType, m.VolumeName, m.CorrelationID, m.VolumeSizeGB})
+		Verify                                                           string `json:",omitempty"`
+	}{m.Kind, m.Hypervisor, m.ImageURL, m.ImageType, m.VolumeName, m.CorrelationID, m.VolumeSizeGB, m.Verify})
 	sum := sha256.Sum256(data)
 	return hex.EncodeToString(sum[:])
 }
@@ -54,13 +55,13 @@ func validIdempotencyKey(k string) bool {
 	return true
 }
 
-// idempotent records key for m's job. replayed is true when the same request
-// was already accepted (it answered with that job); ok is false when it
-// answered with an error. release forgets the key again.
-func (s *Server) idempotent(ctx context.Context, w http.ResponseWriter, r *http.Request, key string, m messaging.Job) (replayed bool, release func(context.Context), ok bool) {
+// idempotent records key for m's job. prior is the job of the same request
+// accepted earlier under key ("" if none: the key is now m's); ok is false
+// when it answered with an error. release forgets the key again.
+func (s *Server) idempotent(ctx context.Context, w http.ResponseWriter, r *http.Request, key string, m messaging.Job) (prior string, release func(context.Context), ok bool) {
 	if !validIdempotencyKey(key) {
 		writeError(w, http.StatusBadRequest, catInvalid, "Idempotency-Key must be 1 to 255 printable ASCII characters")
-		return false, nil, false
+		return "", nil, false
 	}
 	sum := sha256.Sum256([]byte(identity(r).Name + "\n" + key))
 	kvKey := hex.EncodeToString(sum[:])
@@ -68,31 +69,28 @@ func (s *Server) idempotent(ctx context.Context, w http.ResponseWriter, r *http.
 	data, _ := json.Marshal(want)
 	rev, err := s.idem.Create(ctx, kvKey, data)
 	if err == nil {
-		return false, func(ctx context.Context) { _ = s.idem.Delete(ctx, kvKey, jetstream.LastRevision(rev)) }, true
+		return "", func(ctx context.Context) { _ = s.idem.Delete(ctx, kvKey, jetstream.LastRevision(rev)) }, true
 	}
 	if !errors.Is(err, jetstream.ErrKeyExists) {
 		s.failNATS(w, r, "record idempotency key", err)
-		return false, nil, false
+		return "", nil, false
 	}
 	e, err := s.idem.Get(ctx, kvKey)
 	if err != nil {
 		s.failNATS(w, r, "read idempotency key", err)
-		return false, nil, false
+		return "", nil, false
 	}
 	var got idempotencyRecord
 	if err := json.Unmarshal(e.Value(), &got); err != nil {
 		s.failNATS(w, r, "read idempotency key", err)
-		return false, nil, false
+		return "", nil, false
 	}
 	if got.RequestHash != want.RequestHash {
 		writeError(w, http.StatusUnprocessableEntity, catInvalid,
 			fmt.Sprintf("Idempotency-Key %q was already used for a different request (job %s)", key, got.JobID))
-		return false, nil, false
+		return "", nil, false
 	}
-	w.Header().Set("Idempotent-Replayed", "true")
-	w.Header().Set("Location", "/api/v1/jobs/"+got.JobID)
-	writeJSON(w, http.StatusAccepted, rest.Accepted{JobID: got.JobID})
-	return true, nil, true
+	return got.JobID, nil, true
 }
 
 // reserveVolume takes the volume's lease for m's job, so two jobs never

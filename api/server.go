@@ -66,6 +66,9 @@ type Config struct {
 	// MaxHosts is the fleet maximum the job stream was set up with (named
 	// in the error a host past it gets).
 	MaxHosts int
+	// Dispatch is the job stream's layout (messaging.Setup's; "" is
+	// messaging.DispatchLimits).
+	Dispatch messaging.Dispatch
 }
 
 // Server serves the REST API.

@@ -5,10 +5,14 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
+	"github.com/libvirt-volume-provisioner/provisioner/kvstate"
 	"github.com/libvirt-volume-provisioner/provisioner/messaging"
 )
 
@@ -19,15 +23,24 @@ import (
 // consumer, whose deliver subject nats-server does not check.
 func (s *Server) ServeWorkers(ctx context.Context) (stop func(), err error) {
 	var subs []*nats.Subscription
+	sem := make(chan struct{}, workerRequests)
 	stop = func() {
 		for _, sub := range subs {
 			_ = sub.Unsubscribe()
 		}
 	}
 	for what, h := range map[string]func(context.Context, string, []byte) messaging.HostReply{
-		"consumer": s.hostConsumer, "cache.list": s.hostCacheList,
+		"consumer": s.hostConsumer, "cache.list": s.hostCacheList, "settled": s.hostSettled,
 	} {
-		sub, err := s.nc.QueueSubscribe(s.subjects.AnyHostAPI(what), messaging.APIQueue, func(m *nats.Msg) { s.answerWorker(ctx, m, h) })
+		sub, err := s.nc.QueueSubscribe(s.subjects.AnyHostAPI(what), messaging.APIQueue, func(m *nats.Msg) {
+			// Answered concurrently (a settle may wait for a replica to
+			// catch up), up to workerRequests at once.
+			sem <- struct{}{}
+			go func() {
+				defer func() { <-sem }()
+				s.answerWorker(ctx, m, h)
+			}()
+		})
 		if err != nil {
 			stop()
 			return nil, fmt.Errorf("serve worker requests on %s: %w", s.subjects.AnyHostAPI(what), err)
@@ -36,6 +49,9 @@ func (s *Server) ServeWorkers(ctx context.Context) (stop func(), err error) {
 	}
 	return stop, nil
 }
+
+// workerRequests bounds the worker requests an API replica answers at once.
+const workerRequests = 64
 
 // answerWorker runs h for the host named by m's subject and replies. A
 // message without a reply subject is dropped: a worker's own requests always
@@ -87,13 +103,167 @@ func (s *Server) hostConsumer(ctx context.Context, host string, body []byte) mes
 	if req.MaxDeliver < messaging.MinMaxDeliver || req.MaxDeliver > messaging.MaxMaxDeliver {
 		return messaging.HostReply{Error: fmt.Sprintf("max deliver %d is outside %d..%d", req.MaxDeliver, messaging.MinMaxDeliver, messaging.MaxMaxDeliver)}
 	}
-	cons, err := s.js.CreateOrUpdateConsumer(ctx, messaging.JobStream, messaging.ConsumerConfig(s.subjects, host, ackWait, req.MaxDeliver))
+	cfg := s.dispatch().Consumer(messaging.ConsumerConfig(s.subjects, host, ackWait, req.MaxDeliver))
+	if req.Unavailable {
+		s.replaceLostConsumer(ctx, host, cfg.Durable)
+	}
+	cons, err := s.js.CreateOrUpdateConsumer(ctx, messaging.JobStream, cfg)
 	if err != nil {
 		s.log.WithError(err).WithField("host", host).Warn("create the consumer of a worker")
 		return messaging.HostReply{Error: messaging.HostConsumerError(err, host, s.cfg.MaxHosts).Error()}
 	}
 	s.log.WithFields(map[string]any{"host": host, "consumer": cons.CachedInfo().Name, "ack_wait": ackWait.String(), "max_deliver": req.MaxDeliver}).Info("worker consumer created or updated")
 	return messaging.HostReply{Consumer: cons.CachedInfo().Name}
+}
+
+func (s *Server) dispatch() messaging.Dispatch {
+	if s.cfg.Dispatch == "" {
+		return messaging.DispatchLimits
+	}
+	return s.cfg.Dispatch
+}
+
+// consumerAnswerWithin bounds how long a consumer's leader may take to
+// answer before the API counts the consumer as lost.
+const consumerAnswerWithin = time.Second
+
+// replaceLostConsumer deletes host's consumer when it does not answer the
+// API either, twice (its one replica was on a node that died or is stopped), so
+// that the create that follows places a new one on a live node. The new
+// consumer delivers every job still in the stream again; the records fence
+// those that ran or are running. A consumer that answers is kept.
+func (s *Server) replaceLostConsumer(ctx context.Context, host, name string) {
+	var err error
+	for try := 0; try < 2; try++ { // one late answer is not a lost consumer
+		ictx, cancel := context.WithTimeout(ctx, consumerAnswerWithin)
+		_, err = s.js.Consumer(ictx, messaging.JobStream, name)
+		cancel()
+		if err == nil || errors.Is(err, jetstream.ErrConsumerNotFound) {
+			return
+		}
+	}
+	log := s.log.WithFields(map[string]any{"host": host, "consumer": name})
+	log.WithError(err).Warn("the consumer of a worker does not answer; creating it again")
+	dctx, cancel := context.WithTimeout(ctx, consumerAnswerWithin)
+	defer cancel()
+	if err := s.js.DeleteConsumer(dctx, messaging.JobStream, name); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+		// The delete is proposed to the meta leader whether or not the
+		// dead consumer's node answers it.
+		log.WithError(err).Info("delete the lost consumer: no answer (its node is gone); creating it anyway")
+	}
+}
+
+// hostSettled removes an ended job's message from the job stream
+// (DispatchLimits; under DispatchWorkQueue the worker's ack did). It acts
+// only when the record is terminal, so a worker's word alone removes
+// nothing; a record read too early is left for the sweep (SweepSettled).
+func (s *Server) hostSettled(ctx context.Context, host string, body []byte) messaging.HostReply {
+	var req messaging.SettledRequest
+	if err := messaging.DecodeStrict(body, &req); err != nil || !canonicalUUID(req.JobID) {
+		return messaging.HostReply{Error: "malformed settled request"}
+	}
+	if s.dispatch() != messaging.DispatchLimits {
+		return messaging.HostReply{}
+	}
+	// The record was written just before the worker asked; a replica
+	// that has not caught up may still show it running.
+	var err error
+	for try := 0; try < 5; try++ {
+		if err = s.settle(ctx, host, req.JobID); !errors.Is(err, errNotEnded) && !errors.Is(err, kvstate.ErrNotFound) {
+			break
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	if err != nil {
+		return messaging.HostReply{Error: err.Error()}
+	}
+	return messaging.HostReply{}
+}
+
+func canonicalUUID(s string) bool {
+	u, err := uuid.Parse(s)
+	return err == nil && u.String() == s
+}
+
+// errNotEnded: a job's record is not terminal (yet, as read).
+var errNotEnded = errors.New("the job has not ended")
+
+// settle purges host's job message if its record is terminal.
+func (s *Server) settle(ctx context.Context, host, jobID string) error {
+	rec, _, err := s.jobs.Get(ctx, host, jobID)
+	if err != nil {
+		return fmt.Errorf("settle job %s: %w", jobID, err)
+	}
+	if !rec.Status.Terminal() {
+		return fmt.Errorf("settle job %s: %w (%s)", jobID, errNotEnded, rec.Status)
+	}
+	st, err := s.js.Stream(ctx, messaging.JobStream)
+	if err != nil {
+		return fmt.Errorf("settle job %s: %w", jobID, err)
+	}
+	if err := st.Purge(ctx, jetstream.WithPurgeSubject(s.subjects.Job(host, jobID))); err != nil {
+		return fmt.Errorf("settle job %s: remove its message: %w", jobID, err)
+	}
+	return nil
+}
+
+// SweepEvery is how often SweepSettled looks for ended jobs whose message
+// is still in the job stream (a worker that died between writing the
+// record and telling the API, or an API that was down).
+const SweepEvery = 5 * time.Minute
+
+// SweepSettled removes, now and every interval until ctx ends, the messages
+// of jobs whose records are terminal (DispatchLimits only). Every API
+// replica sweeps; a purge repeated by another replica changes nothing.
+func (s *Server) SweepSettled(ctx context.Context, interval time.Duration) {
+	if s.dispatch() != messaging.DispatchLimits {
+		return
+	}
+	if interval <= 0 {
+		interval = SweepEvery
+	}
+	t := time.NewTimer(time.Duration(rand.Int64N(int64(interval / 10))))
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		n, err := s.sweepOnce(ctx)
+		if err != nil {
+			s.log.WithError(err).Warn("sweep ended jobs out of the job stream")
+		} else if n > 0 {
+			s.log.WithField("removed", n).Info("swept ended jobs out of the job stream")
+		}
+		t.Reset(interval)
+	}
+}
+
+// sweepOnce settles every job in the stream whose record is terminal.
+func (s *Server) sweepOnce(ctx context.Context) (int, error) {
+	st, err := s.js.Stream(ctx, messaging.JobStream)
+	if err != nil {
+		return 0, err
+	}
+	info, err := st.Info(ctx, jetstream.WithSubjectFilter(s.subjects.AllJobs()))
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	for subject := range info.State.Subjects {
+		host, jobID, err := s.subjects.ParseJob(subject)
+		if err != nil {
+			continue
+		}
+		if err := s.settle(ctx, host, jobID); err == nil {
+			n++
+		}
+		if ctx.Err() != nil {
+			return n, ctx.Err()
+		}
+	}
+	return n, nil
 }
 
 // hostCacheList returns host's cache index entries.

@@ -51,10 +51,20 @@ func specs() map[string]imageSpec {
 		"realistic": {virtual: 4 << 30, kind: "ext4", roots: []root{
 			{goroot, 270 << 20}, {"/usr/share", 265 << 20}, {"/usr/lib", 265 << 20}}},
 		"small": {virtual: 1 << 30, kind: "ext4", roots: []root{{filepath.Join(goroot, "src"), 200 << 20}}},
-		"tiny":  {virtual: 64 << 20, kind: "ext4", roots: []root{{filepath.Join(goroot, "src", "fmt"), 8 << 20}}},
+		// Ten times small's data: its files ten times over, 4 GiB virtual.
+		"small10": {virtual: 4 << 30, kind: "ext4", roots: repeat(root{filepath.Join(goroot, "src"), 200 << 20}, 10)},
+		"tiny":    {virtual: 64 << 20, kind: "ext4", roots: []root{{filepath.Join(goroot, "src", "fmt"), 8 << 20}}},
 		// 20 GiB virtual, four 16 MiB runs of real bytes spread over it.
 		"sparse": {virtual: 20 << 30, kind: "sparse"},
 	}
+}
+
+func repeat(r root, n int) []root {
+	out := make([]root, n)
+	for i := range out {
+		out[i] = r
+	}
+	return out
 }
 
 // buildImage makes (or finds, from an earlier run) the image called name

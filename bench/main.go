@@ -50,6 +50,7 @@ type options struct {
 	loadTime  time.Duration
 	latencyN  int
 	keepFiles bool
+	clones    bool
 }
 
 func main() {
@@ -70,6 +71,7 @@ func main() {
 	flag.DurationVar(&o.loadTime, "load-time", 5*time.Second, "duration of each API load phase")
 	flag.IntVar(&o.latencyN, "latency-jobs", 30, "jobs submitted one by one for the POST → start latency")
 	flag.BoolVar(&o.keepFiles, "keep", false, "keep the run directory (volumes, cache, logs) afterwards")
+	flag.BoolVar(&o.clones, "clones", false, "only the clone benchmark: on XFS with reflinks, qemu-img convert vs today's warm job vs the warm job by clone, and the new space each volume takes (images default realistic,small10)")
 	layoutOf := flag.String("layout", "", "print how far the order of this qcow2 file follows its guest order, and exit")
 	flag.Parse()
 	if *layoutOf != "" {
@@ -82,6 +84,13 @@ func main() {
 		return
 	}
 	o.images, o.nets, o.targets = split(images), split(nets), split(targets)
+	if o.clones {
+		set := false
+		flag.Visit(func(f *flag.Flag) { set = set || f.Name == "images" })
+		if !set {
+			o.images = []string{"realistic", "small10"}
+		}
+	}
 	if o.quick {
 		setByUser := map[string]bool{}
 		flag.Visit(func(f *flag.Flag) { setByUser[f.Name] = true })
@@ -172,6 +181,9 @@ func (b *bench) run(ctx context.Context) error {
 	}
 	b.machine = describeMachine(o.dir)
 	logf("machine: %s", b.machine.oneLine())
+	if o.clones {
+		return b.runClones(ctx)
+	}
 
 	// Images.
 	for _, name := range o.images {

@@ -390,6 +390,12 @@ const beginMark, endMark = "<!-- bench:begin -->", "<!-- bench:end -->"
 // writeSection puts body between the markers of the markdown file path,
 // creating the file or the markers when missing.
 func writeSection(path, body string) error {
+	return writeBetween(path, beginMark, endMark, body)
+}
+
+// writeBetween puts body between the markers begin and end of the markdown
+// file path, creating the file or the markers when missing.
+func writeBetween(path, beginMark, endMark, body string) error {
 	old, err := os.ReadFile(path)
 	if err != nil && !os.IsNotExist(err) {
 		return err

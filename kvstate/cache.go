@@ -31,6 +31,44 @@ type CacheEntry struct {
 	ETag      string    `json:"etag,omitempty"`
 	CreatedAt time.Time `json:"created_at"`
 	LastUsed  time.Time `json:"last_used"`
+	// Golden is the image's golden volume (its disk as raw, read-only,
+	// the source of copy-on-write clones), when the volume backend keeps
+	// one; it goes with the entry.
+	Golden *Golden `json:"golden,omitempty"`
+}
+
+// Golden describes the golden volume of a cache entry: a read-only raw copy
+// of the image's disk, written from the verified image, from which volumes
+// are cloned.
+type Golden struct {
+	// Path is the golden file (or device).
+	Path string `json:"path"`
+	// Size is its size in bytes: the image's virtual size.
+	Size int64 `json:"size"`
+	// AllocatedBytes is the space it takes, counted against the cache's cap.
+	AllocatedBytes int64 `json:"allocated_bytes"`
+	// Digest is the chunked SHA-256 of its content when it was sealed
+	// (pipeline.GoldenDigest).
+	Digest string `json:"digest"`
+	// Dev, Ino and CtimeNs identify the sealed file: any change to it, its
+	// mode or its flags changes its ctime.
+	Dev     uint64 `json:"dev"`
+	Ino     uint64 `json:"ino"`
+	CtimeNs int64  `json:"ctime_ns"`
+	// Immutable tells whether the file carries the immutable flag.
+	Immutable bool      `json:"immutable"`
+	CreatedAt time.Time `json:"created_at"`
+	// VerifiedAt is when its digest was last checked (at creation, by a
+	// scrub or by a job asking for a full verification).
+	VerifiedAt time.Time `json:"verified_at"`
+}
+
+// Bytes is the space the entry takes: the cached file and its golden.
+func (e CacheEntry) Bytes() int64 {
+	if e.Golden != nil {
+		return e.Size + e.Golden.AllocatedBytes
+	}
+	return e.Size
 }
 
 // Cache keys for CacheEntry.KeyKind.

@@ -64,19 +64,23 @@ type Job struct {
 	UpdatedAt     time.Time `json:"updated_at"`
 
 	// Fields beyond the API reference's.
-	Kind         string     `json:"kind"`
-	Hypervisor   string     `json:"hypervisor"`
-	ImageURL     string     `json:"image_url"`
-	ImageType    string     `json:"image_type,omitempty"`
-	VolumeName   string     `json:"volume_name,omitempty"`
-	VolumeSizeGB int64      `json:"volume_size_gb,omitempty"`
-	VolumePath   string     `json:"volume_path,omitempty"`
-	Checksum     string     `json:"checksum,omitempty"`
-	Attempt      int        `json:"attempt"`
-	Caller       string     `json:"caller,omitempty"`
-	TraceID      string     `json:"trace_id,omitempty"`
-	StartedAt    *time.Time `json:"started_at,omitempty"`
-	FinishedAt   *time.Time `json:"finished_at,omitempty"`
+	Kind         string `json:"kind"`
+	Hypervisor   string `json:"hypervisor"`
+	ImageURL     string `json:"image_url"`
+	ImageType    string `json:"image_type,omitempty"`
+	VolumeName   string `json:"volume_name,omitempty"`
+	VolumeSizeGB int64  `json:"volume_size_gb,omitempty"`
+	Verify       string `json:"verify,omitempty"`
+	// Cloned is true when the volume was made as a clone of the image's
+	// golden rather than converted into.
+	Cloned     bool       `json:"cloned,omitempty"`
+	VolumePath string     `json:"volume_path,omitempty"`
+	Checksum   string     `json:"checksum,omitempty"`
+	Attempt    int        `json:"attempt"`
+	Caller     string     `json:"caller,omitempty"`
+	TraceID    string     `json:"trace_id,omitempty"`
+	StartedAt  *time.Time `json:"started_at,omitempty"`
+	FinishedAt *time.Time `json:"finished_at,omitempty"`
 	// VolumeCreated is set before the job creates its volume, so a later
 	// attempt knows the volume is its own to reuse or roll back.
 	VolumeCreated bool `json:"volume_created,omitempty"`
@@ -107,7 +111,7 @@ func NewJob(m messaging.Job, host string, now time.Time) Job {
 		JobID: m.JobID, Status: StatusPending, CorrelationID: m.CorrelationID,
 		CreatedAt: created.UTC(), UpdatedAt: now,
 		Kind: m.Kind, Hypervisor: host, ImageURL: m.ImageURL, ImageType: m.ImageType,
-		VolumeName: m.VolumeName, VolumeSizeGB: m.VolumeSizeGB, Caller: m.Caller,
+		VolumeName: m.VolumeName, VolumeSizeGB: m.VolumeSizeGB, Verify: m.Verify, Caller: m.Caller,
 	}
 }
 

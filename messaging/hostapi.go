@@ -15,6 +15,8 @@ import (
 //     which nats-server does not check against the creator's permissions.
 //   - HostCacheList: list the host's cache index entries (listing keys needs
 //     a consumer; a worker may only read its own keys by direct get).
+//   - HostSettled: a job of the host has ended; the API removes its message
+//     from the job stream once the job's record says so.
 //
 // Answers are a HostReply.
 
@@ -31,6 +33,12 @@ func (s Subjects) HostConsumer(host string) string {
 // cache index entries (empty body).
 func (s Subjects) HostCacheList(host string) string {
 	return s.Prefix + ".api.hosts." + host + ".cache.list"
+}
+
+// HostSettled is the subject on which host's worker tells the API that one
+// of its jobs has ended (body: SettledRequest).
+func (s Subjects) HostSettled(host string) string {
+	return s.Prefix + ".api.hosts." + host + ".settled"
 }
 
 // HostAPI matches every API request of host's worker (its permission).
@@ -53,6 +61,14 @@ func (s Subjects) JobChanged(host, jobID string) string {
 type ConsumerRequest struct {
 	AckWaitMS  int64 `json:"ack_wait_ms"`
 	MaxDeliver int   `json:"max_deliver"`
+	// Unavailable: the worker's consumer stopped answering (its node died);
+	// the API creates it again if it does not answer the API either.
+	Unavailable bool `json:"unavailable,omitempty"`
+}
+
+// SettledRequest is the body of a HostSettled request.
+type SettledRequest struct {
+	JobID string `json:"job_id"`
 }
 
 // Bounds of a ConsumerRequest.

@@ -29,6 +29,15 @@ const (
 	KindCacheFetch = "cache_fetch"
 )
 
+// Verification a job may ask for (Job.Verify).
+const (
+	// VerifyFull: before a volume is cloned from the image's golden, the
+	// cached image's digest and the golden's digest are both checked again
+	// (time proportional to the image). Without it a clone trusts the
+	// sealed, read-only golden and the background scrub.
+	VerifyFull = "full"
+)
+
 // Image types.
 const (
 	ImageQCOW2 = "qcow2"
@@ -69,6 +78,8 @@ type Job struct {
 	VolumeName    string `json:"volume_name,omitempty"`
 	VolumeSizeGB  int64  `json:"volume_size_gb,omitempty"`
 	CorrelationID string `json:"correlation_id,omitempty"`
+	// Verify is "" (the default checks) or VerifyFull.
+	Verify string `json:"verify,omitempty"`
 	// Caller is the identity that submitted the job (set by the API).
 	Caller string `json:"caller,omitempty"`
 	// SubmittedAt is when the job was accepted.
@@ -174,6 +185,7 @@ func (j *Job) Normalize() {
 		j.ImageType = ImageQCOW2
 	}
 	j.ImageType = strings.ToLower(j.ImageType)
+	j.Verify = strings.ToLower(j.Verify)
 }
 
 // Validate checks every field of a normalized job. The job id is checked too;
@@ -193,6 +205,9 @@ func (j *Job) Validate() error {
 	}
 	if j.ImageType != ImageQCOW2 && j.ImageType != ImageRaw {
 		return fieldErr("image_type", "must be %q or %q, not %q", ImageQCOW2, ImageRaw, j.ImageType)
+	}
+	if j.Verify != "" && j.Verify != VerifyFull {
+		return fieldErr("verify", "must be %q or absent, not %q", VerifyFull, j.Verify)
 	}
 	if len(j.CorrelationID) > MaxCorrelationIDLen {
 		return fieldErr("correlation_id", "is longer than %d characters", MaxCorrelationIDLen)

@@ -170,6 +170,11 @@ func TestValidate(t *testing.T) {
 		{name: "valid provision", mutate: func(*messaging.Job) {}},
 		{name: "no hypervisor", mutate: func(j *messaging.Job) { j.Hypervisor = "" }},
 		{name: "raw image", mutate: func(j *messaging.Job) { j.ImageType = messaging.ImageRaw }},
+		{name: "full verification", mutate: func(j *messaging.Job) { j.Verify = messaging.VerifyFull }},
+		{
+			name: "verify unknown", mutate: func(j *messaging.Job) { j.Verify = "quick" },
+			field: "verify", want: `verify: must be "full" or absent, not "quick"`,
+		},
 		{name: "size 1", mutate: func(j *messaging.Job) { j.VolumeSizeGB = 1 }},
 		{name: "size 65536", mutate: func(j *messaging.Job) { j.VolumeSizeGB = 65536 }},
 		{name: "correlation id 128", mutate: func(j *messaging.Job) { j.CorrelationID = strings.Repeat("c", 128) }},

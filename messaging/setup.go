@@ -23,6 +23,47 @@ type Limits struct {
 	// consumer per host). Set explicitly, so nats-server's default of 1,000
 	// consumers per stream (default_max_consumers) never applies.
 	MaxHosts int
+	// Dispatch is how jobs reach their host's worker (DispatchLimits
+	// unless set).
+	Dispatch Dispatch
+}
+
+// Dispatch names a layout of the job stream and its consumers.
+type Dispatch string
+
+// The dispatch layouts. Both keep every job in the R3 job stream until its
+// record is terminal; they differ in the consumers:
+//
+//   - DispatchLimits: a limits stream and one R1 consumer per host in
+//     memory. A consumer is cheap (no Raft group of its own), and losing it
+//     with its node loses no job: the stream holds exactly the jobs that
+//     have not ended (the API purges a job's message once its record is
+//     terminal), so the consumer the API creates again delivers them all
+//     again, and the job records fence what already ran or is running.
+//   - DispatchWorkQueue: a work-queue stream, which JetStream requires to
+//     have consumers of its own replica count: one R3 consumer (a Raft group
+//     of three) per host. An ack removes the message.
+const (
+	DispatchLimits    Dispatch = "limits"
+	DispatchWorkQueue Dispatch = "workqueue"
+)
+
+// ParseDispatch checks a dispatch setting ("" is DispatchLimits).
+func ParseDispatch(v string) (Dispatch, error) {
+	switch Dispatch(v) {
+	case "", DispatchLimits:
+		return DispatchLimits, nil
+	case DispatchWorkQueue:
+		return DispatchWorkQueue, nil
+	}
+	return "", fmt.Errorf("dispatch %q: want %s or %s", v, DispatchLimits, DispatchWorkQueue)
+}
+
+func (l Limits) dispatch() Dispatch {
+	if l.Dispatch == "" {
+		return DispatchLimits
+	}
+	return l.Dispatch
 }
 
 // DefaultMaxHosts is the fleet maximum when none is configured.
@@ -49,16 +90,24 @@ func HostConsumerError(err error, host string, maxHosts int) error {
 
 // DefaultLimits are the limits used when none are configured.
 func DefaultLimits() Limits {
-	return Limits{Replicas: 1, JobRetention: 7 * 24 * time.Hour, MaxQueuedJobs: 100_000, EventRetention: 24 * time.Hour, MaxHosts: DefaultMaxHosts}
+	return Limits{Replicas: 1, JobRetention: 7 * 24 * time.Hour, MaxQueuedJobs: 100_000, EventRetention: 24 * time.Hour, MaxHosts: DefaultMaxHosts, Dispatch: DispatchLimits}
 }
 
 // JobStreamConfig is the configuration of the job stream.
 func JobStreamConfig(s Subjects, l Limits) jetstream.StreamConfig {
+	retention, maxAge := jetstream.WorkQueuePolicy, time.Duration(0)
+	if l.dispatch() == DispatchLimits {
+		// The API purges a job's message when the job ends; the age
+		// limit only drops what no worker ever took, after a job record
+		// would have expired too.
+		retention, maxAge = jetstream.LimitsPolicy, l.JobRetention
+	}
 	return jetstream.StreamConfig{
 		Name:                 JobStream,
 		Description:          "queued provisioning jobs, one subject per job",
 		Subjects:             []string{s.AllJobs()},
-		Retention:            jetstream.WorkQueuePolicy,
+		Retention:            retention,
+		MaxAge:               maxAge,
 		Storage:              jetstream.FileStorage,
 		Replicas:             l.Replicas,
 		MaxMsgs:              l.MaxQueuedJobs,
@@ -115,6 +164,9 @@ const ReservedBytes = (256 + 128 + 256 + 64 + 16 + 16 + 64) << 20
 // Setup creates or updates the streams and KV buckets. It is idempotent and
 // is run by the API at start-up; workers only bind to what it made.
 func Setup(ctx context.Context, js jetstream.JetStream, s Subjects, l Limits) error {
+	if err := replaceEmptyJobStream(ctx, js, JobStreamConfig(s, l)); err != nil {
+		return err
+	}
 	for _, cfg := range []jetstream.StreamConfig{JobStreamConfig(s, l), EventStreamConfig(s, l)} {
 		if _, err := js.CreateOrUpdateStream(ctx, cfg); err != nil {
 			return fmt.Errorf("create stream %s: %w", cfg.Name, err)
@@ -124,6 +176,40 @@ func Setup(ctx context.Context, js jetstream.JetStream, s Subjects, l Limits) er
 		if _, err := js.CreateOrUpdateKeyValue(ctx, cfg); err != nil {
 			return fmt.Errorf("create KV bucket %s: %w", cfg.Bucket, err)
 		}
+	}
+	return nil
+}
+
+// ErrDispatchChange: the job stream exists with another dispatch layout and
+// still holds jobs.
+var ErrDispatchChange = errors.New("the job stream has another dispatch layout and still holds jobs")
+
+// replaceEmptyJobStream deletes the job stream when it exists with another
+// retention than cfg's (a change of dispatch layout, which JetStream cannot
+// make in place) and holds no job; its consumers go with it and the
+// workers ask for new ones. A stream that still holds jobs is kept.
+func replaceEmptyJobStream(ctx context.Context, js jetstream.JetStream, cfg jetstream.StreamConfig) error {
+	st, err := js.Stream(ctx, cfg.Name)
+	if errors.Is(err, jetstream.ErrStreamNotFound) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("read stream %s: %w", cfg.Name, err)
+	}
+	info := st.CachedInfo()
+	if info.Config.Retention == cfg.Retention {
+		return nil
+	}
+	if info.State.Msgs > 0 {
+		was := DispatchLimits
+		if info.Config.Retention == jetstream.WorkQueuePolicy {
+			was = DispatchWorkQueue
+		}
+		return fmt.Errorf("%w: stream %s holds %d jobs queued under the %s layout; run the API with PROVISIONER_DISPATCH=%s until they have ended, then change it",
+			ErrDispatchChange, cfg.Name, info.State.Msgs, was, was)
+	}
+	if err := js.DeleteStream(ctx, cfg.Name); err != nil && !errors.Is(err, jetstream.ErrStreamNotFound) {
+		return fmt.Errorf("replace the empty stream %s for a new dispatch layout: %w", cfg.Name, err)
 	}
 	return nil
 }
@@ -152,9 +238,13 @@ func BindBuckets(ctx context.Context, js jetstream.JetStream) (Buckets, error) {
 	return b, nil
 }
 
-// ConsumerConfig is the durable consumer of host's worker.
+// ConsumerConfig is the durable consumer of host's worker, as
+// DispatchLimits makes it: one replica, in memory (Dispatch.Consumer
+// adjusts it for another layout).
 func ConsumerConfig(s Subjects, host string, ackWait time.Duration, maxDeliver int) jetstream.ConsumerConfig {
 	return jetstream.ConsumerConfig{
+		Replicas:      1,
+		MemoryStorage: true,
 		Durable:       ConsumerName(host),
 		Description:   "jobs of host " + host,
 		FilterSubject: s.JobsFilter(host),
@@ -164,4 +254,14 @@ func ConsumerConfig(s Subjects, host string, ackWait time.Duration, maxDeliver i
 		MaxDeliver:    maxDeliver,
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 	}
+}
+
+// Consumer is cfg as the layout d needs it: DispatchWorkQueue consumers
+// have the stream's replicas and storage, as JetStream requires of a
+// work-queue stream's consumers.
+func (d Dispatch) Consumer(cfg jetstream.ConsumerConfig) jetstream.ConsumerConfig {
+	if d == DispatchWorkQueue {
+		cfg.Replicas, cfg.MemoryStorage = 0, false
+	}
+	return cfg
 }

@@ -22,6 +22,7 @@ func TestDefaultLimits(t *testing.T) {
 		MaxQueuedJobs:  100_000,
 		EventRetention: 24 * time.Hour,
 		MaxHosts:       messaging.DefaultMaxHosts,
+		Dispatch:       messaging.DispatchLimits,
 	}, messaging.DefaultLimits())
 }
 
@@ -61,7 +62,9 @@ func TestBucketConfigs(t *testing.T) {
 func TestConsumerConfig(t *testing.T) {
 	t.Parallel()
 	got := messaging.ConsumerConfig(messaging.NewSubjects("acme"), "hv-01", 45*time.Second, 7)
-	require.Equal(t, jetstream.ConsumerConfig{
+	want := jetstream.ConsumerConfig{
+		Replicas:      1,
+		MemoryStorage: true,
 		Durable:       "worker-hv-01",
 		Description:   "jobs of host hv-01",
 		FilterSubject: "acme.jobs.hv-01.>",
@@ -70,7 +73,51 @@ func TestConsumerConfig(t *testing.T) {
 		MaxAckPending: 2,
 		MaxDeliver:    7,
 		DeliverPolicy: jetstream.DeliverAllPolicy,
-	}, got)
+	}
+	require.Equal(t, want, got)
+	require.Equal(t, want, messaging.DispatchLimits.Consumer(got))
+	// A work-queue stream's consumers take its replicas and storage.
+	want.Replicas, want.MemoryStorage = 0, false
+	require.Equal(t, want, messaging.DispatchWorkQueue.Consumer(got))
+}
+
+func TestParseDispatch(t *testing.T) {
+	t.Parallel()
+	for in, want := range map[string]messaging.Dispatch{"": messaging.DispatchLimits, "limits": messaging.DispatchLimits, "workqueue": messaging.DispatchWorkQueue} {
+		got, err := messaging.ParseDispatch(in)
+		require.NoError(t, err, in)
+		require.Equal(t, want, got, in)
+	}
+	_, err := messaging.ParseDispatch("interest")
+	require.ErrorContains(t, err, `dispatch "interest": want limits or workqueue`)
+}
+
+// Changing the dispatch layout replaces an empty job stream and refuses to
+// touch one that still holds jobs.
+func TestSetupChangesDispatchOnlyOfAnEmptyStream(t *testing.T) {
+	t.Parallel()
+	js := startJetStream(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	s := messaging.NewSubjects("")
+	wq, lim := messaging.DefaultLimits(), messaging.DefaultLimits()
+	wq.Dispatch = messaging.DispatchWorkQueue
+
+	require.NoError(t, messaging.Setup(ctx, js, s, wq))
+	require.NoError(t, messaging.Setup(ctx, js, s, lim))
+	st, err := js.Stream(ctx, messaging.JobStream)
+	require.NoError(t, err)
+	require.Equal(t, jetstream.LimitsPolicy, st.CachedInfo().Config.Retention)
+	require.Equal(t, 7*24*time.Hour, st.CachedInfo().Config.MaxAge)
+
+	_, err = js.Publish(ctx, s.Job("hv-01", "00000000-0000-4000-8000-000000000001"), []byte("{}"))
+	require.NoError(t, err)
+	err = messaging.Setup(ctx, js, s, wq)
+	require.ErrorIs(t, err, messaging.ErrDispatchChange)
+	require.ErrorContains(t, err, "holds 1 jobs queued under the limits layout; run the API with PROVISIONER_DISPATCH=limits until they have ended")
+	st, err = js.Stream(ctx, messaging.JobStream)
+	require.NoError(t, err)
+	require.Equal(t, uint64(1), st.CachedInfo().State.Msgs, "the queued job is still there")
 }
 
 func TestSetupIsIdempotent(t *testing.T) {
@@ -87,7 +134,7 @@ func TestSetupIsIdempotent(t *testing.T) {
 	require.NoError(t, err)
 	jc := jobs.CachedInfo().Config
 	require.Equal(t, []string{"provisioner.jobs.>"}, jc.Subjects)
-	require.Equal(t, jetstream.WorkQueuePolicy, jc.Retention)
+	require.Equal(t, jetstream.LimitsPolicy, jc.Retention)
 	require.Equal(t, jetstream.FileStorage, jc.Storage)
 	require.Equal(t, int64(1), jc.MaxMsgsPerSubject)
 	require.Equal(t, jetstream.DiscardNew, jc.Discard)

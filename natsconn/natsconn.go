@@ -7,7 +7,7 @@
 // The programs map their environment onto Config:
 //
 //	PROVISIONER_NATS_URL       Config.URL
-//	PROVISIONER_NATS_CREDS     Config.CredsFile  (JWT + seed, "nsc generate creds")
+//	PROVISIONER_NATS_CREDS     Config.CredsFile  (JWT + seed, "provisioner-nats enroll")
 //	PROVISIONER_NATS_NKEY      Config.NKeyFile   (an nkey user seed, "nk -gen user")
 //	PROVISIONER_NATS_USER      Config.User
 //	PROVISIONER_NATS_PASSWORD  Config.Password
@@ -18,7 +18,9 @@
 // A worker also sets Config.InboxPrefix to WorkerInboxPrefix(host): the NATS
 // permissions in deploy/nats (and those of the embedded server's worker key)
 // let a worker receive replies only on its own inbox prefix, so no worker can
-// read the replies another worker or the API gets.
+// read the replies another worker or the API gets. A worker with enrolled
+// credentials also checks they are its host's (CheckCredsHost) and ends
+// when the server refuses them (OnRefused).
 package natsconn
 
 import (
@@ -43,10 +45,11 @@ type Config struct {
 	// Connect).
 	URL string
 	// CredsFile is a NATS credentials file (user JWT and nkey seed), for
-	// servers in operator (JWT) mode.
+	// servers in operator (JWT) mode (deploy/nats; provisioner-nats writes
+	// them).
 	CredsFile string
 	// NKeyFile is a file holding an nkey user seed ("SU…"), for servers that
-	// list users by their public nkey (deploy/nats, the embedded server).
+	// list users by their public nkey (the embedded server).
 	NKeyFile string
 	// User and Password authenticate with a user name and password.
 	User, Password string
@@ -162,7 +165,7 @@ func checkCredsFile(path string) error {
 		}
 	}
 	if !jwt || !seed {
-		return fmt.Errorf("NATS credentials file %s: not a credentials file (want a NATS USER JWT and a USER NKEY SEED block, as written by nsc)", path)
+		return fmt.Errorf("NATS credentials file %s: not a credentials file (want a NATS USER JWT and a USER NKEY SEED block, as written by provisioner-nats or nsc)", path)
 	}
 	return nil
 }

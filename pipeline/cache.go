@@ -66,6 +66,10 @@ type Cache struct {
 	// onForeign hears of files left in place because the cache did not
 	// create them.
 	onForeign func(ctx context.Context, path, reason string)
+
+	// goldens removes the entries' goldens (cache_golden.go); nil: none.
+	goldens GoldenStore
+	glocks  goldenLocks
 }
 
 // SetOnChange registers fn to run after a file is added to or removed from
@@ -332,6 +336,11 @@ func (c *Cache) lookup(ctx context.Context, src Source, ref messaging.ImageRef, 
 // dropEntry removes an entry's file (only when the cache created it: see
 // removeOwned; why says why it goes) and then the entry.
 func (c *Cache) dropEntry(ctx context.Context, e kvstate.CacheEntry, why string) error {
+	if e.Golden != nil && c.goldens != nil {
+		if err := c.goldens.RemoveGolden(ctx, e.Key); err != nil {
+			return fmt.Errorf("remove the golden of %s (%s): %w", e.Key, why, err)
+		}
+	}
 	if _, err := c.removeOwned(ctx, e.Path, why); err != nil {
 		return err
 	}

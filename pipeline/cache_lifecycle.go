@@ -29,7 +29,8 @@ const (
 
 // CacheOptions tunes a Cache. Zero fields take the defaults above.
 type CacheOptions struct {
-	// MaxBytes caps the bytes of cached images; least recently used images
+	// MaxBytes caps the bytes of cached images and their goldens (the space
+	// a golden takes, not its size); least recently used images
 	// that no job is using are evicted to stay under it. 0 is no cap. The
 	// cap is soft: when every image is in use, downloads go on and a later
 	// one evicts.
@@ -248,7 +249,7 @@ func (c *Cache) evictLocked(ctx context.Context, need int64) (EvictSummary, erro
 	}
 	var total int64
 	for _, e := range entries {
-		total += e.Size
+		total += e.Bytes()
 	}
 	if !over(total) {
 		return sum, nil
@@ -279,7 +280,7 @@ func (c *Cache) evictLocked(ctx context.Context, need int64) (EvictSummary, erro
 		cur, err := c.index.Get(ctx, c.host, e.Key)
 		if errors.Is(err, kvstate.ErrNotFound) {
 			unlock()
-			total -= e.Size
+			total -= e.Bytes()
 			continue
 		}
 		if err == nil {
@@ -289,9 +290,9 @@ func (c *Cache) evictLocked(ctx context.Context, need int64) (EvictSummary, erro
 		if err != nil {
 			return sum, fmt.Errorf("evict cached image %s: %w", e.Path, err)
 		}
-		total -= e.Size
+		total -= e.Bytes()
 		sum.Evicted++
-		sum.Bytes += cur.Size
+		sum.Bytes += cur.Bytes()
 	}
 	if sum.Evicted > 0 {
 		if err := syncDir(c.dir); err != nil {
@@ -411,6 +412,9 @@ type ReconcileSummary struct {
 	// replaced them), though an index entry or a stale record named them;
 	// those entries and records are dropped.
 	ForeignKept int `json:"foreign_kept,omitempty"`
+	// GoldensDropped counts goldens removed: changed since they were sealed,
+	// or recorded on no entry (a job that stopped while making one).
+	GoldensDropped int `json:"goldens_dropped,omitempty"`
 	// Evicted and EvictedBytes: images evicted to get under the cap.
 	Evicted      int   `json:"evicted"`
 	EvictedBytes int64 `json:"evicted_bytes"`
@@ -470,6 +474,9 @@ func (c *Cache) ReconcileReport(ctx context.Context) (ReconcileSummary, error) {
 	removed, err := c.sweepRecords(ctx, named, &sum)
 	changed = changed || removed
 	if err != nil {
+		return sum, err
+	}
+	if err := c.reconcileGoldens(ctx, &sum); err != nil {
 		return sum, err
 	}
 	ev, err := c.Evict(ctx)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -16,12 +17,26 @@ import (
 type FileBackend struct {
 	// Dir is the directory holding the volumes.
 	Dir string
+	// clone is what NewFileBackend found out about reflinks in Dir.
+	clone *fileClones
 }
 
 var _ Backend = FileBackend{}
 
-// NewFileBackend makes a backend in dir, creating it if needed.
+// NewFileBackend makes a backend in dir, creating it if needed, and finds
+// out once whether its file system makes reflinks (CloneSupport): then it
+// keeps its goldens in dir/.golden.
 func NewFileBackend(dir string) (*FileBackend, error) {
+	b, err := openFileBackend(dir)
+	if err != nil {
+		return nil, err
+	}
+	b.clone = probeClones(b.Dir)
+	return b, nil
+}
+
+// openFileBackend makes (if needed) and opens the volume directory.
+func openFileBackend(dir string) (*FileBackend, error) {
 	abs, err := filepath.Abs(dir)
 	if err != nil {
 		return nil, fmt.Errorf("volume directory %q: %w", dir, err)
@@ -32,9 +47,22 @@ func NewFileBackend(dir string) (*FileBackend, error) {
 	return &FileBackend{Dir: abs}, nil
 }
 
-// path returns the file of volume name, refusing names that would leave Dir.
+// NewFileBackendWithoutClones is NewFileBackend that never clones (and
+// creates no golden directory): every volume is converted into.
+func NewFileBackendWithoutClones(dir string) (*FileBackend, error) {
+	b, err := openFileBackend(dir)
+	if err != nil {
+		return nil, err
+	}
+	b.DisableClones("clones are turned off (PROVISIONER_CLONES=off)")
+	return b, nil
+}
+
+// path returns the file of volume name, refusing names that would leave Dir
+// and names starting with a dot (the backend's own files: goldens, clones
+// about to replace a volume).
 func (b FileBackend) path(name string) (string, error) {
-	if name == "" || name == "." || name == ".." || strings.ContainsAny(name, "/\x00") {
+	if name == "" || strings.HasPrefix(name, ".") || strings.ContainsAny(name, "/\x00") {
 		return "", fmt.Errorf("volume name %q is not a plain file name", name)
 	}
 	return filepath.Join(b.Dir, name), nil
@@ -147,4 +175,34 @@ func CheckReuse(vol Volume, requested int64) error {
 	}
 	return fmt.Errorf("volume %q exists with %d bytes (%.2f GiB); the request is %d bytes (%d GiB), outside the ±5%% a reused volume may differ; refusing to overwrite it",
 		vol.Name, vol.Size, float64(vol.Size)/(1<<30), requested, requested>>30)
+}
+
+var _ UseChecker = FileBackend{}
+
+// CheckNotInUse refuses a volume file on which another open file holds a
+// lock: QEMU locks bytes of every disk image it opens (its image locking,
+// on by default), so a running VM's disk is found this way, as is any
+// other program that locks the file.
+func (b FileBackend) CheckNotInUse(_ context.Context, vol Volume) error {
+	p, err := b.path(vol.Name)
+	if err != nil {
+		return err
+	}
+	f, err := os.OpenFile(p, os.O_RDONLY|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return fmt.Errorf("check whether volume %s is in use: %w", p, err)
+	}
+	defer f.Close()
+	lk := unix.Flock_t{Type: unix.F_WRLCK, Whence: io.SeekStart}
+	if err := unix.FcntlFlock(f.Fd(), unix.F_OFD_GETLK, &lk); err != nil {
+		return fmt.Errorf("check whether volume %s is in use: %w", p, err)
+	}
+	if lk.Type != unix.F_UNLCK {
+		who := "another process"
+		if lk.Pid > 0 {
+			who = fmt.Sprintf("process %d", lk.Pid)
+		}
+		return fmt.Errorf("volume %q is in use: %s holds a lock on %s (a running VM's QEMU locks its disks); refusing to overwrite it", vol.Name, who, p)
+	}
+	return nil
 }

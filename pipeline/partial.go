@@ -194,6 +194,8 @@ func (r *partialReader) ReadAt(b []byte, off int64) (int, error) {
 // Fetch is what EnsureInUseStream found or started: a cached image (Hit),
 // or a download running in the background (Partial).
 type Fetch struct {
+	// Key is the image's cache key.
+	Key string
 	// Entry is the cached image on a hit.
 	Entry kvstate.CacheEntry
 	// Hit is true when the image was in the cache.
@@ -254,7 +256,7 @@ func (c *Cache) EnsureInUseStream(ctx context.Context, src Source, ref messaging
 	}
 	if hit {
 		unlock()
-		return &Fetch{Entry: e, Hit: true, verify: c.hitVerifier(e), release: release}, nil
+		return &Fetch{Key: key, Entry: e, Hit: true, verify: c.hitVerifier(e), release: release}, nil
 	}
 	dctx, cancel := context.WithCancel(ctx)
 	part := newPartial(cancel)
@@ -268,5 +270,5 @@ func (c *Cache) EnsureInUseStream(ctx context.Context, src Source, ref messaging
 		cancel()
 		part.finish(e, err)
 	}()
-	return &Fetch{Partial: part, release: release}, nil
+	return &Fetch{Key: key, Partial: part, release: release}, nil
 }

@@ -53,6 +53,7 @@ type JobRequest struct {
 	ImageType     string `json:"image_type,omitempty"`
 	CorrelationID string `json:"correlation_id,omitempty"`
 	Hypervisor    string `json:"hypervisor,omitempty"`
+	Verify        string `json:"verify,omitempty"`
 }
 
 // FetchRequest is the body of POST /api/v1/cache/fetch.
@@ -75,9 +76,22 @@ type Cancelled struct {
 
 // CachedImage is one image in GET /api/v1/cache/images.
 type CachedImage struct {
-	Path     string `json:"path"`
-	Size     int64  `json:"size"`
-	Checksum string `json:"checksum"`
+	Path     string        `json:"path"`
+	Size     int64         `json:"size"`
+	Checksum string        `json:"checksum"`
+	Golden   *CachedGolden `json:"golden,omitempty"`
+}
+
+// CachedGolden is an image's golden: its disk as a read-only raw file from
+// which volumes are cloned.
+type CachedGolden struct {
+	Path           string    `json:"path"`
+	Size           int64     `json:"size"`
+	AllocatedBytes int64     `json:"allocated_bytes"`
+	Digest         string    `json:"digest"`
+	Immutable      bool      `json:"immutable"`
+	CreatedAt      time.Time `json:"created_at"`
+	VerifiedAt     time.Time `json:"verified_at"`
 }
 
 // CacheList is the body of GET /api/v1/cache/images; Count is the total.

@@ -11,9 +11,10 @@
 #   libdeflate-dev               the native converter's zlib decompressor (build tag libdeflate)
 #   prometheus            the real Prometheus and promtool of the metrics tests
 #   util-linux curl       losetup (loop devices), curl
+#   xfsprogs btrfs-progs  mkfs.xfs and mkfs.btrfs: the reflink clone tests' file systems on loop devices
 set -euo pipefail
 cd "$(dirname "$0")/.."
-packages=(qemu-utils libdeflate-dev e2fsprogs qemu-system-x86 lvm2 libvirt-daemon-system libvirt-dev pkg-config gcc prometheus util-linux curl)
+packages=(qemu-utils libdeflate-dev e2fsprogs qemu-system-x86 lvm2 libvirt-daemon-system libvirt-dev pkg-config gcc prometheus util-linux curl xfsprogs btrfs-progs)
 need=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")

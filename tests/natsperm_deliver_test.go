@@ -44,14 +44,14 @@ func permConsumerCounts(t *testing.T, js jetstream.JetStream) map[string]int {
 	return out
 }
 
-// permNoDeliveryToOtherHosts is the attack of issue 11 item 3: hv-01's user
+// permNoDeliveryToOtherHosts is the attack on deliver subjects: hv-01's user
 // creating consumers that deliver its own records or jobs to hv-02's control
 // and event subjects (nats-server does not check a deliver subject against
 // the creator's permissions), creating consumers in a loop, and publishing
 // on hv-02's control subjects. All are refused; nothing reaches hv-02.
 func permNoDeliveryToOtherHosts(t *testing.T, url string, keys permKeys, nc1 *nats.Conn, errs1 *permErrs, adminJS jetstream.JetStream) {
 	s := messaging.NewSubjects("")
-	adminNC, _, _ := permConnect(t, url, natsconn.Config{NKeyFile: keys.admin, Name: "admin-watch"})
+	adminNC, _, _ := permConnect(t, url, natsconn.Config{CredsFile: keys.admin, Name: "admin-watch"})
 	watch, err := adminNC.SubscribeSync(s.Control("hv-02"))
 	require.NoError(t, err)
 	events, err := adminNC.SubscribeSync(s.Prefix + ".events.hv-02.>")

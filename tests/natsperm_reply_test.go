@@ -42,7 +42,7 @@ type permInjection struct {
 func permNoReplyInjection(t *testing.T, in permInjection) {
 	s := messaging.NewSubjects("")
 	ctx := permCtx(t, 30*time.Second)
-	adminNC, _, _ := permConnect(t, in.url, natsconn.Config{NKeyFile: in.keys.admin, Name: "admin-injection"})
+	adminNC, _, _ := permConnect(t, in.url, natsconn.Config{CredsFile: in.keys.admin, Name: "admin-injection"})
 	var subs []*nats.Subscription
 	for _, w := range []struct {
 		nc      *nats.Conn

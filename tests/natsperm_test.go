@@ -28,7 +28,6 @@ import (
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/nats-io/nkeys"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -36,6 +35,7 @@ import (
 	"github.com/libvirt-volume-provisioner/provisioner/internal/testenv"
 	"github.com/libvirt-volume-provisioner/provisioner/kvstate"
 	"github.com/libvirt-volume-provisioner/provisioner/messaging"
+	"github.com/libvirt-volume-provisioner/provisioner/natsauth"
 	"github.com/libvirt-volume-provisioner/provisioner/natsconn"
 )
 
@@ -76,33 +76,66 @@ const (
 	permJobB = "6ba7b810-9dad-11d1-80b4-00c04fd430c8" // for hv-02
 )
 
-// permKeys are the users' seed files and the environment that gives
-// nats-server their public keys.
+// permKeys are the credentials files of an operator directory that
+// provisioner-nats init made (admin, api, sys) and of the hosts it
+// enrolled.
 type permKeys struct {
-	admin, api, hv01, hv02 string
-	env                    []string
-	pub                    map[string]string // variable name -> public key
+	dir                   string // the operator directory
+	admin, api, sys       string
+	hv01, hv02            string
+	serverConf, configDir string
 }
 
-func permNewKeys(t *testing.T, dir string) permKeys {
+// permInitOperator runs provisioner-nats init in dir/operator and puts its
+// server.conf where deploy/nats's configurations include it from
+// (configDir/operator.conf, configDir being where permCopyConfig writes
+// single.conf).
+func permInitOperator(t *testing.T, dir string) permKeys {
 	t.Helper()
-	k := permKeys{pub: map[string]string{}}
-	for _, x := range []struct {
-		dst  *string
-		name string
-	}{{&k.admin, "ADMIN"}, {&k.api, "API"}, {&k.hv01, "WORKER_HV_01"}, {&k.hv02, "WORKER_HV_02"}} {
-		kp, err := nkeys.CreateUser()
-		require.NoError(t, err)
-		seed, err := kp.Seed()
-		require.NoError(t, err)
-		pub, err := kp.PublicKey()
-		require.NoError(t, err)
-		*x.dst = filepath.Join(dir, strings.ToLower(x.name)+".nk")
-		require.NoError(t, os.WriteFile(*x.dst, seed, 0o600))
-		k.env = append(k.env, "PROVISIONER_NKEY_"+x.name+"="+pub)
-		k.pub["$PROVISIONER_NKEY_"+x.name] = pub
-	}
+	op := filepath.Join(dir, "operator")
+	out := permRunTool(t, "init", "-dir", op)
+	require.Contains(t, out, "operator directory "+op+" made")
+	k := permKeys{dir: op, configDir: dir,
+		admin: filepath.Join(op, natsauth.AdminCredsFile), api: filepath.Join(op, natsauth.APICredsFile),
+		sys: filepath.Join(op, natsauth.SystemCredsFile), serverConf: filepath.Join(op, natsauth.ServerConfFile)}
+	data, err := os.ReadFile(k.serverConf)
+	require.NoError(t, err)
+	require.NoError(t, os.WriteFile(filepath.Join(dir, "operator.conf"), data, 0o600))
 	return k
+}
+
+// permRunTool runs bin/provisioner-nats with args and returns its output;
+// it must succeed.
+func permRunTool(t *testing.T, args ...string) string {
+	t.Helper()
+	out, err := permTool(args...)
+	require.NoError(t, err, "provisioner-nats %s: %s", strings.Join(args, " "), out)
+	return out
+}
+
+// permTool runs bin/provisioner-nats with args.
+func permTool(args ...string) (string, error) {
+	out, err := exec.Command(filepath.Join(binDir, "provisioner-nats"), args...).CombinedOutput()
+	return string(out), err
+}
+
+// permEnrollBoth waits for JetStream at url, then enrolls hv-01 and hv-02.
+func permEnrollBoth(t *testing.T, k *permKeys, url string) {
+	t.Helper()
+	_, adminJS, _ := permConnect(t, url, natsconn.Config{CredsFile: k.admin, Name: "admin-enroll"})
+	require.Eventually(t, func() bool {
+		_, err := adminJS.AccountInfo(permCtx(t, time.Second))
+		return err == nil
+	}, 30*time.Second, 200*time.Millisecond, "JetStream did not become available")
+	// Both in one command: one push of PROVISIONER.
+	out := permRunTool(t, "enroll", "-dir", k.dir, "-server", url, "-out-dir", k.configDir, "hv-01", "hv-02")
+	for _, host := range []string{"hv-01", "hv-02"} {
+		require.Contains(t, out, "host "+host+" enrolled")
+		st, err := os.Stat(filepath.Join(k.configDir, host+".creds"))
+		require.NoError(t, err)
+		require.Equal(t, os.FileMode(0o600), st.Mode().Perm())
+	}
+	k.hv01, k.hv02 = filepath.Join(k.configDir, "hv-01.creds"), filepath.Join(k.configDir, "hv-02.creds")
 }
 
 // permDeployDir is deploy/nats in the repository.
@@ -202,7 +235,7 @@ func (e *permErrs) snapshot() []string {
 }
 
 // permJSPrefix is the JetStream API prefix of the workers in their host
-// accounts (deploy/nats/accounts.conf).
+// accounts (deploy/nats, natsauth).
 const permJSPrefix = embedded.HostAPIPrefix
 
 // permLocal is subject of the PROVISIONER account as a worker in its host
@@ -221,11 +254,11 @@ func permConnect(t *testing.T, url string, c natsconn.Config) (*nats.Conn, jetst
 	return permConnectPrefix(t, url, c, "")
 }
 
-// permConnectWorker connects as host's worker from its host account: its
-// inbox prefix, the JetStream API under permJSPrefix.
-func permConnectWorker(t *testing.T, url, seed, host string) (*nats.Conn, jetstream.JetStream, *permErrs) {
+// permConnectWorker connects with creds as host's worker from its host
+// account: its inbox prefix, the JetStream API under permJSPrefix.
+func permConnectWorker(t *testing.T, url, creds, host string) (*nats.Conn, jetstream.JetStream, *permErrs) {
 	t.Helper()
-	c := natsconn.Config{NKeyFile: seed, Name: "worker-" + host, InboxPrefix: natsconn.WorkerInboxPrefix(host)}
+	c := natsconn.Config{CredsFile: creds, Name: "worker-" + host, InboxPrefix: natsconn.WorkerInboxPrefix(host)}
 	return permConnectPrefix(t, url, c, permJSPrefix)
 }
 
@@ -262,23 +295,25 @@ func TestNATSPermissions(t *testing.T) {
 	t.Run("single", func(t *testing.T) {
 		t.Parallel()
 		dir := t.TempDir()
-		keys := permNewKeys(t, dir)
+		keys := permInitOperator(t, dir)
 		port := permFreePort(t)
-		permCopyConfig(t, dir, "accounts.conf")
 		conf := permCopyConfig(t, dir, "single.conf",
 			"host: 0.0.0.0", "host: 127.0.0.1",
 			"port: 4222", "port: "+port,
 			`store_dir: "/var/lib/nats/jetstream"`, `store_dir: "`+filepath.Join(dir, "js")+`"`,
+			`dir: "/var/lib/nats/resolver"`, `dir: "`+filepath.Join(dir, "resolver")+`"`,
 			"max_file_store: 8GB", "max_file_store: 2GB")
-		permStartServer(t, conf, keys.env)
-		permCheck(t, "nats://127.0.0.1:"+port, keys, 1)
+		permStartServer(t, conf, nil)
+		url := "nats://127.0.0.1:" + port
+		permEnrollBoth(t, &keys, url)
+		permCheck(t, url, keys, 1)
+		permRevoke(t, []string{url}, keys)
 	})
 
 	t.Run("cluster", func(t *testing.T) {
 		t.Parallel()
 		dir := t.TempDir()
-		keys := permNewKeys(t, dir)
-		permCopyConfig(t, dir, "accounts.conf")
+		keys := permInitOperator(t, dir)
 		client := []string{permFreePort(t), permFreePort(t), permFreePort(t)}
 		route := []string{permFreePort(t), permFreePort(t), permFreePort(t)}
 		var urls []string
@@ -294,6 +329,7 @@ func TestNATSPermissions(t *testing.T) {
 				"port: "+strconv.Itoa(4222+i), "port: "+client[i],
 				"port: "+strconv.Itoa(6222+i), "port: "+route[i],
 				`store_dir: "/var/lib/nats/node-`+n+`"`, `store_dir: "`+filepath.Join(dir, "node-"+n)+`"`,
+				`dir: "/var/lib/nats/resolver-node-`+n+`"`, `dir: "`+filepath.Join(dir, "resolver-node-"+n)+`"`,
 				"max_file_store: 8GB", "max_file_store: 2GB",
 				"REPLACE_WITH_ROUTE_SECRET", "s3cret-route")
 			conf := permCopyConfig(t, dir, "cluster/node-"+n+".conf", repl...)
@@ -301,55 +337,22 @@ func TestNATSPermissions(t *testing.T) {
 			require.NoError(t, err)
 			settings := regexp.MustCompile(`(?m)^\s*#.*$`).ReplaceAllString(string(data), "")
 			require.NotRegexp(t, regexp.MustCompile(`\b(4222|4223|4224|6222|6223|6224)\b`), settings, "a default port was left in")
-			permStartServer(t, conf, keys.env)
+			permStartServer(t, conf, nil)
 			urls = append(urls, "nats://127.0.0.1:"+client[i])
 		}
-		permCheck(t, strings.Join(urls, ","), keys, 3)
+		url := strings.Join(urls, ",")
+		permEnrollBoth(t, &keys, url)
+		permCheck(t, url, keys, 3)
+		permRevoke(t, urls, keys)
 	})
 
-	// The host accounts in accounts.conf are exactly what
-	// cmd/nats-host-account prints (embedded.HostAccount), and their users
-	// have the permissions it builds.
-	t.Run("config matches embedded.HostAccount", func(t *testing.T) {
+	// The host accounts provisioner-nats enroll pushes are exactly
+	// embedded.HostAccount: its imports from PROVISIONER, its control
+	// export, and the worker signing key scoped to its permissions; and
+	// PROVISIONER imports its control subjects.
+	t.Run("accounts are embedded.HostAccount", func(t *testing.T) {
 		t.Parallel()
-		dir := t.TempDir()
-		keys := permNewKeys(t, dir)
-		data, err := os.ReadFile(filepath.Join(permDeployDir(t), "accounts.conf"))
-		require.NoError(t, err)
-		var repl []string
-		for v, pub := range keys.pub {
-			repl = append(repl, v, `"`+pub+`"`)
-		}
-		permCopyConfig(t, dir, "accounts.conf", repl...)
-		conf := permCopyConfig(t, dir, "single.conf")
-		opts, err := server.ProcessConfigFile(conf)
-		require.NoError(t, err)
-		require.Len(t, opts.Nkeys, 4)
-		byKey := map[string]*server.NkeyUser{}
-		for _, u := range opts.Nkeys {
-			byKey[u.Nkey] = u
-		}
-		require.Nil(t, byKey[keys.pub["$PROVISIONER_NKEY_ADMIN"]].Permissions, "admin has full access")
-		require.Equal(t, embedded.MainAccount, byKey[keys.pub["$PROVISIONER_NKEY_API"]].Account.Name)
-		for _, host := range []string{"hv-01", "hv-02"} {
-			a := embedded.NewHostAccount("", host)
-			require.Contains(t, string(data), a.Config(), "accounts.conf: the %s account differs from go run ./cmd/nats-host-account %s", host, host)
-			require.Contains(t, string(data), a.MainImport(), "accounts.conf: PROVISIONER does not import %s's control subjects", host)
-			u := byKey[keys.pub["$"+embedded.NKeyVariable(host)]]
-			require.Equal(t, a.Name, u.Account.Name, host)
-			got, want := u.Permissions, a.Permissions
-			require.ElementsMatch(t, want.Publish.Allow, got.Publish.Allow, host)
-			require.Empty(t, got.Publish.Deny, host)
-			require.ElementsMatch(t, want.Subscribe.Allow, got.Subscribe.Allow, host)
-			require.Empty(t, got.Subscribe.Deny, host)
-			require.Equal(t, want.Response, got.Response, host)
-			// The imports are WorkerPermissions of the shared account, renamed.
-			var subjects []string
-			for _, im := range a.Imports {
-				subjects = append(subjects, im.Subject)
-			}
-			require.ElementsMatch(t, embedded.WorkerPermissions("", host).Publish.Allow, subjects, host)
-		}
+		permAccountsMatch(t)
 	})
 }
 
@@ -358,7 +361,7 @@ func permCheck(t *testing.T, url string, keys permKeys, replicas int) {
 	s := messaging.NewSubjects("")
 
 	// Wait for JetStream (on a cluster: a meta leader).
-	_, adminJS, _ := permConnect(t, url, natsconn.Config{NKeyFile: keys.admin, Name: "admin"})
+	_, adminJS, _ := permConnect(t, url, natsconn.Config{CredsFile: keys.admin, Name: "admin"})
 	require.Eventually(t, func() bool {
 		_, err := adminJS.AccountInfo(permCtx(t, time.Second))
 		return err == nil
@@ -370,7 +373,7 @@ func permCheck(t *testing.T, url string, keys permKeys, replicas int) {
 	require.Contains(t, strings.ToLower(err.Error()), "authorization violation")
 
 	// The API sets everything up and publishes jobs for both hosts.
-	apiNC, apiJS, _ := permConnect(t, url, natsconn.Config{NKeyFile: keys.api, Name: "api"})
+	apiNC, apiJS, _ := permConnect(t, url, natsconn.Config{CredsFile: keys.api, Name: "api"})
 	ctx := permCtx(t, 45*time.Second)
 	limits := messaging.DefaultLimits()
 	limits.Replicas = replicas

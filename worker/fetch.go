@@ -40,7 +40,7 @@ func (w *Worker) fetchImage(ctx context.Context, rep *reporter, m messaging.Job,
 	if err != nil {
 		return ji, fmt.Errorf("fetch image: %w", err)
 	}
-	ji = jobImage{hit: f.Hit, dl: dl, verify: f.Verify, release: f.Release}
+	ji = jobImage{hit: f.Hit, key: f.Key, dl: dl, verify: f.Verify, release: f.Release}
 	if f.Hit {
 		ji.path, ji.checksum, ji.key = f.Entry.Path, f.Entry.Checksum, f.Entry.Key
 		rep.setCache(ctx, true, f.Entry.Path, f.Entry.Checksum)

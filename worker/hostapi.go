@@ -45,10 +45,16 @@ func (w *Worker) askAPI(ctx context.Context, subject string, req any) (messaging
 // binds it (consumer info is all a worker may ask of JetStream about it).
 // While no API answers it waits, with a backoff up to 15 s, until ctx ends.
 func (w *Worker) bindConsumer(ctx context.Context) (jetstream.Consumer, error) {
+	return w.bindConsumerWith(ctx, messaging.ConsumerRequest{AckWaitMS: w.cfg.AckWait.Milliseconds(), MaxDeliver: w.cfg.MaxDeliver})
+}
+
+// bindConsumerWith is bindConsumer with the request to send.
+func (w *Worker) bindConsumerWith(ctx context.Context, req messaging.ConsumerRequest) (jetstream.Consumer, error) {
 	name := messaging.ConsumerName(w.cfg.Host)
-	req := messaging.ConsumerRequest{AckWaitMS: w.cfg.AckWait.Milliseconds(), MaxDeliver: w.cfg.MaxDeliver}
 	for wait := 500 * time.Millisecond; ; wait = min(2*wait, 15*time.Second) {
-		rctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		// The API may first wait out a lost consumer (twice
+		// consumerAnswerWithin) before it creates the new one.
+		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		_, err := w.askAPI(rctx, w.subjects.HostConsumer(w.cfg.Host), req)
 		var cons jetstream.Consumer
 		if err == nil {

@@ -51,6 +51,7 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
 		_ = msg.TermWithReason("bad subject")
 		return
 	}
+	w.waiting.Store(int64(meta.NumPending))
 	log := w.log.WithFields(logrus.Fields{"job_id": jobID, "host": host, "delivery": meta.NumDelivered})
 	kctx, cancel := context.WithTimeout(ctx, kvTimeout)
 	defer cancel()
@@ -78,9 +79,12 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
 			w.metrics.jobs.WithLabelValues(string(kvstate.StatusFailed)).Inc()
 		}
 		_ = msg.Term()
+		w.settle(host, jobID)
 		return
 	}
-	attempt := int(meta.NumDelivered)
+	// Delivery counts start again when a consumer is created again (its
+	// node died); the record counts the attempts that started.
+	attempt := max(int(meta.NumDelivered), cur.Attempt+1)
 	if w.deferToRunningAttempt(log, msg, cur) {
 		return
 	}
@@ -92,24 +96,27 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
 	if verr != nil {
 		w.fail(kctx, log, host, jobID, "invalid job message: "+verr.Error())
 		_ = msg.TermWithReason("malformed")
+		w.settle(host, jobID)
 		return
 	}
 	if age := time.Since(cur.CreatedAt); w.cfg.MaxPendingAge > 0 && cur.Status == kvstate.StatusPending && age > w.cfg.MaxPendingAge {
 		w.fail(kctx, log, host, jobID, fmt.Sprintf("the job waited %s for a worker, longer than the maximum pending age of %s (PROVISIONER_MAX_PENDING_AGE); submit it again",
 			age.Round(time.Second), w.cfg.MaxPendingAge))
 		_ = msg.TermWithReason("pending too long")
+		w.settle(host, jobID)
 		return
 	}
-	if int(meta.NumDelivered) >= w.cfg.MaxDeliver {
-		w.fail(kctx, log, host, jobID, fmt.Sprintf("gave up after %d deliveries: the job never finished (its worker stopped or lost contact while running it)", meta.NumDelivered))
+	if attempt >= w.cfg.MaxDeliver {
+		w.fail(kctx, log, host, jobID, fmt.Sprintf("gave up after %d deliveries: the job never finished (its worker stopped or lost contact while running it)", attempt))
 		_ = msg.TermWithReason("max deliveries")
+		w.settle(host, jobID)
 		return
 	}
 	// The job's span continues the trace of the request that queued it.
 	pctx := telemetry.Propagator.Extract(ctx, messaging.HeaderCarrier(msg.Headers()))
 	sctx, span := w.tracer.Start(pctx, "job "+m.Kind, trace.WithSpanKind(trace.SpanKindConsumer),
 		trace.WithAttributes(attribute.String("job_id", jobID), attribute.String("host", host), attribute.String("volume", m.VolumeName),
-			attribute.String("image_url", m.ImageURL), attribute.Int("attempt", int(meta.NumDelivered))))
+			attribute.String("image_url", m.ImageURL), attribute.Int("attempt", attempt)))
 	defer span.End()
 	log = log.WithFields(telemetry.LogFields(sctx))
 	traceID, _, _ := telemetry.IDs(sctx)
@@ -135,6 +142,7 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
 	if errors.As(err, &te) {
 		log.WithField("status", te.From).Info("job ended before it started; acknowledging without running")
 		_ = msg.Term()
+		w.settle(host, jobID)
 		return
 	}
 	if errors.Is(err, errAttemptAlive) {
@@ -281,13 +289,14 @@ func (w *Worker) run(ctx context.Context, log *logrus.Entry, msg jetstream.Msg, 
 		t := time.AfterFunc(w.cfg.MaxRunTime, func() { stop(errRunTime) })
 		defer t.Stop()
 	}
-	var lease leaseRenewer
-	wg.Go(func() { w.keepAlive(jobCtx, stop, msg, rec, &lease) })
-	wg.Go(func() { w.watchCancel(jobCtx, stop, host, jobID) })
 	log = log.WithFields(logrus.Fields{"attempt": rec.Attempt, "caller": rec.Caller})
+	rep := newReporter(w, jobCtx, log, rec)
+	var lease leaseRenewer
+	written := func() bool { return rep.stage() == pipeline.StageFinalize }
+	wg.Go(func() { w.keepAlive(jobCtx, stop, msg, rec, &lease, written) })
+	wg.Go(func() { w.watchCancel(jobCtx, stop, host, jobID) })
 	log.WithFields(logrus.Fields{"kind": m.Kind, "volume": m.VolumeName, "image_url": m.ImageURL}).Info("job started")
 
-	rep := newReporter(w, jobCtx, log, rec)
 	res, err := w.execute(jobCtx, rep, rec, m, &lease)
 	cause := context.Cause(jobCtx)
 	stop(nil)
@@ -314,7 +323,7 @@ func (w *Worker) run(ctx context.Context, log *logrus.Entry, msg jetstream.Msg, 
 		return "interrupted"
 	}
 	if err == nil && cause == nil {
-		final, _, uerr := w.jobs.UpdateAttempt(bg, host, jobID, rec.AttemptID, func(j *kvstate.Job) error {
+		final, uerr := w.recordCompletion(log, rec, func(j *kvstate.Job) {
 			now := time.Now().UTC()
 			j.Status = kvstate.StatusCompleted
 			j.FinishedAt = &now
@@ -323,7 +332,7 @@ func (w *Worker) run(ctx context.Context, log *logrus.Entry, msg jetstream.Msg, 
 			j.ImagePath = res.imagePath
 			j.VolumePath = res.volumePath
 			j.Checksum = res.checksum
-			return nil
+			j.Cloned = res.cloned
 		})
 		var te *kvstate.TransitionError
 		if errors.Is(uerr, kvstate.ErrSuperseded) {
@@ -331,10 +340,6 @@ func (w *Worker) run(ctx context.Context, log *logrus.Entry, msg jetstream.Msg, 
 			// ack, no rollback.
 			log.WithError(uerr).Error("job stopped: another attempt took the job over")
 			return "fenced"
-		} else if errors.As(uerr, &te) && te.From == kvstate.StatusCompleted && w.ownCompletion(bg, rec) {
-			// The completion landed but its answer was lost (an election):
-			// a retry found the record completed by this very attempt.
-			final, uerr = w.currentRecord(bg, rec), nil
 		} else if errors.As(uerr, &te) {
 			cause = errCancelled // cancelled at the last moment: undo below
 		}
@@ -344,6 +349,7 @@ func (w *Worker) run(ctx context.Context, log *logrus.Entry, msg jetstream.Msg, 
 			return "interrupted"
 		} else if cause == nil {
 			_ = msg.DoubleAck(bg)
+			w.settle(host, jobID)
 			w.metrics.jobs.WithLabelValues(string(kvstate.StatusCompleted)).Inc()
 			w.metrics.duration.WithLabelValues("completed").Observe(time.Since(started).Seconds())
 			w.publishEvent(host, jobID, final)
@@ -375,6 +381,7 @@ func (w *Worker) run(ctx context.Context, log *logrus.Entry, msg jetstream.Msg, 
 	}
 	if errors.Is(cause, errCancelled) {
 		_ = msg.Term()
+		w.settle(host, jobID)
 		w.metrics.jobs.WithLabelValues(string(kvstate.StatusCancelled)).Inc()
 		w.metrics.duration.WithLabelValues("cancelled").Observe(time.Since(started).Seconds())
 		if cur, _, err := w.jobs.Get(bg, host, jobID); err == nil {
@@ -386,7 +393,38 @@ func (w *Worker) run(ctx context.Context, log *logrus.Entry, msg jetstream.Msg, 
 	w.metrics.duration.WithLabelValues("failed").Observe(time.Since(started).Seconds())
 	w.failAttempt(bg, log.WithField("stage", rep.stage()), rec, err.Error())
 	_ = msg.TermWithReason("failed")
+	w.settle(host, jobID)
 	return string(kvstate.StatusFailed)
+}
+
+// completionPersist is how long a worker keeps trying to record that a job
+// completed while NATS does not answer. The volume is written: giving up
+// would have the job run again. Meanwhile a redelivery to this worker is
+// left to this attempt (runningLocal).
+const completionPersist = 10 * time.Minute
+
+// recordCompletion writes the running attempt's completed record, retrying
+// transient errors (an election, a node down) for up to completionPersist.
+func (w *Worker) recordCompletion(log *logrus.Entry, rec kvstate.Job, fn func(*kvstate.Job)) (kvstate.Job, error) {
+	deadline := time.Now().Add(completionPersist)
+	for wait := time.Second; ; wait = min(2*wait, 15*time.Second) {
+		ctx, cancel := context.WithTimeout(context.Background(), kvTimeout)
+		final, _, err := w.jobs.UpdateAttempt(ctx, rec.Hypervisor, rec.JobID, rec.AttemptID, func(j *kvstate.Job) error {
+			fn(j)
+			return nil
+		})
+		cancel()
+		var te *kvstate.TransitionError
+		if errors.As(err, &te) && te.From == kvstate.StatusCompleted && w.ownCompletion(context.Background(), rec) {
+			// An earlier try landed but its answer was lost.
+			return w.currentRecord(context.Background(), rec), nil
+		}
+		if !kvstate.Transient(err) || time.Now().Add(wait).After(deadline) {
+			return final, err
+		}
+		log.WithError(err).WithField("retry_in", wait.String()).Warn("cannot record the job's completion yet (NATS is not answering); retrying")
+		time.Sleep(wait)
+	}
 }
 
 // ownCompletion reports whether the record was completed by the attempt
@@ -443,7 +481,7 @@ func (l *leaseRenewer) renew(ctx context.Context, ttl time.Duration) error {
 // When nothing was confirmed for half the ack wait, it stops the job, so
 // the job stops writing well before the server could redeliver it to
 // another worker.
-func (w *Worker) keepAlive(ctx context.Context, stop context.CancelCauseFunc, msg jetstream.Msg, rec kvstate.Job, lease *leaseRenewer) {
+func (w *Worker) keepAlive(ctx context.Context, stop context.CancelCauseFunc, msg jetstream.Msg, rec kvstate.Job, lease *leaseRenewer, written func() bool) {
 	every := w.cfg.AckWait / 6
 	t := time.NewTicker(every)
 	defer t.Stop()
@@ -452,6 +490,7 @@ func (w *Worker) keepAlive(ctx context.Context, stop context.CancelCauseFunc, ms
 	// One renewal at a time, run aside: a call stuck in a reconnecting
 	// client must not keep the timer from fencing.
 	inflight := make(chan struct{}, 1)
+	warned := false
 	for {
 		select {
 		case <-ctx.Done():
@@ -459,9 +498,19 @@ func (w *Worker) keepAlive(ctx context.Context, stop context.CancelCauseFunc, ms
 		case <-t.C:
 		}
 		if since := time.Since(time.Unix(0, lastOK.Load())); since > w.cfg.AckWait/2 {
-			w.log.WithField("unconfirmed", since.Round(time.Millisecond).String()).Error("in-progress acks unconfirmed for half the ack wait: stopping the job before it can be redelivered")
-			stop(errFenced)
-			return
+			if !written() {
+				w.log.WithField("unconfirmed", since.Round(time.Millisecond).String()).Error("in-progress acks unconfirmed for half the ack wait: stopping the job before it can be redelivered")
+				stop(errFenced)
+				return
+			}
+			// The volume is written and this attempt writes it no more:
+			// stopping now would only have the job run again. Its
+			// completion is a compare-and-set on its attempt id, which a
+			// later attempt that started meanwhile makes fail.
+			if !warned {
+				w.log.WithField("unconfirmed", since.Round(time.Millisecond).String()).Warn("in-progress acks unconfirmed for half the ack wait, but the volume is written: recording the completion")
+				warned = true
+			}
 		}
 		select {
 		case inflight <- struct{}{}:
@@ -523,6 +572,8 @@ type result struct {
 	volumeSize int64
 	checksum   string
 	created    bool
+	// cloned: the volume is a clone of the image's golden.
+	cloned bool
 	// writing is set once the volume's content is being replaced.
 	writing bool
 }
@@ -549,6 +600,9 @@ func (w *Worker) execute(ctx context.Context, rep *reporter, rec kvstate.Job, m 
 	res.cacheHit, res.imagePath, res.checksum = ji.hit, ji.path, ji.checksum
 	img := ji.img
 	if m.Kind == messaging.KindCacheFetch {
+		if c, ok := w.clones(); ok {
+			return res, w.prewarmGolden(ctx, rep, &ji, c)
+		}
 		if err := ji.verify(ctx); err != nil {
 			return res, fmt.Errorf("verify the cached image: %w", err)
 		}
@@ -589,7 +643,11 @@ func (w *Worker) execute(ctx context.Context, rep *reporter, rec kvstate.Job, m 
 				return res, err
 			}
 		}
-	} else {
+	}
+	if c, ok := w.clones(); ok {
+		return w.provisionByClone(ctx, rep, rec, m, &ji, c, vol, exists, res)
+	}
+	if !exists {
 		if err := img.CheckFits(want); err != nil {
 			return res, err
 		}
@@ -623,17 +681,34 @@ func (w *Worker) execute(ctx context.Context, rep *reporter, rec kvstate.Job, m 
 	}
 	rep.progress(pipeline.StagePopulate, 0, img.VirtualSize)
 	res.writing = true
-	// What the conversion reads is verified while it runs: a cache hit's
-	// digest, or a streamed download's digest and structure (the conversion
-	// stops at once when either fails); the job completes only if both
-	// succeed.
+	err = w.populate(ctx, rep, &ji, vol, stream)
+	res.imagePath, res.checksum = ji.path, ji.checksum
+	if err != nil {
+		return res, err
+	}
+	rep.progress(pipeline.StageFinalize, 0, 0)
+	if r, ok := w.parts.Backend.(pipeline.Refresher); ok {
+		if err := r.Refresh(ctx); err != nil {
+			return res, fmt.Errorf("refresh the volume's pool: %w", err)
+		}
+	}
+	return res, nil
+}
+
+// populate converts ji's image into vol, reading the download while it
+// arrives when stream is set. What the conversion reads is verified while
+// it runs: a cache hit's digest, or a streamed download's digest and
+// structure (the conversion stops at once when either fails); it returns nil
+// only if both succeed.
+func (w *Worker) populate(ctx context.Context, rep *reporter, ji *jobImage, vol pipeline.Volume, stream bool) error {
+	img := ji.img
 	convCtx, stopConv := context.WithCancelCause(ctx)
 	defer stopConv(nil)
 	verified := make(chan error, 1)
 	go func() {
 		var err error
 		if stream {
-			err = w.finishDownload(ctx, rep, &ji, true)
+			err = w.finishDownload(ctx, rep, ji, true)
 		} else if err = ji.verify(ctx); err != nil {
 			err = fmt.Errorf("verify the cached image: %w", err)
 		}
@@ -642,6 +717,7 @@ func (w *Worker) execute(ctx context.Context, rep *reporter, rec kvstate.Job, m 
 		}
 		verified <- err
 	}()
+	var err error
 	if stream {
 		err = w.parts.Converter.(StreamConverter).ConvertStream(convCtx, img, ji.part, vol, rep.progress)
 	} else {
@@ -662,9 +738,8 @@ func (w *Worker) execute(ctx context.Context, rep *reporter, rec kvstate.Job, m 
 		}
 	}
 	if verr := <-verified; verr != nil && !aborted {
-		return res, verr
+		return verr
 	}
-	res.imagePath, res.checksum = ji.path, ji.checksum
 	if errors.Is(err, pipeline.ErrStreamRestarted) || (stream && err == nil && ji.part.Restarted()) {
 		// The download started over mid-way (perhaps on another version
 		// of the object); it is whole and verified now: convert again
@@ -673,17 +748,11 @@ func (w *Worker) execute(ctx context.Context, rep *reporter, rec kvstate.Job, m 
 	}
 	if err != nil {
 		if cause := context.Cause(ctx); cause != nil {
-			return res, cause
+			return cause
 		}
-		return res, fmt.Errorf("populate volume %q: %w", m.VolumeName, err)
+		return fmt.Errorf("populate volume %q: %w", vol.Name, err)
 	}
-	rep.progress(pipeline.StageFinalize, 0, 0)
-	if r, ok := w.parts.Backend.(pipeline.Refresher); ok {
-		if err := r.Refresh(ctx); err != nil {
-			return res, fmt.Errorf("refresh the volume's pool: %w", err)
-		}
-	}
-	return res, nil
+	return nil
 }
 
 func (w *Worker) publishEvent(host, jobID string, j kvstate.Job) {

@@ -132,6 +132,7 @@ type Worker struct {
 	active   atomic.Int32
 	waiting  atomic.Int64
 	tracer   trace.Tracer
+	cons     hostConsumer
 
 	// running maps the jobs this process runs to their attempt.
 	runMu   sync.Mutex
@@ -247,8 +248,10 @@ func New(ctx context.Context, cfg Config, nc *nats.Conn, subjects messaging.Subj
 	// During a leader election KV requests fail for a few seconds ("no
 	// response from stream"): the worker retries them rather than failing
 	// the job.
+	// A replica that has not caught up may answer a read: each read
+	// returns at least what this worker wrote (ReadYourWrites).
 	retry := func(kv jetstream.KeyValue) jetstream.KeyValue {
-		return kvstate.Retrying(kv, kvstate.DefaultRetryBudget)
+		return kvstate.ReadYourWrites(kvstate.Retrying(kv, kvstate.DefaultRetryBudget))
 	}
 	w := &Worker{cfg: cfg, nc: nc, js: js, subjects: subjects, parts: parts, log: log, started: time.Now(),
 		jobs: kvstate.Jobs{KV: retry(b.Jobs)}, hosts: kvstate.Hosts{KV: retry(b.Hosts)}, cacheKV: retry(b.Cache)}
@@ -286,6 +289,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
+	w.cons.set(cons)
 	sum, err := waitOut(ctx, w.log, "reconcile image cache", func() (pipeline.ReconcileSummary, error) { return w.parts.Cache.ReconcileReport(ctx) })
 	if err != nil {
 		return fmt.Errorf("reconcile image cache: %w", err)
@@ -312,7 +316,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	defer stopped()
 	var wg sync.WaitGroup
 	wg.Go(func() {
-		if err := w.heartbeat(runCtx, h, rev, cons); err != nil {
+		if err := w.heartbeat(runCtx, h, rev); err != nil {
 			cancel(err)
 		}
 	})
@@ -323,7 +327,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	}
 	var slots sync.WaitGroup
 	for slot := range Slots {
-		slots.Go(func() { w.slot(ctx, runCtx, slot, cons) })
+		slots.Go(func() { w.slot(ctx, runCtx, slot) })
 	}
 	slots.Wait()
 	cancel(nil)
@@ -335,10 +339,13 @@ func (w *Worker) Run(ctx context.Context) error {
 }
 
 // heartbeat renews the host entry; losing the name to another machine stops the worker.
-func (w *Worker) heartbeat(ctx context.Context, h kvstate.Host, rev uint64, cons jetstream.Consumer) error {
+func (w *Worker) heartbeat(ctx context.Context, h kvstate.Host, rev uint64) error {
 	t := time.NewTicker(w.cfg.Heartbeat)
 	defer t.Stop()
-	for {
+	// The queue length is read every sixth beat (and from each delivered
+	// job's metadata): consumer info from a thousand hosts every beat would
+	// load the cluster for a gauge.
+	for beat := 0; ; beat++ {
 		select {
 		case <-ctx.Done():
 			return nil
@@ -348,8 +355,10 @@ func (w *Worker) heartbeat(ctx context.Context, h kvstate.Host, rev uint64, cons
 		h.ActiveJobs = int(w.active.Load())
 		rctx, cancel := context.WithTimeout(ctx, w.cfg.Heartbeat)
 		newRev, err := w.hosts.Renew(rctx, h, rev)
-		if info, ierr := cons.Info(rctx); ierr == nil {
-			w.waiting.Store(int64(info.NumPending))
+		if beat%6 == 0 {
+			if info, ierr := w.cons.get().Info(rctx); ierr == nil {
+				w.waiting.Store(int64(info.NumPending))
+			}
 		}
 		cancel()
 		if errors.Is(err, kvstate.ErrHostClaimed) {
@@ -366,19 +375,28 @@ func (w *Worker) heartbeat(ctx context.Context, h kvstate.Host, rev uint64, cons
 
 // slot fetches and runs one job at a time until ctx ends; jobs run under
 // runCtx, which outlives ctx by the shutdown grace period.
-func (w *Worker) slot(ctx, runCtx context.Context, slot int, cons jetstream.Consumer) {
+//
+// A fetch that gets no answer (no responders, a timeout) for
+// consumerLostAfter means the consumer is lost with its node: the slot
+// asks the API for a new one (recoverConsumer).
+func (w *Worker) slot(ctx, runCtx context.Context, slot int) {
+	log := w.log.WithField("slot", slot)
 	for ctx.Err() == nil && runCtx.Err() == nil {
-		fctx, cancel := context.WithTimeout(ctx, time.Second)
-		msg, err := cons.Next(jetstream.FetchContext(fctx))
-		cancel()
+		msg, err := w.fetch(ctx)
 		if err != nil {
-			if !errors.Is(err, jetstream.ErrNoMessages) && !errors.Is(err, nats.ErrTimeout) && ctx.Err() == nil && !errors.Is(err, context.DeadlineExceeded) {
-				w.log.WithError(err).WithField("slot", slot).Warn("fetch failed")
+			if ctx.Err() != nil {
+				return
+			}
+			if !errors.Is(err, context.DeadlineExceeded) {
+				log.WithError(err).Warn("fetch failed")
 				time.Sleep(500 * time.Millisecond)
 			}
+			w.recoverConsumer(ctx, log, err)
 			continue
 		}
-		w.handle(runCtx, msg)
+		if msg != nil {
+			w.handle(runCtx, msg)
+		}
 	}
 }
 

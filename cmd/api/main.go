@@ -53,6 +53,7 @@ func run(args []string) error {
 	prefix := c.String("PROVISIONER_SUBJECT_PREFIX", messaging.DefaultPrefix, "first token of every subject")
 	replicas := c.Int("PROVISIONER_REPLICAS", 1, "replicas of streams and buckets (3 on a NATS cluster)")
 	maxHosts := c.Int("PROVISIONER_MAX_HOSTS", messaging.DefaultMaxHosts, "fleet maximum: hosts with a job consumer (the job stream's consumer limit)")
+	dispatch := c.String("PROVISIONER_DISPATCH", string(messaging.DispatchLimits), "job stream layout: limits (one R1 consumer per host, in memory) or workqueue (one consumer of the stream's replicas per host); every API replica must say the same")
 	jobRetention := c.Duration("PROVISIONER_JOB_RETENTION", 7*24*time.Hour, "how long job records are kept after their last change")
 	defaultHost := c.String("PROVISIONER_DEFAULT_HYPERVISOR", "", "hypervisor used when a request names none (empty: requests must name one)")
 	endpoints := c.String("PROVISIONER_IMAGE_ENDPOINTS", os.Getenv("MINIO_ENDPOINT"), "object store endpoints (host:port, comma-separated) image URLs may name; defaults to $MINIO_ENDPOINT; empty allows any")
@@ -124,6 +125,9 @@ func run(args []string) error {
 	limits.Replicas = *replicas
 	limits.JobRetention = *jobRetention
 	limits.MaxHosts = *maxHosts
+	if limits.Dispatch, err = messaging.ParseDispatch(*dispatch); err != nil {
+		return fmt.Errorf("PROVISIONER_DISPATCH: %w", err)
+	}
 	if err := setupWithRetry(ctx, js, subjects, limits, log); err != nil {
 		return err
 	}
@@ -138,7 +142,7 @@ func run(args []string) error {
 	if err != nil {
 		return fmt.Errorf("PROVISIONER_IMAGE_BUCKETS: %w", err)
 	}
-	apiCfg := api.Config{MaxHosts: limits.MaxHosts, DefaultHypervisor: *defaultHost, ImageEndpoints: eps, ImageBuckets: sources, Version: version.Version, TracerProvider: tp, Auth: authn}
+	apiCfg := api.Config{MaxHosts: limits.MaxHosts, Dispatch: limits.Dispatch, DefaultHypervisor: *defaultHost, ImageEndpoints: eps, ImageBuckets: sources, Version: version.Version, TracerProvider: tp, Auth: authn}
 	httpCfg.apply(&apiCfg, *httpAddr, tlsConfig)
 	srv, err := api.New(ctx, apiCfg, nc, subjects, log)
 	if err != nil {
@@ -149,6 +153,7 @@ func run(args []string) error {
 		return err
 	}
 	defer stopWorkers()
+	go srv.SweepSettled(ctx, api.SweepEvery)
 	if err := srv.RunFleetMetrics(ctx, api.FleetOptions{Interval: *fleetInterval, TopHosts: *fleetTop, JobRetention: *jobRetention}); err != nil {
 		return fmt.Errorf("start the fleet metrics: %w", err)
 	}
@@ -189,6 +194,9 @@ func setupWithRetry(ctx context.Context, js jetstream.JetStream, s messaging.Sub
 		cancel()
 		if err == nil {
 			return nil
+		}
+		if errors.Is(err, messaging.ErrDispatchChange) {
+			return fmt.Errorf("set up streams and buckets: %w", err)
 		}
 		var apiErr *jetstream.APIError
 		if errors.As(err, &apiErr) {

@@ -10,6 +10,7 @@ import (
 // backendConfig selects and configures the volume backend.
 type backendConfig struct {
 	kind        string
+	clones      string
 	volumeDir   string
 	vg          string
 	libvirtURI  string
@@ -33,7 +34,15 @@ func openBackend(c backendConfig) (volumes, error) {
 	v := volumes{cacheDir: c.cacheDir, close: func() {}}
 	switch c.kind {
 	case "file":
-		b, err := pipeline.NewFileBackend(c.volumeDir)
+		open := pipeline.NewFileBackend
+		switch c.clones {
+		case "auto":
+		case "off":
+			open = pipeline.NewFileBackendWithoutClones
+		default:
+			return v, fmt.Errorf("PROVISIONER_CLONES=%q: want auto or off", c.clones)
+		}
+		b, err := open(c.volumeDir)
 		if err != nil {
 			return v, err
 		}

@@ -55,7 +55,7 @@ func machineID() string {
 	return "host-" + h
 }
 
-func run(args []string) error {
+func run(args []string) (err error) {
 	c := config.New("worker")
 	host := c.String("PROVISIONER_HOST", defaultHost(), "host name this worker serves (default: the machine's hostname, sanitized)")
 	machine := c.String("PROVISIONER_MACHINE_ID", machineID(), "identity of this machine in the host registry (default: /etc/machine-id)")
@@ -70,6 +70,8 @@ func run(args []string) error {
 	cacheDir := c.String("PROVISIONER_CACHE_DIR", "/var/lib/libvirt/images", "image cache directory")
 	backend := c.String("PROVISIONER_VOLUME_BACKEND", "file", "volume backend: file, lvm or libvirt")
 	volumeDir := c.String("PROVISIONER_VOLUME_DIR", "/var/lib/provisioner/volumes", "directory of the file backend's volumes")
+	clones := c.String("PROVISIONER_CLONES", "auto", "file backend: auto keeps a golden raw file per image and makes volumes as reflink clones of it where the volume directory's file system has reflinks (XFS reflink=1, btrfs), converting elsewhere; off always converts")
+	scrubEvery := c.Duration("PROVISIONER_SCRUB_INTERVAL", 24*time.Hour, "how often cached images and goldens are re-hashed in the background, evicting what no longer matches (0: never)")
 	lvmVG := c.String("PROVISIONER_LVM_VG", "", "volume group of the lvm backend")
 	libvirtURI := c.String("PROVISIONER_LIBVIRT_URI", "qemu:///system", "libvirt connection URI of the libvirt backend")
 	libvirtPool := c.String("PROVISIONER_LIBVIRT_POOL", "", "storage pool of the libvirt backend's volumes")
@@ -134,24 +136,25 @@ func run(args []string) error {
 
 	nconf := natsCfg()
 	nconf.URL, nconf.Name, nconf.InboxPrefix = *natsURL, "provisioner-worker-"+*host, natsconn.WorkerInboxPrefix(*host)
-	opts, err := natsconn.Options(nconf)
+	ctx, refused := context.WithCancelCause(ctx)
+	defer refused(nil)
+	nc, err := connectNATS(nconf, *host, log, refused)
 	if err != nil {
 		return err
 	}
-	opts = append(opts, natsconn.Resilient(
-		func(err error) { log.WithError(err).Warn("NATS disconnected") },
-		func(url string) { log.WithField("url", url).Info("NATS reconnected") })...)
-	nc, err := nats.Connect(*natsURL, opts...)
-	if err != nil {
-		return fmt.Errorf("connect to NATS %s: %w", *natsURL, err)
-	}
 	defer nc.Drain()
+	defer func() {
+		// A worker the server refused exits naming why, whatever Run made of it.
+		if cause := context.Cause(ctx); errors.Is(cause, natsconn.ErrRefused) {
+			err = cause
+		}
+	}()
 
 	source, err := pipeline.NewMinIOSource(*minioEndpoint, *minioAccess, *minioSecret, *minioSSL)
 	if err != nil {
 		return err
 	}
-	vols, err := openBackend(backendConfig{kind: *backend, volumeDir: *volumeDir, vg: *lvmVG, libvirtURI: *libvirtURI,
+	vols, err := openBackend(backendConfig{kind: *backend, clones: *clones, volumeDir: *volumeDir, vg: *lvmVG, libvirtURI: *libvirtURI,
 		libvirtPool: *libvirtPool, imagesPool: *imagesPool, cacheDir: *cacheDir})
 	if err != nil {
 		return err
@@ -184,7 +187,29 @@ func run(args []string) error {
 			}
 		})
 	}
+	if cl, ok := vols.backend.(pipeline.Cloner); ok {
+		if ok, reason := cl.CloneSupport(); ok {
+			cache.SetGoldens(cl)
+			log.WithField("volume_dir", *volumeDir).Info("volumes are reflink clones of a golden per image")
+		} else {
+			log.WithFields(logrus.Fields{"volume_dir": *volumeDir, "reason": reason}).Info("clones are not possible here; every volume is converted into")
+		}
+	}
 	w.SetCache(cache)
+	if *scrubEvery > 0 {
+		go cache.RunScrub(ctx, *scrubEvery, func(sum pipeline.ScrubSummary, err error) {
+			l := log.WithFields(logrus.Fields{"images": sum.Images, "goldens": sum.Goldens, "images_evicted": sum.ImagesEvicted,
+				"goldens_evicted": sum.GoldensEvicted, "busy": sum.Busy})
+			switch {
+			case err != nil:
+				l.WithError(err).Warn("cache scrub failed")
+			case sum.ImagesEvicted+sum.GoldensEvicted > 0:
+				l.Warn("cache scrub evicted files that no longer matched their digest")
+			default:
+				l.Info("cache scrub found everything intact")
+			}
+		})
+	}
 
 	ln, err := net.Listen("tcp", *httpAddr)
 	if err != nil {
@@ -202,4 +227,34 @@ func run(args []string) error {
 	log.WithFields(logrus.Fields{"addr": ln.Addr().String(), "host": *host, "cache_dir": vols.cacheDir, "backend": *backend,
 		"converter": *converterName, "zlib": pipeline.ZlibDecompressor()}).Info("worker HTTP listening")
 	return w.Run(ctx)
+}
+
+// connectNATS connects as c, host's worker. Credentials enrolled for
+// another host are refused before connecting; a refusal by the server
+// (revoked, expired or unknown credentials) is logged and passed to
+// refused, which ends the worker with it.
+func connectNATS(c natsconn.Config, host string, log *logrus.Logger, refused func(error)) (*nats.Conn, error) {
+	if c.CredsFile != "" {
+		if err := natsconn.CheckCredsHost(c.CredsFile, host); err != nil {
+			return nil, err
+		}
+	}
+	opts, err := natsconn.Options(c)
+	if err != nil {
+		return nil, err
+	}
+	opts = append(opts, natsconn.Resilient(
+		func(err error) { log.WithError(err).Warn("NATS disconnected") },
+		func(url string) { log.WithField("url", url).Info("NATS reconnected") })...)
+	opts = append(opts, natsconn.OnRefused("host "+host,
+		func(err error) {
+			log.WithError(err).Error("NATS refused the worker")
+			refused(err)
+		},
+		func(err error) { log.WithError(err).Warn("NATS error") })...)
+	nc, err := nats.Connect(c.URL, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("connect to NATS %s: %w", c.URL, err)
+	}
+	return nc, nil
 }

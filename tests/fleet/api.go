@@ -41,7 +41,7 @@ func build(ctx context.Context, repo, dir string) (natsServer, api string, err e
 }
 
 // newAPIs prepares the replicas' settings (not started yet).
-func newAPIs(dir, urls string) ([]*apiProc, error) {
+func newAPIs(dir, urls, dispatch string) ([]*apiProc, error) {
 	ports, err := freePorts(apiReplicas)
 	if err != nil {
 		return nil, err
@@ -54,7 +54,7 @@ func newAPIs(dir, urls string) ([]*apiProc, error) {
 		a.env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + dir,
 			"PROVISIONER_HTTP_ADDR=" + a.addr, "PROVISIONER_NATS_URL=" + urls, "PROVISIONER_REPLICAS=3",
 			"PROVISIONER_IMAGE_ENDPOINTS=" + standInEndpoint, "PROVISIONER_DATA_DIR=" + filepath.Join(dir, a.name),
-			"PROVISIONER_LOG_LEVEL=warn"}
+			"PROVISIONER_LOG_LEVEL=warn", "PROVISIONER_DISPATCH=" + dispatch}
 		apis = append(apis, a)
 	}
 	return apis, nil

@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"time"
@@ -66,10 +67,11 @@ func freePorts(n int) ([]int, error) {
 // nodeConfig derives node i's configuration from the project's own
 // deploy/nats/cluster/node-<i>.conf: the same server name, cluster name,
 // payload and JetStream limits, with the harness's ports, store directory
-// and one random route secret, plus a monitoring port. The include of
-// accounts.conf is dropped: its per-host nkey users cover only hv-01 and
-// hv-02, so the harness's cluster runs without client authentication.
-func nodeConfig(deployDir string, i int, client, route, monitor []int, storeDir, secret string) (string, error) {
+// and one random route secret, plus a monitoring port. With operatorConf
+// (-jwt) the JWT authentication stays, including that file and keeping the
+// resolver next to the store; without it the include and the resolver are
+// dropped and the cluster runs without client authentication.
+func nodeConfig(deployDir string, i int, client, route, monitor []int, storeDir, secret, operatorConf string) (string, error) {
 	path := filepath.Join(deployDir, fmt.Sprintf("node-%d.conf", i+1))
 	b, err := os.ReadFile(path)
 	if err != nil {
@@ -80,7 +82,21 @@ func nodeConfig(deployDir string, i int, client, route, monitor []int, storeDir,
 		{fmt.Sprintf("port: %d", 4222+i), fmt.Sprintf("port: %d", client[i])},
 		{fmt.Sprintf("port: %d", 6222+i), fmt.Sprintf("port: %d", route[i])},
 		{fmt.Sprintf(`"/var/lib/nats/node-%d"`, i+1), fmt.Sprintf("%q", storeDir)},
-		{"include ../accounts.conf", "# accounts.conf left out by the fleet harness (no client auth)"},
+	}
+	auth := jwtAuthBlock.FindString(conf)
+	if auth == "" {
+		return "", fmt.Errorf("%s no longer has the operator.conf include and resolver block: update the fleet harness's nodeConfig", path)
+	}
+	if operatorConf == "" {
+		conf = strings.Replace(conf, auth, "# operator.conf and the resolver left out by the fleet harness (no client auth)\n", 1)
+	} else {
+		resolver := fmt.Sprintf(`"/var/lib/nats/resolver-node-%d"`, i+1)
+		if !strings.Contains(auth, resolver) {
+			return "", fmt.Errorf("%s no longer keeps its resolver in %s: update the fleet harness's nodeConfig", path, resolver)
+		}
+		jwtAuth := strings.Replace(auth, "include ../operator.conf", fmt.Sprintf("include %q", operatorConf), 1)
+		jwtAuth = strings.Replace(jwtAuth, resolver, fmt.Sprintf("%q", storeDir+"-resolver"), 1)
+		conf = strings.Replace(conf, auth, jwtAuth, 1)
 	}
 	for j := range clusterSize {
 		if j != i {
@@ -98,13 +114,23 @@ func nodeConfig(deployDir string, i int, client, route, monitor []int, storeDir,
 	return conf, nil
 }
 
+// jwtAuthBlock is the JWT authentication of a node's configuration: the
+// include of operator.conf and the resolver block after it.
+var jwtAuthBlock = regexp.MustCompile(`(?s)include \.\./operator\.conf\nresolver \{.*?\n\}\n`)
+
 // startCluster writes the three nodes' configs under dir and starts them.
-func startCluster(bin, deployDir, dir string) (*cluster, error) {
+func startCluster(bin, deployDir, dir, operatorConf string) (*cluster, error) {
 	ports, err := freePorts(3 * clusterSize)
 	if err != nil {
 		return nil, err
 	}
 	client, route, monitor := ports[0:3], ports[3:6], ports[6:9]
+	if operatorConf != "" {
+		// nats-server resolves an include against the including file's directory.
+		if operatorConf, err = filepath.Rel(dir, operatorConf); err != nil {
+			return nil, fmt.Errorf("operator.conf: %w", err)
+		}
+	}
 	c := &cluster{bin: bin}
 	secret := make([]byte, 12)
 	if _, err := rand.Read(secret); err != nil {
@@ -112,7 +138,7 @@ func startCluster(bin, deployDir, dir string) (*cluster, error) {
 	}
 	for i := range clusterSize {
 		store := filepath.Join(dir, fmt.Sprintf("node-%d", i+1))
-		conf, err := nodeConfig(deployDir, i, client, route, monitor, store, hex.EncodeToString(secret))
+		conf, err := nodeConfig(deployDir, i, client, route, monitor, store, hex.EncodeToString(secret), operatorConf)
 		if err != nil {
 			return nil, err
 		}

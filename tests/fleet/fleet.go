@@ -36,6 +36,7 @@ type fleet struct {
 	admin   *nats.Conn
 	js      jetstream.JetStream
 	pubs    []*nats.Conn
+	auth    *fleetAuth // nil: no client authentication
 }
 
 // result is what a run measured, for the test.
@@ -112,10 +113,16 @@ func (f *fleet) up(ctx context.Context) error {
 	}
 	f.apiBin = apiBin
 	f.logf("built nats-server and bin/api into %s", f.dir)
-	if f.cluster, err = startCluster(natsBin, filepath.Join(repo, "deploy", "nats", "cluster"), f.dir); err != nil {
+	if f.opt.jwt {
+		if f.auth, err = newJWTAuth(f.dir); err != nil {
+			return err
+		}
+	}
+	if f.cluster, err = startCluster(natsBin, filepath.Join(repo, "deploy", "nats", "cluster"), f.dir, f.auth.serverConf()); err != nil {
 		return err
 	}
 	opts := append([]nats.Option{nats.Name("fleet-admin")}, natsconn.Resilient(func(error) {}, func(string) {})...)
+	opts = append(opts, f.auth.adminOpts()...)
 	if f.admin, err = nats.Connect(f.cluster.URLs(), opts...); err != nil {
 		return fmt.Errorf("connect to the cluster: %w", err)
 	}
@@ -128,8 +135,11 @@ func (f *fleet) up(ctx context.Context) error {
 		return err
 	}
 	f.logf("3-node cluster up: %s", f.cluster.URLs())
-	if f.apis, err = newAPIs(f.dir, f.cluster.URLs()); err != nil {
+	if f.apis, err = newAPIs(f.dir, f.cluster.URLs(), f.opt.dispatch); err != nil {
 		return err
+	}
+	for _, a := range f.apis {
+		a.env = append(a.env, f.auth.apiEnv()...)
 	}
 	// One after the other: each creates or updates the streams and buckets at start.
 	for _, a := range f.apis {
@@ -152,7 +162,7 @@ func (f *fleet) startFleet(ctx context.Context) (time.Duration, error) {
 	log.SetOutput(logf)
 	log.SetFormatter(&logrus.JSONFormatter{})
 	f.set = &workerSettings{urls: f.cluster.URLs(), subjects: messaging.NewSubjects(messaging.DefaultPrefix),
-		ackWait: f.opt.ackWait, maxDeliver: 5, shutdownGrace: 2 * time.Second, log: log}
+		ackWait: f.opt.ackWait, maxDeliver: 5, shutdownGrace: 2 * time.Second, log: log, auth: f.auth}
 	image, err := writeStandInImage(f.dir)
 	if err != nil {
 		return 0, err
@@ -165,6 +175,13 @@ func (f *fleet) startFleet(ctx context.Context) (time.Duration, error) {
 		f.hosts = append(f.hosts, h)
 	}
 	start := time.Now()
+	var names []string
+	for _, h := range f.hosts {
+		names = append(names, h.state.name)
+	}
+	if err := f.auth.enroll(ctx, f.cluster.URLs(), names); err != nil {
+		return 0, fmt.Errorf("enroll the hosts: %w", err)
+	}
 	if err := f.startHosts(ctx, f.hosts); err != nil {
 		return 0, err
 	}
@@ -274,6 +291,7 @@ func (f *fleet) newLoader() (*loader, error) {
 		http: &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: 128}}}
 	for i := range publishers {
 		opts := append([]nats.Option{nats.Name(fmt.Sprintf("fleet-publisher-%d", i))}, natsconn.Resilient(func(error) {}, func(string) {})...)
+		opts = append(opts, f.auth.adminOpts()...)
 		nc, err := nats.Connect(f.cluster.URLs(), opts...)
 		if err != nil {
 			return nil, fmt.Errorf("connect publisher: %w", err)

@@ -33,3 +33,26 @@ func TestFleetKillLeader(t *testing.T) {
 	require.NoError(t, res.fault.rejoinErr)
 	require.LessOrEqual(t, res.fault.rejoin, 30*time.Second, "the restarted node is current again within 30 s")
 }
+
+// TestFleetJWT is a small fleet on the cluster in the project's NATS JWT
+// setup (-jwt): the operator.conf include and a full resolver per node, 20
+// hosts enrolled in accounts of their own in one push, the API replicas with
+// api.creds, every worker with its host's credentials and JetStream under
+// its account's prefix. Every job completes exactly once.
+func TestFleetJWT(t *testing.T) {
+	t.Parallel()
+	if testing.Short() {
+		t.Skip("starts a 3-node NATS cluster and two APIs")
+	}
+	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
+	defer cancel()
+	opt := options{hosts: 20, jobs: 100, rate: 50, duration: 500 * time.Millisecond, fault: faultNone,
+		ackWait: 30 * time.Second, restEvery: 2, settle: 60 * time.Second, jwt: true}
+	res, err := run(ctx, opt, t.Output())
+	require.NoError(t, err)
+	v := res.verdict
+	require.Equal(t, opt.jobs, v.accepted, "every offered job is accepted")
+	require.Zero(t, v.lost, "lost jobs: %v", v.examples)
+	require.Zero(t, v.doubled, "jobs with more than one effect: %v", v.examples)
+	require.LessOrEqual(t, v.maxPerHost, 2, "jobs running at once on one host")
+}

@@ -25,6 +25,7 @@ type workerSettings struct {
 	maxDeliver    int
 	shutdownGrace time.Duration
 	log           *logrus.Logger
+	auth          *fleetAuth
 }
 
 // simHost is a simulated hypervisor: the real worker code (worker.New and
@@ -60,13 +61,14 @@ func (h *simHost) start(ctx context.Context) error {
 	name := h.state.name
 	opts := append([]nats.Option{nats.Name("fleet-worker-" + name), nats.CustomInboxPrefix(natsconn.WorkerInboxPrefix(name))},
 		natsconn.Resilient(func(error) {}, func(string) {})...)
+	opts = append(opts, h.set.auth.workerOpts(name)...)
 	nc, err := nats.Connect(h.set.urls, opts...)
 	if err != nil {
 		return fmt.Errorf("connect worker %s: %w", name, err)
 	}
 	pipe := newStandInPipeline(h.state)
 	pctx, cancel := context.WithCancel(ctx)
-	cfg := worker.Config{Host: name, MachineID: "fleet-" + name, Version: "fleet", AckWait: h.set.ackWait,
+	cfg := worker.Config{Host: name, JSAPIPrefix: h.set.auth.jsPrefix(), MachineID: "fleet-" + name, Version: "fleet", AckWait: h.set.ackWait,
 		MaxDeliver: h.set.maxDeliver, ShutdownGrace: h.set.shutdownGrace}
 	w, err := worker.New(pctx, cfg, nc, h.set.subjects, pipe.parts(), h.set.log)
 	if err != nil {

@@ -1,4 +1,4 @@
-// Command fleet is the fleet harness (issue 12): a real 3-node nats-server
+// Command fleet is the fleet harness: a real 3-node nats-server
 // cluster (separate processes, R3 streams and buckets), two replicas of the
 // real bin/api, and N simulated hypervisors in this process, each running
 // the real worker code (worker.New and Run) over a stand-in pipeline that
@@ -33,6 +33,7 @@ type options struct {
 	rate         float64
 	duration     time.Duration
 	fault        string
+	jwt          bool
 	stopFor      time.Duration
 	restartAfter time.Duration
 	ackWait      time.Duration
@@ -40,6 +41,7 @@ type options struct {
 	keep         bool
 	settle       time.Duration
 	natsBench    string
+	dispatch     string
 }
 
 func parseFlags(args []string) (options, error) {
@@ -50,12 +52,14 @@ func parseFlags(args []string) (options, error) {
 	fs.Float64Var(&o.rate, "rate", 200, "offered jobs per second")
 	fs.DurationVar(&o.duration, "duration", time.Second, "how long the stand-in pipeline runs each job")
 	fs.StringVar(&o.fault, "fault", faultNone, "fault to inject: "+strings.Join(faults, " | "))
+	fs.BoolVar(&o.jwt, "jwt", false, "run the cluster with the project's NATS JWT setup (deploy/nats): every host enrolled in an account of its own")
 	fs.DurationVar(&o.stopFor, "stop-for", 30*time.Second, "how long -fault stop-node keeps the node stopped")
 	fs.DurationVar(&o.restartAfter, "restart-after", 5*time.Second, "how long a killed node, worker or API stays down")
 	fs.DurationVar(&o.ackWait, "ack-wait", 30*time.Second, "the workers' PROVISIONER_ACK_WAIT (a killed worker's jobs come back after it)")
 	fs.IntVar(&o.restEvery, "rest-every", 2, "every n-th job goes through REST, the rest straight to NATS (0: none through REST)")
 	fs.BoolVar(&o.keep, "keep", false, "keep the run's directory (configs, logs, stores) even when nothing went wrong")
 	fs.DurationVar(&o.settle, "settle", 0, "how long to wait for the last jobs with no progress (default: 2 ack waits + 30 s)")
+	fs.StringVar(&o.dispatch, "dispatch", "limits", "the APIs' PROVISIONER_DISPATCH: limits or workqueue")
 	fs.StringVar(&o.natsBench, "nats-bench", "", "after the fleet run, run this nats CLI's JetStream publish benchmark on the same cluster (scripts/install-nats-cli.sh builds bin/nats)")
 	if err := fs.Parse(args); err != nil {
 		return o, err
@@ -65,6 +69,9 @@ func parseFlags(args []string) (options, error) {
 	}
 	if o.hosts < 1 || o.jobs < 1 || o.rate <= 0 {
 		return o, errors.New("-hosts, -jobs and -rate must be positive")
+	}
+	if o.jwt && o.natsBench != "" {
+		return o, errors.New("-nats-bench connects without credentials: it cannot run with -jwt")
 	}
 	if o.settle == 0 {
 		o.settle = 2*o.ackWait + 30*time.Second

@@ -1,0 +1,432 @@
+package pipeline
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// The file backend keeps its goldens in a directory of its own inside the
+// volume directory, so that they are on the volumes' file system (a reflink
+// never crosses file systems):
+//
+//	<volume dir>/.golden/owner                 the marker; its text is goldenMarker
+//	<volume dir>/.golden/<key>.raw             a sealed golden: mode 0444, immutable where possible
+//	<volume dir>/.golden/.prepare-<key>-*      a golden being written
+//	<volume dir>/.<volume>.clone-*             a clone about to replace <volume>
+//
+// Volume names never start with a dot, so none of these is a volume.
+const (
+	goldenDirName  = ".golden"
+	goldenMarker   = "libvirt-volume-provisioner goldens, v1: created by the worker; do not edit\n"
+	goldenExt      = ".raw"
+	preparePrefix  = ".prepare-"
+	cloneTmpPrefix = "."
+)
+
+// fileClones is what the file backend found out about clones, once.
+type fileClones struct {
+	dir    string // the golden directory; "" when clones are off
+	reason string // why clones are off
+}
+
+var _ Cloner = FileBackend{}
+
+// probeClones finds out, once per volume directory, whether a file in the
+// golden directory can be cloned into the volume directory (FICLONE), and
+// creates the golden directory if so.
+func probeClones(dir string) *fileClones {
+	gdir := filepath.Join(dir, goldenDirName)
+	_, existed := os.Lstat(gdir)
+	if err := initGoldenDir(gdir); err != nil {
+		return &fileClones{reason: err.Error()}
+	}
+	fc := probeClone(dir, gdir)
+	if fc.dir == "" && existed != nil {
+		// Made for nothing: leave the directory as it was.
+		_ = os.Remove(filepath.Join(gdir, markerName))
+		_ = os.Remove(gdir)
+	}
+	return fc
+}
+
+// probeClone tries FICLONE from a file in gdir to one in dir.
+func probeClone(dir, gdir string) *fileClones {
+	src, err := os.CreateTemp(gdir, ".probe-*")
+	if err != nil {
+		return &fileClones{reason: fmt.Sprintf("create a probe file in %s: %v", gdir, err)}
+	}
+	defer os.Remove(src.Name())
+	defer src.Close()
+	dst, err := os.CreateTemp(dir, ".probe-*")
+	if err != nil {
+		return &fileClones{reason: fmt.Sprintf("create a probe file in %s: %v", dir, err)}
+	}
+	defer os.Remove(dst.Name())
+	defer dst.Close()
+	if _, err := src.Write(make([]byte, 4096)); err != nil {
+		return &fileClones{reason: fmt.Sprintf("write a probe file in %s: %v", gdir, err)}
+	}
+	if err := unix.IoctlFileClone(int(dst.Fd()), int(src.Fd())); err != nil {
+		return &fileClones{reason: cloneErrReason(dir, err)}
+	}
+	return &fileClones{dir: gdir}
+}
+
+// cloneErrReason says why FICLONE failed with err in dir.
+func cloneErrReason(dir string, err error) string {
+	var fs unix.Statfs_t
+	kind := ""
+	if unix.Statfs(dir, &fs) == nil {
+		kind = fsName(fs.Type)
+	}
+	switch {
+	case errors.Is(err, unix.EXDEV):
+		return fmt.Sprintf("%s and its %s directory are on different file systems (%v)", dir, goldenDirName, err)
+	case errors.Is(err, unix.EOPNOTSUPP), errors.Is(err, unix.ENOTTY), errors.Is(err, unix.EINVAL), errors.Is(err, unix.ENOSYS):
+		return fmt.Sprintf("the file system of %s (%s) has no reflinks (FICLONE: %v); XFS made with reflink=1 and btrfs have them", dir, kind, err)
+	}
+	return fmt.Sprintf("FICLONE in %s (%s) failed: %v", dir, kind, err)
+}
+
+func fsName(t int64) string {
+	switch t {
+	case unix.XFS_SUPER_MAGIC:
+		return "xfs"
+	case unix.BTRFS_SUPER_MAGIC:
+		return "btrfs"
+	case unix.EXT4_SUPER_MAGIC:
+		return "ext4"
+	case unix.TMPFS_MAGIC:
+		return "tmpfs"
+	case unix.OVERLAYFS_SUPER_MAGIC:
+		return "overlayfs"
+	}
+	return fmt.Sprintf("type %#x", t)
+}
+
+// initGoldenDir creates (or checks) the golden directory: a directory of
+// the provisioner's is one that holds its marker; an existing one without
+// it is refused, and nothing in it is touched.
+func initGoldenDir(gdir string) error {
+	marker := filepath.Join(gdir, markerName)
+	err := os.Mkdir(gdir, 0o750)
+	if err != nil && !errors.Is(err, os.ErrExist) {
+		return fmt.Errorf("create the golden directory %s: %w", gdir, err)
+	}
+	if err != nil {
+		st, serr := os.Lstat(gdir)
+		if serr != nil || !st.IsDir() {
+			return fmt.Errorf("%s exists and is not a directory the provisioner created; move it away to use clones", gdir)
+		}
+		got, rerr := readSmallFile(marker)
+		if errors.Is(rerr, os.ErrNotExist) {
+			if ents, _ := os.ReadDir(gdir); len(ents) == 0 {
+				rerr = writeFileSync(marker, []byte(goldenMarker))
+				got = []byte(goldenMarker)
+			}
+		}
+		if rerr != nil || string(got) != goldenMarker {
+			return fmt.Errorf("%s exists but does not hold the provisioner's marker; move it away to use clones", gdir)
+		}
+		return nil
+	}
+	if err := writeFileSync(marker, []byte(goldenMarker)); err != nil {
+		return fmt.Errorf("mark the golden directory %s: %w", gdir, err)
+	}
+	return syncDir(filepath.Dir(gdir))
+}
+
+// DisableClones turns clones off (say why); the worker converts into every
+// volume as it would on a file system without reflinks.
+func (b *FileBackend) DisableClones(reason string) { b.clone = &fileClones{reason: reason} }
+
+// CloneSupport reports what NewFileBackend found: whether the volume
+// directory's file system makes reflinks between the golden directory and
+// the volumes.
+func (b FileBackend) CloneSupport() (bool, string) {
+	if b.clone == nil {
+		return false, "the backend was not opened with NewFileBackend"
+	}
+	return b.clone.dir != "", b.clone.reason
+}
+
+func (b FileBackend) goldenDir() (string, error) {
+	if ok, reason := b.CloneSupport(); !ok {
+		return "", fmt.Errorf("%w: %s", ErrCloneUnsupported, reason)
+	}
+	return b.clone.dir, nil
+}
+
+// validKey accepts cache keys as the cache makes them: hex digests.
+func validKey(key string) error {
+	if len(key) == 0 || len(key) > 128 || strings.Trim(key, "0123456789abcdef") != "" {
+		return fmt.Errorf("golden key %q is not a hex digest", key)
+	}
+	return nil
+}
+
+func (b FileBackend) goldenPath(key string) (string, error) {
+	gdir, err := b.goldenDir()
+	if err != nil {
+		return "", err
+	}
+	if err := validKey(key); err != nil {
+		return "", err
+	}
+	return filepath.Join(gdir, key+goldenExt), nil
+}
+
+// PrepareGolden creates a sparse file of size bytes in the golden directory.
+func (b FileBackend) PrepareGolden(_ context.Context, key string, size int64) (Volume, error) {
+	gdir, err := b.goldenDir()
+	if err != nil {
+		return Volume{}, err
+	}
+	if err := validKey(key); err != nil {
+		return Volume{}, err
+	}
+	f, err := os.CreateTemp(gdir, preparePrefix+key+"-*")
+	if err != nil {
+		return Volume{}, fmt.Errorf("create golden of %s: %w", key, err)
+	}
+	defer f.Close()
+	if err := f.Truncate(size); err != nil {
+		_ = os.Remove(f.Name())
+		return Volume{}, fmt.Errorf("size golden of %s to %d bytes: %w", key, size, err)
+	}
+	return Volume{Name: "golden " + key, Path: f.Name(), Size: size}, nil
+}
+
+// SealGolden flushes the prepared file, hashes it, makes it mode 0444,
+// renames it to <key>.raw and sets the immutable flag where the file
+// system and the worker's privileges allow (Golden.Immutable says).
+func (b FileBackend) SealGolden(ctx context.Context, key string, prepared Volume) (Golden, error) {
+	final, err := b.goldenPath(key)
+	if err != nil {
+		return Golden{}, err
+	}
+	gdir := filepath.Dir(final)
+	if filepath.Dir(prepared.Path) != gdir || !strings.HasPrefix(filepath.Base(prepared.Path), preparePrefix+key+"-") {
+		return Golden{}, fmt.Errorf("seal golden of %s: %s is not a golden being prepared", key, prepared.Path)
+	}
+	f, err := os.OpenFile(prepared.Path, os.O_RDONLY|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return Golden{}, fmt.Errorf("seal golden of %s: %w", key, err)
+	}
+	defer f.Close()
+	if err := f.Sync(); err != nil {
+		return Golden{}, fmt.Errorf("flush golden of %s: %w", key, err)
+	}
+	st, err := f.Stat()
+	if err != nil {
+		return Golden{}, fmt.Errorf("stat golden of %s: %w", key, err)
+	}
+	digest, err := chunkedDigest(ctx, f, st.Size())
+	if err != nil {
+		return Golden{}, fmt.Errorf("hash golden of %s: %w", key, err)
+	}
+	if err := f.Chmod(0o444); err != nil {
+		return Golden{}, fmt.Errorf("make golden of %s read-only: %w", key, err)
+	}
+	if err := b.removeSealed(final); err != nil {
+		return Golden{}, err
+	}
+	if err := renameNoReplace(prepared.Path, final); err != nil {
+		return Golden{}, fmt.Errorf("move golden of %s into place: %w", key, err)
+	}
+	g := Golden{Key: key, Path: final, Size: st.Size(), Digest: digest}
+	switch err := setImmutable(f, true); {
+	case err == nil:
+		g.Immutable = true
+	case errors.Is(err, unix.EPERM), errors.Is(err, unix.ENOTTY), errors.Is(err, unix.EOPNOTSUPP), errors.Is(err, unix.EINVAL):
+		// No CAP_LINUX_IMMUTABLE, or no flags here: mode 0444 only.
+	default:
+		return Golden{}, fmt.Errorf("make golden of %s immutable: %w", key, err)
+	}
+	return g, syncDir(gdir)
+}
+
+// removeSealed removes a sealed golden file (clearing its immutable flag).
+func (b FileBackend) removeSealed(p string) error {
+	if err := clearImmutable(p); err != nil {
+		return fmt.Errorf("clear the immutable flag of golden %s: %w", p, err)
+	}
+	if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove golden %s: %w", p, err)
+	}
+	return nil
+}
+
+// RemoveGolden removes key's golden and any file being prepared for it.
+func (b FileBackend) RemoveGolden(_ context.Context, key string) error {
+	final, err := b.goldenPath(key)
+	if err != nil {
+		return err
+	}
+	gdir := filepath.Dir(final)
+	if err := b.removeSealed(final); err != nil {
+		return err
+	}
+	prepared, _ := filepath.Glob(filepath.Join(gdir, preparePrefix+key+"-*"))
+	for _, p := range prepared {
+		if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return fmt.Errorf("remove golden being prepared %s: %w", p, err)
+		}
+	}
+	return syncDir(gdir)
+}
+
+// GoldenKeys lists the keys with a golden file or one being prepared.
+func (b FileBackend) GoldenKeys(context.Context) ([]string, error) {
+	gdir, err := b.goldenDir()
+	if err != nil {
+		return nil, err
+	}
+	ents, err := os.ReadDir(gdir)
+	if err != nil {
+		return nil, fmt.Errorf("list goldens in %s: %w", gdir, err)
+	}
+	seen := map[string]bool{}
+	for _, d := range ents {
+		name := d.Name()
+		var key string
+		switch {
+		case strings.HasPrefix(name, preparePrefix):
+			key, _, _ = strings.Cut(strings.TrimPrefix(name, preparePrefix), "-")
+		case strings.HasSuffix(name, goldenExt):
+			key = strings.TrimSuffix(name, goldenExt)
+		default:
+			continue
+		}
+		if validKey(key) == nil {
+			seen[key] = true
+		}
+	}
+	keys := make([]string, 0, len(seen))
+	for k := range seen {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys, nil
+}
+
+// Clone creates volume name as a reflink of g, then grows it to size.
+func (b FileBackend) Clone(_ context.Context, g Golden, name string, size int64) (vol Volume, err error) {
+	p, err := b.path(name)
+	if err != nil {
+		return Volume{}, err
+	}
+	if _, err := b.goldenDir(); err != nil {
+		return Volume{}, err
+	}
+	if size < g.Size {
+		return Volume{}, fmt.Errorf("clone volume %s: %d bytes is less than the image's %d; a clone is never shrunk", p, size, g.Size)
+	}
+	f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE|os.O_EXCL|unix.O_NOFOLLOW, 0o600)
+	if errors.Is(err, os.ErrExist) {
+		return Volume{}, fmt.Errorf("clone volume %s: it already exists", p)
+	}
+	if err != nil {
+		return Volume{}, fmt.Errorf("clone volume %s: %w", p, err)
+	}
+	defer func() {
+		if err != nil {
+			_ = os.Remove(p)
+		}
+	}()
+	if err := cloneInto(f, g, size); err != nil {
+		return Volume{}, fmt.Errorf("clone volume %s: %w", p, err)
+	}
+	if err := syncDir(b.Dir); err != nil {
+		return Volume{}, err
+	}
+	return Volume{Name: name, Path: p, Size: size}, nil
+}
+
+// cloneInto makes the empty file f a reflink of g grown to size, flushes
+// and closes it.
+func cloneInto(f *os.File, g Golden, size int64) error {
+	defer f.Close()
+	src, err := os.OpenFile(g.Path, os.O_RDONLY|unix.O_NOFOLLOW, 0)
+	if err != nil {
+		return fmt.Errorf("open golden: %w", err)
+	}
+	defer src.Close()
+	st, err := src.Stat()
+	if err != nil {
+		return fmt.Errorf("stat golden: %w", err)
+	}
+	if st.Size() != g.Size {
+		return fmt.Errorf("golden %s is %d bytes, not the %d it was sealed with", g.Path, st.Size(), g.Size)
+	}
+	if err := unix.IoctlFileClone(int(f.Fd()), int(src.Fd())); err != nil {
+		return fmt.Errorf("FICLONE from %s: %w", g.Path, err)
+	}
+	if size > g.Size {
+		if err := f.Truncate(size); err != nil {
+			return fmt.Errorf("grow to %d bytes: %w", size, err)
+		}
+	}
+	if err := f.Sync(); err != nil {
+		return fmt.Errorf("flush: %w", err)
+	}
+	return f.Close()
+}
+
+// Reclone clones g to a temporary name next to vol, gives it vol's size,
+// mode and owner, and renames it over vol.
+func (b FileBackend) Reclone(_ context.Context, g Golden, vol Volume) (Volume, error) {
+	p, err := b.path(vol.Name)
+	if err != nil {
+		return Volume{}, err
+	}
+	if _, err := b.goldenDir(); err != nil {
+		return Volume{}, err
+	}
+	old, err := os.Lstat(p)
+	if err != nil {
+		return Volume{}, fmt.Errorf("reclone volume %s: %w", p, err)
+	}
+	if err := checkVolumeFile(p, old); err != nil {
+		return Volume{}, err
+	}
+	size := old.Size()
+	if size < g.Size {
+		return Volume{}, fmt.Errorf("reclone volume %s: its %d bytes are less than the image's %d", p, size, g.Size)
+	}
+	f, err := os.CreateTemp(b.Dir, cloneTmpPrefix+vol.Name+".clone-*")
+	if err != nil {
+		return Volume{}, fmt.Errorf("reclone volume %s: %w", p, err)
+	}
+	tmp := f.Name()
+	_ = f.Chmod(old.Mode().Perm())
+	if sys, ok := old.Sys().(*syscall.Stat_t); ok {
+		_ = f.Chown(int(sys.Uid), int(sys.Gid)) // keeps a volume handed to another user theirs (as root)
+	}
+	if err := cloneInto(f, g, size); err != nil {
+		_ = os.Remove(tmp)
+		return Volume{}, fmt.Errorf("reclone volume %s: %w", p, err)
+	}
+	// The volume may have been replaced meanwhile by something else: only a
+	// regular file is renamed over.
+	if cur, err := os.Lstat(p); err != nil || checkVolumeFile(p, cur) != nil {
+		_ = os.Remove(tmp)
+		return Volume{}, fmt.Errorf("reclone volume %s: it changed while it was being cloned; left as it is", p)
+	}
+	if err := os.Rename(tmp, p); err != nil {
+		_ = os.Remove(tmp)
+		return Volume{}, fmt.Errorf("reclone volume %s: %w", p, err)
+	}
+	if err := syncDir(b.Dir); err != nil {
+		return Volume{}, err
+	}
+	return Volume{Name: vol.Name, Path: p, Size: size}, nil
+}

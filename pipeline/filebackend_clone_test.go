@@ -1,0 +1,227 @@
+package pipeline
+
+import (
+	"context"
+	"fmt"
+	"os"
+	osexec "os/exec"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
+
+	"github.com/libvirt-volume-provisioner/provisioner/internal/testenv"
+)
+
+// goldenSize is an image's virtual size in these tests: not a multiple of
+// the file systems' 4 KiB blocks, so a clone's growth past the golden's
+// partial last block must read as zeros.
+const goldenSize = 24<<20 + 512
+
+// makeGolden converts a new qcow2 image into a golden of b with the native
+// converter and returns it and the image's raw reference.
+func makeGolden(t *testing.T, b *FileBackend, key string, seed uint64) (Golden, string) {
+	t.Helper()
+	ctx := context.Background()
+	qcow, raw := testenv.QCOW2Image(t, t.TempDir(), goldenSize, seed)
+	img, err := Inspect(qcow, "qcow2")
+	require.NoError(t, err)
+	prep, err := b.PrepareGolden(ctx, key, img.VirtualSize)
+	require.NoError(t, err)
+	require.NoError(t, Native{}.Convert(ctx, img, qcow, prep, nil))
+	g, err := b.SealGolden(ctx, key, prep)
+	require.NoError(t, err)
+	return g, raw
+}
+
+func fileIno(t *testing.T, p string) uint64 {
+	t.Helper()
+	st, err := os.Stat(p)
+	require.NoError(t, err)
+	return st.Sys().(*syscall.Stat_t).Ino
+}
+
+func TestFileBackendReflinkClones(t *testing.T) {
+	t.Parallel()
+	for _, kind := range []string{testenv.XFS, testenv.Btrfs} {
+		t.Run(kind, func(t *testing.T) {
+			t.Parallel()
+			ctx := context.Background()
+			b, err := NewFileBackend(filepath.Join(testenv.FileSystem(t, kind), "volumes"))
+			require.NoError(t, err)
+			ok, reason := b.CloneSupport()
+			require.True(t, ok, reason)
+			const key = "aa11"
+			g, raw := makeGolden(t, b, key, 7)
+
+			// Sealed: read-only, immutable, its digest that of the image's disk.
+			st, err := os.Stat(g.Path)
+			require.NoError(t, err)
+			require.Equal(t, os.FileMode(0o444), st.Mode().Perm())
+			require.Equal(t, int64(goldenSize), g.Size)
+			require.True(t, g.Immutable, "the worker runs as root here: the golden gets the immutable flag")
+			imm, err := IsImmutable(g.Path)
+			require.NoError(t, err)
+			require.True(t, imm)
+			refDigest, err := GoldenDigest(ctx, raw)
+			require.NoError(t, err)
+			require.Equal(t, refDigest, g.Digest, "the digest is of the content: the golden reads as the image")
+			_, err = os.OpenFile(g.Path, os.O_WRONLY, 0)
+			require.Error(t, err, "an immutable golden cannot be opened for writing, even by root")
+
+			// Byte-exact clones of the requested size.
+			a, err := b.Clone(ctx, g, "vm-a", 64<<20)
+			require.NoError(t, err)
+			requireVolumeIs(t, a, raw)
+			c, err := b.Clone(ctx, g, "vm-b", 32<<20)
+			require.NoError(t, err)
+			requireVolumeIs(t, c, raw)
+			_, err = b.Clone(ctx, g, "vm-a", 64<<20)
+			require.ErrorContains(t, err, "already exists")
+			_, err = b.Clone(ctx, g, "vm-small", goldenSize-512)
+			require.ErrorContains(t, err, "a clone is never shrunk")
+			require.NoFileExists(t, filepath.Join(b.Dir, "vm-small"))
+
+			// Writes into one clone change neither the other nor the golden.
+			fa, err := os.OpenFile(a.Path, os.O_WRONLY, 0)
+			require.NoError(t, err)
+			junk := make([]byte, 1<<20)
+			for i := range junk {
+				junk[i] = 0xa5
+			}
+			for _, off := range []int64{0, 5 << 20, goldenSize - 100, 40 << 20} {
+				_, err = fa.WriteAt(junk, off)
+				require.NoError(t, err)
+			}
+			require.NoError(t, fa.Sync())
+			require.NoError(t, fa.Close())
+			requireVolumeIs(t, c, raw)
+			requireVolumeIs(t, Volume{Path: g.Path, Size: g.Size}, raw)
+
+			// Reprovisioning replaces the volume with a fresh clone; the
+			// name never goes missing or reads short meanwhile.
+			oldIno := fileIno(t, a.Path)
+			var stop atomic.Bool
+			var bad atomic.Value
+			var wg sync.WaitGroup
+			wg.Go(func() {
+				for !stop.Load() {
+					st, err := os.Stat(a.Path)
+					if err != nil {
+						bad.Store(err.Error())
+						return
+					}
+					if st.Size() != 64<<20 {
+						bad.Store("size " + st.Mode().String())
+						return
+					}
+				}
+			})
+			for i := range 20 {
+				a, err = b.Reclone(ctx, g, a)
+				require.NoError(t, err)
+				if i == 0 {
+					// (Later inode numbers may be reused ones.)
+					require.NotEqual(t, oldIno, fileIno(t, a.Path), "a new file was renamed over the volume")
+				}
+			}
+			stop.Store(true)
+			wg.Wait()
+			require.Nil(t, bad.Load(), "the volume's name was missing or short during a reclone")
+			requireVolumeIs(t, a, raw)
+			require.Equal(t, int64(64<<20), a.Size, "a reclone keeps the volume's size")
+			leftovers, _ := filepath.Glob(filepath.Join(b.Dir, ".vm-a.clone-*"))
+			require.Empty(t, leftovers)
+
+			// The golden goes (immutable flag and all); its clones stay whole.
+			keys, err := b.GoldenKeys(ctx)
+			require.NoError(t, err)
+			require.Equal(t, []string{key}, keys)
+			require.NoError(t, b.RemoveGolden(ctx, key))
+			require.NoFileExists(t, g.Path)
+			requireVolumeIs(t, a, raw)
+			requireVolumeIs(t, c, raw)
+			keys, err = b.GoldenKeys(ctx)
+			require.NoError(t, err)
+			require.Empty(t, keys)
+		})
+	}
+}
+
+func TestFileBackendRefusesLockedVolume(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	b, err := NewFileBackend(filepath.Join(t.TempDir(), "volumes"))
+	require.NoError(t, err)
+	vol, err := b.Create(ctx, "vm-1", 1<<20)
+	require.NoError(t, err)
+	require.NoError(t, b.CheckNotInUse(ctx, vol))
+
+	// QEMU takes OFD locks on the bytes of a disk it opens; so does this.
+	f, err := os.OpenFile(vol.Path, os.O_RDWR, 0)
+	require.NoError(t, err)
+	lk := unix.Flock_t{Type: unix.F_RDLCK, Whence: 0, Start: 100, Len: 1}
+	require.NoError(t, unix.FcntlFlock(f.Fd(), unix.F_OFD_SETLK, &lk))
+	err = b.CheckNotInUse(ctx, vol)
+	require.ErrorContains(t, err, `volume "vm-1" is in use`)
+	require.NoError(t, f.Close())
+	require.NoError(t, b.CheckNotInUse(ctx, vol), "the lock went with its file")
+}
+
+func TestFileBackendWithoutReflinksConverts(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	tmpfs := filepath.Join(t.TempDir(), "tmpfs")
+	mountTmpfs(t, tmpfs, "64m")
+	xfs := testenv.FileSystem(t, testenv.XFS)
+	crossDir := filepath.Join(xfs, "volumes")
+	require.NoError(t, os.MkdirAll(filepath.Join(crossDir, goldenDirName), 0o750))
+	other := testenv.FileSystem(t, testenv.XFS)
+	require.NoError(t, runCmd("mount", "--bind", other, filepath.Join(crossDir, goldenDirName)))
+	t.Cleanup(func() { _ = runCmd("umount", filepath.Join(crossDir, goldenDirName)) })
+
+	for _, tc := range []struct {
+		name, dir, reason string
+	}{
+		{"ext4", filepath.Join(testenv.FileSystem(t, testenv.Ext4), "volumes"), "(ext4) has no reflinks"},
+		{"tmpfs", filepath.Join(tmpfs, "volumes"), "(tmpfs) has no reflinks"},
+		{"cross-filesystem", crossDir, "are on different file systems"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			b, err := NewFileBackend(tc.dir)
+			require.NoError(t, err)
+			ok, reason := b.CloneSupport()
+			require.False(t, ok)
+			require.Contains(t, reason, tc.reason)
+			_, err = b.PrepareGolden(ctx, "ab", 1<<20)
+			require.ErrorIs(t, err, ErrCloneUnsupported)
+			_, err = b.Clone(ctx, Golden{Key: "ab"}, "vm-1", 1<<20)
+			require.ErrorIs(t, err, ErrCloneUnsupported)
+			vol, err := b.Create(ctx, "vm-1", 1<<20)
+			require.NoError(t, err, "volumes are still made, to be converted into")
+			require.FileExists(t, vol.Path)
+			leftovers, _ := filepath.Glob(filepath.Join(tc.dir, ".probe-*"))
+			require.Empty(t, leftovers)
+		})
+	}
+	_, err := os.Stat(filepath.Join(tmpfs, "volumes", goldenDirName))
+	require.ErrorIs(t, err, os.ErrNotExist, "a golden directory made for nothing is removed again")
+
+	off, err := NewFileBackendWithoutClones(filepath.Join(xfs, "off"))
+	require.NoError(t, err)
+	ok, reason := off.CloneSupport()
+	require.False(t, ok)
+	require.Contains(t, reason, "PROVISIONER_CLONES=off")
+}
+
+func runCmd(name string, args ...string) error {
+	out, err := osexec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("%s %v: %w: %s", name, args, err, out)
+	}
+	return nil
+}

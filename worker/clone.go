@@ -1,0 +1,177 @@
+package worker
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/libvirt-volume-provisioner/provisioner/kvstate"
+	"github.com/libvirt-volume-provisioner/provisioner/messaging"
+	"github.com/libvirt-volume-provisioner/provisioner/pipeline"
+)
+
+// GoldenCache is the part of the image cache that keeps each image's golden
+// (pipeline.Cache).
+type GoldenCache interface {
+	LockGolden(ctx context.Context, key string) (func(), error)
+	Golden(ctx context.Context, key string) (pipeline.Golden, bool, error)
+	AttachGolden(ctx context.Context, g pipeline.Golden) (kvstate.Golden, error)
+	VerifyGolden(ctx context.Context, g pipeline.Golden) error
+}
+
+// cloneParts are the backend's clones and the cache's goldens.
+type cloneParts struct {
+	backend pipeline.Cloner
+	cache   GoldenCache
+}
+
+// clones returns the clone parts when the backend can clone here and the
+// cache keeps goldens.
+func (w *Worker) clones() (cloneParts, bool) {
+	cl, ok := w.parts.Backend.(pipeline.Cloner)
+	if !ok {
+		return cloneParts{}, false
+	}
+	if ok, _ := cl.CloneSupport(); !ok {
+		return cloneParts{}, false
+	}
+	gc, ok := w.parts.Cache.(GoldenCache)
+	return cloneParts{backend: cl, cache: gc}, ok
+}
+
+// provisionByClone makes the job's volume a clone of the image's golden,
+// making the golden first when there is none: the first job of an image
+// converts it once into the golden, every later one only clones. An
+// existing volume (vol, exists) is replaced whole by a fresh clone; a new
+// one is created by the clone.
+func (w *Worker) provisionByClone(ctx context.Context, rep *reporter, rec kvstate.Job, m messaging.Job, ji *jobImage, c cloneParts, vol pipeline.Volume, exists bool, res result) (result, error) {
+	want := m.VolumeSizeBytes()
+	if exists {
+		want = vol.Size
+	}
+	if err := ji.img.CheckFits(want); err != nil {
+		return res, err
+	}
+	unlock, err := c.cache.LockGolden(ctx, ji.key)
+	if err != nil {
+		return res, err
+	}
+	defer unlock()
+	g, made, err := w.golden(ctx, rep, m, ji, c)
+	if err != nil {
+		return res, err
+	}
+	res.imagePath, res.checksum = ji.path, ji.checksum
+	trace.SpanFromContext(ctx).SetAttributes(attribute.Bool("cloned", true), attribute.Bool("golden_made", made))
+	rep.progress(pipeline.StagePopulate, 0, ji.img.VirtualSize)
+	if exists {
+		// Reclone renames a whole clone over the volume: the old content
+		// stays until then, so a failure leaves it as it was.
+		vol, err = c.backend.Reclone(ctx, g, vol)
+	} else {
+		if err := rep.markVolumeCreated(ctx); err != nil {
+			return res, err
+		}
+		vol, err = c.backend.Clone(ctx, g, m.VolumeName, want)
+		res.created = err == nil
+	}
+	if err != nil {
+		return res, fmt.Errorf("clone volume %q from the image's golden: %w", m.VolumeName, err)
+	}
+	res.volumePath, res.volumeSize, res.cloned = vol.Path, vol.Size, true
+	rep.progress(pipeline.StagePopulate, ji.img.VirtualSize, ji.img.VirtualSize)
+	rep.log.WithField("golden", g.Path).WithField("golden_made", made).Info("volume cloned from the image's golden")
+	rep.progress(pipeline.StageFinalize, 0, 0)
+	if r, ok := w.parts.Backend.(pipeline.Refresher); ok {
+		if err := r.Refresh(ctx); err != nil {
+			return res, fmt.Errorf("refresh the volume's pool: %w", err)
+		}
+	}
+	return res, nil
+}
+
+// golden returns the image's golden, making it when there is none (made).
+// A golden found is trusted as sealed (read-only, immutable where possible,
+// unchanged since: its inode's ctime) unless the job asks for a full
+// verification: then the cached image's digest and the golden's are both
+// checked first, and a golden that fails is made again.
+func (w *Worker) golden(ctx context.Context, rep *reporter, m messaging.Job, ji *jobImage, c cloneParts) (g pipeline.Golden, made bool, err error) {
+	g, ok, err := c.cache.Golden(ctx, ji.key)
+	if err != nil {
+		return g, false, err
+	}
+	if ok && m.Verify == messaging.VerifyFull {
+		rep.progress(pipeline.StageVerify, 0, 0)
+		if err := ji.verify(ctx); err != nil {
+			return g, false, fmt.Errorf("verify the cached image: %w", err)
+		}
+		if err := c.cache.VerifyGolden(ctx, g); errors.Is(err, pipeline.ErrGoldenCorrupt) {
+			rep.log.WithError(err).Warn("the image's golden failed its verification; making it again")
+			ok = false
+		} else if err != nil {
+			return g, false, fmt.Errorf("verify the image's golden: %w", err)
+		}
+	}
+	if ok {
+		return g, false, nil
+	}
+	g, err = w.makeGolden(ctx, rep, ji, c)
+	return g, err == nil, err
+}
+
+// makeGolden converts the image into a new golden (streaming a download
+// still arriving: the golden is the job's own), and seals it and records it
+// on the cache entry only once the image verified.
+func (w *Worker) makeGolden(ctx context.Context, rep *reporter, ji *jobImage, c cloneParts) (g pipeline.Golden, err error) {
+	prep, err := c.backend.PrepareGolden(ctx, ji.key, ji.img.VirtualSize)
+	if err != nil {
+		return g, fmt.Errorf("make the image's golden: %w", err)
+	}
+	defer func() {
+		if err != nil {
+			_ = c.backend.RemoveGolden(context.WithoutCancel(ctx), ji.key)
+		}
+	}()
+	stream := ji.part != nil
+	if stream {
+		rep.log.Info("converting the image into its golden while it downloads; it is kept only once its digest verified")
+	}
+	rep.progress(pipeline.StagePopulate, 0, ji.img.VirtualSize)
+	if err := w.populate(ctx, rep, ji, prep, stream); err != nil {
+		return g, err
+	}
+	ji.part = nil // committed and verified
+	g, err = c.backend.SealGolden(ctx, ji.key, prep)
+	if err != nil {
+		return g, fmt.Errorf("seal the image's golden: %w", err)
+	}
+	if _, err := c.cache.AttachGolden(ctx, g); err != nil {
+		return g, err
+	}
+	rep.log.WithField("golden", g.Path).WithField("immutable", g.Immutable).Info("made the image's golden")
+	return g, nil
+}
+
+// prewarmGolden is a cache fetch job's last stage where volumes are clones:
+// it makes the image's golden too, so the next job of the image only
+// clones. An image that has one is verified as any cache fetch's.
+func (w *Worker) prewarmGolden(ctx context.Context, rep *reporter, ji *jobImage, c cloneParts) error {
+	unlock, err := c.cache.LockGolden(ctx, ji.key)
+	if err != nil {
+		return err
+	}
+	defer unlock()
+	if _, ok, err := c.cache.Golden(ctx, ji.key); err != nil {
+		return err
+	} else if ok {
+		if err := ji.verify(ctx); err != nil {
+			return fmt.Errorf("verify the cached image: %w", err)
+		}
+		return nil
+	}
+	_, err = w.makeGolden(ctx, rep, ji, c)
+	return err
+}
