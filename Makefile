@@ -15,11 +15,11 @@ export GOFLAGS := $(GOFLAGS) -tags=$(GO_TAGS)
 
 all: build
 
-## build: compile bin/api and bin/worker
+## build: compile bin/api, bin/worker and bin/provisionerctl
 build:
 	@if echo "$(GO_TAGS)" | grep -qw libdeflate && ! echo '#include <libdeflate.h>' | $${CC:-cc} -E -x c - >/dev/null 2>&1; then \
 		echo "libdeflate.h not found: run make deps (installs Debian's libdeflate-dev), or build without it: make build GO_TAGS=" >&2; exit 1; fi
-	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/ ./cmd/api ./cmd/worker ./cmd/provisioner-nats
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/ ./cmd/api ./cmd/worker ./cmd/provisioner-nats ./cmd/provisionerctl
 
 ## deps: install what the tests and the demo need (Debian packages, MinIO server)
 deps:
@@ -47,7 +47,7 @@ e2e-lvm:
 
 ## unit: the tests that need nothing but Go
 unit:
-	$(GO) test -count=1 ./messaging/... ./kvstate/... ./config/... ./api/...
+	$(GO) test -count=1 ./messaging/... ./kvstate/... ./config/... ./api/... ./client/...
 
 ## bench: Go microbenchmarks, then the side-by-side harness (root; several minutes; writes BENCHMARKS.md)
 bench: deps build

@@ -9,41 +9,14 @@ import (
 	"regexp"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/gorilla/mux"
 	"github.com/nats-io/nats.go"
 
 	"github.com/libvirt-volume-provisioner/provisioner/kvstate"
 	"github.com/libvirt-volume-provisioner/provisioner/messaging"
+	"github.com/libvirt-volume-provisioner/provisioner/rest"
 )
-
-// cachedImage is one image in GET /api/v1/cache/images.
-type cachedImage struct {
-	Path     string        `json:"path"`
-	Size     int64         `json:"size"`
-	Checksum string        `json:"checksum"`
-	Golden   *cachedGolden `json:"golden,omitempty"`
-}
-
-// cachedGolden is an image's golden: its disk as a read-only raw file from
-// which volumes are cloned.
-type cachedGolden struct {
-	Path           string    `json:"path"`
-	Size           int64     `json:"size"`
-	AllocatedBytes int64     `json:"allocated_bytes"`
-	Digest         string    `json:"digest"`
-	Immutable      bool      `json:"immutable"`
-	CreatedAt      time.Time `json:"created_at"`
-	VerifiedAt     time.Time `json:"verified_at"`
-}
-
-type cacheList struct {
-	Images []cachedImage `json:"images"`
-	Count  int           `json:"count"`
-	Offset int           `json:"offset"`
-	Limit  int           `json:"limit"`
-}
 
 // MaxPageLimit is the largest page GET /api/v1/cache/images returns.
 const MaxPageLimit = 1000
@@ -85,12 +58,12 @@ func (s *Server) listCache(w http.ResponseWriter, r *http.Request) {
 		s.failNATS(w, r, "list cache", err)
 		return
 	}
-	out := cacheList{Images: []cachedImage{}, Count: len(entries), Offset: offset, Limit: limit}
+	out := rest.CacheList{Images: []rest.CachedImage{}, Count: len(entries), Offset: offset, Limit: limit}
 	for i := offset; i < len(entries) && i < offset+limit; i++ {
 		e := entries[i]
-		img := cachedImage{Path: e.Path, Size: e.Size, Checksum: e.Checksum}
+		img := rest.CachedImage{Path: e.Path, Size: e.Size, Checksum: e.Checksum}
 		if g := e.Golden; g != nil {
-			img.Golden = &cachedGolden{Path: g.Path, Size: g.Size, AllocatedBytes: g.AllocatedBytes, Digest: g.Digest,
+			img.Golden = &rest.CachedGolden{Path: g.Path, Size: g.Size, AllocatedBytes: g.AllocatedBytes, Digest: g.Digest,
 				Immutable: g.Immutable, CreatedAt: g.CreatedAt, VerifiedAt: g.VerifiedAt}
 		}
 		out.Images = append(out.Images, img)
@@ -139,7 +112,7 @@ func (s *Server) deleteCachedImage(w http.ResponseWriter, r *http.Request) {
 	switch rep.Result {
 	case messaging.CacheDeleted:
 		s.log.WithFields(map[string]any{"host": host, "key": key, "caller": identity(r).Name, "request_id": requestID(r)}).Info("cached image removed")
-		writeJSON(w, http.StatusOK, map[string]string{"status": "deleted", "checksum": key, "hypervisor": host})
+		writeJSON(w, http.StatusOK, rest.CacheDeleted{Status: "deleted", Checksum: key, Hypervisor: host})
 	case messaging.CacheNotFound:
 		writeError(w, http.StatusNotFound, "image not found", fmt.Sprintf("image %s is not in the cache of hypervisor %q", key, host))
 	case messaging.CacheInUse:

@@ -1,13 +1,15 @@
 package api
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"net/http"
 
-	"context"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/libvirt-volume-provisioner/provisioner/rest"
 )
 
 // Error categories of the API's error body.
@@ -20,13 +22,6 @@ const (
 	catInternal    = "internal error"
 )
 
-// errorBody is the API's error format.
-type errorBody struct {
-	Error   string `json:"error"`
-	Message string `json:"message"`
-	Code    int    `json:"code"`
-}
-
 func writeJSON(w http.ResponseWriter, code int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(code)
@@ -35,7 +30,7 @@ func writeJSON(w http.ResponseWriter, code int, v any) {
 }
 
 func writeError(w http.ResponseWriter, code int, category, message string) {
-	writeJSON(w, code, errorBody{Error: category, Message: message, Code: code})
+	writeJSON(w, code, rest.Error{Error: category, Message: message, Code: code})
 }
 
 // natsDown reports whether err means NATS could not be reached in time.

@@ -11,7 +11,7 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/libvirt-volume-provisioner/provisioner/kvstate"
-	"github.com/libvirt-volume-provisioner/provisioner/messaging"
+	"github.com/libvirt-volume-provisioner/provisioner/rest"
 )
 
 // defaultSSEKeepAlive is how often an idle event stream sends a comment
@@ -21,12 +21,16 @@ const defaultSSEKeepAlive = 15 * time.Second
 // jobEvents streams a job's progress as Server-Sent Events until the job
 // ends: one "progress" event per change of its record (the current state
 // first, so a job that already ended gets its final state at once). Each
-// event's id is the record's revision.
+// event's id is the record's revision; a client that reconnects with
+// Last-Event-ID gets only the changes after that revision (the current
+// state too when it is newer).
 func (s *Server) jobEvents(w http.ResponseWriter, r *http.Request) {
 	rec, ok := s.jobOf(w, r)
 	if !ok {
 		return
 	}
+	// An id that is not a revision is ignored: the stream starts over.
+	after, _ := strconv.ParseUint(r.Header.Get("Last-Event-ID"), 10, 64)
 	watcher, err := s.jobs.Watch(r.Context(), rec.Hypervisor, rec.JobID)
 	if err != nil {
 		s.failNATS(w, r, "watch job", err)
@@ -60,7 +64,13 @@ func (s *Server) jobEvents(w http.ResponseWriter, r *http.Request) {
 			if err != nil {
 				continue
 			}
-			data, _ := json.Marshal(EventOf(j))
+			if e.Revision() <= after {
+				if j.Status.Terminal() {
+					return
+				}
+				continue
+			}
+			data, _ := json.Marshal(rest.EventOf(j))
 			if stream.send(fmt.Sprintf("id: %s\nevent: progress\ndata: %s\n\n", strconv.FormatUint(e.Revision(), 10), data)) != nil {
 				return
 			}
@@ -108,14 +118,4 @@ func (st *eventStream) send(text string) error {
 		return err
 	}
 	return st.rc.Flush()
-}
-
-// EventOf is the progress event of a job record, the same payload workers
-// publish on the job's NATS event subject.
-func EventOf(j kvstate.Job) messaging.Event {
-	ev := messaging.Event{JobID: j.JobID, Host: j.Hypervisor, Status: string(j.Status), Attempt: j.Attempt, Error: j.Error, Time: j.UpdatedAt}
-	if j.Progress != nil {
-		ev.Stage, ev.Percent, ev.Bytes, ev.Total, ev.ETASec = j.Progress.Stage, j.Progress.Percent, j.Progress.BytesProcessed, j.Progress.BytesTotal, j.Progress.ETASec
-	}
-	return ev
 }

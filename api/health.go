@@ -6,17 +6,12 @@ import (
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/libvirt-volume-provisioner/provisioner/rest"
 )
 
 // Health is the body of /health, /healthz and /livez.
-type Health struct {
-	Status    string    `json:"status"`
-	Timestamp time.Time `json:"timestamp"`
-	Version   string    `json:"version"`
-	Uptime    string    `json:"uptime"`
-	// Checks says why the status is degraded.
-	Checks map[string]string `json:"checks,omitempty"`
-}
+type Health = rest.Health
 
 // health reports "healthy", or "degraded" when NATS is unreachable or no
 // worker is alive. It always answers 200: the process itself is live.

@@ -22,30 +22,9 @@ import (
 
 	"github.com/libvirt-volume-provisioner/provisioner/kvstate"
 	"github.com/libvirt-volume-provisioner/provisioner/messaging"
+	"github.com/libvirt-volume-provisioner/provisioner/rest"
 	"github.com/libvirt-volume-provisioner/provisioner/telemetry"
 )
-
-// jobRequest is the body of POST /api/v1/jobs.
-type jobRequest struct {
-	ImageURL      string `json:"image_url"`
-	VolumeName    string `json:"volume_name"`
-	VolumeSizeGB  *int64 `json:"volume_size_gb"`
-	ImageType     string `json:"image_type"`
-	CorrelationID string `json:"correlation_id"`
-	Hypervisor    string `json:"hypervisor"`
-	Verify        string `json:"verify"`
-}
-
-// fetchRequest is the body of POST /api/v1/cache/fetch.
-type fetchRequest struct {
-	ImageURL      string `json:"image_url"`
-	CorrelationID string `json:"correlation_id"`
-	Hypervisor    string `json:"hypervisor"`
-}
-
-type jobAccepted struct {
-	JobID string `json:"job_id"`
-}
 
 // decodeBody reads a capped JSON body strictly into dst; it answers the
 // request itself and returns false on any problem.
@@ -84,7 +63,7 @@ func joinMissing(missing []string) string {
 }
 
 func (s *Server) createJob(w http.ResponseWriter, r *http.Request) {
-	var req jobRequest
+	var req rest.JobRequest
 	if !s.decodeBody(w, r, &req) {
 		return
 	}
@@ -109,7 +88,7 @@ func (s *Server) createJob(w http.ResponseWriter, r *http.Request) {
 }
 
 func (s *Server) fetchCache(w http.ResponseWriter, r *http.Request) {
-	var req fetchRequest
+	var req rest.FetchRequest
 	if !s.decodeBody(w, r, &req) {
 		return
 	}
@@ -223,7 +202,7 @@ func (s *Server) accepted(ctx context.Context, w http.ResponseWriter, r *http.Re
 	s.log.WithFields(telemetry.LogFields(ctx)).WithFields(map[string]any{"job_id": m.JobID, "host": m.Hypervisor, "kind": m.Kind, "volume": m.VolumeName,
 		"request_id": requestID(r), "caller": m.Caller}).Info("job accepted")
 	w.Header().Set("Location", "/api/v1/jobs/"+m.JobID)
-	writeJSON(w, http.StatusAccepted, jobAccepted{JobID: m.JobID})
+	writeJSON(w, http.StatusAccepted, rest.Accepted{JobID: m.JobID})
 }
 
 // queue publishes m's job message (its job id as the message id, so a
@@ -307,7 +286,7 @@ func (s *Server) replay(ctx context.Context, w http.ResponseWriter, r *http.Requ
 		return
 	}
 	w.Header().Set("Location", "/api/v1/jobs/"+prior)
-	writeJSON(w, http.StatusAccepted, jobAccepted{JobID: prior})
+	writeJSON(w, http.StatusAccepted, rest.Accepted{JobID: prior})
 }
 
 // alreadyQueued reports the job stream's refusal of a second message for
@@ -438,11 +417,6 @@ func (s *Server) getJob(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-type cancelled struct {
-	Status string `json:"status"`
-	JobID  string `json:"job_id"`
-}
-
 func (s *Server) cancelJob(w http.ResponseWriter, r *http.Request) {
 	rec, ok := s.jobOf(w, r)
 	if !ok {
@@ -475,7 +449,7 @@ func (s *Server) cancelJob(w http.ResponseWriter, r *http.Request) {
 		s.releaseVolume(ctx, updated.Hypervisor, updated.VolumeName, jobID)
 	}
 	s.log.WithFields(telemetry.LogFields(ctx)).WithFields(map[string]any{"job_id": jobID, "host": updated.Hypervisor, "request_id": requestID(r), "caller": identity(r).Name}).Info("job cancelled")
-	writeJSON(w, http.StatusOK, cancelled{Status: string(kvstate.StatusCancelled), JobID: jobID})
+	writeJSON(w, http.StatusOK, rest.Cancelled{Status: string(kvstate.StatusCancelled), JobID: jobID})
 }
 
 // dropQueued removes a cancelled job's message from the queue, best effort:

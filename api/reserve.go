@@ -14,11 +14,12 @@ import (
 
 	"github.com/libvirt-volume-provisioner/provisioner/kvstate"
 	"github.com/libvirt-volume-provisioner/provisioner/messaging"
+	"github.com/libvirt-volume-provisioner/provisioner/rest"
 )
 
 // HeaderIdempotencyKey makes a submission safe to retry: the same key (per
 // caller) with the same body returns the same job.
-const HeaderIdempotencyKey = "Idempotency-Key"
+const HeaderIdempotencyKey = rest.HeaderIdempotencyKey
 
 // reservationTTL bounds how long a volume stays reserved for a job that
 // never starts; a job that ended frees it at once.

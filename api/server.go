@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/gorilla/mux"
@@ -90,12 +91,16 @@ type Server struct {
 	router                  *mux.Router
 	tracer                  trace.Tracer
 	allowed                 guard
+	// index is the job bucket's view that RunFleetMetrics keeps (nil
+	// until it runs); the job list reads it.
+	index atomic.Pointer[fleetState]
 }
 
 type metrics struct {
 	registry *prometheus.Registry
 	requests *prometheus.CounterVec
 	jobs     *prometheus.CounterVec
+	fleet    *fleetMetrics
 }
 
 func newMetrics() *metrics {
@@ -109,6 +114,7 @@ func newMetrics() *metrics {
 		Help: "Jobs accepted by this API replica (status=started); workers export the jobs they ended (completed, failed, cancelled).",
 	}, []string{"status"})
 	m.jobs.WithLabelValues("started")
+	m.fleet = newFleetMetrics(m.registry)
 	m.registry.MustRegister(m.requests, m.jobs, collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -162,9 +168,11 @@ func New(ctx context.Context, cfg Config, nc *nats.Conn, subjects messaging.Subj
 func (s *Server) routes() {
 	r := mux.NewRouter()
 	r.HandleFunc("/api/v1/jobs", s.createJob).Methods(http.MethodPost)
+	r.HandleFunc("/api/v1/jobs", s.listJobs).Methods(http.MethodGet)
 	r.HandleFunc("/api/v1/jobs/{job_id}", s.getJob).Methods(http.MethodGet)
 	r.HandleFunc("/api/v1/jobs/{job_id}/cancel", s.cancelJob).Methods(http.MethodPost)
 	r.HandleFunc("/api/v1/jobs/{job_id}/events", s.jobEvents).Methods(http.MethodGet)
+	r.HandleFunc("/api/v1/hosts", s.listHosts).Methods(http.MethodGet)
 	r.HandleFunc("/api/v1/cache/images", s.listCache).Methods(http.MethodGet)
 	r.HandleFunc("/api/v1/cache/fetch", s.fetchCache).Methods(http.MethodPost)
 	r.HandleFunc("/api/v1/cache/images/{checksum}", s.deleteCachedImage).Methods(http.MethodDelete)

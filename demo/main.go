@@ -1,26 +1,23 @@
 // Command demo shows the provisioner end to end on one machine: it builds a
 // realistic QCOW2 (an ext4 filesystem holding the Go source tree, zlib
 // compressed), uploads it with its .sha256 to MinIO, provisions a volume
-// through the REST API while printing progress, provisions a second one from
+// with provisionerctl (a live progress bar on a terminal), provisions a second one from
 // the cache, and checks both against the image with qemu-img compare.
 // demo/run.sh starts the services it talks to.
 package main
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
 	"strings"
-	"time"
 
 	"github.com/minio/minio-go/v7"
 	"github.com/minio/minio-go/v7/pkg/credentials"
@@ -44,6 +41,7 @@ func run(ctx context.Context) error {
 	api := env("API_URL", "http://127.0.0.1:8080")
 	varDir := env("VAR", "var")
 	endpoint := env("MINIO_ENDPOINT", "127.0.0.1:9000")
+	ctl := env("PROVISIONERCTL", "bin/provisionerctl")
 	work := filepath.Join(varDir, "demo")
 	if err := os.MkdirAll(work, 0o755); err != nil {
 		return err
@@ -60,8 +58,8 @@ func run(ctx context.Context) error {
 
 	var vols []string
 	for i, name := range []string{"demo-vm-1", "demo-vm-2"} {
-		fmt.Printf("\n== job %d: POST /api/v1/jobs {volume_name: %q, volume_size_gb: 2}\n", i+1, name)
-		rec, err := provision(api, url, name)
+		fmt.Printf("\n== job %d: %s\n", i+1, name)
+		rec, err := provision(ctl, api, url, name)
 		if err != nil {
 			return err
 		}
@@ -77,7 +75,7 @@ func run(ctx context.Context) error {
 			return fmt.Errorf("volume %s differs from the image", v)
 		}
 	}
-	fmt.Printf("\nThe volumes are raw disks in %s. Cached images: curl %s/api/v1/cache/images\n", filepath.Dir(vols[0]), api)
+	fmt.Printf("\nThe volumes are raw disks in %s. Cached images: bin/provisionerctl cache ls (or curl %s/api/v1/cache/images)\n", filepath.Dir(vols[0]), api)
 	fmt.Println("To keep the services running and try the REST API or the nats CLI yourself: make run (see README.md and subjects.md).")
 	return nil
 }
@@ -142,52 +140,19 @@ func upload(ctx context.Context, endpoint, path string) (string, error) {
 	return fmt.Sprintf("http://%s/%s/%s", endpoint, bucket, object), nil
 }
 
-// provision submits a job and prints its progress until it ends.
-func provision(api, url, volume string) (map[string]any, error) {
-	body, _ := json.Marshal(map[string]any{"image_url": url, "volume_name": volume, "volume_size_gb": 2})
-	resp, err := http.Post(api+"/api/v1/jobs", "application/json", bytes.NewReader(body))
+// provision runs provisionerctl submit --wait: a live progress bar on a
+// terminal, a line per stage otherwise; its JSON output is the final record.
+func provision(ctl, api, url, volume string) (map[string]any, error) {
+	fmt.Printf("   $ provisionerctl submit --image %s --volume %s --size 2 --wait\n", url, volume)
+	cmd := exec.Command(ctl, "submit", "--server", api, "--image", url, "--volume", volume, "--size", "2", "--wait", "-o", "json")
+	cmd.Stdin, cmd.Stderr = os.Stdin, os.Stderr
+	out, err := cmd.Output()
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("provisionerctl submit %s: %w", volume, err)
 	}
-	data, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusAccepted {
-		return nil, fmt.Errorf("POST /api/v1/jobs: %s: %s", resp.Status, data)
+	var recs []map[string]any
+	if err := json.Unmarshal(out, &recs); err != nil || len(recs) != 1 {
+		return nil, fmt.Errorf("provisionerctl submit %s printed %q, not one job record", volume, out)
 	}
-	var acc struct {
-		JobID string `json:"job_id"`
-	}
-	if err := json.Unmarshal(data, &acc); err != nil {
-		return nil, err
-	}
-	fmt.Printf("   202 Accepted, job_id %s\n", acc.JobID)
-	last := ""
-	start := time.Now()
-	for {
-		resp, err := http.Get(api + "/api/v1/jobs/" + acc.JobID)
-		if err != nil {
-			return nil, err
-		}
-		var rec map[string]any
-		err = json.NewDecoder(resp.Body).Decode(&rec)
-		resp.Body.Close()
-		if err != nil {
-			return nil, err
-		}
-		line := fmt.Sprint(rec["status"])
-		if p, ok := rec["progress"].(map[string]any); ok {
-			line = fmt.Sprintf("%-9s %-16v %3v%%  %.0f/%.0f bytes", rec["status"], p["stage"], p["percent"], p["bytes_processed"], p["bytes_total"])
-		}
-		if line != last {
-			fmt.Printf("   %6.2fs  %s\n", time.Since(start).Seconds(), line)
-			last = line
-		}
-		switch rec["status"] {
-		case "completed":
-			return rec, nil
-		case "failed", "cancelled":
-			return nil, fmt.Errorf("job %s %s: %v", acc.JobID, rec["status"], rec["error"])
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	return recs[0], nil
 }

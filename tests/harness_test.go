@@ -41,7 +41,7 @@ func runMain(m *testing.M) int {
 	}
 	defer os.RemoveAll(dir)
 	binDir = filepath.Join(dir, "bin")
-	build := exec.Command("go", "build", "-o", binDir+"/", "../cmd/api", "../cmd/worker", "../cmd/provisioner-nats")
+	build := exec.Command("go", "build", "-o", binDir+"/", "../cmd/api", "../cmd/worker", "../cmd/provisioner-nats", "../cmd/provisionerctl")
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "build binaries:", err)

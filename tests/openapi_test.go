@@ -311,6 +311,18 @@ func TestOpenAPI(t *testing.T) {
 	r = c.do(exchange{method: http.MethodPost, path: "/api/v1/jobs/" + id + "/cancel", status: 400})
 	require.Equal(t, "failed to cancel job", r.json(t)["error"])
 
+	// The job list.
+	require.Eventually(t, func() bool {
+		r := c.do(exchange{method: http.MethodGet, path: "/api/v1/jobs?hypervisor=h1&status=completed,cancelled&limit=5", status: 200})
+		return r.json(t)["count"].(float64) > 0
+	}, 10*time.Second, 100*time.Millisecond)
+	c.do(exchange{method: http.MethodGet, path: "/api/v1/jobs", status: 200})
+	c.do(exchange{method: http.MethodGet, path: "/api/v1/jobs?status=done", status: 400, badRequest: true})
+
+	// The host registry.
+	r = c.do(exchange{method: http.MethodGet, path: "/api/v1/hosts", status: 200})
+	require.Equal(t, "h1", r.json(t)["hosts"].([]any)[0].(map[string]any)["host"])
+
 	// The cache, and a prewarm job.
 	r = c.do(exchange{method: http.MethodGet, path: "/api/v1/cache/images?hypervisor=h1&offset=0&limit=10", status: 200})
 	require.EqualValues(t, 1, r.json(t)["count"])
@@ -486,7 +498,7 @@ func TestOpenAPI(t *testing.T) {
 	c.do(exchange{method: http.MethodGet, path: "/api/v1/nothing", status: 404})
 	c.do(exchange{method: http.MethodGet, path: "/api/v1/jobs/", status: 404})
 	c.do(exchange{method: http.MethodDelete, path: "/api/v1/jobs", status: 405})
-	c.do(exchange{method: http.MethodGet, path: "/api/v1/jobs", status: 405})
+	c.do(exchange{method: http.MethodPatch, path: "/api/v1/jobs", status: 405})
 	c.do(exchange{method: http.MethodPut, path: "/health", status: 405})
 	c.do(exchange{method: http.MethodPost, path: "/api/v1/openapi.yaml", status: 405})
 
@@ -527,6 +539,8 @@ func TestOpenAPINATSUnreachable(t *testing.T) {
 		{method: http.MethodPost, path: "/api/v1/jobs/" + id + "/cancel"},
 		{method: http.MethodGet, path: "/api/v1/jobs/" + id + "/events"},
 		{method: http.MethodGet, path: "/api/v1/cache/images"},
+		{method: http.MethodGet, path: "/api/v1/hosts"},
+		{method: http.MethodGet, path: "/api/v1/jobs"},
 		{method: http.MethodDelete, path: "/api/v1/cache/images/" + strings.Repeat("ab", 32)},
 		{method: http.MethodGet, path: "/readyz"},
 	} {

@@ -59,6 +59,8 @@ func run(args []string) error {
 	endpoints := c.String("PROVISIONER_IMAGE_ENDPOINTS", os.Getenv("MINIO_ENDPOINT"), "object store endpoints (host:port, comma-separated) image URLs may name; defaults to $MINIO_ENDPOINT; empty allows any")
 	buckets := c.String("PROVISIONER_IMAGE_BUCKETS", "", "buckets (or bucket/prefix), comma-separated, image URLs may name; empty allows any")
 	logLevel := c.String("PROVISIONER_LOG_LEVEL", "info", "log level: debug, info, warn, error")
+	fleetInterval := c.Duration("PROVISIONER_FLEET_METRICS_INTERVAL", 15*time.Second, "how often the fleet metrics read the hosts' queues (consumer info) and judge hosts alive")
+	fleetTop := c.Int("PROVISIONER_FLEET_TOP_HOSTS", 50, "hosts with the longest queues that get a per-host queued-jobs series on /metrics (0: none)")
 	sec := securityFlags(c)
 	httpCfg := httpFlags(c)
 	natsCfg := config.NATSFlags(c)
@@ -152,6 +154,9 @@ func run(args []string) error {
 	}
 	defer stopWorkers()
 	go srv.SweepSettled(ctx, api.SweepEvery)
+	if err := srv.RunFleetMetrics(ctx, api.FleetOptions{Interval: *fleetInterval, TopHosts: *fleetTop, JobRetention: *jobRetention}); err != nil {
+		return fmt.Errorf("start the fleet metrics: %w", err)
+	}
 	ln, err := net.Listen("tcp", *httpAddr)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", *httpAddr, err)
