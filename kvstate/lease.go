@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/google/uuid"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/libvirt-volume-provisioner/provisioner/messaging"
@@ -16,6 +17,10 @@ import (
 type Lease struct {
 	JobID   string    `json:"job_id"`
 	Expires time.Time `json:"expires"`
+	// Holder names one acquisition (a later attempt of the same job takes
+	// the lease over with another), so a renewal can tell its own write,
+	// whose answer was lost, from a take-over.
+	Holder string `json:"holder,omitempty"`
 }
 
 // ErrLeaseHeld: another job holds the volume's lease.
@@ -49,6 +54,7 @@ type HeldLease struct {
 	leases Leases
 	key    string
 	jobID  string
+	holder string
 	rev    uint64
 }
 
@@ -56,7 +62,8 @@ type HeldLease struct {
 // same job (an earlier attempt) or an expired one is taken over.
 func (l Leases) Acquire(ctx context.Context, host, volume, jobID string, ttl time.Duration) (*HeldLease, error) {
 	key := messaging.VolumeKey(host, volume)
-	data, _ := json.Marshal(Lease{JobID: jobID, Expires: time.Now().Add(ttl).UTC()})
+	holder := uuid.NewString()
+	data, _ := json.Marshal(Lease{JobID: jobID, Expires: time.Now().Add(ttl).UTC(), Holder: holder})
 	for range 10 {
 		e, err := l.KV.Get(ctx, key)
 		if errors.Is(err, jetstream.ErrKeyNotFound) {
@@ -67,7 +74,7 @@ func (l Leases) Acquire(ctx context.Context, host, volume, jobID string, ttl tim
 			if err != nil {
 				return nil, fmt.Errorf("take lease of volume %s: %w", volume, err)
 			}
-			return &HeldLease{leases: l, key: key, jobID: jobID, rev: rev}, nil
+			return &HeldLease{leases: l, key: key, jobID: jobID, holder: holder, rev: rev}, nil
 		}
 		if err != nil {
 			return nil, fmt.Errorf("read lease of volume %s: %w", volume, err)
@@ -91,7 +98,7 @@ func (l Leases) Acquire(ctx context.Context, host, volume, jobID string, ttl tim
 		if err != nil {
 			return nil, fmt.Errorf("take lease of volume %s: %w", volume, err)
 		}
-		return &HeldLease{leases: l, key: key, jobID: jobID, rev: rev}, nil
+		return &HeldLease{leases: l, key: key, jobID: jobID, holder: holder, rev: rev}, nil
 	}
 	return nil, fmt.Errorf("take lease of volume %s: too many concurrent changes", volume)
 }
@@ -103,10 +110,20 @@ var ErrLeaseLost = errors.New("volume lease was taken over")
 // Renew extends the lease by ttl from now; ErrLeaseLost if it is no longer
 // this holder's.
 func (h *HeldLease) Renew(ctx context.Context, ttl time.Duration) error {
-	data, _ := json.Marshal(Lease{JobID: h.jobID, Expires: time.Now().Add(ttl).UTC()})
+	data, _ := json.Marshal(Lease{JobID: h.jobID, Expires: time.Now().Add(ttl).UTC(), Holder: h.holder})
 	rev, err := h.leases.KV.Update(ctx, h.key, data, h.rev)
 	if isRevisionMismatch(err) {
-		return fmt.Errorf("renew lease %s: %w", h.key, ErrLeaseLost)
+		// A renewal whose answer was lost (an election) landed, and its
+		// retry named the old revision: the lease is still this holder's.
+		e, gerr := h.leases.KV.Get(ctx, h.key)
+		var cur Lease
+		if gerr != nil || json.Unmarshal(e.Value(), &cur) != nil || cur.JobID != h.jobID || cur.Holder != h.holder {
+			return fmt.Errorf("renew lease %s: %w", h.key, ErrLeaseLost)
+		}
+		rev, err = h.leases.KV.Update(ctx, h.key, data, e.Revision())
+		if isRevisionMismatch(err) {
+			return fmt.Errorf("renew lease %s: %w", h.key, ErrLeaseLost)
+		}
 	}
 	if err != nil {
 		return fmt.Errorf("renew lease %s: %w", h.key, err)

@@ -144,3 +144,21 @@ func TestLeasesReleaseThenOtherJobAcquires(t *testing.T) {
 	require.NoError(t, json.Unmarshal(e.Value(), &l))
 	require.Equal(t, jobID2, l.JobID)
 }
+
+// A renewal whose first try landed but whose answer was lost (an election)
+// is retried with the old revision: the lease is still its holder's, so
+// the renewal succeeds instead of reporting a take-over.
+func TestLeaseRenewalAfterALostAnswer(t *testing.T) {
+	t.Parallel()
+	b := startBuckets(t)
+	ctx := testCtx(t)
+	leases := kvstate.Leases{KV: b.Volumes}
+	held, err := leases.Acquire(ctx, "hv-01", "vm-1", jobID1, time.Minute)
+	require.NoError(t, err)
+	e, err := b.Volumes.Get(ctx, "hv-01.vm-1")
+	require.NoError(t, err)
+	_, err = b.Volumes.Update(ctx, "hv-01.vm-1", e.Value(), e.Revision()) // the landed try
+	require.NoError(t, err)
+	require.NoError(t, held.Renew(ctx, time.Minute))
+	require.NoError(t, held.Renew(ctx, time.Minute), "the handle follows the lease's revision")
+}
