@@ -43,10 +43,11 @@ type tally struct {
 	// effects: a conversion ran to its end (the volume was written).
 	effects    map[string]int
 	effectHost map[string]string
-	// startAt and effectAt are the times of every start and effect of a job.
-	startAt    map[string][]time.Time
-	effectAt   map[string][]time.Time
 	startTimes []time.Time
+	// writing counts the conversions of a job under way right now, and
+	// twoWriters the jobs that ever had two at once.
+	writing    map[string]int
+	twoWriters map[string]bool
 	completed  int
 	// maxPerHost is the most jobs seen running at once on one host.
 	maxPerHost int
@@ -67,8 +68,7 @@ func (t *tally) workerExit(host string, err error) {
 }
 
 func newTally() *tally {
-	return &tally{firstStart: map[string]time.Time{}, starts: map[string]int{}, effects: map[string]int{}, effectHost: map[string]string{},
-		startAt: map[string][]time.Time{}, effectAt: map[string][]time.Time{}}
+	return &tally{firstStart: map[string]time.Time{}, starts: map[string]int{}, effects: map[string]int{}, effectHost: map[string]string{}, writing: map[string]int{}, twoWriters: map[string]bool{}}
 }
 
 func (t *tally) start(key string, now time.Time) {
@@ -78,7 +78,6 @@ func (t *tally) start(key string, now time.Time) {
 		t.firstStart[key] = now
 	}
 	t.starts[key]++
-	t.startAt[key] = append(t.startAt[key], now)
 	t.startTimes = append(t.startTimes, now)
 }
 
@@ -87,25 +86,32 @@ func (t *tally) effect(key, host string) {
 	defer t.mu.Unlock()
 	t.effects[key]++
 	t.effectHost[key] = host
-	t.effectAt[key] = append(t.effectAt[key], time.Now())
 	if t.effects[key] == 1 {
 		t.completed++
 	}
 }
 
-// overlapped reports whether a job started again while an earlier
-// execution had not yet had its effect (two writers of one volume at once),
-// rather than after it (a crash or a lost completion between the write and
-// its record). t.mu held.
-func (t *tally) overlapped(key string) bool {
-	starts, effects := t.startAt[key], t.effectAt[key]
-	for k := 0; k+1 < len(starts) && k < len(effects); k++ {
-		if starts[k+1].Before(effects[k]) {
-			return true
-		}
+// writeBegins and writeEnds bracket one conversion of a job (a writer of
+// its volume).
+func (t *tally) writeBegins(key string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.writing[key]++
+	if t.writing[key] > 1 {
+		t.twoWriters[key] = true
 	}
-	return false
 }
+
+func (t *tally) writeEnds(key string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.writing[key]--
+}
+
+// overlapped reports whether two conversions of a job ran at once (two
+// writers of one volume), rather than one after the other (an attempt
+// stopped or lost between the write and its record). t.mu held.
+func (t *tally) overlapped(key string) bool { return t.twoWriters[key] }
 
 func (t *tally) concurrency(host string, n int) {
 	t.mu.Lock()
@@ -274,6 +280,8 @@ func (p *standInPipeline) Delete(_ context.Context, name string) error {
 // cancelled job or a killed process leaves no effect.
 func (p *standInPipeline) Convert(ctx context.Context, img pipeline.Image, _ string, vol pipeline.Volume, progress pipeline.ProgressFunc) error {
 	key := strings.TrimPrefix(vol.Name, volumePrefix)
+	p.host.tally.writeBegins(key)
+	defer p.host.tally.writeEnds(key)
 	end := time.Now().Add(p.host.sleep)
 	tick := time.NewTicker(250 * time.Millisecond)
 	defer tick.Stop()
