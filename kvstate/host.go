@@ -86,8 +86,12 @@ func (r Hosts) Renew(ctx context.Context, h Host, rev uint64) (uint64, error) {
 		// A renewal whose reply was lost (NATS restarted) moved the
 		// revision on: the entry is still this machine's.
 		cur, gerr := r.KV.Get(ctx, h.Name)
+		if gerr != nil {
+			// Not known to be taken over: the next renewal asks again.
+			return 0, fmt.Errorf("renew host %s: read it after a conflict: %w", h.Name, gerr)
+		}
 		var owner Host
-		if gerr == nil && json.Unmarshal(cur.Value(), &owner) == nil && owner.MachineID == h.MachineID {
+		if json.Unmarshal(cur.Value(), &owner) == nil && owner.MachineID == h.MachineID {
 			return r.KV.Update(ctx, h.Name, data, cur.Revision())
 		}
 		return 0, fmt.Errorf("%w: host %q was taken over", ErrHostClaimed, h.Name)

@@ -116,8 +116,11 @@ func (h *HeldLease) Renew(ctx context.Context, ttl time.Duration) error {
 		// A renewal whose answer was lost (an election) landed, and its
 		// retry named the old revision: the lease is still this holder's.
 		e, gerr := h.leases.KV.Get(ctx, h.key)
+		if gerr != nil {
+			return fmt.Errorf("renew lease %s: read it after a conflict: %w", h.key, gerr)
+		}
 		var cur Lease
-		if gerr != nil || json.Unmarshal(e.Value(), &cur) != nil || cur.JobID != h.jobID || cur.Holder != h.holder {
+		if json.Unmarshal(e.Value(), &cur) != nil || cur.JobID != h.jobID || cur.Holder != h.holder {
 			return fmt.Errorf("renew lease %s: %w", h.key, ErrLeaseLost)
 		}
 		rev, err = h.leases.KV.Update(ctx, h.key, data, e.Revision())
