@@ -56,3 +56,37 @@ func TestFleetJWT(t *testing.T) {
 	require.Zero(t, v.doubled, "jobs with more than one effect: %v", v.examples)
 	require.LessOrEqual(t, v.maxPerHost, 2, "jobs running at once on one host")
 }
+
+// TestFleetFaults runs the harness's other faults one after the other, each
+// on a small fleet of its own (20 simulated hypervisors, 120 jobs over REST
+// and NATS): a node of the cluster stopped (SIGSTOP) for 10 s, the job
+// stream leader killed as the load starts, 10% of the workers killed
+// mid-job, the whole fleet restarted at once, and one API replica killed
+// under load. In every case nothing may be lost or run twice and no host
+// may run more than two jobs at once.
+func TestFleetFaults(t *testing.T) {
+	t.Parallel()
+	if testing.Short() {
+		t.Skip("starts 3-node NATS clusters and two APIs")
+	}
+	for _, fault := range []string{faultStopNode, faultKillEarly, faultKillWorkers, faultRestartAll, faultKillAPI} {
+		t.Run(fault, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
+			defer cancel()
+			opt := options{hosts: 20, jobs: 120, rate: 40, duration: time.Second, fault: fault, stopFor: 10 * time.Second,
+				restartAfter: 5 * time.Second, ackWait: 30 * time.Second, restEvery: 2, settle: 75 * time.Second}
+			res, err := run(ctx, opt, t.Output())
+			require.NoError(t, err)
+			v := res.verdict
+			require.Equal(t, opt.jobs, v.accepted, "every offered job is accepted")
+			require.Zero(t, v.lost, "lost jobs: %v", v.examples)
+			require.Zero(t, v.doubled, "jobs with more than one effect: %v", v.examples)
+			require.LessOrEqual(t, v.maxPerHost, 2, "jobs running at once on one host")
+			require.NotEmpty(t, res.fault.desc, "the fault was injected")
+			if res.fault.node != "" {
+				require.NoError(t, res.fault.rejoinErr)
+				require.LessOrEqual(t, res.fault.rejoin, 30*time.Second, "the node is current again within 30 s")
+			}
+		})
+	}
+}
