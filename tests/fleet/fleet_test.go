@@ -8,6 +8,20 @@ import (
 	"github.com/stretchr/testify/require"
 )
 
+// runClean runs the harness and requires every offered job accepted,
+// nothing lost or run twice and at most two jobs at once per host.
+func runClean(ctx context.Context, t *testing.T, opt options) result {
+	t.Helper()
+	res, err := run(ctx, opt, t.Output())
+	require.NoError(t, err)
+	v := res.verdict
+	require.Equal(t, opt.jobs, v.accepted, "every offered job is accepted")
+	require.Zero(t, v.lost, "lost jobs: %v", v.examples)
+	require.Zero(t, v.doubled, "jobs with more than one effect: %v", v.examples)
+	require.LessOrEqual(t, v.maxPerHost, 2, "jobs running at once on one host")
+	return res
+}
+
 // TestFleetKillLeader is a small fleet (20 simulated hypervisors, 200 jobs
 // over REST and NATS) on a real 3-node cluster whose job stream leader is
 // killed with 40% of the jobs done and restarted 5 s later: nothing may be
@@ -22,13 +36,7 @@ func TestFleetKillLeader(t *testing.T) {
 	defer cancel()
 	opt := options{hosts: 20, jobs: 200, rate: 50, duration: time.Second, fault: faultKillLeader,
 		restartAfter: 5 * time.Second, ackWait: 30 * time.Second, restEvery: 2, settle: 60 * time.Second}
-	res, err := run(ctx, opt, t.Output())
-	require.NoError(t, err)
-	v := res.verdict
-	require.Equal(t, opt.jobs, v.accepted, "every offered job is accepted")
-	require.Zero(t, v.lost, "lost jobs: %v", v.examples)
-	require.Zero(t, v.doubled, "jobs with more than one effect: %v", v.examples)
-	require.LessOrEqual(t, v.maxPerHost, 2, "jobs running at once on one host")
+	res := runClean(ctx, t, opt)
 	require.NotEmpty(t, res.fault.node, "the job stream leader was killed")
 	require.NoError(t, res.fault.rejoinErr)
 	require.LessOrEqual(t, res.fault.rejoin, 30*time.Second, "the restarted node is current again within 30 s")
@@ -48,13 +56,7 @@ func TestFleetJWT(t *testing.T) {
 	defer cancel()
 	opt := options{hosts: 20, jobs: 100, rate: 50, duration: 500 * time.Millisecond, fault: faultNone,
 		ackWait: 30 * time.Second, restEvery: 2, settle: 60 * time.Second, jwt: true}
-	res, err := run(ctx, opt, t.Output())
-	require.NoError(t, err)
-	v := res.verdict
-	require.Equal(t, opt.jobs, v.accepted, "every offered job is accepted")
-	require.Zero(t, v.lost, "lost jobs: %v", v.examples)
-	require.Zero(t, v.doubled, "jobs with more than one effect: %v", v.examples)
-	require.LessOrEqual(t, v.maxPerHost, 2, "jobs running at once on one host")
+	runClean(ctx, t, opt)
 }
 
 // TestFleetFaults runs the harness's other faults one after the other, each
@@ -75,13 +77,7 @@ func TestFleetFaults(t *testing.T) {
 			defer cancel()
 			opt := options{hosts: 20, jobs: 120, rate: 40, duration: time.Second, fault: fault, stopFor: 10 * time.Second,
 				restartAfter: 5 * time.Second, ackWait: 30 * time.Second, restEvery: 2, settle: 75 * time.Second}
-			res, err := run(ctx, opt, t.Output())
-			require.NoError(t, err)
-			v := res.verdict
-			require.Equal(t, opt.jobs, v.accepted, "every offered job is accepted")
-			require.Zero(t, v.lost, "lost jobs: %v", v.examples)
-			require.Zero(t, v.doubled, "jobs with more than one effect: %v", v.examples)
-			require.LessOrEqual(t, v.maxPerHost, 2, "jobs running at once on one host")
+			res := runClean(ctx, t, opt)
 			require.NotEmpty(t, res.fault.desc, "the fault was injected")
 			if res.fault.node != "" {
 				require.NoError(t, res.fault.rejoinErr)
