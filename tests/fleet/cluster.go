@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -44,8 +45,12 @@ type cluster struct {
 	nodes []*node
 }
 
-// freePorts returns n TCP ports free on loopback now.
+// freePorts returns n TCP ports free on loopback now, none of them one this
+// process handed out before (the kernel may give a closed port out again,
+// and fleets of several tests run in one process).
 func freePorts(n int) ([]int, error) {
+	portsMu.Lock()
+	defer portsMu.Unlock()
 	var ports []int
 	var lns []net.Listener
 	defer func() {
@@ -53,16 +58,26 @@ func freePorts(n int) ([]int, error) {
 			ln.Close()
 		}
 	}()
-	for range n {
+	for tries := 0; len(ports) < n; tries++ {
 		ln, err := net.Listen("tcp", "127.0.0.1:0")
 		if err != nil {
 			return nil, fmt.Errorf("find a free port: %w", err)
 		}
 		lns = append(lns, ln)
-		ports = append(ports, ln.Addr().(*net.TCPAddr).Port)
+		if port := ln.Addr().(*net.TCPAddr).Port; !portsGiven[port] {
+			portsGiven[port] = true
+			ports = append(ports, port)
+		} else if tries > 100*n {
+			return nil, fmt.Errorf("find a free port: every port offered was handed out already")
+		}
 	}
 	return ports, nil
 }
+
+var (
+	portsMu    sync.Mutex
+	portsGiven = map[int]bool{}
+)
 
 // nodeConfig derives node i's configuration from the project's own
 // deploy/nats/cluster/node-<i>.conf: the same server name, cluster name,
