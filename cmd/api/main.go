@@ -23,6 +23,7 @@ import (
 	"github.com/libvirt-volume-provisioner/provisioner/embedded"
 	"github.com/libvirt-volume-provisioner/provisioner/internal/logging"
 	"github.com/libvirt-volume-provisioner/provisioner/internal/version"
+	"github.com/libvirt-volume-provisioner/provisioner/kvstate"
 	"github.com/libvirt-volume-provisioner/provisioner/messaging"
 	"github.com/libvirt-volume-provisioner/provisioner/natsconn"
 	"github.com/libvirt-volume-provisioner/provisioner/telemetry"
@@ -185,6 +186,9 @@ func run(args []string) error {
 	return hs.Shutdown(shutCtx)
 }
 
+// jsErrNoSuitablePeers is JetStream's "no suitable peers for placement".
+const jsErrNoSuitablePeers = 10005
+
 // setupWithRetry creates the streams and buckets, waiting for NATS to be
 // reachable (a cluster may still be starting).
 func setupWithRetry(ctx context.Context, js jetstream.JetStream, s messaging.Subjects, l messaging.Limits, log *logrus.Logger) error {
@@ -199,10 +203,12 @@ func setupWithRetry(ctx context.Context, js jetstream.JetStream, s messaging.Sub
 			return fmt.Errorf("set up streams and buckets: %w", err)
 		}
 		var apiErr *jetstream.APIError
-		if errors.As(err, &apiErr) {
+		// 10005, "no suitable peers for placement": a cluster whose nodes
+		// have not all seen each other yet (it is starting); retried.
+		if errors.As(err, &apiErr) && apiErr.ErrorCode != jsErrNoSuitablePeers && !kvstate.Transient(err) {
 			return fmt.Errorf("set up streams and buckets: %w (they reserve %d MiB of JetStream storage)", err, messaging.ReservedBytes>>20)
 		}
-		log.WithError(err).Warn("cannot set up streams and buckets yet; retrying")
+		log.WithError(err).WithField("reserve_mib", messaging.ReservedBytes>>20).Warn("cannot set up streams and buckets yet (a cluster still forming, or too little JetStream storage on its nodes); retrying")
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("set up streams and buckets: %w", err)
