@@ -175,10 +175,12 @@ func (s *Server) submit(w http.ResponseWriter, r *http.Request, m messaging.Job)
 		case queued:
 			// The publish landed but its answer was lost (an election).
 			err = nil
-		case !known:
-			// It may have landed: keep the record, the reservation and
-			// the Idempotency-Key, so a retry with the key finishes this
-			// submission (replay) instead of starting a second job.
+		case !known || !refused(err):
+			// It may have landed, or still land (a publish in flight
+			// when its answer timed out is not yet on the leader): keep
+			// the record, the reservation and the Idempotency-Key, so a
+			// retry with the key finishes this submission (replay)
+			// instead of starting a second job on the same volume.
 			undo = nil
 			s.failNATS(w, r, "queue job (it may have been queued: retry with the same Idempotency-Key)", err)
 			return
@@ -287,6 +289,14 @@ func (s *Server) replay(ctx context.Context, w http.ResponseWriter, r *http.Requ
 	}
 	w.Header().Set("Location", "/api/v1/jobs/"+prior)
 	writeJSON(w, http.StatusAccepted, rest.Accepted{JobID: prior})
+}
+
+// refused reports a publish that certainly stored nothing: the stream
+// answered with an error, or nothing listened on the subject (nats.go
+// reports that as ErrNoStreamResponse once its retries are spent).
+func refused(err error) bool {
+	var apiErr *jetstream.APIError
+	return errors.As(err, &apiErr) || errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrNoStreamResponse)
 }
 
 // alreadyQueued reports the job stream's refusal of a second message for
