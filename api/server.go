@@ -66,7 +66,7 @@ type Config struct {
 	// MaxHosts is the fleet maximum the job stream was set up with (named
 	// in the error a host past it gets).
 	MaxHosts int
-	// Dispatch is the job stream's layout (messaging.Setup's; "" is
+	// Dispatch is the job stream's layout (messaging.Setup's; New makes ""
 	// messaging.DispatchLimits).
 	Dispatch messaging.Dispatch
 }
@@ -141,6 +141,9 @@ func New(ctx context.Context, cfg Config, nc *nats.Conn, subjects messaging.Subj
 	jobStream, err := js.Stream(ctx, messaging.JobStream)
 	if err != nil {
 		return nil, fmt.Errorf("bind stream %s: %w", messaging.JobStream, err)
+	}
+	if cfg.Dispatch == "" {
+		cfg.Dispatch = messaging.DispatchLimits
 	}
 	if cfg.NATSTimeout <= 0 {
 		cfg.NATSTimeout = 5 * time.Second

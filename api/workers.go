@@ -103,7 +103,7 @@ func (s *Server) hostConsumer(ctx context.Context, host string, body []byte) mes
 	if req.MaxDeliver < messaging.MinMaxDeliver || req.MaxDeliver > messaging.MaxMaxDeliver {
 		return messaging.HostReply{Error: fmt.Sprintf("max deliver %d is outside %d..%d", req.MaxDeliver, messaging.MinMaxDeliver, messaging.MaxMaxDeliver)}
 	}
-	cfg := s.dispatch().Consumer(messaging.ConsumerConfig(s.subjects, host, ackWait, req.MaxDeliver))
+	cfg := s.cfg.Dispatch.Consumer(messaging.ConsumerConfig(s.subjects, host, ackWait, req.MaxDeliver))
 	if req.Unavailable {
 		s.replaceLostConsumer(ctx, host, cfg.Durable)
 	}
@@ -114,13 +114,6 @@ func (s *Server) hostConsumer(ctx context.Context, host string, body []byte) mes
 	}
 	s.log.WithFields(map[string]any{"host": host, "consumer": cons.CachedInfo().Name, "ack_wait": ackWait.String(), "max_deliver": req.MaxDeliver}).Info("worker consumer created or updated")
 	return messaging.HostReply{Consumer: cons.CachedInfo().Name}
-}
-
-func (s *Server) dispatch() messaging.Dispatch {
-	if s.cfg.Dispatch == "" {
-		return messaging.DispatchLimits
-	}
-	return s.cfg.Dispatch
 }
 
 // consumerAnswerWithin bounds how long a consumer's leader may take to
@@ -162,7 +155,7 @@ func (s *Server) hostSettled(ctx context.Context, host string, body []byte) mess
 	if err := messaging.DecodeStrict(body, &req); err != nil || !canonicalUUID(req.JobID) {
 		return messaging.HostReply{Error: "malformed settled request"}
 	}
-	if s.dispatch() != messaging.DispatchLimits {
+	if s.cfg.Dispatch != messaging.DispatchLimits {
 		return messaging.HostReply{}
 	}
 	// The record was written just before the worker asked; a replica
@@ -197,11 +190,7 @@ func (s *Server) settle(ctx context.Context, host, jobID string) error {
 	if !rec.Status.Terminal() {
 		return fmt.Errorf("settle job %s: %w (%s)", jobID, errNotEnded, rec.Status)
 	}
-	st, err := s.js.Stream(ctx, messaging.JobStream)
-	if err != nil {
-		return fmt.Errorf("settle job %s: %w", jobID, err)
-	}
-	if err := st.Purge(ctx, jetstream.WithPurgeSubject(s.subjects.Job(host, jobID))); err != nil {
+	if err := s.jobStream.Purge(ctx, jetstream.WithPurgeSubject(s.subjects.Job(host, jobID))); err != nil {
 		return fmt.Errorf("settle job %s: remove its message: %w", jobID, err)
 	}
 	return nil
@@ -216,7 +205,7 @@ const SweepEvery = 5 * time.Minute
 // of jobs whose records are terminal (DispatchLimits only). Every API
 // replica sweeps; a purge repeated by another replica changes nothing.
 func (s *Server) SweepSettled(ctx context.Context, interval time.Duration) {
-	if s.dispatch() != messaging.DispatchLimits {
+	if s.cfg.Dispatch != messaging.DispatchLimits {
 		return
 	}
 	if interval <= 0 {
@@ -242,11 +231,7 @@ func (s *Server) SweepSettled(ctx context.Context, interval time.Duration) {
 
 // sweepOnce settles every job in the stream whose record is terminal.
 func (s *Server) sweepOnce(ctx context.Context) (int, error) {
-	st, err := s.js.Stream(ctx, messaging.JobStream)
-	if err != nil {
-		return 0, err
-	}
-	info, err := st.Info(ctx, jetstream.WithSubjectFilter(s.subjects.AllJobs()))
+	info, err := s.jobStream.Info(ctx, jetstream.WithSubjectFilter(s.subjects.AllJobs()))
 	if err != nil {
 		return 0, err
 	}
