@@ -37,6 +37,17 @@ type QemuImg struct {
 	// MemoryLimit caps qemu-img's address space in bytes (RLIMIT_AS);
 	// 0 means DefaultQemuImgMemoryLimit, negative means no limit.
 	MemoryLimit int64
+
+	// hash, when set, is told what a raw image's copy writes (Native's
+	// raw path); qemu-img's own writes cannot be.
+	hash *GoldenHasher
+}
+
+// rawCopy are copyRaw's settings.
+type rawCopy struct {
+	rateLimit int64
+	hash      *GoldenHasher // nil: not hashed
+	progress  ProgressFunc
 }
 
 // run starts cmd (a qemu-img command) and waits for it, with its address
@@ -109,7 +120,7 @@ func (q QemuImg) Convert(ctx context.Context, img Image, imagePath string, vol V
 	case messaging.ImageQCOW2:
 		err = q.convertQCOW2(ctx, img, src, target, block, progress)
 	case messaging.ImageRaw:
-		err = copyRaw(ctx, img, src, target, block, q.RateLimit, progress)
+		err = copyRaw(ctx, img, src, target, block, rawCopy{rateLimit: q.RateLimit, hash: q.hash, progress: progress})
 	default:
 		err = fmt.Errorf("cannot populate a volume from an image of format %q", img.Format)
 	}
@@ -179,10 +190,11 @@ func (q QemuImg) convertQCOW2(ctx context.Context, img Image, src, target string
 // copyRaw copies a raw image into the zeroed target, skipping zero chunks.
 // A block device is written with O_DIRECT from a page-aligned buffer, the
 // last chunk padded with zeros to the device's logical block size.
-func copyRaw(ctx context.Context, img Image, src, target string, block bool, rateLimit int64, progress ProgressFunc) error {
+func copyRaw(ctx context.Context, img Image, src, target string, block bool, o rawCopy) error {
+	progress := o.progress
 	var limiter *rate.Limiter
-	if rateLimit > 0 {
-		limiter = rate.NewLimiter(rate.Limit(rateLimit), copyBufSize)
+	if o.rateLimit > 0 {
+		limiter = rate.NewLimiter(rate.Limit(o.rateLimit), copyBufSize)
 	}
 	in, err := os.Open(src)
 	if err != nil {
@@ -235,7 +247,13 @@ func copyRaw(ctx context.Context, img Image, src, target string, block bool, rat
 		if err != nil {
 			return fmt.Errorf("read image %q at offset %d: %w", src, off, err)
 		}
-		if !allZero(buf[:n]) {
+		zero := allZero(buf[:n])
+		if o.hash != nil && zero {
+			o.hash.Zeros(off, off+int64(n))
+		} else if o.hash != nil {
+			o.hash.Data(off, buf[:n])
+		}
+		if !zero {
 			if limiter != nil {
 				if err := limiter.WaitN(ctx, n); err != nil {
 					return fmt.Errorf("copy of %s stopped: %w", src, err)

@@ -209,6 +209,23 @@ func (b FileBackend) PrepareGolden(_ context.Context, key string, size int64) (V
 // renames it to <key>.raw and sets the immutable flag where the file
 // system and the worker's privileges allow (Golden.Immutable says).
 func (b FileBackend) SealGolden(ctx context.Context, key string, prepared Volume) (Golden, error) {
+	return b.sealGolden(ctx, key, prepared, "")
+}
+
+var _ DigestSealer = FileBackend{}
+
+// SealGoldenDigest is SealGolden for a golden hashed while it was written
+// (GoldenHasher): digest is recorded as its content's, and it is not read
+// back.
+func (b FileBackend) SealGoldenDigest(ctx context.Context, key string, prepared Volume, digest string) (Golden, error) {
+	if digest == "" {
+		return Golden{}, fmt.Errorf("seal golden of %s: no digest given", key)
+	}
+	return b.sealGolden(ctx, key, prepared, digest)
+}
+
+// sealGolden seals prepared; digest "" hashes it first.
+func (b FileBackend) sealGolden(ctx context.Context, key string, prepared Volume, digest string) (Golden, error) {
 	final, err := b.goldenPath(key)
 	if err != nil {
 		return Golden{}, err
@@ -229,9 +246,10 @@ func (b FileBackend) SealGolden(ctx context.Context, key string, prepared Volume
 	if err != nil {
 		return Golden{}, fmt.Errorf("stat golden of %s: %w", key, err)
 	}
-	digest, err := chunkedDigest(ctx, f, st.Size())
-	if err != nil {
-		return Golden{}, fmt.Errorf("hash golden of %s: %w", key, err)
+	if digest == "" {
+		if digest, err = chunkedDigest(ctx, f, st.Size()); err != nil {
+			return Golden{}, fmt.Errorf("hash golden of %s: %w", key, err)
+		}
 	}
 	if err := f.Chmod(0o444); err != nil {
 		return Golden{}, fmt.Errorf("make golden of %s read-only: %w", key, err)

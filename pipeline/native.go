@@ -40,6 +40,9 @@ type Native struct {
 	// Workers is how many clusters ranges are decompressed and written in
 	// parallel; 0 means DefaultNativeWorkers.
 	Workers int
+
+	// hash, when set, is told everything the conversion writes (WithDigest).
+	hash *GoldenHasher
 }
 
 // DefaultNativeWorkers is Native's default parallelism.
@@ -61,13 +64,20 @@ const qcowMaxL1Bytes = 32 << 20
 // extentQuery is how much of the image one Extent call may describe.
 const extentQuery = 1 << 30
 
-var _ Converter = Native{}
+var _ DigestConverter = Native{}
+
+// WithDigest returns n feeding every range it writes, and every range it
+// leaves as zeros, into h: the golden it writes is hashed in the same pass.
+func (n Native) WithDigest(h *GoldenHasher) Converter {
+	n.hash = h
+	return n
+}
 
 // Convert writes img's disk into vol; see Native.
 func (n Native) Convert(ctx context.Context, img Image, imagePath string, vol Volume, progress ProgressFunc) error {
 	if img.Format != messaging.ImageQCOW2 {
 		// Raw images (and refusing unknown formats) are QemuImg's own Go path.
-		return QemuImg{RateLimit: n.RateLimit}.Convert(ctx, img, imagePath, vol, progress)
+		return QemuImg{RateLimit: n.RateLimit, hash: n.hash}.Convert(ctx, img, imagePath, vol, progress)
 	}
 	src, err := filepath.Abs(imagePath)
 	if err != nil {
@@ -135,12 +145,17 @@ func (n Native) convert(ctx context.Context, img Image, src string, open func(co
 		target:   target,
 		size:     img.VirtualSize,
 		progress: progress,
+		hash:     n.hash,
 	}
 	if n.RateLimit > 0 {
 		c.limiter = rate.NewLimiter(rate.Limit(n.RateLimit), NativeChunkSize)
 	}
 	if err := c.run(ctx, wctx, cancel, block, workers); err != nil {
 		return err
+	}
+	if n.hash != nil && n.hash.Size() > img.VirtualSize {
+		// A volume larger than the disk: ZeroFill zeroed the rest.
+		n.hash.Zeros(img.VirtualSize, min(n.hash.Size(), size))
 	}
 	progress(StagePopulate, img.VirtualSize, img.VirtualSize)
 	return nil
@@ -269,6 +284,7 @@ type nativeCopy struct {
 	size     int64 // the image's virtual size
 	limiter  *rate.Limiter
 	progress ProgressFunc
+	hash     *GoldenHasher // nil: not hashed
 
 	mu   sync.Mutex
 	done int64
@@ -359,6 +375,9 @@ func (c *nativeCopy) run(ctx, wctx context.Context, cancel context.CancelCauseFu
 		return err
 	}
 	c.report(c.size - counted) // zeros after the last data
+	if c.hash != nil {
+		c.hash.Zeros(counted, c.size)
+	}
 	if err := out.Sync(); err != nil {
 		return fmt.Errorf("flush volume %q: %w", c.target, err)
 	}
@@ -446,7 +465,16 @@ func (c *nativeCopy) copyItem(ctx context.Context, it nativeItem, buf []byte, ou
 	if err != nil && !errors.Is(err, io.EOF) {
 		return fmt.Errorf("read qcow2 image %s at offset %d: %w", c.src, it.off, err)
 	}
-	if !allZero(b) {
+	zero := allZero(b)
+	if c.hash != nil {
+		c.hash.Zeros(it.end-it.credit, it.off) // the gap before this range
+		if zero {
+			c.hash.Zeros(it.off, it.end)
+		} else {
+			c.hash.Data(it.off, b)
+		}
+	}
+	if !zero {
 		if c.limiter != nil {
 			if err := c.limiter.WaitN(ctx, int(n)); err != nil {
 				return err

@@ -140,11 +140,12 @@ func (w *Worker) makeGolden(ctx context.Context, rep *reporter, ji *jobImage, c 
 		rep.log.Info("converting the image into its golden while it downloads; it is kept only once its digest verified")
 	}
 	rep.progress(pipeline.StagePopulate, 0, ji.img.VirtualSize)
-	if err := w.populate(ctx, rep, ji, prep, stream); err != nil {
+	h := w.goldenHasher(c, prep.Size)
+	if err := w.populateHashed(ctx, rep, ji, prep, stream, h); err != nil {
 		return g, err
 	}
 	ji.part = nil // committed and verified
-	g, err = c.backend.SealGolden(ctx, ji.key, prep)
+	g, err = w.sealGolden(ctx, rep, c, ji.key, prep, h)
 	if err != nil {
 		return g, fmt.Errorf("seal the image's golden: %w", err)
 	}

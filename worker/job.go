@@ -700,7 +700,18 @@ func (w *Worker) execute(ctx context.Context, rep *reporter, rec kvstate.Job, m 
 // structure (the conversion stops at once when either fails); it returns nil
 // only if both succeed.
 func (w *Worker) populate(ctx context.Context, rep *reporter, ji *jobImage, vol pipeline.Volume, stream bool) error {
+	return w.populateHashed(ctx, rep, ji, vol, stream, nil)
+}
+
+// populateHashed is populate telling h (when not nil) everything the
+// conversion writes, where the converter can (pipeline.DigestConverter);
+// h.Sum then says whether it could.
+func (w *Worker) populateHashed(ctx context.Context, rep *reporter, ji *jobImage, vol pipeline.Volume, stream bool, h *pipeline.GoldenHasher) error {
 	img := ji.img
+	conv := w.parts.Converter
+	if dc, ok := conv.(pipeline.DigestConverter); ok && h != nil {
+		conv = dc.WithDigest(h)
+	}
 	convCtx, stopConv := context.WithCancelCause(ctx)
 	defer stopConv(nil)
 	verified := make(chan error, 1)
@@ -718,9 +729,9 @@ func (w *Worker) populate(ctx context.Context, rep *reporter, ji *jobImage, vol 
 	}()
 	var err error
 	if stream {
-		err = w.parts.Converter.(StreamConverter).ConvertStream(convCtx, img, ji.part, vol, rep.progress)
+		err = conv.(StreamConverter).ConvertStream(convCtx, img, ji.part, vol, rep.progress)
 	} else {
-		err = w.parts.Converter.Convert(convCtx, img, ji.path, vol, rep.progress)
+		err = conv.Convert(convCtx, img, ji.path, vol, rep.progress)
 	}
 	aborted := false
 	// A read past the end of a download that ended short (a truncated
@@ -743,7 +754,10 @@ func (w *Worker) populate(ctx context.Context, rep *reporter, ji *jobImage, vol 
 		// The download started over mid-way (perhaps on another version
 		// of the object); it is whole and verified now: convert again
 		// from the cached file.
-		err = w.parts.Converter.Convert(ctx, img, ji.path, vol, rep.progress)
+		if h != nil {
+			h.Reset()
+		}
+		err = conv.Convert(ctx, img, ji.path, vol, rep.progress)
 	}
 	if err != nil {
 		if cause := context.Cause(ctx); cause != nil {
