@@ -19,7 +19,22 @@ import (
 // (raw files) or logical (LVM logical volumes). It is safe for concurrent
 // use; its libvirt calls are serialized on one connection.
 type Backend struct {
-	s *session
+	s      *session
+	clones poolClones
+}
+
+// Option is an optional setting of Open.
+type Option func(*openOptions)
+
+type openOptions struct {
+	noClones string // why clones are off; "" probes them
+}
+
+// WithoutClones opens the backend with clones off (reason says why, e.g.
+// PROVISIONER_CLONES=off): every volume is converted into, and the pool is
+// not probed for reflinks.
+func WithoutClones(reason string) Option {
+	return func(o *openOptions) { o.noClones = reason }
 }
 
 var (
@@ -33,8 +48,14 @@ var fileLike = map[string]bool{"dir": true, "fs": true, "netfs": true}
 
 // Open connects to libvirt at uri (e.g. qemu:///system) and uses the storage
 // pool named pool, which must exist, be active, and be of type dir, fs,
-// netfs or logical. Close the Backend when done.
-func Open(uri, pool string) (*Backend, error) {
+// netfs or logical. In a dir pool it finds out, once, whether libvirt can
+// clone volumes there with reflink (CloneSupport). Close the Backend when
+// done.
+func Open(uri, pool string, opts ...Option) (*Backend, error) {
+	var o openOptions
+	for _, opt := range opts {
+		opt(&o)
+	}
 	s, err := openSession(uri, pool)
 	if err != nil {
 		return nil, err
@@ -43,7 +64,13 @@ func Open(uri, pool string) (*Backend, error) {
 		_ = s.close()
 		return nil, fmt.Errorf("libvirt storage pool %q at %s is of type %q; volumes can be kept only in pools of type dir, fs, netfs or logical", pool, uri, s.poolType)
 	}
-	return &Backend{s: s}, nil
+	b := &Backend{s: s}
+	if o.noClones != "" {
+		b.clones = poolClones{reason: o.noClones}
+	} else {
+		b.clones = b.probeClones(context.Background())
+	}
+	return b, nil
 }
 
 // Close closes the libvirt connection.

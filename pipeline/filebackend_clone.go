@@ -234,53 +234,7 @@ func (b FileBackend) sealGolden(ctx context.Context, key string, prepared Volume
 	if filepath.Dir(prepared.Path) != gdir || !strings.HasPrefix(filepath.Base(prepared.Path), preparePrefix+key+"-") {
 		return Golden{}, fmt.Errorf("seal golden of %s: %s is not a golden being prepared", key, prepared.Path)
 	}
-	f, err := os.OpenFile(prepared.Path, os.O_RDONLY|unix.O_NOFOLLOW, 0)
-	if err != nil {
-		return Golden{}, fmt.Errorf("seal golden of %s: %w", key, err)
-	}
-	defer f.Close()
-	if err := f.Sync(); err != nil {
-		return Golden{}, fmt.Errorf("flush golden of %s: %w", key, err)
-	}
-	st, err := f.Stat()
-	if err != nil {
-		return Golden{}, fmt.Errorf("stat golden of %s: %w", key, err)
-	}
-	if digest == "" {
-		if digest, err = chunkedDigest(ctx, f, st.Size()); err != nil {
-			return Golden{}, fmt.Errorf("hash golden of %s: %w", key, err)
-		}
-	}
-	if err := f.Chmod(0o444); err != nil {
-		return Golden{}, fmt.Errorf("make golden of %s read-only: %w", key, err)
-	}
-	if err := b.removeSealed(final); err != nil {
-		return Golden{}, err
-	}
-	if err := renameNoReplace(prepared.Path, final); err != nil {
-		return Golden{}, fmt.Errorf("move golden of %s into place: %w", key, err)
-	}
-	g := Golden{Key: key, Path: final, Size: st.Size(), Digest: digest}
-	switch err := setImmutable(f, true); {
-	case err == nil:
-		g.Immutable = true
-	case errors.Is(err, unix.EPERM), errors.Is(err, unix.ENOTTY), errors.Is(err, unix.EOPNOTSUPP), errors.Is(err, unix.EINVAL):
-		// No CAP_LINUX_IMMUTABLE, or no flags here: mode 0444 only.
-	default:
-		return Golden{}, fmt.Errorf("make golden of %s immutable: %w", key, err)
-	}
-	return g, syncDir(gdir)
-}
-
-// removeSealed removes a sealed golden file (clearing its immutable flag).
-func (b FileBackend) removeSealed(p string) error {
-	if err := clearImmutable(p); err != nil {
-		return fmt.Errorf("clear the immutable flag of golden %s: %w", p, err)
-	}
-	if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return fmt.Errorf("remove golden %s: %w", p, err)
-	}
-	return nil
+	return SealGoldenFile(ctx, key, prepared.Path, final, digest)
 }
 
 // RemoveGolden removes key's golden and any file being prepared for it.
@@ -290,7 +244,7 @@ func (b FileBackend) RemoveGolden(_ context.Context, key string) error {
 		return err
 	}
 	gdir := filepath.Dir(final)
-	if err := b.removeSealed(final); err != nil {
+	if err := RemoveGoldenFile(final); err != nil {
 		return err
 	}
 	prepared, _ := filepath.Glob(filepath.Join(gdir, preparePrefix+key+"-*"))

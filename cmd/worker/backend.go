@@ -25,6 +25,8 @@ type volumes struct {
 	// cacheDir is PROVISIONER_CACHE_DIR, or the images pool's directory
 	// with the libvirt backend.
 	cacheDir string
+	// where names where the volumes are, for the log.
+	where string
 	// refreshCache, when set, runs after the cache changed.
 	refreshCache func(context.Context) error
 	close        func()
@@ -46,7 +48,7 @@ func openBackend(c backendConfig) (volumes, error) {
 		if err != nil {
 			return v, err
 		}
-		v.backend = b
+		v.backend, v.where = b, c.volumeDir
 	case "lvm":
 		if c.vg == "" {
 			return v, fmt.Errorf("PROVISIONER_LVM_VG is not set: the lvm backend needs a volume group")
@@ -58,7 +60,7 @@ func openBackend(c backendConfig) (volumes, error) {
 		if err := b.CheckVolumeGroup(context.Background()); err != nil {
 			return v, err
 		}
-		v.backend = b
+		v.backend, v.where = b, "volume group "+c.vg
 	case "libvirt":
 		return openLibvirt(c)
 	default:

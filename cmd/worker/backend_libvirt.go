@@ -15,7 +15,15 @@ func openLibvirt(c backendConfig) (volumes, error) {
 	if c.libvirtPool == "" {
 		return v, fmt.Errorf("PROVISIONER_LIBVIRT_POOL is not set: the libvirt backend needs the pool of its volumes")
 	}
-	b, err := libvirtpool.Open(c.libvirtURI, c.libvirtPool)
+	var opts []libvirtpool.Option
+	switch c.clones {
+	case "auto":
+	case "off":
+		opts = append(opts, libvirtpool.WithoutClones("PROVISIONER_CLONES=off"))
+	default:
+		return v, fmt.Errorf("PROVISIONER_CLONES=%q: want auto or off", c.clones)
+	}
+	b, err := libvirtpool.Open(c.libvirtURI, c.libvirtPool, opts...)
 	if err != nil {
 		return v, err
 	}
@@ -24,7 +32,7 @@ func openLibvirt(c backendConfig) (volumes, error) {
 		_ = b.Close()
 		return v, err
 	}
-	v.backend = b
+	v.backend, v.where = b, fmt.Sprintf("libvirt storage pool %s (%s)", b.Pool(), c.libvirtURI)
 	v.cacheDir = images.Dir()
 	v.refreshCache = images.Refresh
 	v.close = func() {

@@ -70,7 +70,7 @@ func run(args []string) (err error) {
 	cacheDir := c.String("PROVISIONER_CACHE_DIR", "/var/lib/libvirt/images", "image cache directory")
 	backend := c.String("PROVISIONER_VOLUME_BACKEND", "file", "volume backend: file, lvm or libvirt")
 	volumeDir := c.String("PROVISIONER_VOLUME_DIR", "/var/lib/provisioner/volumes", "directory of the file backend's volumes")
-	clones := c.String("PROVISIONER_CLONES", "auto", "file backend: auto keeps a golden raw file per image and makes volumes as reflink clones of it where the volume directory's file system has reflinks (XFS reflink=1, btrfs), converting elsewhere; off always converts")
+	clones := c.String("PROVISIONER_CLONES", "auto", "file and libvirt backends: auto keeps a golden raw volume per image and makes volumes as reflink clones of it where the volume directory (or the libvirt dir pool) is on a file system with reflinks (XFS reflink=1, btrfs), converting elsewhere; off always converts")
 	scrubEvery := c.Duration("PROVISIONER_SCRUB_INTERVAL", 24*time.Hour, "how often cached images and goldens are re-hashed in the background, evicting what no longer matches (0: never)")
 	lvmVG := c.String("PROVISIONER_LVM_VG", "", "volume group of the lvm backend")
 	libvirtURI := c.String("PROVISIONER_LIBVIRT_URI", "qemu:///system", "libvirt connection URI of the libvirt backend")
@@ -190,9 +190,9 @@ func run(args []string) (err error) {
 	if cl, ok := vols.backend.(pipeline.Cloner); ok {
 		if ok, reason := cl.CloneSupport(); ok {
 			cache.SetGoldens(cl)
-			log.WithField("volume_dir", *volumeDir).Info("volumes are reflink clones of a golden per image")
+			log.WithField("volumes", vols.where).Info("volumes are reflink clones of a golden per image")
 		} else {
-			log.WithFields(logrus.Fields{"volume_dir": *volumeDir, "reason": reason}).Info("clones are not possible here; every volume is converted into")
+			log.WithFields(logrus.Fields{"volumes": vols.where, "reason": reason}).Info("clones are not possible here; every volume is converted into")
 		}
 	}
 	w.SetCache(cache)

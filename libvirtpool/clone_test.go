@@ -1,0 +1,252 @@
+//go:build cgo
+
+package libvirtpool_test
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
+	"libvirt.org/go/libvirt"
+
+	"github.com/libvirt-volume-provisioner/provisioner/internal/testenv"
+	"github.com/libvirt-volume-provisioner/provisioner/libvirtpool"
+	"github.com/libvirt-volume-provisioner/provisioner/pipeline"
+)
+
+// goldenSize is the images' virtual size here: not a multiple of the file
+// systems' 4 KiB blocks, so what a clone grows past the golden must be
+// zeroed.
+const goldenSize = 24<<20 + 512
+
+// fsPool defines and starts a dir pool in a directory of a new file system
+// of kind on a loop device (testenv.FileSystem: unmounted and detached when
+// the test ends), traversable by QEMU, and opens a Backend on it.
+func fsPool(t *testing.T, kind string) (*libvirtpool.Backend, *libvirt.Connect, string, string) {
+	t.Helper()
+	conn, uri := testConn(t)
+	mnt := testenv.FileSystem(t, kind)
+	for p := mnt; p != filepath.Dir(p) && p != os.TempDir(); p = filepath.Dir(p) {
+		require.NoError(t, os.Chmod(p, 0o755)) // QEMU runs as libvirt-qemu
+	}
+	dir := filepath.Join(mnt, "pool")
+	require.NoError(t, os.Mkdir(dir, 0o755))
+	name := unique(t, "pool")
+	pool, err := conn.StoragePoolCreateXML(fmt.Sprintf("<pool type='dir'><name>%s</name><target><path>%s</path></target></pool>", name, dir), 0)
+	require.NoError(t, err, "start pool %s", name)
+	t.Cleanup(func() {
+		_ = pool.Destroy()
+		_ = pool.Free()
+	})
+	b, err := libvirtpool.Open(uri, name)
+	require.NoError(t, err)
+	t.Cleanup(func() { require.NoError(t, b.Close()) })
+	return b, conn, name, dir
+}
+
+// makePoolGolden converts a new qcow2 image into a golden of b, hashed
+// while it is written, and returns it and the image's raw reference.
+func makePoolGolden(t *testing.T, b *libvirtpool.Backend, key string, seed uint64) (pipeline.Golden, string) {
+	t.Helper()
+	ctx := context.Background()
+	qcow, raw := testenv.QCOW2Image(t, t.TempDir(), goldenSize, seed)
+	img, err := pipeline.Inspect(qcow, "qcow2")
+	require.NoError(t, err)
+	prep, err := b.PrepareGolden(ctx, key, img.VirtualSize)
+	require.NoError(t, err)
+	h := pipeline.NewGoldenHasher(prep.Size)
+	require.NoError(t, pipeline.Native{}.WithDigest(h).Convert(ctx, img, qcow, prep, nil))
+	digest, err := h.Sum()
+	require.NoError(t, err)
+	g, err := b.SealGoldenDigest(ctx, key, prep, digest)
+	require.NoError(t, err)
+	return g, raw
+}
+
+// requireClone checks that vol reads as the raw reference followed by zeros.
+func requireClone(t *testing.T, vol pipeline.Volume, raw string) {
+	t.Helper()
+	ref, err := os.ReadFile(raw)
+	require.NoError(t, err)
+	got, err := os.ReadFile(vol.Path)
+	require.NoError(t, err)
+	require.Len(t, got, int(vol.Size))
+	require.True(t, bytes.Equal(ref, got[:len(ref)]), "%s differs from the image", vol.Path)
+	require.True(t, bytes.Equal(make([]byte, len(got)-len(ref)), got[len(ref):]), "%s is not zero after the image", vol.Path)
+}
+
+func usedBytes(t *testing.T, dir string) int64 {
+	t.Helper()
+	unix.Sync()
+	var st unix.Statfs_t
+	require.NoError(t, unix.Statfs(dir, &st))
+	return int64(st.Blocks-st.Bfree) * st.Bsize
+}
+
+func TestDirPoolReflinkClones(t *testing.T) {
+	t.Parallel()
+	for _, kind := range []string{testenv.XFS, testenv.Btrfs} {
+		t.Run(kind, func(t *testing.T) {
+			t.Parallel()
+			ctx := context.Background()
+			b, conn, pool, dir := fsPool(t, kind)
+			ok, reason := b.CloneSupport()
+			require.True(t, ok, reason)
+			const key = "bb22"
+			g, raw := makePoolGolden(t, b, key, 8)
+
+			// Sealed: a read-only, immutable volume of the pool whose digest
+			// is the image's disk's.
+			require.Equal(t, filepath.Join(dir, ".golden-"+key+".raw"), g.Path)
+			st, err := os.Stat(g.Path)
+			require.NoError(t, err)
+			require.Equal(t, os.FileMode(0o444), st.Mode().Perm())
+			require.True(t, g.Immutable)
+			ref, err := pipeline.GoldenDigest(ctx, raw)
+			require.NoError(t, err)
+			require.Equal(t, ref, g.Digest)
+			require.Contains(t, poolVolumes(t, conn, pool), ".golden-"+key+".raw", "virsh vol-list shows the golden")
+			keys, err := b.GoldenKeys(ctx)
+			require.NoError(t, err)
+			require.Equal(t, []string{key}, keys)
+
+			// Byte-exact clones of any size, taking almost no new space.
+			used := usedBytes(t, dir)
+			a, err := b.Clone(ctx, g, "vm-a", 64<<20)
+			require.NoError(t, err)
+			require.Less(t, usedBytes(t, dir)-used, int64(1<<20), "a clone shares the golden's blocks")
+			requireClone(t, a, raw)
+			c, err := b.Clone(ctx, g, "vm-c", 32<<20)
+			require.NoError(t, err)
+			requireClone(t, c, raw)
+			require.Subset(t, poolVolumes(t, conn, pool), []string{"vm-a", "vm-c"})
+			got, ok, err := b.Lookup(ctx, "vm-a")
+			require.NoError(t, err)
+			require.True(t, ok)
+			require.Equal(t, a, got)
+			_, err = b.Clone(ctx, g, "vm-a", 64<<20)
+			require.ErrorContains(t, err, "already exists")
+			_, err = b.Clone(ctx, g, "vm-small", goldenSize-512)
+			require.ErrorContains(t, err, "a clone is never shrunk")
+			require.NotContains(t, poolVolumes(t, conn, pool), "vm-small")
+
+			// Writes into one clone change neither the other nor the golden.
+			scribble(t, a.Path, 0, 5<<20, goldenSize-100, 40<<20)
+			requireClone(t, c, raw)
+			requireClone(t, pipeline.Volume{Path: g.Path, Size: g.Size}, raw)
+
+			// Reprovisioning: the name never goes missing or reads short.
+			requireReclone(t, b, g, a, raw)
+			requireClone(t, c, raw)
+
+			// The golden evicted, its clones stay whole and usable.
+			require.NoError(t, b.RemoveGolden(ctx, key))
+			require.NoFileExists(t, g.Path)
+			require.NotContains(t, poolVolumes(t, conn, pool), ".golden-"+key+".raw")
+			requireClone(t, a, raw)
+			requireClone(t, c, raw)
+			scribble(t, c.Path, 0)
+			requireClone(t, a, raw)
+			keys, err = b.GoldenKeys(ctx)
+			require.NoError(t, err)
+			require.Empty(t, keys)
+			require.NoError(t, b.Delete(ctx, "vm-c"))
+		})
+	}
+}
+
+// requireReclone reclones vol from g while another goroutine checks that
+// the name always holds a whole volume of its size.
+func requireReclone(t *testing.T, b *libvirtpool.Backend, g pipeline.Golden, vol pipeline.Volume, raw string) {
+	t.Helper()
+	oldIno := inode(t, vol.Path)
+	var stop atomic.Bool
+	var bad atomic.Value
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for !stop.Load() {
+			st, err := os.Stat(vol.Path)
+			if err != nil {
+				bad.Store(err.Error())
+				return
+			}
+			if st.Size() != vol.Size {
+				bad.Store(fmt.Sprintf("size %d", st.Size()))
+				return
+			}
+		}
+	})
+	got, err := b.Reclone(context.Background(), g, vol)
+	stop.Store(true)
+	wg.Wait()
+	require.NoError(t, err)
+	require.Nil(t, bad.Load(), "the volume's name went missing or read short while it was recloned")
+	require.Equal(t, vol, got)
+	require.NotEqual(t, oldIno, inode(t, vol.Path), "a fresh clone replaced the volume")
+	requireClone(t, got, raw)
+	vols, err := os.ReadDir(filepath.Dir(vol.Path))
+	require.NoError(t, err)
+	for _, d := range vols {
+		require.NotContains(t, d.Name(), ".clone-", "no temporary clone is left")
+	}
+}
+
+func inode(t *testing.T, p string) uint64 {
+	t.Helper()
+	st, err := os.Stat(p)
+	require.NoError(t, err)
+	return st.Sys().(*syscall.Stat_t).Ino
+}
+
+// scribble writes 1 MiB of 0xa5 at each offset of the file at p.
+func scribble(t *testing.T, p string, offs ...int64) {
+	t.Helper()
+	f, err := os.OpenFile(p, os.O_WRONLY, 0)
+	require.NoError(t, err)
+	junk := bytes.Repeat([]byte{0xa5}, 1<<20)
+	for _, off := range offs {
+		_, err = f.WriteAt(junk, off)
+		require.NoError(t, err)
+	}
+	require.NoError(t, f.Sync())
+	require.NoError(t, f.Close())
+}
+
+// TestDirPoolWithoutReflinks: on ext4 libvirt cannot clone with reflink, so
+// the backend says why and makes no goldens; clones can be turned off.
+func TestDirPoolWithoutReflinks(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	b, conn, pool, dir := fsPool(t, testenv.Ext4)
+	ok, reason := b.CloneSupport()
+	require.False(t, ok)
+	require.Contains(t, reason, "libvirt cannot clone volumes with reflink")
+	require.Contains(t, reason, "ext4")
+	_, err := b.PrepareGolden(ctx, "cc33", 1<<20)
+	require.ErrorIs(t, err, pipeline.ErrCloneUnsupported)
+	for _, v := range poolVolumes(t, conn, pool) {
+		require.NotContains(t, v, ".probe-", "the probe's volumes are removed")
+	}
+	ents, err := os.ReadDir(dir)
+	require.NoError(t, err)
+	for _, e := range ents {
+		require.NotContains(t, e.Name(), ".probe-")
+		require.NotContains(t, e.Name(), ".golden", "a pool without clones gets no marker")
+	}
+
+	_, uri := testConn(t)
+	off, err := libvirtpool.Open(uri, pool, libvirtpool.WithoutClones("PROVISIONER_CLONES=off"))
+	require.NoError(t, err)
+	defer off.Close()
+	ok, reason = off.CloneSupport()
+	require.False(t, ok)
+	require.Equal(t, "PROVISIONER_CLONES=off", reason)
+}
