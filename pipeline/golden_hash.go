@@ -138,7 +138,9 @@ func (h *GoldenHasher) whole(i int64, part []byte) {
 }
 
 // partial adds n bytes at offset at of chunk i; the goroutine that
-// completes the chunk hashes it.
+// completes the chunk hashes it. Bytes are copied outside the lock: the
+// ranges given are disjoint, and a chunk counts a range only once it is
+// copied.
 func (h *GoldenHasher) partial(i, at, n int64, part []byte) {
 	h.mu.Lock()
 	c := h.chunks[i]
@@ -146,16 +148,17 @@ func (h *GoldenHasher) partial(i, at, n int64, part []byte) {
 		c = &hashChunk{}
 		h.chunks[i] = c
 	}
-	if part != nil {
-		if c.buf == nil {
-			p := chunkBufs.Get().(*[]byte)
-			c.buf = (*p)[:h.chunkLen(i)]
-			clear(c.buf)
-		}
-		copy(c.buf[at:], part)
-	} else if c.buf != nil {
-		clear(c.buf[at : at+n])
+	if part != nil && c.buf == nil && c.known < h.chunkLen(i) {
+		p := chunkBufs.Get().(*[]byte)
+		c.buf = (*p)[:h.chunkLen(i)]
+		clear(c.buf) // the ranges given as zeros, before and after
 	}
+	buf := c.buf
+	h.mu.Unlock()
+	if part != nil && buf != nil && at+n <= int64(len(buf)) {
+		copy(buf[at:], part)
+	}
+	h.mu.Lock()
 	c.known += n
 	complete := c.known == h.chunkLen(i)
 	over := c.known > h.chunkLen(i)

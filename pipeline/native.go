@@ -401,7 +401,10 @@ func (c *nativeCopy) produce(ctx context.Context, items chan<- nativeItem, align
 	)
 	emit := func(end int64) bool {
 		for ps < end {
-			e := min(ps+NativeChunkSize, end)
+			// Items end on multiples of NativeChunkSize, so that a range of
+			// data is cut where a golden's digest cuts it (GoldenHasher
+			// then hashes whole chunks as they are, without copying them).
+			e := min((ps/NativeChunkSize+1)*NativeChunkSize, end)
 			it := nativeItem{off: ps, end: e, credit: e - counted}
 			select {
 			case items <- it:
@@ -440,7 +443,7 @@ func (c *nativeCopy) produce(ctx context.Context, items chan<- nativeItem, align
 		}
 		pe = max(pe, e)
 		// Send whole chunks now; keep the rest to merge with what follows.
-		if full := ps + (pe-ps)/NativeChunkSize*NativeChunkSize; full > ps {
+		if full := pe / NativeChunkSize * NativeChunkSize; full > ps {
 			if !emit(full) {
 				return counted, nil
 			}

@@ -51,6 +51,7 @@ func TestReflinkVolumesAreClonesOfAGolden(t *testing.T) {
 	require.True(t, e.cloned(id))
 	require.Equal(t, vol("vm-1"), j.VolumePath)
 	requireVolume(t, vol("vm-1"), ref, gib)
+	require.NotContains(t, w.output(), "not hashed while it was written", "the golden was hashed while it was written, not read back")
 	images := e.do(http.MethodGet, "/api/v1/cache/images", nil).json(t)["images"].([]any)
 	require.Len(t, images, 1)
 	golden, ok := images[0].(map[string]any)["golden"].(map[string]any)
