@@ -231,6 +231,9 @@ func (b *Backend) Create(ctx context.Context, name string, size int64) (pipeline
 	if size <= 0 {
 		return pipeline.Volume{}, fmt.Errorf("create %s: size %d is not positive", b.describe(name), size)
 	}
+	if err := b.checkCreateSpace(ctx, name, size); err != nil {
+		return pipeline.Volume{}, err
+	}
 	desc, err := b.createXML(name, size)
 	if err != nil {
 		return pipeline.Volume{}, err

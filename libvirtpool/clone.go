@@ -521,3 +521,34 @@ func syncDir(dir string) error {
 	}
 	return nil
 }
+
+var _ pipeline.SpaceReporter = (*Backend)(nil)
+
+// FreeSpace is the free space of the file system holding a file pool's
+// directory; a logical pool's is not known in bytes here
+// (pipeline.ErrFreeSpaceUnknown: libvirt and LVM check it themselves).
+func (b *Backend) FreeSpace(context.Context) (int64, string, error) {
+	where := fmt.Sprintf("libvirt storage pool %q (%s)", b.s.poolName, b.s.poolPath)
+	if !fileLike[b.s.poolType] || b.s.poolPath == "" {
+		return 0, where, pipeline.ErrFreeSpaceUnknown
+	}
+	free, err := pipeline.FreeBytes(b.s.poolPath)
+	return free, where, err
+}
+
+// checkCreateSpace refuses to create a fully allocated volume of size
+// bytes in a file pool whose file system has less free.
+func (b *Backend) checkCreateSpace(ctx context.Context, name string, size int64) error {
+	free, where, err := b.FreeSpace(ctx)
+	if errors.Is(err, pipeline.ErrFreeSpaceUnknown) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if size > free {
+		return fmt.Errorf("create %s: %w: it is allocated whole (%d MiB), and %s has %d MiB free",
+			b.describe(name), pipeline.ErrNoSpace, size>>20, where, free>>20)
+	}
+	return nil
+}

@@ -250,3 +250,22 @@ func TestDirPoolWithoutReflinks(t *testing.T) {
 	require.False(t, ok)
 	require.Equal(t, "PROVISIONER_CLONES=off", reason)
 }
+
+// TestCreateRefusedWithoutSpace: a volume that libvirt would allocate
+// whole is refused, before anything is created, when the pool's file
+// system has less free.
+func TestCreateRefusedWithoutSpace(t *testing.T) {
+	t.Parallel()
+	ctx := context.Background()
+	b, conn, pool, dir := fsPool(t, testenv.Ext4)
+	free, where, err := b.FreeSpace(ctx)
+	require.NoError(t, err)
+	require.Contains(t, where, dir)
+	_, err = b.Create(ctx, "vm-big", free+64<<20)
+	require.ErrorIs(t, err, pipeline.ErrNoSpace)
+	require.ErrorContains(t, err, "it is allocated whole")
+	require.NotContains(t, poolVolumes(t, conn, pool), "vm-big")
+	require.NoFileExists(t, filepath.Join(dir, "vm-big"))
+	_, err = b.Create(ctx, "vm-fits", 8<<20)
+	require.NoError(t, err)
+}

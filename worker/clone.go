@@ -126,6 +126,11 @@ func (w *Worker) golden(ctx context.Context, rep *reporter, m messaging.Job, ji 
 // still arriving: the golden is the job's own), and seals it and records it
 // on the cache entry only once the image verified.
 func (w *Worker) makeGolden(ctx context.Context, rep *reporter, ji *jobImage, c cloneParts) (g pipeline.Golden, err error) {
+	release, err := w.reserveImage(ctx, rep, ji, "the image's golden", 0)
+	if err != nil {
+		return g, err
+	}
+	defer release()
 	prep, err := c.backend.PrepareGolden(ctx, ji.key, ji.img.VirtualSize)
 	if err != nil {
 		return g, fmt.Errorf("make the image's golden: %w", err)

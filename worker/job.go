@@ -297,6 +297,7 @@ func (w *Worker) run(ctx context.Context, log *logrus.Entry, msg jetstream.Msg, 
 	log.WithFields(logrus.Fields{"kind": m.Kind, "volume": m.VolumeName, "image_url": m.ImageURL}).Info("job started")
 
 	res, err := w.execute(jobCtx, rep, rec, m, &lease)
+	err = filledUp(err)
 	cause := context.Cause(jobCtx)
 	stop(nil)
 	rep.endStage(err)
@@ -646,6 +647,15 @@ func (w *Worker) execute(ctx context.Context, rep *reporter, rec kvstate.Job, m 
 	if c, ok := w.clones(); ok {
 		return w.provisionByClone(ctx, rep, rec, m, &ji, c, vol, exists, res)
 	}
+	var already int64 // a reused volume's space, freed as it is zeroed
+	if exists {
+		already = pipeline.AllocatedBytes(vol.Path)
+	}
+	release, err := w.reserveImage(ctx, rep, &ji, fmt.Sprintf("volume %q", m.VolumeName), already)
+	if err != nil {
+		return res, err
+	}
+	defer release()
 	if !exists {
 		if err := img.CheckFits(want); err != nil {
 			return res, err
@@ -681,6 +691,7 @@ func (w *Worker) execute(ctx context.Context, rep *reporter, rec kvstate.Job, m 
 	rep.progress(pipeline.StagePopulate, 0, img.VirtualSize)
 	res.writing = true
 	err = w.populate(ctx, rep, &ji, vol, stream)
+	release() // written: the file system's free space counts it now
 	res.imagePath, res.checksum = ji.path, ji.checksum
 	if err != nil {
 		return res, err

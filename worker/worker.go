@@ -118,6 +118,7 @@ type ImageCache interface {
 // Worker runs one host's jobs.
 type Worker struct {
 	cfg      Config
+	space    spaceHeld
 	nc       *nats.Conn
 	js       jetstream.JetStream
 	subjects messaging.Subjects

@@ -1,0 +1,115 @@
+package pipeline
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/libvirt-volume-provisioner/provisioner/messaging"
+)
+
+// ErrNoSpace matches (errors.Is) the error of a job that would write more
+// than its volumes' file system has free: it fails before it writes
+// anything.
+var ErrNoSpace = errors.New("not enough free space")
+
+// ErrFreeSpaceUnknown: the backend cannot tell its free space in bytes
+// (a logical pool checks its own).
+var ErrFreeSpaceUnknown = errors.New("the free space of the volumes' storage is not known in bytes")
+
+// SpaceReporter is implemented by backends whose volumes, and goldens, are
+// files in one file system: FreeSpace is what can still be written there,
+// and where names it for messages.
+type SpaceReporter interface {
+	FreeSpace(ctx context.Context) (free int64, where string, err error)
+}
+
+// FreeBytes is the space that can still be written in the file system
+// holding dir (statfs: available blocks, as for an unprivileged user).
+func FreeBytes(dir string) (int64, error) {
+	var st unix.Statfs_t
+	if err := unix.Statfs(dir, &st); err != nil {
+		return 0, fmt.Errorf("free space of the file system of %s: %w", dir, err)
+	}
+	return int64(st.Bavail) * st.Frsize, nil
+}
+
+// FreeSpace is the free space of the volume directory's file system.
+func (b FileBackend) FreeSpace(context.Context) (int64, string, error) {
+	free, err := FreeBytes(b.Dir)
+	return free, "the file system of " + b.Dir, err
+}
+
+var _ SpaceReporter = FileBackend{}
+
+// ImageData is how many bytes an image's disk holds outside its zero
+// ranges, what a converter writes at most (it skips ranges that read as
+// zeros): for a qcow2 image its allocated clusters that are not zero
+// clusters, for a raw one its file's data ranges (SEEK_DATA), at most the
+// virtual size. It reads only the qcow2's tables, or nothing. The image
+// must be complete.
+func ImageData(ctx context.Context, path string, img Image) (int64, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, fmt.Errorf("open image %s: %w", path, err)
+	}
+	defer f.Close()
+	if img.Format == messaging.ImageRaw {
+		return rawData(f, img.VirtualSize), nil
+	}
+	q, err := openQCOW2(f, img)
+	if err != nil {
+		return 0, fmt.Errorf("qcow2 image %s: %w", path, err)
+	}
+	var data int64
+	for off := int64(0); off < img.VirtualSize; {
+		if err := ctx.Err(); err != nil {
+			return 0, err
+		}
+		ext, err := q.Extent(off, min(img.VirtualSize-off, extentQuery))
+		if err != nil && !errors.Is(err, io.EOF) {
+			return 0, fmt.Errorf("qcow2 image %s: extent at %d: %w", path, off, err)
+		}
+		if ext.Length <= 0 {
+			return 0, fmt.Errorf("qcow2 image %s: empty extent at %d", path, off)
+		}
+		if !ext.Zero {
+			data += ext.Length
+		}
+		off += ext.Length
+	}
+	return data, nil
+}
+
+// rawData sums the data ranges of f's first size bytes.
+func rawData(f *os.File, size int64) int64 {
+	var data int64
+	for off := int64(0); off < size; {
+		d := nextData(f, off, size)
+		if d >= size {
+			break
+		}
+		h, err := unix.Seek(int(f.Fd()), d, unix.SEEK_HOLE)
+		if err != nil || h <= d {
+			return size - off + data // cannot tell: count the rest
+		}
+		h = min(h, size)
+		data += h - d
+		off = h
+	}
+	return data
+}
+
+// AllocatedBytes is the space the file at path takes in its file system
+// (0 for what is not a regular file).
+func AllocatedBytes(path string) int64 {
+	var st unix.Stat_t
+	if err := unix.Lstat(path, &st); err != nil || st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return 0
+	}
+	return st.Blocks * 512
+}

@@ -1,0 +1,143 @@
+package tests
+
+import (
+	"fmt"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/libvirt-volume-provisioner/provisioner/internal/testenv"
+)
+
+// fsDirPool creates a transient dir pool in a directory of a new file
+// system of kind (testenv.FileSystem, on a loop device), traversable by
+// QEMU, and destroys it when the test ends.
+func fsDirPool(t *testing.T, name, kind string) string {
+	t.Helper()
+	mnt := testenv.FileSystem(t, kind)
+	for p := mnt; p != filepath.Dir(p) && p != os.TempDir(); p = filepath.Dir(p) {
+		require.NoError(t, os.Chmod(p, 0o755)) // QEMU runs as libvirt-qemu
+	}
+	dir := filepath.Join(mnt, "pool")
+	require.NoError(t, os.Mkdir(dir, 0o755))
+	virsh(t, "pool-create-as", name, "dir", "--target", dir)
+	t.Cleanup(func() { _ = exec.Command("virsh", "-c", testenv.LibvirtURI, "pool-destroy", name).Run() })
+	return dir
+}
+
+// TestLibvirtDirPoolClones: with the libvirt backend on a dir pool on XFS
+// with reflinks, the first job makes the image's golden volume in the pool
+// and every volume is a reflink clone of it: byte-exact, independent,
+// replaced whole when reprovisioned, refused while a running domain has it,
+// and whole after the golden is evicted.
+func TestLibvirtDirPoolClones(t *testing.T) {
+	t.Parallel()
+	testenv.Libvirtd(t)
+	suffix := fmt.Sprintf("%d", time.Now().UnixNano()%1e9)
+	volPool, imgPool := "itc-vols-"+suffix, "itc-images-"+suffix
+	volDir := fsDirPool(t, volPool, testenv.XFS)
+	dirPool(t, imgPool)
+	e := newEnv(t, envOptions{noWorker: true})
+	w := e.startWorker("h1", "PROVISIONER_VOLUME_BACKEND=libvirt", "PROVISIONER_LIBVIRT_POOL="+volPool, "PROVISIONER_LIBVIRT_IMAGES_POOL="+imgPool)
+	require.Contains(t, w.output(), "volumes are reflink clones of a golden per image")
+	qcow2, ref := image(t, 40<<20, 95)
+	url := e.upload("images/lvc.qcow2", qcow2, true)
+	vol := func(name string) string { return filepath.Join(volDir, name) }
+
+	id := e.submit(map[string]any{"image_url": url, "volume_name": "vm-1", "volume_size_gb": 1})
+	j := e.waitStatus(id, "completed")
+	require.True(t, e.cloned(id))
+	require.Equal(t, vol("vm-1"), j.VolumePath)
+	requireVolume(t, vol("vm-1"), ref, gib)
+	images := e.do(http.MethodGet, "/api/v1/cache/images", nil).json(t)["images"].([]any)
+	require.Len(t, images, 1)
+	golden, ok := images[0].(map[string]any)["golden"].(map[string]any)
+	require.True(t, ok, "the cache entry lists its golden: %v", images[0])
+	goldenPath := golden["path"].(string)
+	require.Equal(t, volDir, filepath.Dir(goldenPath))
+	require.True(t, strings.HasPrefix(filepath.Base(goldenPath), ".golden-"), goldenPath)
+	require.Equal(t, true, golden["immutable"])
+	require.Contains(t, virsh(t, "vol-list", volPool), filepath.Base(goldenPath), "virsh vol-list shows the golden")
+	requireVolume(t, goldenPath, ref, 40<<20)
+
+	id2 := e.submit(map[string]any{"image_url": url, "volume_name": "vm-2", "volume_size_gb": 2})
+	require.True(t, *e.waitStatus(id2, "completed").CacheHit)
+	require.True(t, e.cloned(id2))
+	requireVolume(t, vol("vm-2"), ref, 2*gib)
+	require.Contains(t, virsh(t, "vol-info", "--pool", volPool, "vm-2"), "2.00 GiB")
+
+	// Reprovisioning replaces a written-to volume with a fresh clone.
+	scribble(t, vol("vm-1"))
+	id3 := e.submit(map[string]any{"image_url": url, "volume_name": "vm-1", "volume_size_gb": 1})
+	e.waitStatus(id3, "completed")
+	require.True(t, e.cloned(id3))
+	requireVolume(t, vol("vm-1"), ref, gib)
+	requireVolume(t, vol("vm-2"), ref, 2*gib)
+	require.NotContains(t, virsh(t, "vol-list", volPool), ".clone-", "no temporary clone is left in the pool")
+
+	// A volume a running domain has attached is refused and left as it is.
+	domain := "itc-dom-" + suffix
+	xml := filepath.Join(t.TempDir(), "dom.xml")
+	require.NoError(t, os.WriteFile(xml, []byte(fmt.Sprintf(`<domain type='qemu'><name>%s</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>
+<os><type arch='x86_64' machine='pc'>hvm</type></os><devices><emulator>%s</emulator>
+<disk type='volume' device='disk'><driver name='qemu' type='raw'/><source pool='%s' volume='vm-2'/><target dev='vda' bus='virtio'/></disk>
+<memballoon model='none'/></devices></domain>`, domain, testenv.QemuSystem(t), volPool)), 0o644))
+	virsh(t, "create", xml)
+	t.Cleanup(func() { _ = exec.Command("virsh", "-c", testenv.LibvirtURI, "destroy", domain).Run() })
+	before, err := testenv.FileSHA256(vol("vm-2"))
+	require.NoError(t, err)
+	id4 := e.submit(map[string]any{"image_url": url, "volume_name": "vm-2", "volume_size_gb": 2})
+	require.Contains(t, e.waitStatus(id4, "failed").Error, fmt.Sprintf("is attached to running domain %q", domain))
+	after, err := testenv.FileSHA256(vol("vm-2"))
+	require.NoError(t, err)
+	require.Equal(t, before, after, "nothing was written")
+	virsh(t, "destroy", domain)
+
+	// Deleting the image deletes its golden volume; the clones stay whole.
+	digest, err := testenv.FileSHA256(qcow2)
+	require.NoError(t, err)
+	r := e.do(http.MethodDelete, "/api/v1/cache/images/"+digest, nil)
+	require.Equal(t, http.StatusOK, r.Status, "%s", r.Body)
+	require.NoFileExists(t, goldenPath)
+	require.NotContains(t, virsh(t, "vol-list", volPool), filepath.Base(goldenPath))
+	requireVolume(t, vol("vm-1"), ref, gib)
+	requireVolume(t, vol("vm-2"), ref, 2*gib)
+	id5 := e.submit(map[string]any{"image_url": url, "volume_name": "vm-3", "volume_size_gb": 1})
+	e.waitStatus(id5, "completed")
+	require.True(t, e.cloned(id5))
+	requireVolume(t, vol("vm-3"), ref, gib)
+	require.FileExists(t, goldenPath, "the next job made the golden again")
+}
+
+// TestLibvirtDirPoolWithoutReflinks: on a dir pool on ext4 the libvirt
+// backend converts into every volume, as before, and keeps no golden.
+func TestLibvirtDirPoolWithoutReflinks(t *testing.T) {
+	t.Parallel()
+	testenv.Libvirtd(t)
+	suffix := fmt.Sprintf("%d", time.Now().UnixNano()%1e9)
+	volPool, imgPool := "itn-vols-"+suffix, "itn-images-"+suffix
+	volDir := fsDirPool(t, volPool, testenv.Ext4)
+	dirPool(t, imgPool)
+	e := newEnv(t, envOptions{noWorker: true})
+	w := e.startWorker("h1", "PROVISIONER_VOLUME_BACKEND=libvirt", "PROVISIONER_LIBVIRT_POOL="+volPool, "PROVISIONER_LIBVIRT_IMAGES_POOL="+imgPool)
+	require.Contains(t, w.output(), "clones are not possible here; every volume is converted into")
+	require.Contains(t, w.output(), "libvirt cannot clone volumes with reflink")
+	qcow2, ref := image(t, 24<<20, 96)
+	url := e.upload("images/lvn.qcow2", qcow2, true)
+	for i, name := range []string{"vm-1", "vm-2", "vm-1"} {
+		id := e.submit(map[string]any{"image_url": url, "volume_name": name, "volume_size_gb": 1})
+		j := e.waitStatus(id, "completed")
+		require.Equal(t, i > 0, *j.CacheHit)
+		require.False(t, e.cloned(id))
+		requireVolume(t, filepath.Join(volDir, name), ref, gib)
+	}
+	images := e.do(http.MethodGet, "/api/v1/cache/images", nil).json(t)["images"].([]any)
+	require.NotContains(t, images[0], "golden")
+	require.NotContains(t, virsh(t, "vol-list", volPool), ".golden")
+}
