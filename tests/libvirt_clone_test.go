@@ -18,9 +18,9 @@ import (
 // fsDirPool creates a transient dir pool in a directory of a new file
 // system of kind (testenv.FileSystem, on a loop device), traversable by
 // QEMU, and destroys it when the test ends.
-func fsDirPool(t *testing.T, name, kind string) string {
+func fsDirPool(t *testing.T, name, kind string, sizeMiB int64) string {
 	t.Helper()
-	mnt := testenv.FileSystem(t, kind)
+	mnt := testenv.FileSystemOfSize(t, kind, sizeMiB)
 	for p := mnt; p != filepath.Dir(p) && p != os.TempDir(); p = filepath.Dir(p) {
 		require.NoError(t, os.Chmod(p, 0o755)) // QEMU runs as libvirt-qemu
 	}
@@ -41,7 +41,7 @@ func TestLibvirtDirPoolClones(t *testing.T) {
 	testenv.Libvirtd(t)
 	suffix := fmt.Sprintf("%d", time.Now().UnixNano()%1e9)
 	volPool, imgPool := "itc-vols-"+suffix, "itc-images-"+suffix
-	volDir := fsDirPool(t, volPool, testenv.XFS)
+	volDir := fsDirPool(t, volPool, testenv.XFS, 512)
 	dirPool(t, imgPool)
 	e := newEnv(t, envOptions{noWorker: true})
 	w := e.startWorker("h1", "PROVISIONER_VOLUME_BACKEND=libvirt", "PROVISIONER_LIBVIRT_POOL="+volPool, "PROVISIONER_LIBVIRT_IMAGES_POOL="+imgPool)
@@ -116,13 +116,14 @@ func TestLibvirtDirPoolClones(t *testing.T) {
 }
 
 // TestLibvirtDirPoolWithoutReflinks: on a dir pool on ext4 the libvirt
-// backend converts into every volume, as before, and keeps no golden.
+// backend converts into every volume, as before, and keeps no golden; a
+// volume that would not fit is refused before it is created.
 func TestLibvirtDirPoolWithoutReflinks(t *testing.T) {
 	t.Parallel()
 	testenv.Libvirtd(t)
 	suffix := fmt.Sprintf("%d", time.Now().UnixNano()%1e9)
 	volPool, imgPool := "itn-vols-"+suffix, "itn-images-"+suffix
-	volDir := fsDirPool(t, volPool, testenv.Ext4)
+	volDir := fsDirPool(t, volPool, testenv.Ext4, 3<<10) // volumes are allocated whole here
 	dirPool(t, imgPool)
 	e := newEnv(t, envOptions{noWorker: true})
 	w := e.startWorker("h1", "PROVISIONER_VOLUME_BACKEND=libvirt", "PROVISIONER_LIBVIRT_POOL="+volPool, "PROVISIONER_LIBVIRT_IMAGES_POOL="+imgPool)
@@ -140,4 +141,8 @@ func TestLibvirtDirPoolWithoutReflinks(t *testing.T) {
 	images := e.do(http.MethodGet, "/api/v1/cache/images", nil).json(t)["images"].([]any)
 	require.NotContains(t, images[0], "golden")
 	require.NotContains(t, virsh(t, "vol-list", volPool), ".golden")
+
+	id := e.submit(map[string]any{"image_url": url, "volume_name": "vm-big", "volume_size_gb": 4})
+	require.Contains(t, e.waitStatus(id, "failed").Error, "not enough free space: it is allocated whole (4096 MiB)")
+	require.NotContains(t, virsh(t, "vol-list", volPool), "vm-big")
 }

@@ -40,6 +40,22 @@ func FileSystem(tb testing.TB, kind string) string {
 	if !ok {
 		tb.Fatalf("unknown file system %q", kind)
 	}
+	return fileSystem(tb, kind, m.sizeMiB)
+}
+
+// FileSystemOfSize is FileSystem of sizeMiB MiB (the backing file is
+// sparse: a large file system costs little).
+func FileSystemOfSize(tb testing.TB, kind string, sizeMiB int64) string {
+	tb.Helper()
+	if _, ok := fsMkfs[kind]; !ok {
+		tb.Fatalf("unknown file system %q", kind)
+	}
+	return fileSystem(tb, kind, sizeMiB)
+}
+
+func fileSystem(tb testing.TB, kind string, sizeMiB int64) string {
+	tb.Helper()
+	m := fsMkfs[kind]
 	if _, err := exec.LookPath(m.args[0]); err != nil {
 		Missing(tb, m.args[0], "apt-get install "+m.pkg+" (scripts/install-deps.sh installs it)")
 	}
@@ -49,7 +65,7 @@ func FileSystem(tb testing.TB, kind string) string {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	if err := f.Truncate(m.sizeMiB << 20); err != nil {
+	if err := f.Truncate(sizeMiB << 20); err != nil {
 		tb.Fatal(err)
 	}
 	_ = f.Close()
