@@ -49,7 +49,12 @@ func (b *bench) runClones(ctx context.Context) error {
 		}
 		b.images = append(b.images, img)
 	}
-	s, err := b.startLoopbackMinIO(ctx)
+	// -nets shaped reads the images over the 1 Gbit/s link instead.
+	start := b.startLoopbackMinIO
+	if len(o.nets) == 1 && o.nets[0] == "shaped" {
+		start = b.startShapedMinIO
+	}
+	s, err := start(ctx)
 	if err != nil {
 		return err
 	}
@@ -320,8 +325,8 @@ func (b *bench) uncacheOn(host string, img *image) error {
 
 func (b *bench) cloneReport() string {
 	var sb strings.Builder
-	fmt.Fprintf(&sb, "Machine: %s. Command: `%s`. Medians of %d runs; ratios are against `qemu-img convert` of the same image in the same run.\n\n",
-		b.machine.oneLine(), commandLine(), b.opt.runs)
+	fmt.Fprintf(&sb, "Machine: %s. Command: `%s`. MinIO: %s. Medians of %d runs; ratios are against `qemu-img convert` of the same image in the same run.\n\n",
+		b.machine.oneLine(), commandLine(), b.stores[0].label, b.opt.runs)
 	sb.WriteString("| image | step | time | × qemu-img convert | new space per volume |\n|---|---|---|---|---|\n")
 	for _, img := range b.images {
 		base := median(b.res.get(key(img.name, "qemu_img", "wall")))

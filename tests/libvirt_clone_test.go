@@ -44,7 +44,8 @@ func TestLibvirtDirPoolClones(t *testing.T) {
 	volDir := fsDirPool(t, volPool, testenv.XFS, 512)
 	dirPool(t, imgPool)
 	e := newEnv(t, envOptions{noWorker: true})
-	w := e.startWorker("h1", "PROVISIONER_VOLUME_BACKEND=libvirt", "PROVISIONER_LIBVIRT_POOL="+volPool, "PROVISIONER_LIBVIRT_IMAGES_POOL="+imgPool)
+	w := e.startWorker("h1", "PROVISIONER_VOLUME_BACKEND=libvirt", "PROVISIONER_LIBVIRT_POOL="+volPool, "PROVISIONER_LIBVIRT_IMAGES_POOL="+imgPool,
+		"PROVISIONER_SCRUB_INTERVAL=2s")
 	require.Contains(t, w.output(), "volumes are reflink clones of a golden per image")
 	qcow2, ref := image(t, 40<<20, 95)
 	url := e.upload("images/lvc.qcow2", qcow2, true)
@@ -113,6 +114,23 @@ func TestLibvirtDirPoolClones(t *testing.T) {
 	require.True(t, e.cloned(id5))
 	requireVolume(t, vol("vm-3"), ref, gib)
 	require.FileExists(t, goldenPath, "the next job made the golden again")
+
+	// A golden changed behind the worker's back is found by the scrub and
+	// removed from the pool; its clones stay as they are.
+	out, err := exec.Command("chattr", "-i", goldenPath).CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	f, err := os.OpenFile(goldenPath, os.O_WRONLY, 0)
+	require.NoError(t, err)
+	_, err = f.WriteAt([]byte{0x5a}, 4096)
+	require.NoError(t, err)
+	require.NoError(t, f.Close())
+	require.Eventually(t, func() bool {
+		_, err := os.Stat(goldenPath)
+		return os.IsNotExist(err)
+	}, 60*time.Second, 200*time.Millisecond, "the scrub evicts the changed golden")
+	require.Contains(t, w.output(), "cache scrub evicted files that no longer matched their digest")
+	require.NotContains(t, virsh(t, "vol-list", volPool), filepath.Base(goldenPath))
+	requireVolume(t, vol("vm-3"), ref, gib)
 }
 
 // TestLibvirtDirPoolWithoutReflinks: on a dir pool on ext4 the libvirt
