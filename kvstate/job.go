@@ -118,8 +118,16 @@ func NewJob(m messaging.Job, host string, now time.Time) Job {
 
 // Errors returned by the job store.
 var (
-	// ErrNotFound: no record under that key.
-	ErrNotFound = errors.New("job not found")
+	// ErrNotFound: no record, entry or lease under that key. Each store
+	// returns its own error that matches it (errors.Is) and names what was
+	// missing: ErrJobNotFound, ErrHostNotFound, ErrCacheEntryNotFound.
+	ErrNotFound = errors.New("not found")
+	// ErrJobNotFound: no job record under that key.
+	ErrJobNotFound = fmt.Errorf("job record %w", ErrNotFound)
+	// ErrHostNotFound: no host registry entry under that name.
+	ErrHostNotFound = fmt.Errorf("host %w", ErrNotFound)
+	// ErrCacheEntryNotFound: no cache index entry under that key.
+	ErrCacheEntryNotFound = fmt.Errorf("cache entry %w", ErrNotFound)
 	// ErrExists: a record already exists under that key.
 	ErrExists = errors.New("job already exists")
 	// ErrSuperseded: the record belongs to another attempt of the job now
@@ -162,7 +170,7 @@ func (s Jobs) Create(ctx context.Context, j Job) (uint64, error) {
 func (s Jobs) Get(ctx context.Context, host, jobID string) (Job, uint64, error) {
 	e, err := s.KV.Get(ctx, messaging.JobKey(host, jobID))
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return Job{}, 0, ErrNotFound
+		return Job{}, 0, ErrJobNotFound
 	}
 	if err != nil {
 		return Job{}, 0, fmt.Errorf("read job record %s: %w", jobID, err)

@@ -111,7 +111,9 @@ func TestJobsCreateGet(t *testing.T) {
 
 	_, _, err := jobs.Get(ctx, "hv-01", jobID1)
 	require.ErrorIs(t, err, kvstate.ErrNotFound)
-	require.EqualError(t, err, "job not found")
+	require.EqualError(t, err, "job record not found")
+	require.ErrorIs(t, err, kvstate.ErrJobNotFound)
+	require.ErrorIs(t, err, kvstate.ErrNotFound)
 
 	j := pendingJob("hv-01", jobID1)
 	rev, err := jobs.Create(ctx, j)
