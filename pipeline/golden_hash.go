@@ -42,11 +42,11 @@ var ErrDigestIncomplete = errors.New("the conversion did not account for every b
 type GoldenHasher struct {
 	size int64
 
-	mu      sync.Mutex
-	chunks  map[int64]*hashChunk // every chunk some bytes of which are known
-	sums    [][sha256.Size]byte
-	done    int64 // chunks hashed
-	err     error
+	mu     sync.Mutex
+	chunks map[int64]*hashChunk // every chunk some bytes of which are known
+	sums   [][sha256.Size]byte
+	done   int64 // chunks hashed
+	err    error
 }
 
 // hashChunk is a chunk some of whose bytes are known.
