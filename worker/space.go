@@ -85,11 +85,14 @@ func (w *Worker) imageNeed(ctx context.Context, rep *reporter, ji *jobImage, fit
 // less already bytes the target holds now (a reused volume's, freed as
 // it is zeroed).
 func (w *Worker) reserveImage(ctx context.Context, rep *reporter, ji *jobImage, what string, already int64) (func(), error) {
+	sr, ok := w.parts.Backend.(pipeline.SpaceReporter)
+	if !ok {
+		return func() {}, nil
+	}
+	if _, _, err := sr.FreeSpace(ctx); errors.Is(err, pipeline.ErrFreeSpaceUnknown) {
+		return func() {}, nil // a logical pool: libvirt and LVM check
+	}
 	fits := func(n int64) bool {
-		sr, ok := w.parts.Backend.(pipeline.SpaceReporter)
-		if !ok {
-			return true
-		}
 		free, _, err := sr.FreeSpace(ctx)
 		w.space.mu.Lock()
 		defer w.space.mu.Unlock()
