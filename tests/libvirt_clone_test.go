@@ -164,3 +164,48 @@ func TestLibvirtDirPoolWithoutReflinks(t *testing.T) {
 	require.Contains(t, e.waitStatus(id, "failed").Error, "not enough free space: it is allocated whole (4096 MiB)")
 	require.NotContains(t, virsh(t, "vol-list", volPool), "vm-big")
 }
+
+// TestLibvirtDirPoolGoldenEvictedByCap: a golden volume counts against the
+// cache's cap with its image; the least recently used image is evicted with
+// its golden, and the volumes cloned from it stay whole.
+func TestLibvirtDirPoolGoldenEvictedByCap(t *testing.T) {
+	t.Parallel()
+	testenv.Libvirtd(t)
+	suffix := fmt.Sprintf("%d", time.Now().UnixNano()%1e9)
+	volPool, imgPool := "itcap-vols-"+suffix, "itcap-images-"+suffix
+	volDir := fsDirPool(t, volPool, testenv.XFS, 512)
+	dirPool(t, imgPool)
+	e := newEnv(t, envOptions{noWorker: true})
+	// Each image: about 13 MiB of qcow2 and 13 MiB of golden; two do not fit.
+	e.startWorker("h1", "PROVISIONER_VOLUME_BACKEND=libvirt", "PROVISIONER_LIBVIRT_POOL="+volPool, "PROVISIONER_LIBVIRT_IMAGES_POOL="+imgPool,
+		fmt.Sprintf("PROVISIONER_CACHE_MAX_BYTES=%d", 36<<20))
+	qa, refA := image(t, 40<<20, 101)
+	qb, refB := image(t, 40<<20, 102)
+	urlA, urlB := e.upload("images/a.qcow2", qa, true), e.upload("images/b.qcow2", qb, true)
+
+	id := e.submit(map[string]any{"image_url": urlA, "volume_name": "vm-a", "volume_size_gb": 1})
+	e.waitStatus(id, "completed")
+	require.True(t, e.cloned(id))
+	goldensOf := func() []string {
+		var out []string
+		for _, img := range e.do(http.MethodGet, "/api/v1/cache/images", nil).json(t)["images"].([]any) {
+			if g, ok := img.(map[string]any)["golden"].(map[string]any); ok {
+				out = append(out, g["path"].(string))
+			}
+		}
+		return out
+	}
+	goldenA := goldensOf()
+	require.Len(t, goldenA, 1)
+
+	id = e.submit(map[string]any{"image_url": urlB, "volume_name": "vm-b", "volume_size_gb": 1})
+	e.waitStatus(id, "completed")
+	require.True(t, e.cloned(id))
+	require.NoFileExists(t, goldenA[0], "image a was evicted with its golden")
+	require.NotContains(t, virsh(t, "vol-list", volPool), filepath.Base(goldenA[0]))
+	goldenB := goldensOf()
+	require.Len(t, goldenB, 1)
+	require.NotEqual(t, goldenA, goldenB)
+	requireVolume(t, filepath.Join(volDir, "vm-a"), refA, gib)
+	requireVolume(t, filepath.Join(volDir, "vm-b"), refB, gib)
+}
