@@ -644,7 +644,11 @@ func (w *Worker) execute(ctx context.Context, rep *reporter, rec kvstate.Job, m 
 		}
 	}
 	if c, ok := w.clones(); ok {
-		return w.provisionByClone(ctx, rep, rec, m, &ji, c, vol, exists, res)
+		if byClone, err := c.byClone(ctx, vol, exists); err != nil {
+			return res, err
+		} else if byClone {
+			return w.provisionByClone(ctx, rep, rec, m, &ji, c, vol, exists, res)
+		}
 	}
 	if !exists {
 		if err := img.CheckFits(want); err != nil {
