@@ -364,9 +364,14 @@ func (b *LVMBackend) DigestGolden(ctx context.Context, path string) (string, err
 	if err != nil {
 		return "", fmt.Errorf("golden LV %s: %w", path, err)
 	}
+	return hashLV(ctx, lv)
+}
+
+// hashLV is GoldenDigest of LV lv's device.
+func hashLV(ctx context.Context, lv thinLV) (string, error) {
 	f, err := os.Open(lv.Path)
 	if err != nil {
-		return "", fmt.Errorf("open golden LV %s to hash it: %w", path, err)
+		return "", fmt.Errorf("open LV %s to hash it: %w", lv.Path, err)
 	}
 	defer f.Close()
 	return chunkedDigest(ctx, f, lv.Size)

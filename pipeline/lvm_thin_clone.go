@@ -72,7 +72,7 @@ func (b *LVMBackend) SealGolden(ctx context.Context, key string, prepared Volume
 	if err := ensureFlushed(lv.Path); err != nil {
 		return Golden{}, fmt.Errorf("flush golden of %s: %w", key, err)
 	}
-	digest, err := b.digestLV(ctx, lv)
+	digest, err := hashLV(ctx, lv)
 	if err != nil {
 		return Golden{}, fmt.Errorf("hash golden of %s: %w", key, err)
 	}
@@ -86,11 +86,6 @@ func (b *LVMBackend) SealGolden(ctx context.Context, key string, prepared Volume
 		return Golden{}, fmt.Errorf("move golden of %s into place: %w", key, err)
 	}
 	return Golden{Key: key, Path: b.lvPath(final), Size: lv.Size, Digest: digest}, nil
-}
-
-// digestLV is GoldenDigest of LV lv's device.
-func (b *LVMBackend) digestLV(ctx context.Context, lv thinLV) (string, error) {
-	return b.DigestGolden(ctx, b.lvPath(lv.Name))
 }
 
 // RemoveGolden removes key's golden LV and one being prepared. Snapshots of
