@@ -239,6 +239,11 @@ func (b *LVMBackend) checkPoolRoom(ctx context.Context, need int64, what string)
 	if err != nil {
 		return err
 	}
+	return b.roomFor(u, need, what)
+}
+
+// roomFor is checkPoolRoom with the pool's usage u.
+func (b *LVMBackend) roomFor(u ThinPoolUsage, need int64, what string) error {
 	limit := b.maxUsed()
 	used := int64(u.DataUsed * float64(u.DataBytes))
 	fix := fmt.Sprintf("extend the pool (lvextend -L +<size> %s) or remove volumes or cached images", u.Pool)

@@ -2,6 +2,9 @@ package pipeline
 
 import (
 	"context"
+	"errors"
+	"io"
+	"os"
 	"fmt"
 	"strconv"
 	"strings"
@@ -22,30 +25,50 @@ func (b *LVMBackend) PrepareGolden(ctx context.Context, key string, size int64) 
 	if size <= 0 {
 		return Volume{}, fmt.Errorf("golden of %s: size %d is not positive", key, size)
 	}
-	if err := b.checkPoolRoom(ctx, size, "the image's golden ("+strconv.FormatInt(size, 10)+" bytes of disk)"); err != nil {
-		return Volume{}, err
-	}
 	name := lvPreparePrefix + key
-	if err := b.removeLV(ctx, name); err != nil { // left by an attempt that stopped
+	lvs, u, err := b.scan(ctx)
+	if err != nil {
 		return Volume{}, err
 	}
-	err := b.change(ctx, lvmCommand("lvcreate", "--yes", "--type", "thin", "--thinpool", b.Pool,
+	if err := b.roomFor(u, size, "the image's golden ("+strconv.FormatInt(size, 10)+" bytes of disk)"); err != nil {
+		return Volume{}, err
+	}
+	if _, ok := lvs[name]; ok { // left by an attempt that stopped
+		if err := b.change(ctx, lvremoveArgs(b.VG, name)...); err != nil {
+			return Volume{}, fmt.Errorf("lvremove %s/%s: %w", b.VG, name, err)
+		}
+	}
+	err = b.change(ctx, lvmCommand("lvcreate", "--yes", "--type", "thin", "--thinpool", b.Pool,
 		"--virtualsize", strconv.FormatInt(size, 10)+"b", "--name", name, "--activate", "y", b.VG)...)
 	if err != nil {
 		return Volume{}, fmt.Errorf("create golden LV %s/%s: %w", b.VG, name, err)
 	}
-	lv, ok, err := b.thinLV(context.WithoutCancel(ctx), name)
-	if err == nil && !ok {
-		err = fmt.Errorf("lvcreate %s/%s succeeded but lvs does not list it", b.VG, name)
-	}
-	if err == nil && (lv.Size < size || !lv.Active) {
-		err = fmt.Errorf("lvcreate %s/%s made an LV of %d bytes (active: %v), not one of %d", b.VG, name, lv.Size, lv.Active, size)
+	got, err := deviceBytes(b.lvPath(name))
+	if err == nil && got < size {
+		err = fmt.Errorf("lvcreate %s/%s made an LV of %d bytes, not one of %d", b.VG, name, got, size)
 	}
 	if err != nil {
 		_ = b.removeLV(context.WithoutCancel(ctx), name)
-		return Volume{}, err
+		return Volume{}, fmt.Errorf("create golden LV %s/%s: %w", b.VG, name, err)
 	}
-	return Volume{Name: name, Path: lv.Path, Size: lv.Size, ReadsAsZeros: true}, nil
+	return Volume{Name: name, Path: b.lvPath(name), Size: got, ReadsAsZeros: true}, nil
+}
+
+// scan reads every LV of the VG in one lvs, and the pool's usage.
+func (b *LVMBackend) scan(ctx context.Context) (map[string]thinLV, ThinPoolUsage, error) {
+	lvs, err := b.thinLVs(ctx, "")
+	if err != nil {
+		return nil, ThinPoolUsage{}, err
+	}
+	m := make(map[string]thinLV, len(lvs))
+	for _, lv := range lvs {
+		m[lv.Name] = lv
+	}
+	pool, ok := m[b.Pool]
+	if !ok || !pool.pool() {
+		return nil, ThinPoolUsage{}, fmt.Errorf("%s is not a thin pool", b.PoolName())
+	}
+	return m, ThinPoolUsage{Pool: b.PoolName(), DataBytes: pool.Size, MetadataBytes: pool.MetaSize, DataUsed: pool.DataUsed, MetadataUsed: pool.MetaUsed}, nil
 }
 
 // SealGolden flushes and hashes the prepared LV, makes it read-only
@@ -62,7 +85,8 @@ func (b *LVMBackend) SealGolden(ctx context.Context, key string, prepared Volume
 	if prepared.Name != name {
 		return Golden{}, fmt.Errorf("seal golden of %s: %s is not a golden being prepared", key, prepared.Name)
 	}
-	lv, ok, err := b.thinLV(ctx, name)
+	lvs, _, err := b.scan(ctx)
+	lv, ok := lvs[name]
 	if err == nil && (!ok || !lv.thin() || lv.Pool != b.Pool) {
 		err = fmt.Errorf("%s/%s is not a thin LV of pool %s", b.VG, name, b.Pool)
 	}
@@ -79,8 +103,10 @@ func (b *LVMBackend) SealGolden(ctx context.Context, key string, prepared Volume
 	if err := b.change(ctx, lvmCommand("lvchange", "--yes", "--permission", "r", b.VG+"/"+name)...); err != nil {
 		return Golden{}, fmt.Errorf("make golden of %s read-only: %w", key, err)
 	}
-	if err := b.removeLV(ctx, final); err != nil {
-		return Golden{}, err
+	if _, ok := lvs[final]; ok {
+		if err := b.change(ctx, lvremoveArgs(b.VG, final)...); err != nil {
+			return Golden{}, fmt.Errorf("remove the older golden of %s: %w", key, err)
+		}
 	}
 	if err := b.change(ctx, lvmCommand("lvrename", b.VG, name, final)...); err != nil {
 		return Golden{}, fmt.Errorf("move golden of %s into place: %w", key, err)
@@ -97,10 +123,21 @@ func (b *LVMBackend) RemoveGolden(ctx context.Context, key string) error {
 	if err := validKey(key); err != nil {
 		return err
 	}
+	lvs, _, err := b.scan(ctx)
+	if err != nil {
+		return fmt.Errorf("remove golden of %s: %w", key, err)
+	}
+	args := lvmCommand("lvremove", "--yes")
 	for _, name := range []string{lvGoldenPrefix + key, lvPreparePrefix + key} {
-		if err := b.removeLV(ctx, name); err != nil {
-			return fmt.Errorf("remove golden of %s: %w", key, err)
+		if _, ok := lvs[name]; ok {
+			args = append(args, b.VG+"/"+name)
 		}
+	}
+	if len(args) == 2 {
+		return nil
+	}
+	if err := b.change(ctx, args...); err != nil {
+		return fmt.Errorf("remove golden of %s: %w", key, err)
 	}
 	return nil
 }
@@ -127,19 +164,30 @@ func (b *LVMBackend) GoldenKeys(ctx context.Context) ([]string, error) {
 	return sortedKeys(seen), nil
 }
 
-// golden finds g's LV: a read-only thin LV of the pool of at least g.Size.
+// golden finds g's LV: a read-only thin LV of the pool of g.Size.
 func (b *LVMBackend) golden(ctx context.Context, g Golden) (thinLV, error) {
+	lv, ok, err := b.thinLV(ctx, lvGoldenPrefix+g.Key)
+	if err != nil {
+		return thinLV{}, err
+	}
+	if !ok {
+		return b.checkGolden(g, nil)
+	}
+	return b.checkGolden(g, &lv)
+}
+
+// checkGolden checks that lv (nil: none) is g's golden LV as sealed.
+func (b *LVMBackend) checkGolden(g Golden, found *thinLV) (thinLV, error) {
 	name := lvGoldenPrefix + g.Key
 	if validKey(g.Key) != nil || g.Path != b.lvPath(name) {
 		return thinLV{}, fmt.Errorf("%s is not the golden LV of %s in %s", g.Path, g.Key, b.VG)
 	}
-	lv, ok, err := b.thinLV(ctx, name)
-	switch {
-	case err != nil:
-		return thinLV{}, err
-	case !ok:
+	if found == nil {
 		return thinLV{}, fmt.Errorf("golden LV %s/%s does not exist", b.VG, name)
-	case !lv.thin() || lv.Pool != b.Pool || !lv.readOnly():
+	}
+	lv := *found
+	switch {
+	case !lv.thin() || lv.Pool != b.Pool || !lv.readOnly() || !lv.Active:
 		return thinLV{}, fmt.Errorf("golden LV %s/%s is not a read-only thin LV of pool %s (lv_attr %s)", b.VG, name, b.Pool, lv.Attr)
 	case lv.Size != g.Size:
 		return thinLV{}, fmt.Errorf("golden LV %s/%s is %d bytes, not the %d it was sealed with", b.VG, name, lv.Size, g.Size)
@@ -165,15 +213,12 @@ func (b *LVMBackend) snapshot(ctx context.Context, src thinLV, name string, size
 	if size > src.Size {
 		err = b.change(bg, lvmCommand("lvextend", "--yes", "--size", strconv.FormatInt(size, 10)+"b", b.VG+"/"+name)...)
 	}
-	lv, ok, lerr := b.thinLV(bg, name)
-	switch {
-	case err != nil:
-	case lerr != nil:
-		err = lerr
-	case !ok:
-		err = fmt.Errorf("lvcreate %s/%s succeeded but lvs does not list it", b.VG, name)
-	case lv.Size != size || !lv.Active || lv.readOnly():
-		err = fmt.Errorf("snapshot %s/%s is %d bytes (active %v, lv_attr %s), not a writable active LV of %d", b.VG, name, lv.Size, lv.Active, lv.Attr, size)
+	// lvcreate and lvextend said what they made; the device says the rest.
+	lv := thinLV{lvInfo: lvInfo{Name: name, VG: b.VG, Path: b.lvPath(name), Size: size, Active: true}, Pool: b.Pool}
+	if err == nil {
+		if got, serr := deviceBytes(lv.Path); serr != nil || got != size {
+			err = fmt.Errorf("snapshot %s/%s: its device is %d bytes, not %d (%v)", b.VG, name, got, size, serr)
+		}
 	}
 	if err != nil {
 		if rerr := b.removeLV(bg, name); rerr != nil {
@@ -197,15 +242,9 @@ func (b *LVMBackend) Clone(ctx context.Context, g Golden, name string, size int6
 	if size < g.Size {
 		return Volume{}, fmt.Errorf("clone volume %s/%s: %d bytes is less than the golden's %d; a clone is never shrunk", b.VG, name, size, g.Size)
 	}
-	if _, ok, err := b.lv(ctx, name); err != nil {
-		return Volume{}, err
-	} else if ok {
-		return Volume{}, fmt.Errorf("clone volume %s/%s: it already exists", b.VG, name)
-	}
-	if err := b.checkPoolRoom(ctx, 0, "a snapshot"); err != nil {
-		return Volume{}, err
-	}
-	src, err := b.golden(ctx, g)
+	// One report of the VG answers every check: a warm job's cost is a few
+	// LVM commands, so each one saved counts.
+	src, err := b.cloneSource(ctx, g, name)
 	if err != nil {
 		return Volume{}, fmt.Errorf("clone volume %s/%s: %w", b.VG, name, err)
 	}
@@ -214,6 +253,25 @@ func (b *LVMBackend) Clone(ctx context.Context, g Golden, name string, size int6
 		return Volume{}, fmt.Errorf("clone volume %s/%s: %w", b.VG, name, err)
 	}
 	return Volume{Name: name, Path: lv.Path, Size: lv.Size}, nil
+}
+
+// cloneSource reads the VG once and checks that name is free, that the
+// pool has room and that g's golden LV is as sealed; it returns the golden.
+func (b *LVMBackend) cloneSource(ctx context.Context, g Golden, name string) (thinLV, error) {
+	lvs, u, err := b.scan(ctx)
+	if err != nil {
+		return thinLV{}, err
+	}
+	if _, ok := lvs[name]; ok {
+		return thinLV{}, errors.New("it already exists")
+	}
+	if err := b.roomFor(u, 0, "a snapshot"); err != nil {
+		return thinLV{}, err
+	}
+	if src, ok := lvs[lvGoldenPrefix+g.Key]; ok {
+		return b.checkGolden(g, &src)
+	}
+	return b.checkGolden(g, nil)
 }
 
 // Reclonable reports whether the existing volume vol is replaced by a fresh
@@ -247,14 +305,23 @@ func (b *LVMBackend) Reclone(ctx context.Context, g Golden, vol Volume) (Volume,
 	if err := b.thinReady(); err != nil {
 		return Volume{}, err
 	}
-	cur, err := b.recloneTarget(ctx, vol.Name, g.Size)
+	lvs, u, err := b.scan(ctx)
 	if err != nil {
 		return Volume{}, err
 	}
-	if err := b.checkPoolRoom(ctx, 0, "a snapshot"); err != nil {
+	cur, err := b.recloneTarget(lvs, vol.Name, g.Size)
+	if err != nil {
 		return Volume{}, err
 	}
-	src, err := b.golden(ctx, g)
+	if err := b.roomFor(u, 0, "a snapshot"); err != nil {
+		return Volume{}, err
+	}
+	var src thinLV
+	if found, ok := lvs[lvGoldenPrefix+g.Key]; ok {
+		src, err = b.checkGolden(g, &found)
+	} else {
+		src, err = b.checkGolden(g, nil)
+	}
 	if err != nil {
 		return Volume{}, fmt.Errorf("reclone volume %s/%s: %w", b.VG, vol.Name, err)
 	}
@@ -270,13 +337,11 @@ func (b *LVMBackend) Reclone(ctx context.Context, g Golden, vol Volume) (Volume,
 	return Volume{Name: vol.Name, Path: b.lvPath(vol.Name), Size: lv.Size}, nil
 }
 
-// recloneTarget checks that LV name is a thin LV of the pool, not open,
+// recloneTarget checks that LV name (of lvs) is a thin LV of the pool, not open,
 // and at least size bytes.
-func (b *LVMBackend) recloneTarget(ctx context.Context, name string, size int64) (thinLV, error) {
-	cur, ok, err := b.thinLV(ctx, name)
+func (b *LVMBackend) recloneTarget(lvs map[string]thinLV, name string, size int64) (thinLV, error) {
+	cur, ok := lvs[name]
 	switch {
-	case err != nil:
-		return thinLV{}, err
 	case !ok:
 		return thinLV{}, fmt.Errorf("reclone volume %s/%s: it does not exist", b.VG, name)
 	case !cur.thin() || cur.Pool != b.Pool:
@@ -314,8 +379,18 @@ func (b *LVMBackend) swap(ctx context.Context, name, tmp, old string) error {
 		return fmt.Errorf("reclone volume %s/%s: rename the snapshot: %w; the old volume is back", b.VG, name, err)
 	}
 	// The swap is done; an old LV that cannot go now is ReconcileThin's.
-	_ = b.removeLV(bg, old)
+	_ = b.change(bg, lvremoveArgs(b.VG, old)...)
 	return nil
+}
+
+// deviceBytes is the size of the block device at path.
+func deviceBytes(path string) (int64, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return 0, err
+	}
+	defer f.Close()
+	return f.Seek(0, io.SeekEnd)
 }
 
 // ThinReconcile says what ReconcileThin did.

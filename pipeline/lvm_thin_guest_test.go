@@ -102,6 +102,8 @@ func imageData(t *testing.T, ref string) int64 {
 	return n
 }
 
+// TestLVMGuestThinGoldenAndClones: a golden LV and clones of it, byte-exact
+// and independent; then the golden is evicted while they live.
 func TestLVMGuestThinGoldenAndClones(t *testing.T) {
 	t.Parallel()
 	b := guestThin(t)
@@ -165,6 +167,18 @@ func TestLVMGuestThinGoldenAndClones(t *testing.T) {
 	require.ErrorContains(t, err, "already exists")
 	_, err = b.Clone(ctx, g, "lvt-clone-small", g.Size-4<<20)
 	require.ErrorContains(t, err, "a clone is never shrunk")
+
+	// Evicted while clones live: they stay whole.
+	require.NoError(t, b.RemoveGolden(ctx, key))
+	_, ok, err = b.lv(ctx, lvGoldenPrefix+key)
+	require.NoError(t, err)
+	require.False(t, ok, "the golden LV is gone")
+	keys, err = b.GoldenKeys(ctx)
+	require.NoError(t, err)
+	require.NotContains(t, keys, key)
+	requireLVHolds(t, c.Path, raw, c.Size)
+	_, err = b.Clone(ctx, g, "lvt-clone-c", guestLVSize)
+	require.ErrorContains(t, err, "does not exist")
 }
 
 func TestLVMGuestThinReclone(t *testing.T) {
@@ -231,27 +245,6 @@ func TestLVMGuestThinReconcileSwap(t *testing.T) {
 	for name := range vgLVs(t, b) {
 		require.False(t, strings.HasPrefix(name, lvClonePrefix) || strings.HasPrefix(name, lvOldPrefix), "%s left behind", name)
 	}
-}
-
-func TestLVMGuestThinEvictWithLiveClones(t *testing.T) {
-	t.Parallel()
-	b := guestThin(t)
-	ctx := t.Context()
-	qcow2, raw := guestImages(t)
-	key := thinKey(t)
-	g := thinGolden(t, b, key, qcow2)
-	vol := cloneLV(t, b, g, "lvt-evict", guestLVSize)
-
-	require.NoError(t, b.RemoveGolden(ctx, key))
-	_, ok, err := b.lv(ctx, lvGoldenPrefix+key)
-	require.NoError(t, err)
-	require.False(t, ok, "the golden LV is gone")
-	keys, err := b.GoldenKeys(ctx)
-	require.NoError(t, err)
-	require.NotContains(t, keys, key)
-	requireLVHolds(t, vol.Path, raw, vol.Size)
-	_, err = b.Clone(ctx, g, "lvt-evict-2", guestLVSize)
-	require.ErrorContains(t, err, "does not exist")
 }
 
 // TestLVMGuestThinCache: golden LVs in the cache's lifecycle: recorded on
@@ -381,6 +374,7 @@ func TestLVMGuestThinPoolFull(t *testing.T) {
 	keys, err = b.GoldenKeys(ctx)
 	require.NoError(t, err)
 	require.NotContains(t, keys, key, "nothing is left of the golden")
+	b.PoolMaxUsed = 0.95
 	_, err = b.Clone(ctx, Golden{Key: key, Path: b.lvPath(lvGoldenPrefix + key), Size: prep.Size}, "lvt-full-clone", guestLVSize)
 	require.ErrorIs(t, err, ErrThinPoolFull, "a full pool takes no snapshot either")
 	require.NoError(t, b.Delete(ctx, "lvt-filler"))

@@ -163,9 +163,14 @@ devices {
   obtain_device_list_from_udev = 0
   external_device_info_source = "none"
   filter = [ "a|^/dev/vda$|", "r|.*|" ]
+  md_component_detection = 0
+  multipath_component_detection = 0
+  fw_raid_component_detection = 0
 }
 activation { udev_sync = 0  udev_rules = 0  monitoring = 0 }
-global { use_lvmlockd = 0  event_activation = 0 }
+global { use_lvmlockd = 0  event_activation = 0  use_lvmpolld = 0 }
+# Every command under TCG counts: no metadata backups in the throw-away VM.
+backup { backup = 0  archive = 0 }
 EOF
 
 cat > "$R/init" <<EOF
