@@ -48,7 +48,7 @@ func TestLVMGuestBenchThin(t *testing.T) {
 }
 
 // benchRuns is how many times each way runs; the median is reported.
-const benchRuns = 5
+const benchRuns = 3
 
 func benchThinImage(t *testing.T, shared *LVMBackend, name, qcow2, raw string) {
 	ctx := t.Context()

@@ -10,7 +10,7 @@
 #
 # Usage: tests/lvmguest/run.sh     (from anywhere; `make e2e-lvm`)
 # Env:   ACCEL=auto|kvm|tcg  (auto: KVM when real VT-x/AMD-V is usable, else TCG)
-#        TIMEOUT=600         whole-VM wall-clock limit, seconds
+#        TIMEOUT=900         whole-VM wall-clock limit, seconds
 #        RUN='^TestLVMGuest' which tests to run (-test.run)
 #        KEEP=1              keep the work directory (kept anyway on failure)
 #        BENCH=1             run the thin-snapshot benchmark instead
@@ -28,7 +28,7 @@ set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 ACCEL=${ACCEL:-auto}
-TIMEOUT=${TIMEOUT:-600}
+TIMEOUT=${TIMEOUT:-900}
 BENCH=${BENCH:-}
 if [ "$BENCH" = 1 ]; then RUN=${RUN:-^TestLVMGuestBenchThin$}; else RUN=${RUN:-^TestLVMGuest}; fi
 KVM_START_TIMEOUT=${KVM_START_TIMEOUT:-30}
