@@ -14,7 +14,7 @@
 #        RUN='^TestLVMGuest' which tests to run (-test.run)
 #        KEEP=1              keep the work directory (kept anyway on failure)
 #        BENCH=1             run the thin-snapshot benchmark instead
-#                            (TestLVMGuestBenchThin, a 4 GiB disk)
+#                            (TestLVMGuestBenchThin, a 6 GiB disk)
 #        LVMGUEST_CACHE      where downloaded .debs are kept
 #                            (default ${XDG_CACHE_HOME:-$HOME/.cache}/provisioner-lvmguest)
 # Host:  qemu-system-x86 (qemu-system-x86_64), lvm2, thin-provisioning-tools
@@ -39,7 +39,7 @@ VG=lvmguestvg          # only inside the VM, on its own disk
 DISK_MB=1024           # the VM's PV (a sparse file)
 POOL_MB=320            # the thin pool the tests share, in that VG
 VM_MB=1536
-if [ "$BENCH" = 1 ]; then DISK_MB=4096 POOL_MB=2048 VM_MB=3072; fi
+if [ "$BENCH" = 1 ]; then DISK_MB=6144 POOL_MB=64 VM_MB=3072; fi   # the benchmark makes pools of its own
 
 log() { printf '[lvmguest %s] %s\n' "$(date +%T)" "$*" >&2; }
 die() { log "$*"; exit 2; }
