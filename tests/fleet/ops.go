@@ -46,7 +46,7 @@ func opKind(subject string) string {
 	switch {
 	case strings.HasPrefix(subject, "$KV."):
 		if len(parts) > 1 {
-			return "kv put " + parts[1]
+			return "kv put+watch " + parts[1]
 		}
 	case strings.HasPrefix(subject, "$JS.API.DIRECT.GET."):
 		bucket := strings.TrimPrefix(parts[4], "KV_")
@@ -87,6 +87,7 @@ func (c *opCounter) report(out io.Writer, jobs int) {
 	}
 	sort.Slice(kinds, func(i, j int) bool { return c.counts[kinds[i]] > c.counts[kinds[j]] })
 	fmt.Fprintf(out, "operations per job (%d jobs; replies not counted in the total): %.1f\n", jobs, float64(total)/float64(max(jobs, 1)))
+	fmt.Fprintln(out, "  (kv put+watch: a write, and each delivery of it to a watcher: both API replicas watch the job and host buckets)")
 	for _, k := range kinds {
 		fmt.Fprintf(out, "  %-40s %8d  %6.2f/job\n", k, c.counts[k], float64(c.counts[k])/float64(max(jobs, 1)))
 	}
