@@ -2,6 +2,7 @@ package pipeline
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"testing"
@@ -71,7 +72,7 @@ func (f *goldenFixture) ensureGolden(t *testing.T, ref messaging.ImageRef) (kvst
 func (f *goldenFixture) entry(t *testing.T, key string) (kvstate.CacheEntry, bool) {
 	t.Helper()
 	e, err := f.index.Get(context.Background(), f.host, key)
-	if err == kvstate.ErrNotFound {
+	if errors.Is(err, kvstate.ErrNotFound) {
 		return e, false
 	}
 	require.NoError(t, err)

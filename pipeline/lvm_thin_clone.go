@@ -3,9 +3,9 @@ package pipeline
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"os"
-	"fmt"
 	"strconv"
 	"strings"
 )
