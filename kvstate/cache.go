@@ -55,6 +55,9 @@ type Golden struct {
 	Dev     uint64 `json:"dev"`
 	Ino     uint64 `json:"ino"`
 	CtimeNs int64  `json:"ctime_ns"`
+	// LVUUID identifies a golden that is an LVM thin LV (its lv_uuid);
+	// Dev, Ino and CtimeNs are zero then.
+	LVUUID string `json:"lv_uuid,omitempty"`
 	// Immutable tells whether the file carries the immutable flag.
 	Immutable bool      `json:"immutable"`
 	CreatedAt time.Time `json:"created_at"`

@@ -25,6 +25,17 @@ type GoldenStore interface {
 	GoldenKeys(ctx context.Context) ([]string, error)
 }
 
+// GoldenInspector is implemented by golden stores whose goldens are not
+// files of their own (the lvm backend's thin LVs): they describe a sealed
+// golden for its record, tell whether a recorded one is still the one
+// sealed (in time that does not depend on its size), and hash its content
+// as GoldenDigest does. Without it the cache treats goldens as files.
+type GoldenInspector interface {
+	GoldenRecord(ctx context.Context, g Golden) (kvstate.Golden, error)
+	GoldenUnchanged(ctx context.Context, rec kvstate.Golden) (bool, error)
+	DigestGolden(ctx context.Context, path string) (string, error)
+}
+
 // ErrGoldenCorrupt: a golden's content no longer has the digest recorded
 // when it was sealed.
 var ErrGoldenCorrupt = errors.New("the golden no longer matches the digest recorded when it was made")
@@ -92,7 +103,9 @@ func (c *Cache) Golden(ctx context.Context, key string) (g Golden, ok bool, err 
 	if e.Golden == nil {
 		return g, false, nil
 	}
-	if !goldenUnchanged(*e.Golden) {
+	if same, err := c.goldenUnchanged(ctx, *e.Golden); err != nil {
+		return g, false, fmt.Errorf("look up the golden of %s: %w", key, err)
+	} else if !same {
 		return g, false, c.DropGolden(ctx, key, "changed since it was sealed")
 	}
 	return Golden{Key: key, Path: e.Golden.Path, Size: e.Golden.Size, Digest: e.Golden.Digest, Immutable: e.Golden.Immutable}, true, nil
@@ -109,10 +122,28 @@ func goldenUnchanged(rec kvstate.Golden) bool {
 		sys.Ctim.Nano() == rec.CtimeNs
 }
 
-// AttachGolden records the sealed golden g on its entry. The image must be
-// in use by the caller, so that the entry cannot go meanwhile; if it went
-// anyway, the golden is removed.
-func (c *Cache) AttachGolden(ctx context.Context, g Golden) (kvstate.Golden, error) {
+// goldenUnchanged is the golden store's GoldenUnchanged, or for files the
+// check of their device, inode, size, mode and ctime.
+func (c *Cache) goldenUnchanged(ctx context.Context, rec kvstate.Golden) (bool, error) {
+	if gi, ok := c.goldens.(GoldenInspector); ok {
+		return gi.GoldenUnchanged(ctx, rec)
+	}
+	return goldenUnchanged(rec), nil
+}
+
+// goldenDigest is the golden store's DigestGolden, or GoldenDigest.
+func (c *Cache) goldenDigest(ctx context.Context, path string) (string, error) {
+	if gi, ok := c.goldens.(GoldenInspector); ok {
+		return gi.DigestGolden(ctx, path)
+	}
+	return GoldenDigest(ctx, path)
+}
+
+// goldenRecord describes the sealed golden g for its entry.
+func (c *Cache) goldenRecord(ctx context.Context, g Golden) (kvstate.Golden, error) {
+	if gi, ok := c.goldens.(GoldenInspector); ok {
+		return gi.GoldenRecord(ctx, g)
+	}
 	st, err := os.Lstat(g.Path)
 	if err != nil {
 		return kvstate.Golden{}, fmt.Errorf("stat golden %s: %w", g.Path, err)
@@ -121,9 +152,20 @@ func (c *Cache) AttachGolden(ctx context.Context, g Golden) (kvstate.Golden, err
 	if !ok {
 		return kvstate.Golden{}, fmt.Errorf("no device and inode for golden %s", g.Path)
 	}
+	return kvstate.Golden{Path: g.Path, Size: st.Size(), AllocatedBytes: sys.Blocks * 512, Digest: g.Digest,
+		Dev: uint64(sys.Dev), Ino: sys.Ino, CtimeNs: sys.Ctim.Nano(), Immutable: g.Immutable}, nil
+}
+
+// AttachGolden records the sealed golden g on its entry. The image must be
+// in use by the caller, so that the entry cannot go meanwhile; if it went
+// anyway, the golden is removed.
+func (c *Cache) AttachGolden(ctx context.Context, g Golden) (kvstate.Golden, error) {
+	rec, err := c.goldenRecord(ctx, g)
+	if err != nil {
+		return kvstate.Golden{}, err
+	}
 	now := time.Now().UTC()
-	rec := kvstate.Golden{Path: g.Path, Size: st.Size(), AllocatedBytes: sys.Blocks * 512, Digest: g.Digest,
-		Dev: uint64(sys.Dev), Ino: sys.Ino, CtimeNs: sys.Ctim.Nano(), Immutable: g.Immutable, CreatedAt: now, VerifiedAt: now}
+	rec.CreatedAt, rec.VerifiedAt = now, now
 	err = c.updateEntry(ctx, g.Key, func(e *kvstate.CacheEntry) error {
 		e.Golden = &rec
 		return nil
@@ -162,7 +204,7 @@ func (c *Cache) DropGolden(ctx context.Context, key, why string) error {
 // compares it with the digest recorded when it was sealed: a mismatch drops
 // the golden and returns an error matching ErrGoldenCorrupt.
 func (c *Cache) VerifyGolden(ctx context.Context, g Golden) error {
-	got, err := GoldenDigest(ctx, g.Path)
+	got, err := c.goldenDigest(ctx, g.Path)
 	if err != nil {
 		return err
 	}
@@ -196,7 +238,11 @@ func (c *Cache) reconcileGoldens(ctx context.Context, sum *ReconcileSummary) err
 		if e.Golden == nil {
 			continue
 		}
-		if c.busy(e.Key) || goldenUnchanged(*e.Golden) {
+		same, err := c.goldenUnchanged(ctx, *e.Golden)
+		if err != nil {
+			return err
+		}
+		if c.busy(e.Key) || same {
 			recorded[e.Key] = true
 			continue
 		}
@@ -285,11 +331,17 @@ func (c *Cache) Scrub(ctx context.Context) (ScrubSummary, error) {
 
 func (c *Cache) scrubGolden(ctx context.Context, e kvstate.CacheEntry, sum *ScrubSummary) error {
 	g := *e.Golden
-	got, err := GoldenDigest(ctx, g.Path)
+	got, err := c.goldenDigest(ctx, g.Path)
 	sum.Goldens++
-	if err == nil && got == g.Digest && goldenUnchanged(g) {
+	same := false
+	if err == nil && got == g.Digest {
+		if same, err = c.goldenUnchanged(ctx, g); err != nil && ctx.Err() == nil {
+			return err
+		}
+	}
+	if same {
 		return c.updateEntry(ctx, e.Key, func(cur *kvstate.CacheEntry) error {
-			if cur.Golden != nil && cur.Golden.Path == g.Path && cur.Golden.Ino == g.Ino {
+			if cur.Golden != nil && cur.Golden.Path == g.Path && cur.Golden.Ino == g.Ino && cur.Golden.LVUUID == g.LVUUID {
 				cur.Golden.VerifiedAt = time.Now().UTC()
 			}
 			return nil

@@ -112,7 +112,7 @@ func (q QemuImg) Convert(ctx context.Context, img Image, imagePath string, vol V
 	}
 	// The whole device or file reads as zeros first: the image leaves its
 	// empty ranges unwritten, and nothing an earlier owner left may survive.
-	if err := ZeroFill(ctx, target, size); err != nil {
+	if err := zeroFirst(ctx, vol, target, size); err != nil {
 		return err
 	}
 	progress(StagePopulate, 0, img.VirtualSize)
@@ -353,6 +353,15 @@ func ZeroFill(ctx context.Context, path string, size int64) error {
 		return fmt.Errorf("close volume %q: %w", path, err)
 	}
 	return nil
+}
+
+// zeroFirst makes the volume read as zeros before a conversion writes the
+// image's data: ZeroFill, unless the volume already reads as zeros.
+func zeroFirst(ctx context.Context, vol Volume, target string, size int64) error {
+	if vol.ReadsAsZeros {
+		return nil
+	}
+	return ZeroFill(ctx, target, size)
 }
 
 func writeZeros(ctx context.Context, f *os.File, size int64) error {

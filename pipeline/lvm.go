@@ -42,11 +42,21 @@ type LVMBackend struct {
 	VG string
 	// LVM is the lvm binary; "" means "lvm" on PATH.
 	LVM string
+	// Pool, when set, is a thin pool LV in VG: the volumes are then thin
+	// snapshots of a golden thin LV per image (lvm_thin.go), once
+	// CheckThinPool found it.
+	Pool string
+	// PoolMaxUsed is how full, 0 to 1, a job may leave the pool's data or
+	// metadata; 0 means DefaultThinPoolMaxUsed.
+	PoolMaxUsed float64
+
+	thinChecked bool
 }
 
 var (
 	_ Backend    = (*LVMBackend)(nil)
 	_ UseChecker = (*LVMBackend)(nil)
+	_ Cloner     = (*LVMBackend)(nil)
 )
 
 // NewLVMBackend makes a backend for volume group vg. It checks only the

@@ -135,7 +135,7 @@ func (n Native) convert(ctx context.Context, img Image, src string, open func(co
 	}
 
 	// The whole device or file reads as zeros first: only data is written.
-	if err := ZeroFill(ctx, target, size); err != nil {
+	if err := zeroFirst(ctx, vol, target, size); err != nil {
 		return err
 	}
 	progress(StagePopulate, 0, img.VirtualSize)

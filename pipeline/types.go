@@ -51,6 +51,10 @@ type Volume struct {
 	Path string
 	// Size in bytes.
 	Size int64
+	// ReadsAsZeros says the volume is known to read as zeros everywhere, as
+	// a brand-new thin LV does: converters then write only the image's data
+	// and do not zero it first (zeroing a thin LV would allocate all of it).
+	ReadsAsZeros bool
 }
 
 // Backend creates, finds and removes volumes.

@@ -6,6 +6,7 @@
 #   e2fsprogs             mkfs.ext4 (the demo's realistic image)
 #   qemu-system-x86       QEMU for the LVM guest VM and for libvirt domains
 #   lvm2                  LVM tools, copied into the LVM guest
+#   thin-provisioning-tools  thin_check and friends, which lvm runs on thin pools (copied into the LVM guest)
 #   libvirt-daemon-system libvirtd for the libvirt backend's tests
 #   libvirt-dev pkg-config gcc   cgo build of libvirt.org/go/libvirt
 #   libdeflate-dev               the native converter's zlib decompressor (build tag libdeflate)
@@ -14,7 +15,7 @@
 #   xfsprogs btrfs-progs  mkfs.xfs and mkfs.btrfs: the reflink clone tests' file systems on loop devices
 set -euo pipefail
 cd "$(dirname "$0")/.."
-packages=(qemu-utils libdeflate-dev e2fsprogs qemu-system-x86 lvm2 libvirt-daemon-system libvirt-dev pkg-config gcc prometheus util-linux curl xfsprogs btrfs-progs)
+packages=(qemu-utils libdeflate-dev e2fsprogs qemu-system-x86 lvm2 thin-provisioning-tools libvirt-daemon-system libvirt-dev pkg-config gcc prometheus util-linux curl xfsprogs btrfs-progs)
 need=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")

@@ -42,6 +42,23 @@ func (w *Worker) clones() (cloneParts, bool) {
 	return cloneParts{backend: cl, cache: gc}, ok
 }
 
+// reclonable is implemented by Cloners that replace only some existing
+// volumes by a fresh clone (the lvm backend: the thin LVs of its pool; a
+// thick LV is converted into, as without clones).
+type reclonable interface {
+	Reclonable(ctx context.Context, vol pipeline.Volume) (bool, error)
+}
+
+// byClone reports whether the job's volume is made by clone: a new one
+// always, an existing one unless the backend converts into it.
+func (c cloneParts) byClone(ctx context.Context, vol pipeline.Volume, exists bool) (bool, error) {
+	r, ok := c.backend.(reclonable)
+	if !exists || !ok {
+		return true, nil
+	}
+	return r.Reclonable(ctx, vol)
+}
+
 // provisionByClone makes the job's volume a clone of the image's golden,
 // making the golden first when there is none: the first job of an image
 // converts it once into the golden, every later one only clones. An

@@ -665,7 +665,11 @@ func (w *Worker) execute(ctx context.Context, rep *reporter, rec kvstate.Job, m 
 		}
 	}
 	if c, ok := w.clones(); ok {
-		return w.provisionByClone(ctx, rep, rec, m, &ji, c, vol, exists, res)
+		if byClone, err := c.byClone(ctx, vol, exists); err != nil {
+			return res, err
+		} else if byClone {
+			return w.provisionByClone(ctx, rep, rec, m, &ji, c, vol, exists, res)
+		}
 	}
 	var already int64 // a reused volume's space, freed as it is zeroed
 	if exists {

@@ -13,6 +13,8 @@ type backendConfig struct {
 	clones      string
 	volumeDir   string
 	vg          string
+	thinPool    string
+	thinMaxUsed int
 	libvirtURI  string
 	libvirtPool string
 	imagesPool  string
@@ -50,14 +52,8 @@ func openBackend(c backendConfig) (volumes, error) {
 		}
 		v.backend, v.where = b, c.volumeDir
 	case "lvm":
-		if c.vg == "" {
-			return v, fmt.Errorf("PROVISIONER_LVM_VG is not set: the lvm backend needs a volume group")
-		}
-		b, err := pipeline.NewLVMBackend(c.vg)
+		b, err := openLVM(c)
 		if err != nil {
-			return v, err
-		}
-		if err := b.CheckVolumeGroup(context.Background()); err != nil {
 			return v, err
 		}
 		v.backend, v.where = b, "volume group "+c.vg
@@ -67,4 +63,42 @@ func openBackend(c backendConfig) (volumes, error) {
 		return v, fmt.Errorf("PROVISIONER_VOLUME_BACKEND=%q is not supported (supported: file, lvm, libvirt)", c.kind)
 	}
 	return v, nil
+}
+
+// openLVM opens the lvm backend: thick LVs in PROVISIONER_LVM_VG, or with
+// PROVISIONER_LVM_THINPOOL thin snapshots of a golden per image in that
+// pool (whose VG is then the volumes').
+func openLVM(c backendConfig) (*pipeline.LVMBackend, error) {
+	vg, pool := c.vg, ""
+	if c.thinPool != "" {
+		pvg, p, err := pipeline.ParseThinPool(c.thinPool)
+		if err != nil {
+			return nil, fmt.Errorf("PROVISIONER_LVM_THINPOOL: %w", err)
+		}
+		if vg != "" && vg != pvg {
+			return nil, fmt.Errorf("PROVISIONER_LVM_THINPOOL=%s is not in PROVISIONER_LVM_VG=%s: thin volumes live in their pool's volume group", c.thinPool, vg)
+		}
+		vg, pool = pvg, p
+	}
+	if vg == "" {
+		return nil, fmt.Errorf("PROVISIONER_LVM_VG is not set: the lvm backend needs a volume group")
+	}
+	if c.thinMaxUsed < 1 || c.thinMaxUsed > 100 {
+		return nil, fmt.Errorf("PROVISIONER_LVM_THINPOOL_MAX_USED_PERCENT=%d: want 1 to 100", c.thinMaxUsed)
+	}
+	b, err := pipeline.NewLVMBackend(vg)
+	if err != nil {
+		return nil, err
+	}
+	if err := b.CheckVolumeGroup(context.Background()); err != nil {
+		return nil, err
+	}
+	if pool == "" {
+		return b, nil
+	}
+	b.Pool, b.PoolMaxUsed = pool, float64(c.thinMaxUsed)/100
+	if err := b.CheckThinPool(context.Background()); err != nil {
+		return nil, err
+	}
+	return b, nil
 }

@@ -73,6 +73,8 @@ func run(args []string) (err error) {
 	clones := c.String("PROVISIONER_CLONES", "auto", "file and libvirt backends: auto keeps a golden raw volume per image and makes volumes as reflink clones of it where the volume directory (or the libvirt dir pool) is on a file system with reflinks (XFS reflink=1, btrfs), converting elsewhere; off always converts")
 	scrubEvery := c.Duration("PROVISIONER_SCRUB_INTERVAL", 24*time.Hour, "how often cached images and goldens are re-hashed in the background, evicting what no longer matches (0: never)")
 	lvmVG := c.String("PROVISIONER_LVM_VG", "", "volume group of the lvm backend")
+	thinPool := c.String("PROVISIONER_LVM_THINPOOL", "", "lvm backend: thin pool vg/pool; each image gets a read-only golden thin LV there and every volume is a thin snapshot of it (empty: thick LVs, converted into)")
+	thinMaxUsed := c.Int("PROVISIONER_LVM_THINPOOL_MAX_USED_PERCENT", 95, "lvm backend with a thin pool: a job that would leave the pool's data or metadata fuller than this percentage is refused before it writes")
 	libvirtURI := c.String("PROVISIONER_LIBVIRT_URI", "qemu:///system", "libvirt connection URI of the libvirt backend")
 	libvirtPool := c.String("PROVISIONER_LIBVIRT_POOL", "", "storage pool of the libvirt backend's volumes")
 	imagesPool := c.String("PROVISIONER_LIBVIRT_IMAGES_POOL", "images", "libvirt pool whose directory is the image cache (libvirt backend)")
@@ -154,7 +156,7 @@ func run(args []string) (err error) {
 	if err != nil {
 		return err
 	}
-	vols, err := openBackend(backendConfig{kind: *backend, clones: *clones, volumeDir: *volumeDir, vg: *lvmVG, libvirtURI: *libvirtURI,
+	vols, err := openBackend(backendConfig{kind: *backend, clones: *clones, volumeDir: *volumeDir, vg: *lvmVG, thinPool: *thinPool, thinMaxUsed: *thinMaxUsed, libvirtURI: *libvirtURI,
 		libvirtPool: *libvirtPool, imagesPool: *imagesPool, cacheDir: *cacheDir})
 	if err != nil {
 		return err
@@ -190,10 +192,13 @@ func run(args []string) (err error) {
 	if cl, ok := vols.backend.(pipeline.Cloner); ok {
 		if ok, reason := cl.CloneSupport(); ok {
 			cache.SetGoldens(cl)
-			log.WithField("volumes", vols.where).Info("volumes are reflink clones of a golden per image")
+			logClones(ctx, log, vols.backend, vols.where)
 		} else {
 			log.WithFields(logrus.Fields{"volumes": vols.where, "reason": reason}).Info("clones are not possible here; every volume is converted into")
 		}
+	}
+	if lb, ok := vols.backend.(*pipeline.LVMBackend); ok && lb.Pool != "" {
+		w.Registry().MustRegister(newThinPoolCollector(lb))
 	}
 	w.SetCache(cache)
 	if *scrubEvery > 0 {

@@ -3,18 +3,22 @@
 # lack device-mapper, so this boots a small VM instead: Debian's kernel, a
 # busybox + lvm2 + qemu-img initramfs, and the pipeline package's tests
 # compiled with -tags lvmguest (pipeline/lvm_guest_test.go). The guest's init
-# makes a volume group on a sparse virtio disk, runs the tests, prints
+# makes a volume group on a sparse virtio disk and a thin pool in it, runs the
+# tests, prints
 # "LVMGUEST-RESULT: PASS" or "LVMGUEST-RESULT: FAIL" on the serial console
 # and powers off; this script prints the tests' output and exits 0 or 1.
 #
 # Usage: tests/lvmguest/run.sh     (from anywhere; `make e2e-lvm`)
 # Env:   ACCEL=auto|kvm|tcg  (auto: KVM when real VT-x/AMD-V is usable, else TCG)
-#        TIMEOUT=600         whole-VM wall-clock limit, seconds
+#        TIMEOUT=900         whole-VM wall-clock limit, seconds
 #        RUN='^TestLVMGuest' which tests to run (-test.run)
 #        KEEP=1              keep the work directory (kept anyway on failure)
+#        BENCH=1             run the thin-snapshot benchmark instead
+#                            (TestLVMGuestBenchThin, a 6 GiB disk)
 #        LVMGUEST_CACHE      where downloaded .debs are kept
 #                            (default ${XDG_CACHE_HOME:-$HOME/.cache}/provisioner-lvmguest)
-# Host:  qemu-system-x86 (qemu-system-x86_64), lvm2, qemu-utils (qemu-img),
+# Host:  qemu-system-x86 (qemu-system-x86_64), lvm2, thin-provisioning-tools
+#        (thin_check, which lvm runs before it activates a thin pool), qemu-utils (qemu-img),
 #        Go, apt-get + dpkg-deb (to fetch linux-image-*-amd64 and
 #        busybox-static, once). The guest runs the host's lvm and qemu-img
 #        binaries with their shared libraries, so the host should be the
@@ -24,14 +28,18 @@ set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 ACCEL=${ACCEL:-auto}
-TIMEOUT=${TIMEOUT:-600}
-RUN=${RUN:-^TestLVMGuest}
+TIMEOUT=${TIMEOUT:-900}
+BENCH=${BENCH:-}
+if [ "$BENCH" = 1 ]; then RUN=${RUN:-^TestLVMGuestBenchThin$}; else RUN=${RUN:-^TestLVMGuest}; fi
 KVM_START_TIMEOUT=${KVM_START_TIMEOUT:-30}
 case $TIMEOUT in ''|*[!0-9]*) echo "TIMEOUT must be a number of seconds, not $TIMEOUT" >&2; exit 2 ;; esac
 TEST_TIMEOUT=$(( TIMEOUT > 120 ? TIMEOUT - 60 : TIMEOUT / 2 ))   # go test's own, inside the VM
 CACHE=${LVMGUEST_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/provisioner-lvmguest}
 VG=lvmguestvg          # only inside the VM, on its own disk
 DISK_MB=1024           # the VM's PV (a sparse file)
+POOL_MB=320            # the thin pool the tests share, in that VG
+VM_MB=1536
+if [ "$BENCH" = 1 ]; then DISK_MB=6144 POOL_MB=64 VM_MB=3072; fi   # the benchmark makes pools of its own
 
 log() { printf '[lvmguest %s] %s\n' "$(date +%T)" "$*" >&2; }
 die() { log "$*"; exit 2; }
@@ -39,13 +47,15 @@ T0=$(date +%s%N)
 
 # ------------------------------------------------------------ prerequisites
 missing=()
-for c in qemu-system-x86_64:qemu-system-x86 lvm:lvm2 qemu-img:qemu-utils apt-get:apt dpkg-deb:dpkg \
+for c in qemu-system-x86_64:qemu-system-x86 lvm:lvm2 thin_check:thin-provisioning-tools qemu-img:qemu-utils apt-get:apt dpkg-deb:dpkg \
          ldd:libc-bin gzip:gzip timeout:coreutils; do
   command -v "${c%%:*}" >/dev/null 2>&1 || missing+=("${c#*:}")
 done
 command -v go >/dev/null 2>&1 || die "go is not on the PATH (Go 1.26 is needed to build the tests)"
 [ ${#missing[@]} = 0 ] || die "missing host packages; install them with: apt-get install ${missing[*]}"
 LVM_BIN=$(command -v lvm); QEMU_IMG=$(command -v qemu-img)
+# thin_check and the other thin tools are links to one binary (pdata_tools).
+PDATA_BIN=$(readlink -f "$(command -v thin_check)")
 
 W=$(mktemp -d "${TMPDIR:-/tmp}/lvmguest.XXXXXX")
 cleanup() {
@@ -83,6 +93,15 @@ if [ ! -f "$KX/boot/vmlinuz-$KV" ]; then
     tar -x -C "$KX" --wildcards './boot/vmlinuz-*' '*/drivers/md/dm-mod.ko*' \
         '*/drivers/virtio/virtio*.ko*' '*/drivers/block/virtio_blk.ko*'
 fi
+# Thin pools: dm-thin-pool and what it needs, and dm-snapshot, whose target lvm
+# looks for before it makes any snapshot (added to a cache made without them).
+if [ ! -f "$KX/lib/modules/$KV/kernel/drivers/md/dm-snapshot.ko" ]; then
+  log "extracting the thin pool modules of $KV"
+  dpkg-deb --fsys-tarfile "$CACHE/debs/${KPKG}"_*.deb |
+    tar -x -C "$KX" --wildcards '*/drivers/md/dm-thin-pool.ko*' '*/drivers/md/dm-bufio.ko*' \
+        '*/drivers/md/dm-bio-prison.ko*' '*/drivers/md/persistent-data/dm-persistent-data.ko*' \
+        '*/drivers/md/dm-snapshot.ko*' '*/kernel/lib/libcrc32c.ko*' '*/kernel/crypto/crc32c_generic.ko*'
+fi
 BBX=$CACHE/x/busybox
 [ -x "$BBX/bin/busybox" ] || { rm -rf "$BBX"; dpkg-deb -x "$CACHE"/debs/busybox-static_*.deb "$BBX"; }
 BB=$BBX/bin/busybox
@@ -115,17 +134,24 @@ cp "$BB" "$R/bin/busybox"
 for a in $("$BB" --list); do [ -e "$R/bin/$a" ] || ln -s busybox "$R/bin/$a"; done
 cp "$LVM_BIN" "$R/usr/sbin/lvm"
 cp "$QEMU_IMG" "$R/usr/bin/qemu-img"
+cp "$PDATA_BIN" "$R/usr/sbin/pdata_tools"
+for t in thin_check thin_dump thin_repair thin_restore thin_ls thin_metadata_size; do ln -s pdata_tools "$R/usr/sbin/$t"; done
 # Shared libraries, and the ELF interpreter ("/lib64/ld-linux-x86-64.so.2 (0x…)");
 # mawk has no \s.
-for lib in $(ldd "$LVM_BIN" "$QEMU_IMG" | awk '$2=="=>" && $3 ~ /^\//{print $3} $1 ~ /^\// && $2 ~ /^[(]/{print $1}' | sort -u); do
+for lib in $(ldd "$LVM_BIN" "$QEMU_IMG" "$PDATA_BIN" | awk '$2=="=>" && $3 ~ /^\//{print $3} $1 ~ /^\// && $2 ~ /^[(]/{print $1}' | sort -u); do
   mkdir -p "$R$(dirname "$lib")"; cp -L "$lib" "$R$lib"
 done
 # Modules in dependency order (Debian 6.1: virtio and dm-mod are modules;
 # no depmod needed). Compressed modules (.ko.xz) are not handled.
-MODS="virtio/virtio_ring virtio/virtio virtio/virtio_pci_modern_dev virtio/virtio_pci_legacy_dev virtio/virtio_pci block/virtio_blk md/dm-mod"
+MODS="drivers/virtio/virtio_ring drivers/virtio/virtio drivers/virtio/virtio_pci_modern_dev drivers/virtio/virtio_pci_legacy_dev
+      drivers/virtio/virtio_pci drivers/block/virtio_blk drivers/md/dm-mod
+      crypto/crc32c_generic lib/libcrc32c drivers/md/dm-bufio drivers/md/persistent-data/dm-persistent-data
+      drivers/md/dm-bio-prison drivers/md/dm-thin-pool drivers/md/dm-snapshot"
+INSMOD=""
 for m in $MODS; do
-  [ -f "$MODDIR/drivers/$m.ko" ] || die "kernel $KV has no $m.ko (compressed modules are not supported)"
-  cp "$MODDIR/drivers/$m.ko" "$R/lib/modules/"
+  [ -f "$MODDIR/$m.ko" ] || die "kernel $KV has no $m.ko (compressed modules are not supported)"
+  cp "$MODDIR/$m.ko" "$R/lib/modules/"
+  INSMOD="$INSMOD ${m##*/}"
 done
 cp "$W/pipeline.test" "$R/usr/bin/pipeline.test"
 cp "$W/images/ref.raw" "$W/images/image.qcow2" "$R/images/"
@@ -137,9 +163,14 @@ devices {
   obtain_device_list_from_udev = 0
   external_device_info_source = "none"
   filter = [ "a|^/dev/vda$|", "r|.*|" ]
+  md_component_detection = 0
+  multipath_component_detection = 0
+  fw_raid_component_detection = 0
 }
 activation { udev_sync = 0  udev_rules = 0  monitoring = 0 }
-global { use_lvmlockd = 0  event_activation = 0 }
+global { use_lvmlockd = 0  event_activation = 0  use_lvmpolld = 0 }
+# Every command under TCG counts: no metadata backups in the throw-away VM.
+backup { backup = 0  archive = 0 }
 EOF
 
 cat > "$R/init" <<EOF
@@ -151,15 +182,18 @@ mkdir -p /run/lock/lvm
 ip link set lo up   # the package's TestMain starts an in-process NATS server on 127.0.0.1
 verdict() { echo "LVMGUEST-RESULT: \$*"; sync; poweroff -f; }
 echo "LVMGUEST-START uptime=\$(cut -d' ' -f1 /proc/uptime)"
-for m in virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci virtio_blk dm-mod; do
+for m in$INSMOD; do
   insmod /lib/modules/\$m.ko || verdict "FAIL insmod \$m"
 done
 i=0; while ! [ -b /dev/vda ] && [ \$i -lt 100 ]; do sleep 0.1; i=\$((i+1)); done
 [ -b /dev/vda ] || verdict "FAIL no virtio disk"
 lvm pvcreate -q -y /dev/vda >/dev/null || verdict "FAIL pvcreate"
 lvm vgcreate -q $VG /dev/vda >/dev/null || verdict "FAIL vgcreate"
+# Full pools fail writes at once instead of queueing them for 60 s.
+lvm lvcreate -q --type thin-pool -L ${POOL_MB}m -n thinpool $VG >/dev/null || verdict "FAIL thin pool"
+lvm lvchange -q --errorwhenfull y $VG/thinpool >/dev/null || verdict "FAIL thin pool errorwhenfull"
 echo "LVMGUEST-TESTS-BEGIN uptime=\$(cut -d' ' -f1 /proc/uptime)"
-LVMGUEST_VG=$VG LVMGUEST_IMAGES=/images pipeline.test -test.v -test.count=1 -test.timeout=${TEST_TIMEOUT}s -test.run '$RUN' 2>&1
+LVMGUEST_VG=$VG LVMGUEST_THINPOOL=$VG/thinpool LVMGUEST_BENCH=$BENCH LVMGUEST_IMAGES=/images pipeline.test -test.v -test.count=1 -test.timeout=${TEST_TIMEOUT}s -test.run '$RUN' 2>&1
 rc=\$?
 echo "LVMGUEST-TESTS-END rc=\$rc uptime=\$(cut -d' ' -f1 /proc/uptime)"
 echo "LVMGUEST-LVS \$(lvm lvs --noheadings -o lv_name $VG | tr -s ' \n' ' ')"
@@ -189,7 +223,7 @@ boot() {  # $1 = kvm|tcg; sets BOOT_S; true when a verdict was printed
   esac
   log "booting the guest ($acc, timeout ${TIMEOUT}s)"
   t0=$(date +%s%N)
-  timeout "$TIMEOUT" qemu-system-x86_64 "$@" -machine q35 -smp 2 -m 1536 \
+  timeout "$TIMEOUT" qemu-system-x86_64 "$@" -machine q35 -smp 2 -m $VM_MB \
     -nodefaults -no-reboot -display none -monitor none -serial stdio \
     -kernel "$VMLINUZ" -initrd "$W/initramfs.gz" \
     -append "console=ttyS0 quiet loglevel=3 panic=-1" \
