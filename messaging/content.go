@@ -112,7 +112,9 @@ func loneSurrogate(raw []byte) bool {
 	return false
 }
 
-func lowSurrogate(raw []byte, loc []int) bool { return strings.IndexByte("cdefCDEF", raw[loc[0]+3]) >= 0 }
+func lowSurrogate(raw []byte, loc []int) bool {
+	return strings.IndexByte("cdefCDEF", raw[loc[0]+3]) >= 0
+}
 
 // SeedVolume is the seed volume's name for a job whose volume is volume.
 func (c *CloudInit) SeedVolume(volume string) string {
