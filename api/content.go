@@ -146,7 +146,12 @@ func (s *Server) storeBody(w http.ResponseWriter, r *http.Request, store jetstre
 	_ = rc.SetWriteDeadline(time.Now().Add(s.cfg.ContentReadTimeout + time.Minute))
 	body := &countingReader{r: r.Body, max: s.cfg.MaxContentBytes, sum: sha256.New()}
 	object := messaging.ContentObject(m.JobID)
-	_, err := store.Put(r.Context(), jetstream.ObjectMeta{Name: object}, body)
+	// Not the request's context: a client that goes away cancels it, and
+	// the Object Store then could not purge the chunks already stored. The
+	// body's read error ends the upload instead.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), s.cfg.ContentReadTimeout)
+	defer cancel()
+	_, err := store.Put(ctx, jetstream.ObjectMeta{Name: object}, body)
 	got := hex.EncodeToString(body.sum.Sum(nil))
 	declared := m.Content
 	switch {
