@@ -300,7 +300,7 @@ func workerPublishes(prefix, host string) []string {
 		"$KV." + messaging.HostBucket + "." + host,
 		"$JS.API.DIRECT.GET.KV_" + messaging.HostBucket + ".$KV." + messaging.HostBucket + "." + host,
 	}
-	pub = append(pub, contentReads(host)...)
+	pub = append(pub, ContentReads(host)...)
 	for _, b := range []string{messaging.JobBucket, messaging.CacheBucket, messaging.VolumeBucket} {
 		pub = append(pub,
 			// Bind the bucket.
@@ -314,14 +314,14 @@ func workerPublishes(prefix, host string) []string {
 	return pub
 }
 
-// contentReads let host's worker read its own content bucket (an Object
+// ContentReads let host's worker read its own content bucket (an Object
 // Store, one per host: messaging.ContentBucket) by direct gets alone: the
 // object's metadata by subject, its chunks by sequence. Reading an Object
 // Store the usual way needs a consumer, which a worker may not create. The
 // stream's name is the only place an Object Store's subjects carry the
 // host, so a bucket per host is what confines the reads. It may not write,
 // delete or purge: the API removes an upload when its job ends.
-func contentReads(host string) []string {
+func ContentReads(host string) []string {
 	stream := messaging.ContentStream(host)
 	if host == "*" {
 		// Stream names are one token: the shared key of the embedded
