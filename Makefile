@@ -11,7 +11,7 @@ LDFLAGS := -X github.com/libvirt-volume-provisioner/provisioner/internal/version
 GO_TAGS ?= libdeflate
 export GOFLAGS := $(GOFLAGS) -tags=$(GO_TAGS)
 
-.PHONY: all build deps run demo test unit integration bench bench-quick fleet fleet-quick lint clean e2e-lvm fuzz
+.PHONY: all build deps run demo test unit integration bench bench-quick fleet fleet-figures fleet-quick lint clean e2e-lvm fuzz
 
 all: build
 
@@ -62,6 +62,10 @@ bench-quick: build
 FLEET_ARGS ?= -hosts 1000 -jobs 10000 -rate 1000 -duration 1s
 fleet:
 	$(GO) run ./tests/fleet $(FLEET_ARGS)
+
+## fleet-figures: the BENCHMARKS.md fleet matrix: both dispatch layouts at 100, 1,000 and 2,000 hosts, 10,000 jobs each, then latency, operations per job and a node kill (about half an hour; outputs in var/fleet-figures)
+fleet-figures:
+	scripts/fleet-figures.sh $(FLEET_SIZES)
 
 ## fleet-quick: the same with 50 hosts and 500 jobs (under a minute)
 fleet-quick:

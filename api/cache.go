@@ -141,7 +141,7 @@ func (s *Server) scopedCacheKey(ctx context.Context, w http.ResponseWriter, r *h
 	if errors.Is(err, kvstate.ErrNotFound) {
 		var entries []kvstate.CacheEntry
 		if entries, err = s.cache.List(ctx, host); err == nil {
-			err = kvstate.ErrNotFound
+			err = kvstate.ErrCacheEntryNotFound
 			for _, e := range entries {
 				if e.Checksum == key {
 					entry, err = e, nil

@@ -41,10 +41,15 @@ func natsDown(err error) bool {
 		errors.Is(err, nats.ErrConnectionReconnecting) || errors.Is(err, jetstream.ErrJetStreamNotEnabled)
 }
 
-// failNATS answers an error from NATS: 503 when NATS is unreachable, 500 otherwise.
+// failNATS answers an error from NATS: 503 when NATS is unreachable or
+// JetStream does not answer in time, 500 otherwise.
 func (s *Server) failNATS(w http.ResponseWriter, r *http.Request, what string, err error) {
-	if natsDown(err) || !s.nc.IsConnected() {
+	if !s.nc.IsConnected() {
 		writeError(w, http.StatusServiceUnavailable, catUnavailable, "NATS is unreachable ("+what+"); try again later")
+		return
+	}
+	if natsDown(err) {
+		writeError(w, http.StatusServiceUnavailable, catUnavailable, "NATS JetStream did not answer in time ("+what+"): the cluster may have no leader (an election, or too few nodes up) or be overloaded; try again later")
 		return
 	}
 	s.log.WithError(err).WithField("request_id", requestID(r)).Error(what)

@@ -416,14 +416,14 @@ func (s *Server) findJob(ctx context.Context, jobID string) (kvstate.Job, error)
 	}
 	raw, err = s.jobStream.GetLastMsgForSubject(ctx, s.subjects.AnyHostJob(jobID))
 	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		return kvstate.Job{}, kvstate.ErrNotFound
+		return kvstate.Job{}, kvstate.ErrJobNotFound
 	}
 	if err != nil {
 		return kvstate.Job{}, err
 	}
 	host, _, err := s.subjects.ParseJob(raw.Subject)
 	if err != nil {
-		return kvstate.Job{}, kvstate.ErrNotFound
+		return kvstate.Job{}, kvstate.ErrJobNotFound
 	}
 	rec, _, _ := kvstate.FromMessage(raw.Data, host, jobID, raw.Time)
 	if _, err := s.jobs.Create(ctx, rec); err != nil && !errors.Is(err, kvstate.ErrExists) {

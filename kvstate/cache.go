@@ -94,12 +94,12 @@ func (c CacheIndex) Put(ctx context.Context, host string, e CacheEntry) error {
 	return nil
 }
 
-// Get returns one entry; ErrNotFound if there is none.
+// Get returns one entry; ErrCacheEntryNotFound if there is none.
 func (c CacheIndex) Get(ctx context.Context, host, key string) (CacheEntry, error) {
 	var e CacheEntry
 	kve, err := c.KV.Get(ctx, messaging.CacheKey(host, key))
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return e, ErrNotFound
+		return e, ErrCacheEntryNotFound
 	}
 	if err != nil {
 		return e, fmt.Errorf("read cache entry %s: %w", key, err)

@@ -104,7 +104,7 @@ func (r Hosts) Get(ctx context.Context, name string) (Host, error) {
 	var h Host
 	e, err := r.KV.Get(ctx, name)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return h, ErrNotFound
+		return h, ErrHostNotFound
 	}
 	if err != nil {
 		return h, err

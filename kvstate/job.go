@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -126,8 +127,16 @@ func NewJob(m messaging.Job, host string, now time.Time) Job {
 
 // Errors returned by the job store.
 var (
-	// ErrNotFound: no record under that key.
-	ErrNotFound = errors.New("job not found")
+	// ErrNotFound: no record, entry or lease under that key. Each store
+	// returns its own error that matches it (errors.Is) and names what was
+	// missing: ErrJobNotFound, ErrHostNotFound, ErrCacheEntryNotFound.
+	ErrNotFound = errors.New("not found")
+	// ErrJobNotFound: no job record under that key.
+	ErrJobNotFound = fmt.Errorf("job record %w", ErrNotFound)
+	// ErrHostNotFound: no host registry entry under that name.
+	ErrHostNotFound = fmt.Errorf("host %w", ErrNotFound)
+	// ErrCacheEntryNotFound: no cache index entry under that key.
+	ErrCacheEntryNotFound = fmt.Errorf("cache entry %w", ErrNotFound)
 	// ErrExists: a record already exists under that key.
 	ErrExists = errors.New("job already exists")
 	// ErrSuperseded: the record belongs to another attempt of the job now
@@ -170,7 +179,7 @@ func (s Jobs) Create(ctx context.Context, j Job) (uint64, error) {
 func (s Jobs) Get(ctx context.Context, host, jobID string) (Job, uint64, error) {
 	e, err := s.KV.Get(ctx, messaging.JobKey(host, jobID))
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return Job{}, 0, ErrNotFound
+		return Job{}, 0, ErrJobNotFound
 	}
 	if err != nil {
 		return Job{}, 0, fmt.Errorf("read job record %s: %w", jobID, err)
@@ -194,23 +203,38 @@ func DecodeJob(data []byte) (Job, error) {
 // *TransitionError and nothing is written; so is any change of a record that
 // has ended (a terminal record is written once).
 func (s Jobs) Update(ctx context.Context, host, jobID string, fn func(*Job) error) (Job, uint64, error) {
+	return s.update(ctx, host, jobID, nil, fn)
+}
+
+// UpdateFrom is Update starting from a record the caller read or wrote at
+// revision rev: the first compare-and-set names rev without reading the
+// record again, and only a conflict (someone wrote it since) reads it.
+func (s Jobs) UpdateFrom(ctx context.Context, cur Job, rev uint64, fn func(*Job) error) (Job, uint64, error) {
+	return s.update(ctx, cur.Hypervisor, cur.JobID, &known{cur, rev}, fn)
+}
+
+// known is a record and its revision, as last read or written.
+type known struct {
+	rec Job
+	rev uint64
+}
+
+func (s Jobs) update(ctx context.Context, host, jobID string, from *known, fn func(*Job) error) (Job, uint64, error) {
 	for attempt := 0; ; attempt++ {
-		cur, rev, err := s.Get(ctx, host, jobID)
+		var cur Job
+		var rev uint64
+		if from != nil && attempt == 0 {
+			cur, rev = from.rec, from.rev
+		} else {
+			var err error
+			if cur, rev, err = s.Get(ctx, host, jobID); err != nil {
+				return cur, 0, err
+			}
+		}
+		next, err := applyChange(cur, fn)
 		if err != nil {
-			return cur, 0, err
-		}
-		next := cur
-		if cur.Progress != nil {
-			p := *cur.Progress
-			next.Progress = &p
-		}
-		if err := fn(&next); err != nil {
 			return cur, rev, err
 		}
-		if cur.Status.Terminal() || next.Status != cur.Status && !CanMove(cur.Status, next.Status) {
-			return cur, rev, &TransitionError{From: cur.Status, To: next.Status}
-		}
-		next.UpdatedAt = time.Now().UTC()
 		data, err := json.Marshal(next)
 		if err != nil {
 			return cur, rev, err
@@ -225,13 +249,35 @@ func (s Jobs) Update(ctx context.Context, host, jobID string, fn func(*Job) erro
 	}
 }
 
+// applyChange is cur changed by fn, if the state machine allows it.
+func applyChange(cur Job, fn func(*Job) error) (Job, error) {
+	next := cur
+	if cur.Progress != nil {
+		p := *cur.Progress
+		next.Progress = &p
+	}
+	if err := fn(&next); err != nil {
+		return cur, err
+	}
+	if cur.Status.Terminal() || next.Status != cur.Status && !CanMove(cur.Status, next.Status) {
+		return cur, &TransitionError{From: cur.Status, To: next.Status}
+	}
+	next.UpdatedAt = time.Now().UTC()
+	return next, nil
+}
+
 // UpdateAttempt is Update for the running attempt attemptID: fn runs only
 // while the record is running under that attempt. A record that ended
 // is a *TransitionError; one that another delivery took over is
 // ErrSuperseded. Either way an attempt that lost its record never writes it
 // again.
 func (s Jobs) UpdateAttempt(ctx context.Context, host, jobID, attemptID string, fn func(*Job) error) (Job, uint64, error) {
-	return s.Update(ctx, host, jobID, func(j *Job) error {
+	return s.Update(ctx, host, jobID, attemptChange(attemptID, fn))
+}
+
+// attemptChange is fn guarded by the running attempt's ownership of the record.
+func attemptChange(attemptID string, fn func(*Job) error) func(*Job) error {
+	return func(j *Job) error {
 		if j.Status.Terminal() {
 			return &TransitionError{From: j.Status, To: j.Status}
 		}
@@ -239,7 +285,47 @@ func (s Jobs) UpdateAttempt(ctx context.Context, host, jobID, attemptID string, 
 			return fmt.Errorf("%w (now attempt %d, %s)", ErrSuperseded, j.Attempt, j.Status)
 		}
 		return fn(j)
-	})
+	}
+}
+
+// Attempt is the record of one running attempt as that attempt last wrote
+// it. Its updates are compare-and-sets on the revision it wrote, so an
+// attempt that is the record's only writer (the usual case) writes without
+// reading first; a change by anyone else (a cancel) makes the write read the
+// record and apply the change again. Safe for concurrent use: updates run
+// one at a time.
+type Attempt struct {
+	jobs Jobs
+	id   string // the AttemptID
+	mu   sync.Mutex
+	last known
+}
+
+// Attempt is the handle of the attempt that rec (at revision rev) is
+// running under.
+func (s Jobs) Attempt(rec Job, rev uint64) *Attempt {
+	return &Attempt{jobs: s, id: rec.AttemptID, last: known{rec, rev}}
+}
+
+// Update is UpdateAttempt for this attempt.
+func (a *Attempt) Update(ctx context.Context, fn func(*Job) error) (Job, error) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	next, rev, err := a.jobs.UpdateFrom(ctx, a.last.rec, a.last.rev, attemptChange(a.id, fn))
+	if err == nil {
+		a.last = known{next, rev}
+	} else if rev > a.last.rev {
+		// The record was read on a conflict: start from it next time.
+		a.last = known{next, rev}
+	}
+	return next, err
+}
+
+// Record is the record as this attempt last wrote or read it.
+func (a *Attempt) Record() Job {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.last.rec
 }
 
 // isRevisionMismatch reports a compare-and-set conflict: the key changed

@@ -111,7 +111,9 @@ func TestJobsCreateGet(t *testing.T) {
 
 	_, _, err := jobs.Get(ctx, "hv-01", jobID1)
 	require.ErrorIs(t, err, kvstate.ErrNotFound)
-	require.EqualError(t, err, "job not found")
+	require.EqualError(t, err, "job record not found")
+	require.ErrorIs(t, err, kvstate.ErrJobNotFound)
+	require.ErrorIs(t, err, kvstate.ErrNotFound)
 
 	j := pendingJob("hv-01", jobID1)
 	rev, err := jobs.Create(ctx, j)
@@ -380,4 +382,53 @@ func TestAttemptAlive(t *testing.T) {
 	require.False(t, j.AttemptAlive(now, time.Hour), "no heartbeat: an attempt from before heartbeats, or none")
 	j.HeartbeatAt, j.Status = &hb, kvstate.StatusCompleted
 	require.False(t, j.AttemptAlive(now, time.Hour))
+}
+
+// TestAttemptWritesWithoutReadingAndSeesOthersChanges: an attempt's updates
+// name the revision it last wrote; a change by someone else in between (a
+// cancel) is read and kept, and a take-over by another attempt fences it.
+func TestAttemptWritesWithoutReadingAndSeesOthersChanges(t *testing.T) {
+	t.Parallel()
+	b := startBuckets(t)
+	ctx := testCtx(t)
+	jobs := kvstate.Jobs{KV: b.Jobs}
+	_, err := jobs.Create(ctx, pendingJob("hv-01", jobID1))
+	require.NoError(t, err)
+	rec, rev, err := jobs.Update(ctx, "hv-01", jobID1, func(j *kvstate.Job) error {
+		j.Status, j.Attempt, j.AttemptID = kvstate.StatusRunning, 1, "a1"
+		return nil
+	})
+	require.NoError(t, err)
+	att := jobs.Attempt(rec, rev)
+
+	got, err := att.Update(ctx, func(j *kvstate.Job) error { j.ImagePath = "/one"; return nil })
+	require.NoError(t, err)
+	require.Equal(t, "/one", got.ImagePath)
+	_, rev2, err := jobs.Get(ctx, "hv-01", jobID1)
+	require.NoError(t, err)
+	require.Equal(t, rev+1, rev2, "one write")
+
+	// Someone else changes the record: the attempt's next write keeps it.
+	_, _, err = jobs.Update(ctx, "hv-01", jobID1, func(j *kvstate.Job) error { j.Caller = "other"; return nil })
+	require.NoError(t, err)
+	got, err = att.Update(ctx, func(j *kvstate.Job) error { j.Checksum = "sha256:x"; return nil })
+	require.NoError(t, err)
+	require.Equal(t, "other", got.Caller, "the other writer's change is kept")
+	require.Equal(t, "/one", got.ImagePath)
+	cur, _, err := jobs.Get(ctx, "hv-01", jobID1)
+	require.NoError(t, err)
+	require.Equal(t, "sha256:x", cur.Checksum)
+	require.Equal(t, "other", cur.Caller)
+
+	// Another attempt takes over: this one is fenced, now and after.
+	_, _, err = jobs.Update(ctx, "hv-01", jobID1, func(j *kvstate.Job) error { j.Attempt, j.AttemptID = 2, "a2"; return nil })
+	require.NoError(t, err)
+	for range 2 {
+		_, err = att.Update(ctx, func(j *kvstate.Job) error { j.Status = kvstate.StatusCompleted; return nil })
+		require.ErrorIs(t, err, kvstate.ErrSuperseded)
+	}
+	cur, _, err = jobs.Get(ctx, "hv-01", jobID1)
+	require.NoError(t, err)
+	require.Equal(t, kvstate.StatusRunning, cur.Status)
+	require.Equal(t, "a2", cur.AttemptID)
 }

@@ -19,6 +19,13 @@ type Limits struct {
 	MaxQueuedJobs int64
 	// EventRetention is how long progress events are kept.
 	EventRetention time.Duration
+	// EventReplicas are the progress event stream's replicas (0: 1, at
+	// most Replicas). Events are a replay aid for watchers that came
+	// late; the job record, with Replicas, is the job's state, and the
+	// API's SSE stream is read from it. One replica spares the cluster a
+	// Raft round per event (about six per job): a node that dies takes its
+	// kept events with it, never a job.
+	EventReplicas int
 	// MaxHosts bounds the fleet: the job stream's consumer limit (one
 	// consumer per host). Set explicitly, so nats-server's default of 1,000
 	// consumers per stream (default_max_consumers) never applies.
@@ -129,6 +136,11 @@ func (l Limits) maxHosts() int {
 	return l.MaxHosts
 }
 
+// eventReplicas is EventReplicas within its bounds.
+func (l Limits) eventReplicas() int {
+	return min(max(l.EventReplicas, 1), max(l.Replicas, 1))
+}
+
 // EventStreamConfig is the configuration of the progress event stream.
 func EventStreamConfig(s Subjects, l Limits) jetstream.StreamConfig {
 	return jetstream.StreamConfig{
@@ -137,7 +149,7 @@ func EventStreamConfig(s Subjects, l Limits) jetstream.StreamConfig {
 		Subjects:          []string{s.AllEvents()},
 		Retention:         jetstream.LimitsPolicy,
 		Storage:           jetstream.FileStorage,
-		Replicas:          l.Replicas,
+		Replicas:          l.eventReplicas(),
 		MaxAge:            l.EventRetention,
 		MaxBytes:          128 << 20,
 		MaxMsgsPerSubject: 500,

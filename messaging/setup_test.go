@@ -358,3 +358,15 @@ func TestFleetLargerThanServerDefault(t *testing.T) {
 	require.NoError(t, messaging.Setup(ctx, js, s, l))
 	require.NoError(t, create(1_100))
 }
+
+// TestEventStreamReplicas: the event stream has one replica unless more are
+// asked for, never more than the job records, which keep Replicas.
+func TestEventStreamReplicas(t *testing.T) {
+	t.Parallel()
+	s := messaging.NewSubjects("")
+	for _, c := range []struct{ replicas, events, want int }{{3, 0, 1}, {3, 1, 1}, {3, 3, 3}, {3, 5, 3}, {1, 3, 1}, {0, 0, 1}} {
+		l := messaging.Limits{Replicas: c.replicas, EventReplicas: c.events, EventRetention: time.Minute}
+		require.Equal(t, c.want, messaging.EventStreamConfig(s, l).Replicas, "replicas %d, event replicas %d", c.replicas, c.events)
+		require.Equal(t, c.replicas, messaging.JobStreamConfig(s, l).Replicas)
+	}
+}

@@ -43,11 +43,11 @@ func (w *Worker) fetchImage(ctx context.Context, rep *reporter, m messaging.Job,
 	ji = jobImage{hit: f.Hit, key: f.Key, dl: dl, verify: f.Verify, release: f.Release}
 	if f.Hit {
 		ji.path, ji.checksum, ji.key = f.Entry.Path, f.Entry.Checksum, f.Entry.Key
-		rep.setCache(ctx, true, f.Entry.Path, f.Entry.Checksum)
+		rep.setCache(true, f.Entry.Path, f.Entry.Checksum)
 		return ji, w.inspectCached(ctx, rep, &ji, m.ImageType, false)
 	}
 	// A miss; the cached file is recorded once the download commits.
-	rep.setCache(ctx, false, "", "")
+	rep.setCache(false, "", "")
 	ji.part = f.Partial
 	img, stream, err := pipeline.InspectStream(ctx, f.Partial, m.ImageType)
 	if err == nil && stream {
@@ -91,7 +91,7 @@ func (w *Worker) fetchWhole(ctx context.Context, rep *reporter, m messaging.Job,
 		return ji, fmt.Errorf("fetch image: %w", err)
 	}
 	ji = jobImage{hit: hit, path: entry.Path, checksum: entry.Checksum, key: entry.Key, verify: verify, release: release}
-	rep.setCache(ctx, hit, entry.Path, entry.Checksum)
+	rep.setCache(hit, entry.Path, entry.Checksum)
 	// A cached image was checked when it was downloaded; its digest is
 	// verified on every hit.
 	return ji, w.inspectCached(ctx, rep, &ji, m.ImageType, !hit)
@@ -120,7 +120,7 @@ func (w *Worker) finishDownload(ctx context.Context, rep *reporter, ji *jobImage
 		return fmt.Errorf("fetch image: %w", err)
 	}
 	ji.path, ji.checksum, ji.key = e.Path, e.Checksum, e.Key
-	rep.recordImage(ctx, e.Path, e.Checksum)
+	rep.recordImage(e.Path, e.Checksum)
 	if check && w.parts.Checker != nil {
 		if err := w.parts.Checker.Check(ctx, ji.img, e.Path); err != nil {
 			return w.refuse(ctx, ji.release, e.Key, err)

@@ -58,19 +58,14 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
 	defer cancel()
 
 	rec, m, verr := kvstate.FromMessage(msg.Data(), host, jobID, meta.Timestamp)
-	if _, err := w.jobs.Create(kctx, rec); err != nil && !errors.Is(err, kvstate.ErrExists) {
+	cur, rev, err := w.jobRecord(kctx, rec)
+	if err != nil {
 		if verr != nil {
 			log.WithError(verr).Error("malformed job message whose record cannot be written; terminating it")
 			_ = msg.TermWithReason("malformed")
 			return
 		}
-		log.WithError(err).Warn("cannot write job record; will retry")
-		_ = msg.NakWithDelay(nakDelay)
-		return
-	}
-	cur, _, err := w.jobs.Get(kctx, host, jobID)
-	if err != nil {
-		log.WithError(err).Warn("cannot read job record; will retry")
+		log.WithError(err).Warn("cannot read or write job record; will retry")
 		_ = msg.NakWithDelay(nakDelay)
 		return
 	}
@@ -123,7 +118,7 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
 	traceID, _, _ := telemetry.IDs(sctx)
 	now := time.Now().UTC()
 	attemptID := uuid.NewString()
-	rec, _, err = w.jobs.Update(kctx, host, jobID, func(j *kvstate.Job) error {
+	rec, rev, err = w.jobs.UpdateFrom(kctx, cur, rev, func(j *kvstate.Job) error {
 		if j.AttemptAlive(time.Now().UTC(), w.attemptAliveWithin()) {
 			return errAttemptAlive
 		}
@@ -157,11 +152,26 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
 		return
 	}
 	cancel()
-	outcome := w.run(sctx, log, msg, rec, m)
+	outcome := w.run(sctx, log, msg, w.jobs.Attempt(rec, rev), m)
 	span.SetAttributes(attribute.String("outcome", outcome))
 	if outcome == string(kvstate.StatusFailed) {
 		span.SetStatus(codes.Error, "job failed")
 	}
+}
+
+// jobRecord is the job's record and its revision: the stored one (the API
+// wrote it for a REST submission), or rec stored now (a job published
+// straight to NATS).
+func (w *Worker) jobRecord(ctx context.Context, rec kvstate.Job) (kvstate.Job, uint64, error) {
+	cur, rev, err := w.jobs.Get(ctx, rec.Hypervisor, rec.JobID)
+	if !errors.Is(err, kvstate.ErrNotFound) {
+		return cur, rev, err
+	}
+	rev, err = w.jobs.Create(ctx, rec)
+	if errors.Is(err, kvstate.ErrExists) {
+		return w.jobs.Get(ctx, rec.Hypervisor, rec.JobID)
+	}
+	return rec, rev, err
 }
 
 // errAttemptAlive: the record is running under another attempt whose
@@ -239,9 +249,14 @@ func (w *Worker) fail(ctx context.Context, log *logrus.Entry, host, jobID, reaso
 
 // failAttempt writes a failed record for the running attempt, unless the
 // job ended or another attempt owns the record.
-func (w *Worker) failAttempt(ctx context.Context, log *logrus.Entry, rec kvstate.Job, reason string) {
-	w.recordFailure(ctx, log, rec.Hypervisor, rec.JobID, reason, func(ctx context.Context, host, jobID string, fn func(*kvstate.Job) error) (kvstate.Job, uint64, error) {
-		return w.jobs.UpdateAttempt(ctx, host, jobID, rec.AttemptID, fn)
+func (w *Worker) failAttempt(ctx context.Context, log *logrus.Entry, att *kvstate.Attempt, rep *reporter, reason string) {
+	rec := att.Record()
+	w.recordFailure(ctx, log, rec.Hypervisor, rec.JobID, reason, func(ctx context.Context, _, _ string, fn func(*kvstate.Job) error) (kvstate.Job, uint64, error) {
+		j, err := att.Update(ctx, func(j *kvstate.Job) error {
+			rep.fold(j)
+			return fn(j)
+		})
+		return j, 0, err
 	})
 }
 
@@ -265,7 +280,8 @@ func (w *Worker) recordFailure(ctx context.Context, log *logrus.Entry, host, job
 }
 
 // run executes a running job with its keep-alive and cancel watcher.
-func (w *Worker) run(ctx context.Context, log *logrus.Entry, msg jetstream.Msg, rec kvstate.Job, m messaging.Job) string {
+func (w *Worker) run(ctx context.Context, log *logrus.Entry, msg jetstream.Msg, att *kvstate.Attempt, m messaging.Job) string {
+	rec := att.Record()
 	w.active.Add(1)
 	w.metrics.active.Inc()
 	defer func() {
@@ -291,9 +307,9 @@ func (w *Worker) run(ctx context.Context, log *logrus.Entry, msg jetstream.Msg, 
 		defer t.Stop()
 	}
 	log = log.WithFields(logrus.Fields{"attempt": rec.Attempt, "caller": rec.Caller})
-	rep := newReporter(w, jobCtx, log, rec)
+	rep := newReporter(w, jobCtx, log, att)
 	var lease leaseRenewer
-	wg.Go(func() { w.keepAlive(jobCtx, stop, msg, rec, &lease, rep.written) })
+	wg.Go(func() { w.keepAlive(jobCtx, stop, msg, att, &lease, rep.written) })
 	wg.Go(func() { w.watchCancel(jobCtx, stop, host, jobID) })
 	log.WithFields(logrus.Fields{"kind": m.Kind, "volume": m.VolumeName, "image_url": m.ImageURL}).Info("job started")
 
@@ -301,6 +317,7 @@ func (w *Worker) run(ctx context.Context, log *logrus.Entry, msg jetstream.Msg, 
 	cause := context.Cause(jobCtx)
 	stop(nil)
 	rep.endStage(err)
+	rep.close()
 
 	bg, cancel := context.WithTimeout(context.Background(), kvTimeout)
 	defer cancel()
@@ -314,7 +331,8 @@ func (w *Worker) run(ctx context.Context, log *logrus.Entry, msg jetstream.Msg, 
 	if errors.Is(cause, errShutdown) {
 		// Stopped cleanly: the next delivery need not wait for this
 		// attempt's heartbeat to expire.
-		_, _, _ = w.jobs.UpdateAttempt(bg, host, jobID, rec.AttemptID, func(j *kvstate.Job) error {
+		_, _ = att.Update(bg, func(j *kvstate.Job) error {
+			rep.fold(j)
 			j.HeartbeatAt = nil
 			return nil
 		})
@@ -323,7 +341,7 @@ func (w *Worker) run(ctx context.Context, log *logrus.Entry, msg jetstream.Msg, 
 		return "interrupted"
 	}
 	if err == nil && cause == nil {
-		final, uerr := w.recordCompletion(log, rec, func(j *kvstate.Job) {
+		final, uerr := w.recordCompletion(log, att, func(j *kvstate.Job) {
 			now := time.Now().UTC()
 			j.Status = kvstate.StatusCompleted
 			j.FinishedAt = &now
@@ -395,7 +413,7 @@ func (w *Worker) run(ctx context.Context, log *logrus.Entry, msg jetstream.Msg, 
 		return string(kvstate.StatusCancelled)
 	}
 	w.metrics.duration.WithLabelValues("failed").Observe(time.Since(started).Seconds())
-	w.failAttempt(bg, log.WithField("stage", rep.stage()), rec, err.Error())
+	w.failAttempt(bg, log.WithField("stage", rep.stage()), att, rep, err.Error())
 	_ = msg.TermWithReason("failed")
 	w.settle(host, jobID)
 	return string(kvstate.StatusFailed)
@@ -409,11 +427,12 @@ const completionPersist = 10 * time.Minute
 
 // recordCompletion writes the running attempt's completed record, retrying
 // transient errors (an election, a node down) for up to completionPersist.
-func (w *Worker) recordCompletion(log *logrus.Entry, rec kvstate.Job, fn func(*kvstate.Job)) (kvstate.Job, error) {
+func (w *Worker) recordCompletion(log *logrus.Entry, att *kvstate.Attempt, fn func(*kvstate.Job)) (kvstate.Job, error) {
+	rec := att.Record()
 	deadline := time.Now().Add(completionPersist)
 	for wait := time.Second; ; wait = min(2*wait, 15*time.Second) {
 		ctx, cancel := context.WithTimeout(context.Background(), kvTimeout)
-		final, _, err := w.jobs.UpdateAttempt(ctx, rec.Hypervisor, rec.JobID, rec.AttemptID, func(j *kvstate.Job) error {
+		final, err := att.Update(ctx, func(j *kvstate.Job) error {
 			fn(j)
 			return nil
 		})
@@ -493,7 +512,7 @@ func (l *leaseRenewer) renew(ctx context.Context, ttl time.Duration) error {
 // When nothing was confirmed for half the ack wait, it stops the job, so
 // the job stops writing well before the server could redeliver it to
 // another worker.
-func (w *Worker) keepAlive(ctx context.Context, stop context.CancelCauseFunc, msg jetstream.Msg, rec kvstate.Job, lease *leaseRenewer, written func() bool) {
+func (w *Worker) keepAlive(ctx context.Context, stop context.CancelCauseFunc, msg jetstream.Msg, att *kvstate.Attempt, lease *leaseRenewer, written func() bool) {
 	every := w.cfg.AckWait / 6
 	t := time.NewTicker(every)
 	defer t.Stop()
@@ -541,7 +560,7 @@ func (w *Worker) keepAlive(ctx context.Context, stop context.CancelCauseFunc, ms
 				err = lease.renew(rctx, w.cfg.AckWait)
 			}
 			if err == nil {
-				err = w.attemptHeartbeat(rctx, rec)
+				err = w.attemptHeartbeat(rctx, att)
 			}
 			if errors.Is(err, kvstate.ErrSuperseded) || errors.Is(err, kvstate.ErrLeaseLost) {
 				w.log.WithError(err).Error("another attempt took the job over: stopping this one")
@@ -559,8 +578,9 @@ func (w *Worker) keepAlive(ctx context.Context, stop context.CancelCauseFunc, ms
 
 // attemptHeartbeat records that the running attempt is alive. A record that
 // ended meanwhile (a cancel) is not an error here: watchCancel stops the job.
-func (w *Worker) attemptHeartbeat(ctx context.Context, rec kvstate.Job) error {
-	_, _, err := w.jobs.UpdateAttempt(ctx, rec.Hypervisor, rec.JobID, rec.AttemptID, func(j *kvstate.Job) error {
+func (w *Worker) attemptHeartbeat(ctx context.Context, att *kvstate.Attempt) error {
+	rec := att.Record()
+	_, err := att.Update(ctx, func(j *kvstate.Job) error {
 		now := time.Now().UTC()
 		j.HeartbeatAt = &now
 		return nil
@@ -793,6 +813,11 @@ func (w *Worker) populate(ctx context.Context, rep *reporter, ji *jobImage, vol 
 		return fmt.Errorf("populate volume %q: %w", vol.Name, err)
 	}
 	return nil
+}
+
+// publishProgress publishes a running attempt's progress as an event.
+func (w *Worker) publishProgress(host, jobID string, attempt int, p kvstate.Progress) {
+	w.publishEvent(host, jobID, kvstate.Job{Status: kvstate.StatusRunning, Attempt: attempt, Progress: &p})
 }
 
 func (w *Worker) publishEvent(host, jobID string, j kvstate.Job) {

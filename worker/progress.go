@@ -53,17 +53,26 @@ func stagePercent(base, end int, done, total int64) int {
 
 // reporter turns stage progress into an overall percentage that never goes
 // backwards within an attempt (and reaches 100 only on completion), and
-// writes it to the record and as an event: at most once per interval, and
-// on every stage change.
+// publishes it as an event at most once per interval and on every stage
+// change. The record gets the same progress from a writer of its own: the
+// job never waits on it, and stages that pass while a write is under way
+// are folded into the next write (the record, and so the API's SSE stream,
+// shows the latest state; the events show every stage).
 type reporter struct {
 	w       *Worker
 	ctx     context.Context // the job's, parent of the stage spans
 	log     *logrus.Entry
 	host    string
 	jobID   string
-	attempt string // the record's AttemptID
+	att     *kvstate.Attempt
+	number  int // the attempt's number
 	stages  map[string]int
 	started time.Time
+	// unwritten is the change the record has not been given yet; wake
+	// tells the writer there is one, and done that it has stopped.
+	unwritten *recordChange
+	wake      chan struct{}
+	done      chan struct{}
 
 	mu  sync.Mutex
 	cur kvstate.Progress
@@ -80,13 +89,102 @@ type reporter struct {
 	counted map[string]int64
 }
 
-func newReporter(w *Worker, ctx context.Context, log *logrus.Entry, rec kvstate.Job) *reporter {
+// recordChange is what the reporter has yet to write to the record.
+type recordChange struct {
+	progress *kvstate.Progress
+	cache    *cacheFields
+}
+
+// cacheFields are the record's fields about the cached image.
+type cacheFields struct {
+	hit            *bool // nil: unchanged
+	path, checksum string
+}
+
+// newReporter starts the reporter of att's attempt; close stops it.
+func newReporter(w *Worker, ctx context.Context, log *logrus.Entry, att *kvstate.Attempt) *reporter {
+	rec := att.Record()
 	stages := provisionStages
 	if rec.Kind == messaging.KindCacheFetch {
 		stages = fetchStages
 	}
-	return &reporter{w: w, ctx: ctx, log: log, host: rec.Hypervisor, jobID: rec.JobID, attempt: rec.AttemptID, stages: stages, started: time.Now()}
+	r := &reporter{w: w, ctx: ctx, log: log, host: rec.Hypervisor, jobID: rec.JobID, att: att, number: rec.Attempt, stages: stages, started: time.Now(),
+		wake: make(chan struct{}, 1), done: make(chan struct{})}
+	go r.writeRecord()
+	return r
 }
+
+// writeRecord gives the record each change the reporter queues: changes
+// queued while a write is under way go together in the next one. It ends
+// with the job's context; what it did not write by then, the job's last
+// write takes along (fold).
+func (r *reporter) writeRecord() {
+	defer close(r.done)
+	for {
+		select {
+		case <-r.wake:
+		case <-r.ctx.Done():
+			return
+		}
+		r.mu.Lock()
+		c := r.unwritten
+		r.unwritten = nil
+		r.mu.Unlock()
+		if c == nil {
+			continue
+		}
+		r.write(c)
+	}
+}
+
+// write gives the record change c.
+func (r *reporter) write(c *recordChange) {
+	// The job's context: a stopped job (fenced, cancelled) does not
+	// wait on a record update.
+	ctx, cancel := context.WithTimeout(r.ctx, kvTimeout)
+	defer cancel()
+	_, _ = r.att.Update(ctx, func(j *kvstate.Job) error {
+		c.applyTo(j)
+		return nil
+	})
+}
+
+func (c *recordChange) applyTo(j *kvstate.Job) {
+	if c.progress != nil {
+		j.Progress = c.progress
+	}
+	if c.cache != nil {
+		if c.cache.hit != nil {
+			j.CacheHit = c.cache.hit
+		}
+		j.ImagePath, j.Checksum = c.cache.path, c.cache.checksum
+	}
+}
+
+// fold applies to j what the record writer has not written; called by the
+// attempt's last write, once the writer has stopped (close).
+func (r *reporter) fold(j *kvstate.Job) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.unwritten != nil {
+		r.unwritten.applyTo(j)
+	}
+}
+
+// queue adds to the change the record is yet to get. r.mu held.
+func (r *reporter) queue(apply func(*recordChange)) {
+	if r.unwritten == nil {
+		r.unwritten = &recordChange{}
+	}
+	apply(r.unwritten)
+	select {
+	case r.wake <- struct{}{}:
+	default:
+	}
+}
+
+// close waits for the record writer, which stops with the job's context.
+func (r *reporter) close() { <-r.done }
 
 // startStage ends the previous stage's span and starts one for stage.
 // Called with r.mu held.
@@ -166,19 +264,9 @@ func (r *reporter) progress(stage string, done, total int64) {
 	}
 	r.lastStage, r.lastSent = stage, time.Now()
 	p := r.cur
+	r.queue(func(c *recordChange) { c.progress = &p })
 	r.mu.Unlock()
-
-	// The job's context: a stopped job (fenced, cancelled) does not wait
-	// on a record update, and neither does the converter reporting to it.
-	ctx, cancel := context.WithTimeout(r.ctx, kvTimeout)
-	defer cancel()
-	rec, _, err := r.w.jobs.UpdateAttempt(ctx, r.host, r.jobID, r.attempt, func(j *kvstate.Job) error {
-		j.Progress = &p
-		return nil
-	})
-	if err == nil {
-		r.w.publishEvent(r.host, r.jobID, rec)
-	}
+	r.w.publishProgress(r.host, r.jobID, r.number, p)
 }
 
 // final is the progress of a completed job.
@@ -189,36 +277,38 @@ func (r *reporter) final() *kvstate.Progress {
 }
 
 // setCache records whether the image came from the cache.
-func (r *reporter) setCache(ctx context.Context, hit bool, path, checksum string) {
+func (r *reporter) setCache(hit bool, path, checksum string) {
 	trace.SpanFromContext(r.ctx).SetAttributes(attribute.Bool("cache_hit", hit), attribute.String("image_path", path))
 	if hit {
 		r.w.metrics.cache.WithLabelValues("hit").Inc()
 	} else {
 		r.w.metrics.cache.WithLabelValues("miss").Inc()
 	}
-	_, _, _ = r.w.jobs.UpdateAttempt(ctx, r.host, r.jobID, r.attempt, func(j *kvstate.Job) error {
-		j.CacheHit = &hit
-		j.ImagePath = path
-		j.Checksum = checksum
-		return nil
-	})
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.queue(func(c *recordChange) { c.cache = &cacheFields{hit: &hit, path: path, checksum: checksum} })
 }
 
 // recordImage records the cached file a job reads once the download it
 // waited for or streamed from has committed (setCache counted the miss).
-func (r *reporter) recordImage(ctx context.Context, path, checksum string) {
+func (r *reporter) recordImage(path, checksum string) {
 	trace.SpanFromContext(r.ctx).SetAttributes(attribute.String("image_path", path))
-	_, _, _ = r.w.jobs.UpdateAttempt(ctx, r.host, r.jobID, r.attempt, func(j *kvstate.Job) error {
-		j.ImagePath = path
-		j.Checksum = checksum
-		return nil
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.queue(func(c *recordChange) {
+		hit := (*bool)(nil)
+		if c.cache != nil {
+			hit = c.cache.hit
+		}
+		c.cache = &cacheFields{hit: hit, path: path, checksum: checksum}
 	})
 }
 
 // markVolumeCreated records, before the volume exists, that this job creates
-// it, so a later attempt after a crash knows the volume is its own.
+// it, so a later attempt after a crash knows the volume is its own. It
+// waits for the write: the volume is created only once it is stored.
 func (r *reporter) markVolumeCreated(ctx context.Context) error {
-	_, _, err := r.w.jobs.UpdateAttempt(ctx, r.host, r.jobID, r.attempt, func(j *kvstate.Job) error {
+	_, err := r.att.Update(ctx, func(j *kvstate.Job) error {
 		j.VolumeCreated = true
 		return nil
 	})

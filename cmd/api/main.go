@@ -53,6 +53,7 @@ func run(args []string) error {
 	jsStore := c.Int64("PROVISIONER_JETSTREAM_MAX_STORE", 8<<30, "embedded JetStream storage limit in bytes")
 	prefix := c.String("PROVISIONER_SUBJECT_PREFIX", messaging.DefaultPrefix, "first token of every subject")
 	replicas := c.Int("PROVISIONER_REPLICAS", 1, "replicas of streams and buckets (3 on a NATS cluster)")
+	eventReplicas := c.Int("PROVISIONER_EVENT_REPLICAS", 1, "replicas of the progress event stream, a replay aid (at most PROVISIONER_REPLICAS; job records keep PROVISIONER_REPLICAS)")
 	maxHosts := c.Int("PROVISIONER_MAX_HOSTS", messaging.DefaultMaxHosts, "fleet maximum: hosts with a job consumer (the job stream's consumer limit)")
 	dispatch := c.String("PROVISIONER_DISPATCH", string(messaging.DispatchLimits), "job stream layout: limits (one R1 consumer per host, in memory) or workqueue (one consumer of the stream's replicas per host); every API replica must say the same")
 	jobRetention := c.Duration("PROVISIONER_JOB_RETENTION", 7*24*time.Hour, "how long job records are kept after their last change")
@@ -124,6 +125,7 @@ func run(args []string) error {
 	subjects := messaging.NewSubjects(*prefix)
 	limits := messaging.DefaultLimits()
 	limits.Replicas = *replicas
+	limits.EventReplicas = *eventReplicas
 	limits.JobRetention = *jobRetention
 	limits.MaxHosts = *maxHosts
 	if limits.Dispatch, err = messaging.ParseDispatch(*dispatch); err != nil {

@@ -66,7 +66,7 @@ func run(args []string) (err error) {
 	prefix := c.String("PROVISIONER_SUBJECT_PREFIX", messaging.DefaultPrefix, "first token of every subject")
 	ackWait := c.Duration("PROVISIONER_ACK_WAIT", 2*time.Minute, "consumer ack wait; in-progress acks, lease renewals and the record heartbeat go out every sixth of it")
 	maxDeliver := c.Int("PROVISIONER_MAX_DELIVER", 5, "deliveries of one job before it fails")
-	heartbeat := c.Duration("PROVISIONER_HEARTBEAT", 5*time.Second, "host registry heartbeat interval")
+	heartbeat := c.Duration("PROVISIONER_HEARTBEAT", worker.DefaultHeartbeat, "host registry heartbeat interval (alive = seen within three)")
 	cacheDir := c.String("PROVISIONER_CACHE_DIR", "/var/lib/libvirt/images", "image cache directory")
 	backend := c.String("PROVISIONER_VOLUME_BACKEND", "file", "volume backend: file, lvm or libvirt")
 	volumeDir := c.String("PROVISIONER_VOLUME_DIR", "/var/lib/provisioner/volumes", "directory of the file backend's volumes")

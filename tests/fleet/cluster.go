@@ -281,7 +281,8 @@ func streamLeader(ctx context.Context, js jetstream.JetStream, stream string) (s
 }
 
 // nodeCurrent reports whether n is the leader or a current replica of
-// every stream (the job stream and the KV buckets' streams).
+// every replicated stream (the job stream and the KV buckets' streams),
+// and every single-replica stream (the event stream) has its leader back.
 func nodeCurrent(ctx context.Context, js jetstream.JetStream, n *node) (bool, error) {
 	lister := js.ListStreams(ctx)
 	seen := 0
@@ -289,6 +290,12 @@ func nodeCurrent(ctx context.Context, js jetstream.JetStream, n *node) (bool, er
 		seen++
 		if info.Cluster == nil {
 			return false, nil
+		}
+		if info.Config.Replicas <= 1 {
+			if info.Cluster.Leader == "" {
+				return false, nil
+			}
+			continue
 		}
 		ok := info.Cluster.Leader == n.name
 		for _, r := range info.Cluster.Replicas {

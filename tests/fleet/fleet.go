@@ -69,6 +69,12 @@ func run(ctx context.Context, opt options, out io.Writer) (res result, err error
 	exits := f.tally.exits
 	f.tally.mu.Unlock()
 	f.logf("fleet up: %d hosts with their consumers in %.2f s (%d workers exited on their own meanwhile)", opt.hosts, res.fleetUp.Seconds(), exits)
+	var ops *opCounter
+	if opt.countOps {
+		if ops, err = countOps(f.admin); err != nil {
+			return res, fmt.Errorf("count operations: %w", err)
+		}
+	}
 	meter := newCPUMeter(f.pids)
 	selfStart, wallStart := selfCPU(), time.Now()
 	res.verdict, res.fault, err = f.load(ctx)
@@ -76,6 +82,9 @@ func run(ctx context.Context, opt options, out io.Writer) (res result, err error
 		return res, err
 	}
 	f.printMemory()
+	if ops != nil {
+		ops.report(out, opt.jobs)
+	}
 	names := []string{"node-1", "node-2", "node-3"}
 	for _, a := range f.apis {
 		names = append(names, a.name)

@@ -61,7 +61,7 @@ func TestFleetJWT(t *testing.T) {
 
 // TestFleetFaults runs the harness's other faults one after the other, each
 // on a small fleet of its own (20 simulated hypervisors, 120 jobs over REST
-// and NATS): a node of the cluster stopped (SIGSTOP) for 10 s, the job
+// and NATS): a node of the cluster stopped (SIGSTOP) for 30 s, the job
 // stream leader killed as the load starts, 10% of the workers killed
 // mid-job, the whole fleet restarted at once, and one API replica killed
 // under load. In every case nothing may be lost or run twice and no host
@@ -75,7 +75,7 @@ func TestFleetFaults(t *testing.T) {
 		t.Run(fault, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 			defer cancel()
-			opt := options{hosts: 20, jobs: 120, rate: 40, duration: time.Second, fault: fault, stopFor: 10 * time.Second,
+			opt := options{hosts: 20, jobs: 120, rate: 40, duration: time.Second, fault: fault, stopFor: 30 * time.Second,
 				restartAfter: 5 * time.Second, ackWait: 30 * time.Second, restEvery: 2, settle: 75 * time.Second}
 			res := runClean(ctx, t, opt)
 			require.NotEmpty(t, res.fault.desc, "the fault was injected")

@@ -42,6 +42,7 @@ type options struct {
 	settle       time.Duration
 	natsBench    string
 	dispatch     string
+	countOps     bool
 }
 
 func parseFlags(args []string) (options, error) {
@@ -60,6 +61,7 @@ func parseFlags(args []string) (options, error) {
 	fs.BoolVar(&o.keep, "keep", false, "keep the run's directory (configs, logs, stores) even when nothing went wrong")
 	fs.DurationVar(&o.settle, "settle", 0, "how long to wait for the last jobs with no progress (default: 2 ack waits + 30 s)")
 	fs.StringVar(&o.dispatch, "dispatch", "limits", "the APIs' PROVISIONER_DISPATCH: limits or workqueue")
+	fs.BoolVar(&o.countOps, "count-ops", false, "count the operations the cluster carries during the load, by kind, per job (a wildcard subscription: it adds load)")
 	fs.StringVar(&o.natsBench, "nats-bench", "", "after the fleet run, run this nats CLI's JetStream publish benchmark on the same cluster (scripts/install-nats-cli.sh builds bin/nats)")
 	if err := fs.Parse(args); err != nil {
 		return o, err
