@@ -317,7 +317,7 @@ func (r *reporter) markVolumeCreated(ctx context.Context) error {
 
 // markSeedCreated is markVolumeCreated for the job's seed volume.
 func (r *reporter) markSeedCreated(ctx context.Context) error {
-	_, _, err := r.w.jobs.UpdateAttempt(ctx, r.host, r.jobID, r.attempt, func(j *kvstate.Job) error {
+	_, err := r.att.Update(ctx, func(j *kvstate.Job) error {
 		j.SeedCreated = true
 		return nil
 	})
