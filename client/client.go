@@ -1,8 +1,8 @@
 package client
 
 import (
-	"cmp"
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/tls"
 	"encoding/json"
