@@ -74,10 +74,17 @@ func allowHost(w http.ResponseWriter, r *http.Request, host string) bool {
 func allowSubmission(w http.ResponseWriter, r *http.Request, m messaging.Job, ref messaging.ImageRef) bool {
 	id := identity(r)
 	var err error
-	if m.Kind == messaging.KindCacheFetch {
+	switch {
+	case m.Kind == messaging.KindCacheFetch:
 		err = id.AllowCache(ref)
-	} else if err = id.AllowVolume(m.VolumeName); err == nil {
-		err = id.AllowImage(ref)
+	default:
+		err = id.AllowVolume(m.VolumeName)
+		if seed := m.SeedVolume(); err == nil && seed != "" {
+			err = id.AllowVolume(seed)
+		}
+		if err == nil && m.ImageURL != "" {
+			err = id.AllowImage(ref)
+		}
 	}
 	if err != nil {
 		writeError(w, http.StatusForbidden, catForbidden, err.Error())

@@ -21,7 +21,7 @@ var probePaths = map[string]bool{"/health": true, "/healthz": true, "/livez": tr
 
 // corsAllowHeaders are the request headers a configured cross-origin caller
 // may send.
-const corsAllowHeaders = "Authorization, Content-Type, X-API-Token, Idempotency-Key, X-Request-ID, traceparent, tracestate"
+const corsAllowHeaders = "Authorization, Content-Type, X-API-Token, Idempotency-Key, X-Request-ID, X-Content-SHA256, traceparent, tracestate"
 
 // corsExposeHeaders are the response headers a cross-origin caller may read.
 const corsExposeHeaders = "X-Request-ID, Location, Idempotent-Replayed"
@@ -140,6 +140,11 @@ func (s *Server) guard(next http.Handler) http.Handler {
 				return
 			}
 		}
+		if isContentPath(r.URL.Path) {
+			// An upload: any bytes, capped by its own handler.
+			next.ServeHTTP(w, r)
+			return
+		}
 		if r.ContentLength > s.cfg.MaxBodyBytes {
 			s.refuse(w, r, http.StatusRequestEntityTooLarge, catInvalid, fmt.Sprintf("request body is larger than %d bytes", s.cfg.MaxBodyBytes))
 			return
@@ -162,7 +167,7 @@ func corsHeaders(w http.ResponseWriter, r *http.Request) bool {
 		h.Set("Access-Control-Expose-Headers", corsExposeHeaders)
 		return false
 	}
-	h.Set("Access-Control-Allow-Methods", "GET, POST, DELETE")
+	h.Set("Access-Control-Allow-Methods", "GET, POST, PUT, DELETE")
 	h.Set("Access-Control-Allow-Headers", corsAllowHeaders)
 	h.Set("Access-Control-Max-Age", "600")
 	w.WriteHeader(http.StatusNoContent)

@@ -67,14 +67,16 @@ func (s *Server) createJob(w http.ResponseWriter, r *http.Request) {
 	if !s.decodeBody(w, r, &req) {
 		return
 	}
+	// With cloud_init and no image only the seed is written: no size then.
+	seedOnly := req.CloudInit != nil && req.ImageURL == ""
 	var missing []string
-	if req.ImageURL == "" {
+	if req.ImageURL == "" && !seedOnly {
 		missing = append(missing, "image_url")
 	}
 	if req.VolumeName == "" {
 		missing = append(missing, "volume_name")
 	}
-	if req.VolumeSizeGB == nil {
+	if req.VolumeSizeGB == nil && !seedOnly {
 		missing = append(missing, "volume_size_gb")
 	}
 	if len(missing) > 0 {
@@ -82,8 +84,11 @@ func (s *Server) createJob(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	m := messaging.Job{Kind: messaging.KindProvision, ImageURL: req.ImageURL, VolumeName: req.VolumeName,
-		VolumeSizeGB: *req.VolumeSizeGB, ImageType: req.ImageType, CorrelationID: req.CorrelationID, Hypervisor: req.Hypervisor,
-		Verify: req.Verify}
+		ImageType: req.ImageType, CorrelationID: req.CorrelationID, Hypervisor: req.Hypervisor,
+		Verify: req.Verify, CloudInit: req.CloudInit}
+	if req.VolumeSizeGB != nil {
+		m.VolumeSizeGB = *req.VolumeSizeGB
+	}
 	s.submit(w, r, m)
 }
 
@@ -110,17 +115,8 @@ func (s *Server) submit(w http.ResponseWriter, r *http.Request, m messaging.Job)
 		writeError(w, http.StatusBadRequest, catInvalid, err.Error())
 		return
 	}
-	ref, _ := messaging.ParseImageURL(m.ImageURL)
-	switch {
-	case len(s.cfg.ImageEndpoints) > 0 && !slices.Contains(s.cfg.ImageEndpoints, ref.Endpoint):
-		writeError(w, http.StatusBadRequest, catInvalid, fmt.Sprintf("image_url: endpoint %s is not a configured object store (allowed: %s)", ref.Endpoint, strings.Join(s.cfg.ImageEndpoints, ", ")))
-		return
-	case len(s.cfg.ImageEndpoints) == 0 && messaging.RestrictedHost(ref.Host()):
-		writeError(w, http.StatusBadRequest, catInvalid, fmt.Sprintf("image_url: endpoint %s is a loopback, link-local or metadata address; an operator must configure it in PROVISIONER_IMAGE_ENDPOINTS to allow it", ref.Endpoint))
-		return
-	}
-	if !s.cfg.ImageBuckets.Allows(ref) {
-		writeError(w, http.StatusBadRequest, catInvalid, fmt.Sprintf("image_url: %s is not an allowed image source (allowed: %s)", s.cfg.ImageBuckets.Describe(ref), s.cfg.ImageBuckets))
+	ref, ok := s.imageAllowed(w, m)
+	if !ok {
 		return
 	}
 	if !s.connected(w) {
@@ -156,14 +152,37 @@ func (s *Server) submit(w http.ResponseWriter, r *http.Request, m messaging.Job)
 		}
 		undo = append(undo, release)
 	}
-	if m.Kind == messaging.KindProvision {
-		release, ok := s.reserveVolume(ctx, w, r, host, m)
-		if !ok {
-			return
-		}
-		undo = append(undo, release)
+	if !s.reserveVolumes(ctx, w, r, m, &undo) {
+		return
 	}
-	rec := kvstate.NewJob(m, host, m.SubmittedAt)
+	s.enqueue(ctx, w, r, m, &undo)
+}
+
+// reserveVolumes reserves the job's volume and seed volume (409 when
+// another job has one), adding their release to undo.
+func (s *Server) reserveVolumes(ctx context.Context, w http.ResponseWriter, r *http.Request, m messaging.Job, undo *[]func(context.Context)) bool {
+	if m.Kind == messaging.KindCacheFetch {
+		return true
+	}
+	for _, vol := range []string{m.VolumeName, m.SeedVolume()} {
+		if vol == "" {
+			continue
+		}
+		v := m
+		v.VolumeName = vol
+		release, ok := s.reserveVolume(ctx, w, r, m.Hypervisor, v)
+		if !ok {
+			return false
+		}
+		*undo = append(*undo, release)
+	}
+	return true
+}
+
+// enqueue records m's job as pending and publishes it, answering the
+// request; what undo holds is taken back when nothing was queued.
+func (s *Server) enqueue(ctx context.Context, w http.ResponseWriter, r *http.Request, m messaging.Job, undo *[]func(context.Context)) {
+	rec := kvstate.NewJob(m, m.Hypervisor, m.SubmittedAt)
 	rec.TraceID, _, _ = telemetry.IDs(ctx)
 	if _, err := s.jobs.Create(ctx, rec); err != nil {
 		s.failNATS(w, r, "record job", err)
@@ -171,7 +190,7 @@ func (s *Server) submit(w http.ResponseWriter, r *http.Request, m messaging.Job)
 	}
 	err := s.queue(ctx, m)
 	if err != nil {
-		switch queued, known := s.queued(host, m.JobID); {
+		switch queued, known := s.queued(m.Hypervisor, m.JobID); {
 		case queued:
 			// The publish landed but its answer was lost (an election).
 			err = nil
@@ -181,7 +200,7 @@ func (s *Server) submit(w http.ResponseWriter, r *http.Request, m messaging.Job)
 			// the record, the reservation and the Idempotency-Key, so a
 			// retry with the key finishes this submission (replay)
 			// instead of starting a second job on the same volume.
-			undo = nil
+			*undo = nil
 			s.failNATS(w, r, "queue job (it may have been queued: retry with the same Idempotency-Key)", err)
 			return
 		}
@@ -189,13 +208,36 @@ func (s *Server) submit(w http.ResponseWriter, r *http.Request, m messaging.Job)
 	if err != nil {
 		// Nothing was queued: take the record back so no phantom job stays pending.
 		delCtx, delCancel := context.WithTimeout(context.Background(), s.cfg.NATSTimeout)
-		_ = s.jobs.KV.Delete(delCtx, messaging.JobKey(host, m.JobID))
+		_ = s.jobs.KV.Delete(delCtx, messaging.JobKey(m.Hypervisor, m.JobID))
 		delCancel()
 		s.failNATS(w, r, "queue job", err)
 		return
 	}
-	undo = nil
+	*undo = nil
 	s.accepted(ctx, w, r, m)
+}
+
+// imageAllowed checks a job's image against the configured endpoints and
+// buckets; it answers 400 itself when the image is not allowed. A job
+// without image (a seed only) passes.
+func (s *Server) imageAllowed(w http.ResponseWriter, m messaging.Job) (messaging.ImageRef, bool) {
+	if m.ImageURL == "" {
+		return messaging.ImageRef{}, true
+	}
+	ref, _ := messaging.ParseImageURL(m.ImageURL)
+	switch {
+	case len(s.cfg.ImageEndpoints) > 0 && !slices.Contains(s.cfg.ImageEndpoints, ref.Endpoint):
+		writeError(w, http.StatusBadRequest, catInvalid, fmt.Sprintf("image_url: endpoint %s is not a configured object store (allowed: %s)", ref.Endpoint, strings.Join(s.cfg.ImageEndpoints, ", ")))
+		return ref, false
+	case len(s.cfg.ImageEndpoints) == 0 && messaging.RestrictedHost(ref.Host()):
+		writeError(w, http.StatusBadRequest, catInvalid, fmt.Sprintf("image_url: endpoint %s is a loopback, link-local or metadata address; an operator must configure it in PROVISIONER_IMAGE_ENDPOINTS to allow it", ref.Endpoint))
+		return ref, false
+	}
+	if !s.cfg.ImageBuckets.Allows(ref) {
+		writeError(w, http.StatusBadRequest, catInvalid, fmt.Sprintf("image_url: %s is not an allowed image source (allowed: %s)", s.cfg.ImageBuckets.Describe(ref), s.cfg.ImageBuckets))
+		return ref, false
+	}
+	return ref, true
 }
 
 // accepted answers a submission whose job is queued.
@@ -457,6 +499,8 @@ func (s *Server) cancelJob(w http.ResponseWriter, r *http.Request) {
 	if rec.Status == kvstate.StatusPending {
 		s.dropQueued(ctx, updated.Hypervisor, jobID)
 		s.releaseVolume(ctx, updated.Hypervisor, updated.VolumeName, jobID)
+		s.releaseVolume(ctx, updated.Hypervisor, updated.SeedVolume, jobID)
+		s.settleContent(ctx, updated)
 	}
 	s.log.WithFields(telemetry.LogFields(ctx)).WithFields(map[string]any{"job_id": jobID, "host": updated.Hypervisor, "request_id": requestID(r), "caller": identity(r).Name}).Info("job cancelled")
 	writeJSON(w, http.StatusOK, rest.Cancelled{Status: string(kvstate.StatusCancelled), JobID: jobID})

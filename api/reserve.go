@@ -37,8 +37,10 @@ func requestHash(m messaging.Job) string {
 	data, _ := json.Marshal(struct {
 		Kind, Hypervisor, ImageURL, ImageType, VolumeName, CorrelationID string
 		VolumeSizeGB                                                     int64
-		Verify                                                           string `json:",omitempty"`
-	}{m.Kind, m.Hypervisor, m.ImageURL, m.ImageType, m.VolumeName, m.CorrelationID, m.VolumeSizeGB, m.Verify})
+		Verify                                                           string               `json:",omitempty"`
+		CloudInit                                                        *messaging.CloudInit `json:",omitempty"`
+		Content                                                          *messaging.Content   `json:",omitempty"`
+	}{m.Kind, m.Hypervisor, m.ImageURL, m.ImageType, m.VolumeName, m.CorrelationID, m.VolumeSizeGB, m.Verify, m.CloudInit, m.Content})
 	sum := sha256.Sum256(data)
 	return hex.EncodeToString(sum[:])
 }
@@ -131,4 +133,11 @@ func (s *Server) releaseVolume(ctx context.Context, host, volume, jobID string) 
 	if json.Unmarshal(e.Value(), &l) == nil && l.JobID == jobID {
 		_ = s.volumes.Delete(ctx, key, jetstream.LastRevision(e.Revision()))
 	}
+}
+
+// forgetIdempotencyKey deletes the caller's key, so its next use starts a
+// new submission.
+func (s *Server) forgetIdempotencyKey(ctx context.Context, r *http.Request, key string) {
+	sum := sha256.Sum256([]byte(identity(r).Name + "\n" + key))
+	_ = s.idem.Delete(ctx, hex.EncodeToString(sum[:]))
 }

@@ -69,6 +69,16 @@ type Config struct {
 	// Dispatch is the job stream's layout (messaging.Setup's; New makes ""
 	// messaging.DispatchLimits).
 	Dispatch messaging.Dispatch
+	// MaxContentBytes caps an upload (PUT …/content); zero means
+	// messaging.DefaultMaxContentBytes.
+	MaxContentBytes int64
+	// ContentReadTimeout bounds reading an upload's body (zero: 30 min).
+	ContentReadTimeout time.Duration
+	// ContentTTL is the content buckets' maximum age, a backstop for
+	// uploads whose job never told the API it ended (zero: 24 h).
+	ContentTTL time.Duration
+	// Replicas of the content buckets (the streams' replica count).
+	Replicas int
 }
 
 // Server serves the REST API.
@@ -151,6 +161,15 @@ func New(ctx context.Context, cfg Config, nc *nats.Conn, subjects messaging.Subj
 	if cfg.MaxBodyBytes <= 0 {
 		cfg.MaxBodyBytes = 64 << 10
 	}
+	if cfg.MaxContentBytes <= 0 {
+		cfg.MaxContentBytes = messaging.DefaultMaxContentBytes
+	}
+	if cfg.ContentReadTimeout <= 0 {
+		cfg.ContentReadTimeout = 30 * time.Minute
+	}
+	if cfg.ContentTTL <= 0 {
+		cfg.ContentTTL = 24 * time.Hour
+	}
 	if cfg.SSEKeepAlive <= 0 {
 		cfg.SSEKeepAlive = defaultSSEKeepAlive
 	}
@@ -176,6 +195,7 @@ func (s *Server) routes() {
 	r.HandleFunc("/api/v1/jobs/{job_id}/cancel", s.cancelJob).Methods(http.MethodPost)
 	r.HandleFunc("/api/v1/jobs/{job_id}/events", s.jobEvents).Methods(http.MethodGet)
 	r.HandleFunc("/api/v1/hosts", s.listHosts).Methods(http.MethodGet)
+	r.HandleFunc(contentRoute, s.putContent).Methods(http.MethodPut)
 	r.HandleFunc("/api/v1/cache/images", s.listCache).Methods(http.MethodGet)
 	r.HandleFunc("/api/v1/cache/fetch", s.fetchCache).Methods(http.MethodPost)
 	r.HandleFunc("/api/v1/cache/images/{checksum}", s.deleteCachedImage).Methods(http.MethodDelete)

@@ -156,6 +156,9 @@ func (s *Server) hostSettled(ctx context.Context, host string, body []byte) mess
 		return messaging.HostReply{Error: "malformed settled request"}
 	}
 	if s.cfg.Dispatch != messaging.DispatchLimits {
+		if rec, _, err := s.jobs.Get(ctx, host, req.JobID); err == nil {
+			s.settleContent(ctx, rec)
+		}
 		return messaging.HostReply{}
 	}
 	// The record was written just before the worker asked; a replica
@@ -190,6 +193,7 @@ func (s *Server) settle(ctx context.Context, host, jobID string) error {
 	if !rec.Status.Terminal() {
 		return fmt.Errorf("settle job %s: %w (%s)", jobID, errNotEnded, rec.Status)
 	}
+	s.settleContent(ctx, rec)
 	if err := s.jobStream.Purge(ctx, jetstream.WithPurgeSubject(s.subjects.Job(host, jobID))); err != nil {
 		return fmt.Errorf("settle job %s: remove its message: %w", jobID, err)
 	}

@@ -2,6 +2,7 @@ package client
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"crypto/tls"
 	"encoding/json"
@@ -189,6 +190,10 @@ type call struct {
 	query        url.Values
 	body         any
 	header       http.Header
+	// contentType of a raw body (an upload); JSON otherwise.
+	contentType string
+	// length of a raw body (its Content-Length).
+	length int64
 }
 
 // do sends cl, retrying on 503 and connection errors, and decodes a
@@ -256,8 +261,11 @@ func (c *Client) sendReq(ctx context.Context, cl call, u *url.URL, rd io.Reader)
 	for k, v := range cl.header {
 		req.Header[k] = v
 	}
+	if cl.length > 0 {
+		req.ContentLength = cl.length
+	}
 	if rd != nil {
-		req.Header.Set("Content-Type", "application/json")
+		req.Header.Set("Content-Type", cmp.Or(cl.contentType, "application/json"))
 	}
 	req.Header.Set("Accept", "application/json")
 	req.Header.Set("User-Agent", c.userAgent)

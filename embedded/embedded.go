@@ -260,7 +260,7 @@ func workerPermissions(prefix, host string, pub []string) *server.Permissions {
 		inbox = "_INBOX_worker.>"
 	}
 	return &server.Permissions{
-		Publish: &server.SubjectPermission{Allow: pub},
+		Publish: &server.SubjectPermission{Allow: pub, Deny: sharedKeyDeny(host)},
 		// Replies (JetStream API, publish acks, pulled jobs, the API's
 		// answers) arrive on its own inbox only; control requests (cache
 		// delete) and cancel hints on its own control subjects.
@@ -300,6 +300,7 @@ func workerPublishes(prefix, host string) []string {
 		"$KV." + messaging.HostBucket + "." + host,
 		"$JS.API.DIRECT.GET.KV_" + messaging.HostBucket + ".$KV." + messaging.HostBucket + "." + host,
 	}
+	pub = append(pub, ContentReads(host)...)
 	for _, b := range []string{messaging.JobBucket, messaging.CacheBucket, messaging.VolumeBucket} {
 		pub = append(pub,
 			// Bind the bucket.
@@ -311,4 +312,41 @@ func workerPublishes(prefix, host string) []string {
 		)
 	}
 	return pub
+}
+
+// ContentReads let host's worker read its own content bucket (an Object
+// Store, one per host: messaging.ContentBucket) by direct gets alone: the
+// object's metadata by subject, its chunks by sequence. Reading an Object
+// Store the usual way needs a consumer, which a worker may not create. The
+// stream's name is the only place an Object Store's subjects carry the
+// host, so a bucket per host is what confines the reads. It may not write,
+// delete or purge: the API removes an upload when its job ends.
+func ContentReads(host string) []string {
+	stream := messaging.ContentStream(host)
+	if host == "*" {
+		// Stream names are one token: the shared key of the embedded
+		// server (valid for every host anyway) reads any stream's info
+		// and direct gets, except those sharedKeyDeny names.
+		stream = "*"
+	}
+	return []string{
+		"$JS.API.STREAM.INFO." + stream,
+		"$JS.API.DIRECT.GET." + stream,
+		"$JS.API.DIRECT.GET." + stream + ".>",
+	}
+}
+
+// sharedKeyDeny keeps the embedded server's shared worker key (host "*")
+// away from the streams contentReads' wildcards would open to it beyond
+// what it had: the job stream, the event stream and the API's idempotency
+// bucket.
+func sharedKeyDeny(host string) []string {
+	if host != "*" {
+		return nil
+	}
+	var deny []string
+	for _, s := range []string{messaging.JobStream, messaging.EventStream, "KV_" + messaging.IdempotencyBucket} {
+		deny = append(deny, "$JS.API.STREAM.INFO."+s, "$JS.API.DIRECT.GET."+s, "$JS.API.DIRECT.GET."+s+".>")
+	}
+	return deny
 }

@@ -85,6 +85,14 @@ type Job struct {
 	// VolumeCreated is set before the job creates its volume, so a later
 	// attempt knows the volume is its own to reuse or roll back.
 	VolumeCreated bool `json:"volume_created,omitempty"`
+	// SeedVolume is the job's cloud-init seed volume (a job with
+	// cloud_init), SeedVolumePath where it was written, and SeedCreated
+	// is VolumeCreated for it. The documents themselves are not recorded.
+	SeedVolume     string `json:"seed_volume,omitempty"`
+	SeedVolumePath string `json:"seed_volume_path,omitempty"`
+	SeedCreated    bool   `json:"seed_volume_created,omitempty"`
+	// Content names a content job's upload (object, size, SHA-256).
+	Content *messaging.Content `json:"content,omitempty"`
 	// HeartbeatAt is when the running attempt last confirmed it is alive
 	// (its worker's clock). A later delivery does not start while the
 	// heartbeat is fresh (AttemptAlive).
@@ -113,6 +121,7 @@ func NewJob(m messaging.Job, host string, now time.Time) Job {
 		CreatedAt: created.UTC(), UpdatedAt: now,
 		Kind: m.Kind, Hypervisor: host, ImageURL: m.ImageURL, ImageType: m.ImageType,
 		VolumeName: m.VolumeName, VolumeSizeGB: m.VolumeSizeGB, Verify: m.Verify, Caller: m.Caller,
+		SeedVolume: m.SeedVolume(), Content: m.Content,
 	}
 }
 

@@ -43,6 +43,11 @@ var (
 	_ pipeline.Refresher  = (*Backend)(nil)
 )
 
+// rawFormats are the formats libvirt probes in a file that is raw bytes:
+// "iso" is a raw file holding an ISO 9660 file system (a cloud-init seed,
+// uploaded content), which libvirt names by its signature.
+var rawFormats = map[string]bool{"raw": true, "iso": true}
+
 // fileLike are the pool types whose volumes are files in a directory.
 var fileLike = map[string]bool{"dir": true, "fs": true, "netfs": true}
 
@@ -155,7 +160,7 @@ func (b *Backend) volume(name string, vol *libvirt.StorageVol) (pipeline.Volume,
 		return pipeline.Volume{}, fmt.Errorf("parse the XML of %s: %w", b.describe(name), err)
 	}
 	if fileLike[b.s.poolType] {
-		if vx.Target != nil && vx.Target.Format != nil && vx.Target.Format.Type != "raw" {
+		if vx.Target != nil && vx.Target.Format != nil && !rawFormats[vx.Target.Format.Type] {
 			return pipeline.Volume{}, fmt.Errorf("%s (%s) has format %s; only raw volumes can be written; refusing to touch it", b.describe(name), path, vx.Target.Format.Type)
 		}
 		st, err := os.Lstat(path)

@@ -80,6 +80,11 @@ type Job struct {
 	CorrelationID string `json:"correlation_id,omitempty"`
 	// Verify is "" (the default checks) or VerifyFull.
 	Verify string `json:"verify,omitempty"`
+	// CloudInit, on a provision job, asks for a NoCloud seed volume too; a
+	// provision job with it may have no image (only the seed is written).
+	CloudInit *CloudInit `json:"cloud_init,omitempty"`
+	// Content names the upload a content job writes into its volume.
+	Content *Content `json:"content,omitempty"`
 	// Caller is the identity that submitted the job (set by the API).
 	Caller string `json:"caller,omitempty"`
 	// SubmittedAt is when the job was accepted.
@@ -181,7 +186,7 @@ func (j *Job) Normalize() {
 	if j.Kind == "" {
 		j.Kind = KindProvision
 	}
-	if j.ImageType == "" {
+	if j.ImageType == "" && j.Kind != KindContent {
 		j.ImageType = ImageQCOW2
 	}
 	j.ImageType = strings.ToLower(j.ImageType)
@@ -200,12 +205,6 @@ func (j *Job) Validate() error {
 	if j.Hypervisor != "" && !ValidHost(j.Hypervisor) {
 		return fieldErr("hypervisor", "%q is not a host name (lower-case letters, digits and dashes, at most 63)", j.Hypervisor)
 	}
-	if err := ValidateImageURL(j.ImageURL); err != nil {
-		return err
-	}
-	if j.ImageType != ImageQCOW2 && j.ImageType != ImageRaw {
-		return fieldErr("image_type", "must be %q or %q, not %q", ImageQCOW2, ImageRaw, j.ImageType)
-	}
 	if j.Verify != "" && j.Verify != VerifyFull {
 		return fieldErr("verify", "must be %q or absent, not %q", VerifyFull, j.Verify)
 	}
@@ -214,20 +213,92 @@ func (j *Job) Validate() error {
 	}
 	switch j.Kind {
 	case KindProvision:
-		if err := ValidateVolumeName(j.VolumeName); err != nil {
-			return err
-		}
-		if j.VolumeSizeGB < 1 || j.VolumeSizeGB > MaxVolumeSizeGB {
-			return fieldErr("volume_size_gb", "must be between 1 and %d (GiB), not %d", MaxVolumeSizeGB, j.VolumeSizeGB)
-		}
+		return j.validateProvision()
 	case KindCacheFetch:
-		if j.VolumeName != "" || j.VolumeSizeGB != 0 {
+		if j.VolumeName != "" || j.VolumeSizeGB != 0 || j.CloudInit != nil || j.Content != nil {
 			return fieldErr("volume_name", "a cache_fetch job takes no volume")
 		}
-	default:
-		return fieldErr("kind", "must be %q or %q, not %q", KindProvision, KindCacheFetch, j.Kind)
+		return j.validateImage()
+	case KindContent:
+		return j.validateContent()
+	}
+	return fieldErr("kind", "must be %s, not %q", describeKinds(), j.Kind)
+}
+
+// validateImage checks the image fields.
+func (j *Job) validateImage() error {
+	if err := ValidateImageURL(j.ImageURL); err != nil {
+		return err
+	}
+	if j.ImageType != ImageQCOW2 && j.ImageType != ImageRaw {
+		return fieldErr("image_type", "must be %q or %q, not %q", ImageQCOW2, ImageRaw, j.ImageType)
 	}
 	return nil
+}
+
+// validateProvision checks a provision job: an image and a size, a seed, or
+// both.
+func (j *Job) validateProvision() error {
+	if j.CloudInit == nil || j.ImageURL != "" {
+		if err := j.validateImage(); err != nil {
+			return err
+		}
+	}
+	if err := ValidateVolumeName(j.VolumeName); err != nil {
+		return err
+	}
+	if j.Content != nil {
+		return fieldErr("content", "only a content job carries content")
+	}
+	if j.CloudInit != nil {
+		if err := j.CloudInit.Validate(j.VolumeName); err != nil {
+			return err
+		}
+		if j.ImageURL == "" {
+			// Only the seed is written.
+			if j.VolumeSizeGB != 0 {
+				return fieldErr("volume_size_gb", "a job without image_url writes only the cloud-init seed and takes no size")
+			}
+			return nil
+		}
+	}
+	if j.VolumeSizeGB < 1 || j.VolumeSizeGB > MaxVolumeSizeGB {
+		return fieldErr("volume_size_gb", "must be between 1 and %d (GiB), not %d", MaxVolumeSizeGB, j.VolumeSizeGB)
+	}
+	return nil
+}
+
+// validateContent checks a content job: a volume and its upload; the size
+// is optional (ContentVolumeBytes).
+func (j *Job) validateContent() error {
+	if err := ValidateVolumeName(j.VolumeName); err != nil {
+		return err
+	}
+	switch {
+	case j.ImageURL != "":
+		return fieldErr("image_url", "a content job takes no image")
+	case j.CloudInit != nil:
+		return fieldErr("cloud_init", "a content job takes no cloud-init data")
+	case j.Content == nil:
+		return fieldErr("content", "is required for a content job")
+	case j.VolumeSizeGB < 0 || j.VolumeSizeGB > MaxVolumeSizeGB:
+		return fieldErr("volume_size_gb", "must be between 1 and %d (GiB), or absent, not %d", MaxVolumeSizeGB, j.VolumeSizeGB)
+	}
+	if err := j.Content.Validate(); err != nil {
+		return err
+	}
+	if j.VolumeSizeGB > 0 && j.Content.Size > j.VolumeSizeBytes() {
+		return fieldErr("volume_size_gb", "%d GiB is smaller than the %d bytes of content", j.VolumeSizeGB, j.Content.Size)
+	}
+	return nil
+}
+
+// SeedVolume is the job's seed volume, "" when it has none.
+func (j *Job) SeedVolume() string {
+	if j.CloudInit == nil {
+		return ""
+	}
+	return j.CloudInit.SeedVolume(j.VolumeName)
 }
 
 // VolumeSizeBytes is the requested size in bytes (volume_size_gb is GiB).

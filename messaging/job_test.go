@@ -247,7 +247,7 @@ func TestValidate(t *testing.T) {
 		},
 		{
 			name: "kind unknown", mutate: func(j *messaging.Job) { j.Kind = "delete" },
-			field: "kind", want: `kind: must be "provision" or "cache_fetch", not "delete"`,
+			field: "kind", want: `kind: must be "provision", "cache_fetch" or "content", not "delete"`,
 		},
 		{
 			name: "cache fetch with volume name", mutate: func(j *messaging.Job) { j.Kind, j.VolumeSizeGB = messaging.KindCacheFetch, 0 },

@@ -44,6 +44,8 @@ func APIPermissions(prefix string) jwt.Permissions {
 		"$JS.FC.>",
 		// Answers to the workers' requests (their inboxes).
 		"_INBOX_worker.>",
+		// Uploads into the hosts' content buckets (Object Stores).
+		"$O.>",
 	)
 	for _, b := range []string{messaging.JobBucket, messaging.CacheBucket, messaging.HostBucket, messaging.VolumeBucket, messaging.IdempotencyBucket} {
 		p.Pub.Allow.Add("$KV." + b + ".>")
@@ -111,6 +113,21 @@ func setControlImport(ac *jwt.AccountClaims, a embedded.HostAccount, accountPub 
 	ac.Imports = slices.DeleteFunc(ac.Imports, func(im *jwt.Import) bool { return string(im.Subject) == a.Control })
 	if accountPub != "" {
 		ac.Imports.Add(controlImport(a, accountPub))
+	}
+}
+
+// setContentExports adds to PROVISIONER's claims ac the services of host's
+// content bucket its worker imports (embedded.ContentReads), or removes
+// them. They are one set per enrolled host: the host is part of the
+// stream's name, a single token, and exports may not overlap.
+func setContentExports(ac *jwt.AccountClaims, host string, enrolled bool) {
+	subjects := embedded.ContentReads(host)
+	ac.Exports = slices.DeleteFunc(ac.Exports, func(e *jwt.Export) bool { return slices.Contains(subjects, string(e.Subject)) })
+	if !enrolled {
+		return
+	}
+	for _, s := range subjects {
+		ac.Exports.Add(&jwt.Export{Name: s, Subject: jwt.Subject(s), Type: jwt.Service})
 	}
 }
 

@@ -306,6 +306,7 @@ func (o *Operator) Enroll(hosts ...string) (*Change, error) {
 		}
 		accounts[host] = ac
 		setControlImport(main, a, pub)
+		setContentExports(main, host, true)
 	}
 	if rotated {
 		// New users must be issued after that second (revocations cover
@@ -404,6 +405,7 @@ func (o *Operator) Revoke(hosts ...string) (*Change, error) {
 			return nil, fmt.Errorf("sign %s's account: %w", host, err)
 		}
 		setControlImport(main, embedded.NewHostAccount(o.Prefix, host), "")
+		setContentExports(main, host, false)
 		c.hostJWTs[host] = hostJWT
 		c.JWTs = append(c.JWTs, hostJWT)
 	}

@@ -15,6 +15,8 @@ const (
 	StageVolume     = "creating_volume"
 	StagePopulate   = "populating"
 	StageFinalize   = "finalizing"
+	// StageSeed writes a job's cloud-init seed volume (after the image).
+	StageSeed = "writing_seed"
 )
 
 // ProgressFunc receives a stage's progress: done of total bytes (total 0

@@ -22,6 +22,9 @@ const (
 	HeaderToken = "X-API-Token"
 	// HeaderRequestID is echoed or set on every answer.
 	HeaderRequestID = "X-Request-ID"
+	// HeaderContentSHA256 carries an upload's SHA-256 (lower-case hex);
+	// a body that does not match it is refused and nothing is stored.
+	HeaderContentSHA256 = "X-Content-SHA256"
 )
 
 // Job is a job record: the body of GET /api/v1/jobs/{job_id}.
@@ -54,13 +57,24 @@ type JobRequest struct {
 	CorrelationID string `json:"correlation_id,omitempty"`
 	Hypervisor    string `json:"hypervisor,omitempty"`
 	Verify        string `json:"verify,omitempty"`
+	// CloudInit asks for a NoCloud seed volume too; without ImageURL (and
+	// VolumeSizeGB) only the seed is written.
+	CloudInit *CloudInit `json:"cloud_init,omitempty"`
 }
+
+// CloudInit is a job's cloud-init data (JobRequest.CloudInit).
+type CloudInit = messaging.CloudInit
 
 // FetchRequest is the body of POST /api/v1/cache/fetch.
 type FetchRequest struct {
 	ImageURL      string `json:"image_url"`
 	CorrelationID string `json:"correlation_id,omitempty"`
 	Hypervisor    string `json:"hypervisor,omitempty"`
+}
+
+// ContentPath is the path of PUT …/content: upload a volume's content.
+func ContentPath(hypervisor, volume string) string {
+	return BasePath + "/volumes/" + hypervisor + "/" + volume + "/content"
 }
 
 // Accepted answers a submission (202).

@@ -13,9 +13,10 @@
 #   prometheus            the real Prometheus and promtool of the metrics tests
 #   util-linux curl       losetup (loop devices), curl
 #   xfsprogs btrfs-progs  mkfs.xfs and mkfs.btrfs: the reflink clone tests' file systems on loop devices
+#   xorriso               the ISO reader the tests read cloud-init seed images back with
 set -euo pipefail
 cd "$(dirname "$0")/.."
-packages=(qemu-utils libdeflate-dev e2fsprogs qemu-system-x86 lvm2 thin-provisioning-tools libvirt-daemon-system libvirt-dev pkg-config gcc prometheus util-linux curl xfsprogs btrfs-progs)
+packages=(qemu-utils libdeflate-dev e2fsprogs qemu-system-x86 lvm2 thin-provisioning-tools libvirt-daemon-system libvirt-dev pkg-config gcc prometheus util-linux curl xfsprogs btrfs-progs xorriso)
 need=()
 for p in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")

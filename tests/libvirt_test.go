@@ -95,3 +95,56 @@ func TestLibvirtBackend(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, before, after, "nothing was written")
 }
+
+// TestLibvirtCloudInitSeed writes a job's cloud-init seed into a libvirt
+// pool volume: libvirt sees the volume (vol-dumpxml), it reads back as an
+// ISO 9660 image labelled cidata with the job's documents, a domain gets it
+// attached as its cdrom, and while that domain runs a reprovision refuses
+// to overwrite the seed.
+func TestLibvirtCloudInitSeed(t *testing.T) {
+	t.Parallel()
+	testenv.Libvirtd(t)
+	suffix := fmt.Sprintf("%d", time.Now().UnixNano()%1e9)
+	volPool, imgPool := "it-seed-vols-"+suffix, "it-seed-images-"+suffix
+	dirPool(t, volPool)
+	dirPool(t, imgPool)
+	e := newEnv(t, envOptions{noWorker: true})
+	e.startWorker("h1", "PROVISIONER_VOLUME_BACKEND=libvirt", "PROVISIONER_LIBVIRT_POOL="+volPool, "PROVISIONER_LIBVIRT_IMAGES_POOL="+imgPool)
+	qcow2, ref := image(t, 8<<20, 16)
+	url := e.upload("images/seed.qcow2", qcow2, true)
+	ci := map[string]any{"user_data": "#cloud-config\nhostname: lv-seed\n"}
+	id := e.submit(map[string]any{"image_url": url, "volume_name": "vm-seed", "volume_size_gb": 1, "cloud_init": ci})
+	j := e.waitStatus(id, "completed")
+	requireVolume(t, j.VolumePath, ref, gib)
+
+	xml := virsh(t, "vol-dumpxml", "--pool", volPool, "vm-seed-seed")
+	require.Contains(t, xml, "<capacity unit='bytes'>4194304</capacity>")
+	seedPath := e.do("GET", "/api/v1/jobs/"+id, nil).json(t)["seed_volume_path"].(string)
+	require.Contains(t, xml, "<path>"+seedPath+"</path>")
+	files, volid := readISO(t, seedPath)
+	require.Equal(t, "cidata", volid)
+	require.Equal(t, ci["user_data"], files["user-data"])
+	require.Equal(t, "instance-id: "+id+"\n", files["meta-data"])
+	if out, err := exec.Command("blkid", "-o", "value", "-s", "LABEL", seedPath).Output(); err == nil {
+		require.Equal(t, "cidata", strings.TrimSpace(string(out)), "blkid sees the NoCloud label")
+	}
+
+	domain := "it-seed-dom-" + suffix
+	domXML := filepath.Join(t.TempDir(), "dom.xml")
+	require.NoError(t, os.WriteFile(domXML, []byte(fmt.Sprintf(`<domain type='qemu'><name>%s</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>
+<os><type arch='x86_64' machine='pc'>hvm</type></os><devices><emulator>%s</emulator>
+<disk type='file' device='disk'><driver name='qemu' type='raw'/><source file='%s'/><target dev='vda' bus='virtio'/></disk>
+<disk type='volume' device='cdrom'><driver name='qemu' type='raw'/><source pool='%s' volume='vm-seed-seed'/><target dev='hdc' bus='ide'/><readonly/></disk>
+<memballoon model='none'/></devices></domain>`, domain, testenv.QemuSystem(t), j.VolumePath, volPool)), 0o644))
+	virsh(t, "create", domXML)
+	t.Cleanup(func() { _ = exec.Command("virsh", "-c", testenv.LibvirtURI, "destroy", domain).Run() })
+	require.Regexp(t, `hdc\s+vm-seed-seed`, virsh(t, "domblklist", domain), "the domain has the seed attached")
+	before, err := testenv.FileSHA256(seedPath)
+	require.NoError(t, err)
+	id = e.submit(map[string]any{"volume_name": "vm-seed", "cloud_init": map[string]any{"user_data": "#cloud-config\nhostname: other\n"}})
+	failed := e.waitStatus(id, "failed")
+	require.Contains(t, failed.Error, "is attached to running domain")
+	after, err := testenv.FileSHA256(seedPath)
+	require.NoError(t, err)
+	require.Equal(t, before, after, "the seed in use was not written")
+}

@@ -541,6 +541,7 @@ func permCheck(t *testing.T, url string, keys permKeys, replicas int) {
 	permWorkerBinds(t, nc1)
 	permNoDeliveryToOtherHosts(t, url, keys, nc1, errs1, adminJS)
 	permNoReplyInjection(t, permInjection{url: url, keys: keys, nc1: nc1, nc2: nc2, worker1: b, api: apiB, apiJS: apiJS})
+	permContent(t, apiJS, js1, js2, nc1, errs1, replicas)
 
 	// hv-02's job is still its own, un-acked; it can ack it.
 	ci, err := cons2.Info(ctx)

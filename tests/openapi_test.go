@@ -267,7 +267,7 @@ func (c *contract) requireCoverage() {
 
 func TestOpenAPI(t *testing.T) {
 	t.Parallel()
-	e := newEnv(t, envOptions{})
+	e := newEnv(t, envOptions{apiEnv: []string{"PROVISIONER_CONTENT_MAX_BYTES=4096"}})
 	c := loadContract(t, e)
 	c.requireAllResponsesCarryRequestID()
 
@@ -377,6 +377,8 @@ func TestOpenAPI(t *testing.T) {
 	busyID := r.json(t)["job_id"].(string)
 	r = c.do(exchange{method: http.MethodPost, path: "/api/v1/jobs", status: 409, body: jsonBody(t, busy)})
 	require.Equal(t, "conflict", r.json(t)["error"])
+	c.do(exchange{method: http.MethodPut, path: "/api/v1/volumes/h2/vm-oas-busy/content", status: 409, body: []byte("x"),
+		header: map[string]string{"Content-Type": "application/octet-stream"}})
 	require.Contains(t, r.json(t)["message"], busyID+" (pending)")
 	c.do(exchange{method: http.MethodPost, path: "/api/v1/jobs/" + busyID + "/cancel", status: 200})
 
@@ -489,6 +491,29 @@ func TestOpenAPI(t *testing.T) {
 		c.do(exchange{method: http.MethodGet, path: p, status: 400, badRequest: true})
 	}
 	c.do(exchange{method: http.MethodPost, path: "/api/v1/jobs/not-a-uuid/cancel", status: 400, badRequest: true})
+
+	// Uploads and cloud-init seeds; their records follow the document too.
+	upload := []byte("raw bytes for a volume")
+	octet := map[string]string{"Content-Type": "application/octet-stream", "X-Content-SHA256": sha(upload)}
+	r = c.do(exchange{method: http.MethodPut, path: "/api/v1/volumes/h1/oas-up/content?correlation_id=up-1", status: 202, body: upload, header: octet})
+	upID := r.json(t)["job_id"].(string)
+	ukey := map[string]string{"Content-Type": "application/octet-stream", "Idempotency-Key": "oas-up-key"}
+	c.do(exchange{method: http.MethodPut, path: "/api/v1/volumes/h1/oas-up3/content", status: 202, body: upload, header: ukey})
+	c.do(exchange{method: http.MethodPut, path: "/api/v1/volumes/h1/oas-up3/content", status: 422, body: append(upload, '!'), header: ukey})
+	c.do(exchange{method: http.MethodPut, path: "/api/v1/volumes/h1/oas-big/content", status: 413, body: make([]byte, 5000),
+		header: map[string]string{"Content-Type": "application/octet-stream"}})
+	c.do(exchange{method: http.MethodPut, path: "/api/v1/volumes/h1/oas-up2/content", status: 400, body: upload,
+		header: map[string]string{"Content-Type": "application/octet-stream", "X-Content-SHA256": sha([]byte("other"))}})
+	c.do(exchange{method: http.MethodPut, path: "/api/v1/volumes/h1/oas-up2/content?volume_size_gb=0", status: 400, badRequest: true, body: upload, header: octet})
+	r = c.do(exchange{method: http.MethodPost, path: "/api/v1/jobs", status: 202, body: jsonBody(t, map[string]any{"volume_name": "oas-ci",
+		"cloud_init": map[string]any{"user_data": "#cloud-config\n", "network_config": "version: 2\n"}})})
+	ciID := r.json(t)["job_id"].(string)
+	c.do(exchange{method: http.MethodPost, path: "/api/v1/jobs", status: 400, badRequest: true, body: jsonBody(t, map[string]any{"volume_name": "oas-ci",
+		"volume_size_gb": 1, "cloud_init": map[string]any{}})})
+	for _, id := range []string{upID, ciID} {
+		e.waitStatus(id, "completed")
+		c.do(exchange{method: http.MethodGet, path: "/api/v1/jobs/" + id, status: 200})
+	}
 
 	// Unknown jobs, paths and methods.
 	missing := "550e8400-e29b-41d4-a716-446655440000"

@@ -323,3 +323,30 @@ func ctlCmdWith(t *testing.T, server string, env []string, args ...string) *exec
 	cmd.Env = append(cmd.Env, env...)
 	return cmd
 }
+
+// TestCtlUploadAndSeed: provisionerctl upload writes a file into a volume,
+// and submit --user-data writes a seed volume (alone, without an image).
+func TestCtlUploadAndSeed(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{})
+	dir := t.TempDir()
+	content := bytes.Repeat([]byte("uploaded by provisionerctl\n"), 5000)
+	file := filepath.Join(dir, "disk.raw")
+	require.NoError(t, os.WriteFile(file, content, 0o600))
+	run := ctl(t, e.apiURL, "upload", "--hypervisor", "h1", "--volume", "ctl-up", "--file", file, "--wait", "-o", "json")
+	require.Equal(t, 0, run.code, "%s\n%s", run.stdout, run.stderr)
+	requireContent(t, e.volumePath("h1", "ctl-up"), content, 1<<20)
+
+	run = ctl(t, e.apiURL, "upload", "--hypervisor", "h1", "--volume", "ctl-up", "--file", file, "--sha256", strings.Repeat("0", 64))
+	require.Equal(t, 1, run.code, "%s\n%s", run.stdout, run.stderr)
+	require.Contains(t, run.stderr, "X-Content-SHA256")
+
+	ud := filepath.Join(dir, "user-data")
+	require.NoError(t, os.WriteFile(ud, []byte("#cloud-config\nhostname: from-ctl\n"), 0o600))
+	run = ctl(t, e.apiURL, "submit", "--volume", "ctl-vm", "--user-data", ud, "--wait")
+	require.Equal(t, 0, run.code, "%s\n%s", run.stdout, run.stderr)
+	files, volid := readISO(t, e.volumePath("h1", "ctl-vm-seed"))
+	require.Equal(t, "cidata", volid)
+	require.Equal(t, "#cloud-config\nhostname: from-ctl\n", files["user-data"])
+	require.NoFileExists(t, e.volumePath("h1", "ctl-vm"))
+}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -351,6 +352,7 @@ func (w *Worker) run(ctx context.Context, log *logrus.Entry, msg jetstream.Msg, 
 			j.VolumePath = res.volumePath
 			j.Checksum = res.checksum
 			j.Cloned = res.cloned
+			j.SeedVolumePath = res.seed.path
 		})
 		var te *kvstate.TransitionError
 		if errors.Is(uerr, kvstate.ErrSuperseded) {
@@ -396,6 +398,9 @@ func (w *Worker) run(ctx context.Context, log *logrus.Entry, msg jetstream.Msg, 
 		} else {
 			log.WithField("volume", m.VolumeName).Info("rollback: removed the volume this job created")
 		}
+	}
+	if res.seed.created || res.seed.writing {
+		err = w.rollback(bg, res.seed, err)
 	}
 	if errors.Is(cause, errCancelled) {
 		_ = msg.Term()
@@ -471,26 +476,34 @@ func (w *Worker) whySuperseded(ctx context.Context, host, jobID string) error {
 	return errFenced
 }
 
-// leaseRenewer holds the volume lease once the job has taken it, so the
-// keep-alive timer renews it.
+// leaseRenewer holds the volume leases the job has taken (its volume, its
+// seed volume), so the keep-alive timer renews them.
 type leaseRenewer struct {
-	mu    sync.Mutex
-	lease *kvstate.HeldLease
+	mu     sync.Mutex
+	leases []*kvstate.HeldLease
 }
 
-func (l *leaseRenewer) set(h *kvstate.HeldLease) {
+func (l *leaseRenewer) add(h *kvstate.HeldLease) {
 	l.mu.Lock()
-	l.lease = h
+	l.leases = append(l.leases, h)
+	l.mu.Unlock()
+}
+
+func (l *leaseRenewer) remove(h *kvstate.HeldLease) {
+	l.mu.Lock()
+	l.leases = slices.DeleteFunc(l.leases, func(x *kvstate.HeldLease) bool { return x == h })
 	l.mu.Unlock()
 }
 
 func (l *leaseRenewer) renew(ctx context.Context, ttl time.Duration) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.lease == nil {
-		return nil
+	for _, h := range l.leases {
+		if err := h.Renew(ctx, ttl); err != nil {
+			return err
+		}
 	}
-	return l.lease.Renew(ctx, ttl)
+	return nil
 }
 
 // keepAlive sends in-progress acks from a timer (not from progress: some
@@ -596,11 +609,39 @@ type result struct {
 	cloned bool
 	// writing is set once the volume's content is being replaced.
 	writing bool
+	// seed is what the job did to its cloud-init seed volume.
+	seed volumeState
 }
 
-// execute runs the pipeline's stages. res.created tells the caller whether
-// there is a volume of this job's to roll back.
+// execute runs the job's stages: the image into the volume, the cloud-init
+// seed into the seed volume (after the image; a job without image writes
+// only the seed), or uploaded content into the volume. res.created and
+// res.seed tell the caller what to roll back.
 func (w *Worker) execute(ctx context.Context, rep *reporter, rec kvstate.Job, m messaging.Job, lease *leaseRenewer) (res result, err error) {
+	if m.Kind == messaging.KindContent {
+		return w.executeContent(ctx, rep, rec, m, lease)
+	}
+	if m.CloudInit != nil {
+		// Refused before anything is written.
+		if err := w.volumeAllowed(m.SeedVolume()); err != nil {
+			return res, err
+		}
+	}
+	if m.ImageURL != "" {
+		if res, err = w.executeImage(ctx, rep, rec, m, lease); err != nil || m.CloudInit == nil {
+			return res, err
+		}
+	}
+	err = w.writeSeed(ctx, rep, rec, m, lease, &res.seed)
+	if err == nil && m.ImageURL == "" {
+		rep.progress(pipeline.StageFinalize, 0, 0)
+	}
+	return res, err
+}
+
+// executeImage fills the job's volume from its image (or, for a cache
+// fetch, only caches the image).
+func (w *Worker) executeImage(ctx context.Context, rep *reporter, rec kvstate.Job, m messaging.Job, lease *leaseRenewer) (res result, err error) {
 	ref, err := messaging.ParseImageURL(m.ImageURL)
 	if err != nil {
 		return res, err
@@ -630,16 +671,16 @@ func (w *Worker) execute(ctx context.Context, rep *reporter, rec kvstate.Job, m 
 	}
 
 	rep.progress(pipeline.StageVolume, 0, 0)
-	if w.cfg.VolumeAllow != nil && !w.cfg.VolumeAllow.MatchString(m.VolumeName) {
-		return res, fmt.Errorf("volume %q is not one this worker may touch (PROVISIONER_VOLUME_ALLOW=%s)", m.VolumeName, w.cfg.VolumeAllow)
+	if err := w.volumeAllowed(m.VolumeName); err != nil {
+		return res, err
 	}
 	held, err := w.leases.Acquire(ctx, rec.Hypervisor, m.VolumeName, rec.JobID, w.cfg.AckWait)
 	if err != nil {
 		return res, err
 	}
-	lease.set(held)
+	lease.add(held)
 	defer func() {
-		lease.set(nil)
+		lease.remove(held)
 		// Short: a worker cut off from NATS must not wait here; an
 		// unreleased lease expires after the ack wait anyway.
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)

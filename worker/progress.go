@@ -31,6 +31,7 @@ var provisionStages = map[string]int{
 	pipeline.StageVolume:     51,
 	pipeline.StagePopulate:   98,
 	pipeline.StageFinalize:   99,
+	pipeline.StageSeed:       99,
 }
 
 var fetchStages = map[string]int{
@@ -309,6 +310,15 @@ func (r *reporter) recordImage(path, checksum string) {
 func (r *reporter) markVolumeCreated(ctx context.Context) error {
 	_, err := r.att.Update(ctx, func(j *kvstate.Job) error {
 		j.VolumeCreated = true
+		return nil
+	})
+	return err
+}
+
+// markSeedCreated is markVolumeCreated for the job's seed volume.
+func (r *reporter) markSeedCreated(ctx context.Context) error {
+	_, err := r.att.Update(ctx, func(j *kvstate.Job) error {
+		j.SeedCreated = true
 		return nil
 	})
 	return err

@@ -12,12 +12,15 @@ import (
 
 	"github.com/libvirt-volume-provisioner/provisioner/api"
 	"github.com/libvirt-volume-provisioner/provisioner/config"
+	"github.com/libvirt-volume-provisioner/provisioner/messaging"
 )
 
 // httpSettings are the REST listener's guard and timeout settings.
 type httpSettings struct {
 	allowedHosts, corsOrigins        *string
 	readTimeout, writeTimeout, keepA *time.Duration
+	contentMax                       *int64
+	contentRead, contentTTL          *time.Duration
 }
 
 func httpFlags(c *config.Set) *httpSettings {
@@ -27,16 +30,23 @@ func httpFlags(c *config.Set) *httpSettings {
 		readTimeout:  c.Duration("PROVISIONER_HTTP_READ_TIMEOUT", 30*time.Second, "longest time to read a request (event streams are exempt)"),
 		writeTimeout: c.Duration("PROVISIONER_HTTP_WRITE_TIMEOUT", 60*time.Second, "longest time to write a response (event streams are exempt)"),
 		keepA:        c.Duration("PROVISIONER_SSE_KEEPALIVE", 15*time.Second, "interval of the keep-alive comments on an idle event stream"),
+		contentMax:   c.Int64("PROVISIONER_CONTENT_MAX_BYTES", messaging.DefaultMaxContentBytes, "cap of an upload (PUT /api/v1/volumes/{hypervisor}/{volume_name}/content), bytes"),
+		contentRead:  c.Duration("PROVISIONER_CONTENT_READ_TIMEOUT", 30*time.Minute, "longest time to read an upload's body (instead of PROVISIONER_HTTP_READ_TIMEOUT)"),
+		contentTTL:   c.Duration("PROVISIONER_CONTENT_TTL", 24*time.Hour, "maximum age of an upload in its host's content bucket (a backstop: an upload is removed when its job ends)"),
 	}
 }
 
 // check refuses timeouts that are not positive.
 func (h *httpSettings) check() error {
 	for name, d := range map[string]time.Duration{"PROVISIONER_HTTP_READ_TIMEOUT": *h.readTimeout,
-		"PROVISIONER_HTTP_WRITE_TIMEOUT": *h.writeTimeout, "PROVISIONER_SSE_KEEPALIVE": *h.keepA} {
+		"PROVISIONER_HTTP_WRITE_TIMEOUT": *h.writeTimeout, "PROVISIONER_SSE_KEEPALIVE": *h.keepA,
+		"PROVISIONER_CONTENT_READ_TIMEOUT": *h.contentRead, "PROVISIONER_CONTENT_TTL": *h.contentTTL} {
 		if d <= 0 {
 			return fmt.Errorf("%s must be positive, not %s", name, d)
 		}
+	}
+	if *h.contentMax < 0 {
+		return fmt.Errorf("PROVISIONER_CONTENT_MAX_BYTES must not be negative, not %d", *h.contentMax)
 	}
 	return nil
 }
@@ -48,6 +58,7 @@ func (h *httpSettings) apply(cfg *api.Config, listen string, tc *tls.Config) {
 	cfg.AllowedHosts = append(splitList(*h.allowedHosts), certNames(tc)...)
 	cfg.CORSOrigins = splitList(*h.corsOrigins)
 	cfg.SSEKeepAlive = *h.keepA
+	cfg.MaxContentBytes, cfg.ContentReadTimeout, cfg.ContentTTL = *h.contentMax, *h.contentRead, *h.contentTTL
 }
 
 // server is the REST listener's HTTP server.

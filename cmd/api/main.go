@@ -145,7 +145,7 @@ func run(args []string) error {
 	if err != nil {
 		return fmt.Errorf("PROVISIONER_IMAGE_BUCKETS: %w", err)
 	}
-	apiCfg := api.Config{MaxHosts: limits.MaxHosts, Dispatch: limits.Dispatch, DefaultHypervisor: *defaultHost, ImageEndpoints: eps, ImageBuckets: sources, Version: version.Version, TracerProvider: tp, Auth: authn}
+	apiCfg := api.Config{MaxHosts: limits.MaxHosts, Replicas: limits.Replicas, Dispatch: limits.Dispatch, DefaultHypervisor: *defaultHost, ImageEndpoints: eps, ImageBuckets: sources, Version: version.Version, TracerProvider: tp, Auth: authn}
 	httpCfg.apply(&apiCfg, *httpAddr, tlsConfig)
 	srv, err := api.New(ctx, apiCfg, nc, subjects, log)
 	if err != nil {

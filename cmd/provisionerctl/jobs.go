@@ -20,22 +20,30 @@ func (a *app) submitCommand() *cobra.Command {
 		volumes                                []string
 		size                                   int64
 		wait                                   bool
+		ci                                     cloudInitFlags
 	)
 	cmd := &cobra.Command{
-		Use:   "submit --image URL --volume NAME --size GIB [--wait]",
+		Use:   "submit --image URL --volume NAME --size GIB [--user-data FILE] [--wait]",
 		Short: "Provision volumes from an image (one job per --volume)",
 		Example: `  provisionerctl submit --image http://127.0.0.1:9000/images/demo/go-src-ext4.qcow2 --volume vm-1-root --size 2 --wait
-  provisionerctl submit --image http://minio:9000/images/base.qcow2 --volume web-1 --volume web-2 --size 20 --hypervisor hv-1 -o json`,
+  provisionerctl submit --image http://minio:9000/images/base.qcow2 --volume web-1 --volume web-2 --size 20 --hypervisor hv-1 -o json
+  provisionerctl submit --image $IMG --volume vm-1-root --size 2 --user-data user-data.yaml --wait   # and vm-1-root-seed
+  provisionerctl submit --volume vm-1-root --user-data user-data.yaml                               # only the seed`,
 		Args: noArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			cloudInit, err := ci.load()
+			if err != nil {
+				return err
+			}
+			seedOnly := cloudInit != nil && image == "" && size == 0
 			var missing []string
-			if image == "" {
+			if image == "" && !seedOnly {
 				missing = append(missing, "--image")
 			}
 			if len(volumes) == 0 {
 				missing = append(missing, "--volume")
 			}
-			if size == 0 {
+			if size == 0 && !seedOnly {
 				missing = append(missing, "--size")
 			}
 			if len(missing) > 0 {
@@ -54,8 +62,12 @@ func (a *app) submitCommand() *cobra.Command {
 				if idemKey != "" {
 					opts = append(opts, client.WithIdempotencyKey(idemKey))
 				}
-				sub, err := c.Submit(cmd.Context(), rest.JobRequest{ImageURL: image, VolumeName: v, VolumeSizeGB: &size, ImageType: imageType,
-					CorrelationID: correlation, Hypervisor: a.hypervisor}, opts...)
+				req := rest.JobRequest{ImageURL: image, VolumeName: v, ImageType: imageType,
+					CorrelationID: correlation, Hypervisor: a.hypervisor, CloudInit: cloudInit}
+				if !seedOnly {
+					req.VolumeSizeGB = &size
+				}
+				sub, err := c.Submit(cmd.Context(), req, opts...)
 				if err != nil {
 					return fmt.Errorf("submit volume %s: %w", v, err)
 				}
@@ -72,6 +84,7 @@ func (a *app) submitCommand() *cobra.Command {
 	f.StringVar(&correlation, "correlation-id", "", "your reference, kept on the job")
 	f.StringVar(&idemKey, "idempotency-key", "", "Idempotency-Key: repeating the command with it returns the same job (default: a new key, kept across retries)")
 	f.BoolVar(&wait, "wait", false, "follow the jobs until they end (a live bar each on a terminal); exit 1 if one fails")
+	ci.register(f)
 	return cmd
 }
 

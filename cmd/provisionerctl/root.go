@@ -64,7 +64,7 @@ request; 2 bad usage; 3 the API is unreachable; 4 401 or 403; 130 interrupted.`,
 	pf.StringVarP(&a.output, "output", "o", "table", "output format: table or json")
 	pf.StringVar(&a.configPath, "config", defaultConfigPath(), "JSON config file of flag values")
 	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usageError{err} })
-	root.AddCommand(a.submitCommand(), a.getCommand(), a.watchCommand(), a.cancelCommand(), a.jobsCommand(), a.cacheCommand(), a.hostsCommand(), a.tokenCommand())
+	root.AddCommand(a.submitCommand(), a.uploadCommand(), a.getCommand(), a.watchCommand(), a.cancelCommand(), a.jobsCommand(), a.cacheCommand(), a.hostsCommand(), a.tokenCommand())
 	return root
 }
 
