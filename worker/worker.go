@@ -139,8 +139,10 @@ type Worker struct {
 	started  time.Time
 	active   atomic.Int32
 	waiting  atomic.Int64
-	tracer   trace.Tracer
-	cons     hostConsumer
+	// waitingReadAt is when Health last read the queue's length (Unix ns).
+	waitingReadAt atomic.Int64
+	tracer        trace.Tracer
+	cons          hostConsumer
 
 	// running maps the jobs this process runs to their attempt.
 	runMu   sync.Mutex
@@ -423,8 +425,14 @@ type Health struct {
 // Health reports "degraded" when more than two jobs are active on the host
 // (running and waiting together) or NATS is unreachable.
 func (w *Worker) Health() Health {
+	active := int(w.active.Load())
+	if active >= 2 {
+		// Both slots are busy: what waits behind them decides the
+		// status, and the count from the last delivery may be stale.
+		w.refreshWaiting()
+	}
 	h := Health{Status: "healthy", Timestamp: time.Now().UTC(), Version: w.cfg.Version, Uptime: time.Since(w.started).Round(time.Second).String(),
-		Host: w.cfg.Host, ActiveJobs: int(w.active.Load()), Waiting: w.waiting.Load(), NATS: "ok"}
+		Host: w.cfg.Host, ActiveJobs: active, Waiting: w.waiting.Load(), NATS: "ok"}
 	if !w.nc.IsConnected() {
 		h.NATS = "unreachable"
 		h.Status = "degraded"
@@ -433,6 +441,22 @@ func (w *Worker) Health() Health {
 		h.Status = "degraded"
 	}
 	return h
+}
+
+// refreshWaiting reads the queue's length from the host's consumer, at
+// most once a second (a health probe hammering the endpoint costs the
+// cluster one consumer info a second) and waiting at most half a second.
+func (w *Worker) refreshWaiting() {
+	now := time.Now().UnixNano()
+	last := w.waitingReadAt.Load()
+	if now-last < int64(time.Second) || !w.waitingReadAt.CompareAndSwap(last, now) || w.cons.cur.Load() == nil {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
+	defer cancel()
+	if info, err := w.cons.get().Info(ctx); err == nil {
+		w.waiting.Store(int64(info.NumPending))
+	}
 }
 
 // CacheBucket is the cache index bucket, for building the image cache.
