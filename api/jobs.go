@@ -184,11 +184,12 @@ func (s *Server) reserveVolumes(ctx context.Context, w http.ResponseWriter, r *h
 func (s *Server) enqueue(ctx context.Context, w http.ResponseWriter, r *http.Request, m messaging.Job, undo *[]func(context.Context)) {
 	rec := kvstate.NewJob(m, m.Hypervisor, m.SubmittedAt)
 	rec.TraceID, _, _ = telemetry.IDs(ctx)
-	if _, err := s.jobs.Create(ctx, rec); err != nil {
+	rev, err := s.jobs.Create(ctx, rec)
+	if err != nil {
 		s.failNATS(w, r, "record job", err)
 		return
 	}
-	err := s.queue(ctx, m)
+	err = s.queue(ctx, m)
 	if err != nil {
 		switch queued, known := s.queued(m.Hypervisor, m.JobID); {
 		case queued:
@@ -207,11 +208,15 @@ func (s *Server) enqueue(ctx context.Context, w http.ResponseWriter, r *http.Req
 	}
 	if err != nil {
 		// Nothing was queued: take the record back so no phantom job stays pending.
+		// Only the record as created: a record a worker has moved on
+		// means the message landed after all, and its job is under way.
 		delCtx, delCancel := context.WithTimeout(context.Background(), s.cfg.NATSTimeout)
-		_ = s.jobs.KV.Delete(delCtx, messaging.JobKey(m.Hypervisor, m.JobID))
+		derr := s.jobs.KV.Delete(delCtx, messaging.JobKey(m.Hypervisor, m.JobID), jetstream.LastRevision(rev))
 		delCancel()
-		s.failNATS(w, r, "queue job", err)
-		return
+		if derr == nil || !kvstate.IsRevisionMismatch(derr) {
+			s.failNATS(w, r, "queue job", err)
+			return
+		}
 	}
 	*undo = nil
 	s.accepted(ctx, w, r, m)

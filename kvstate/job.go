@@ -328,6 +328,10 @@ func (a *Attempt) Record() Job {
 	return a.last.rec
 }
 
+// IsRevisionMismatch reports a compare-and-set conflict of a KV write or
+// delete (the key changed since the revision it named).
+func IsRevisionMismatch(err error) bool { return isRevisionMismatch(err) }
+
 // isRevisionMismatch reports a compare-and-set conflict: the key changed
 // (or exists) since the revision the write named. Replicated streams report
 // it with another error code (10164) than single-replica ones (10071);

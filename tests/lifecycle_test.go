@@ -96,10 +96,14 @@ func TestAtMostTwoRunningPerHost(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	require.Equal(t, 2, maxRunning, "two jobs run at once, never more")
+	// A sweep reads the six records one after the other, not at one
+	// instant: a job that ends and the next that starts within a sweep can
+	// both be read running. The sweeps show that two ran at once; the
+	// records' own times, below, that never more than two did.
+	require.GreaterOrEqual(t, maxRunning, 2, "two jobs run at once")
 	require.True(t, sawPendingWhileTwoRun, "with two running, the rest wait as pending")
 
-	// The records' own times agree: never more than two overlap.
+	// The records' own times: never more than two overlap.
 	type span struct{ from, to time.Time }
 	var spans []span
 	for _, id := range ids {
