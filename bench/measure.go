@@ -22,6 +22,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/libvirt-volume-provisioner/provisioner/pipeline"
+	"github.com/libvirt-volume-provisioner/provisioner/volume"
 )
 
 // results holds every sample, in run order, by key.
@@ -175,7 +176,7 @@ func (b *bench) convertSteps(ctx context.Context, img *image, src, target string
 	if err != nil {
 		return err
 	}
-	vol := pipeline.Volume{Name: "bench", Path: dst, Size: img.virtual}
+	vol := volume.Volume{Name: "bench", Path: dst, Size: img.virtual}
 	if target == "file" {
 		vol.Size = img.volumeGB() << 30
 	}

@@ -12,7 +12,7 @@ import (
 	"libvirt.org/go/libvirt"
 
 	"github.com/libvirt-volume-provisioner/provisioner/messaging"
-	"github.com/libvirt-volume-provisioner/provisioner/pipeline"
+	"github.com/libvirt-volume-provisioner/provisioner/volume"
 )
 
 // Backend keeps volumes in a libvirt storage pool of type dir, fs, netfs
@@ -38,9 +38,9 @@ func WithoutClones(reason string) Option {
 }
 
 var (
-	_ pipeline.Backend    = (*Backend)(nil)
-	_ pipeline.UseChecker = (*Backend)(nil)
-	_ pipeline.Refresher  = (*Backend)(nil)
+	_ volume.Backend    = (*Backend)(nil)
+	_ volume.UseChecker = (*Backend)(nil)
+	_ volume.Refresher  = (*Backend)(nil)
 )
 
 // rawFormats are the formats libvirt probes in a file that is raw bytes:
@@ -142,58 +142,58 @@ func (b *Backend) lookup(ctx context.Context, pool *libvirt.StoragePool, name st
 // volume reads a volume's path, capacity and format, and checks that its
 // bytes may be written as a raw disk: a raw regular file (not a symlink) in
 // a file pool, a block device in a logical pool.
-func (b *Backend) volume(name string, vol *libvirt.StorageVol) (pipeline.Volume, error) {
+func (b *Backend) volume(name string, vol *libvirt.StorageVol) (volume.Volume, error) {
 	path, err := vol.GetPath()
 	if err != nil {
-		return pipeline.Volume{}, fmt.Errorf("path of %s: %w", b.describe(name), clean(err))
+		return volume.Volume{}, fmt.Errorf("path of %s: %w", b.describe(name), clean(err))
 	}
 	info, err := vol.GetInfo()
 	if err != nil {
-		return pipeline.Volume{}, fmt.Errorf("size of %s: %w", b.describe(name), clean(err))
+		return volume.Volume{}, fmt.Errorf("size of %s: %w", b.describe(name), clean(err))
 	}
 	desc, err := vol.GetXMLDesc(0)
 	if err != nil {
-		return pipeline.Volume{}, fmt.Errorf("describe %s: %w", b.describe(name), clean(err))
+		return volume.Volume{}, fmt.Errorf("describe %s: %w", b.describe(name), clean(err))
 	}
 	var vx volXML
 	if err := xml.Unmarshal([]byte(desc), &vx); err != nil {
-		return pipeline.Volume{}, fmt.Errorf("parse the XML of %s: %w", b.describe(name), err)
+		return volume.Volume{}, fmt.Errorf("parse the XML of %s: %w", b.describe(name), err)
 	}
 	if fileLike[b.s.poolType] {
 		if vx.Target != nil && vx.Target.Format != nil && !rawFormats[vx.Target.Format.Type] {
-			return pipeline.Volume{}, fmt.Errorf("%s (%s) has format %s; only raw volumes can be written; refusing to touch it", b.describe(name), path, vx.Target.Format.Type)
+			return volume.Volume{}, fmt.Errorf("%s (%s) has format %s; only raw volumes can be written; refusing to touch it", b.describe(name), path, vx.Target.Format.Type)
 		}
 		st, err := os.Lstat(path)
 		if err != nil {
-			return pipeline.Volume{}, fmt.Errorf("%s: %w", b.describe(name), err)
+			return volume.Volume{}, fmt.Errorf("%s: %w", b.describe(name), err)
 		}
 		switch {
 		case st.Mode()&os.ModeSymlink != 0:
-			return pipeline.Volume{}, fmt.Errorf("%s: %s is a symlink; refusing to touch it", b.describe(name), path)
+			return volume.Volume{}, fmt.Errorf("%s: %s is a symlink; refusing to touch it", b.describe(name), path)
 		case !st.Mode().IsRegular():
-			return pipeline.Volume{}, fmt.Errorf("%s: %s is not a regular file (%s); refusing to touch it", b.describe(name), path, st.Mode().Type())
+			return volume.Volume{}, fmt.Errorf("%s: %s is not a regular file (%s); refusing to touch it", b.describe(name), path, st.Mode().Type())
 		}
 	} else {
 		st, err := os.Stat(path)
 		if err != nil {
-			return pipeline.Volume{}, fmt.Errorf("%s: %w", b.describe(name), err)
+			return volume.Volume{}, fmt.Errorf("%s: %w", b.describe(name), err)
 		}
 		if st.Mode().Type() != os.ModeDevice {
-			return pipeline.Volume{}, fmt.Errorf("%s: %s is not a block device (%s); refusing to touch it", b.describe(name), path, st.Mode().Type())
+			return volume.Volume{}, fmt.Errorf("%s: %s is not a block device (%s); refusing to touch it", b.describe(name), path, st.Mode().Type())
 		}
 	}
-	return pipeline.Volume{Name: name, Path: path, Size: int64(info.Capacity)}, nil
+	return volume.Volume{Name: name, Path: path, Size: int64(info.Capacity)}, nil
 }
 
 // Lookup finds the volume name in the pool; ok is false when there is none.
 // A volume that is not raw, or whose path is a symlink or not a regular file
 // (a block device in a logical pool), is an error.
-func (b *Backend) Lookup(ctx context.Context, name string) (pipeline.Volume, bool, error) {
+func (b *Backend) Lookup(ctx context.Context, name string) (volume.Volume, bool, error) {
 	if err := messaging.ValidateVolumeName(name); err != nil {
-		return pipeline.Volume{}, false, err
+		return volume.Volume{}, false, err
 	}
 	var (
-		v  pipeline.Volume
+		v  volume.Volume
 		ok bool
 	)
 	err := b.s.doIdempotent(ctx, func(_ *libvirt.Connect, pool *libvirt.StoragePool) error {
@@ -229,21 +229,21 @@ func (b *Backend) createXML(name string, size int64) (string, error) {
 
 // Create makes the volume name of exactly size bytes, fully allocated and
 // reading as zeros, then refreshes the pool. It fails if the name exists.
-func (b *Backend) Create(ctx context.Context, name string, size int64) (pipeline.Volume, error) {
+func (b *Backend) Create(ctx context.Context, name string, size int64) (volume.Volume, error) {
 	if err := messaging.ValidateVolumeName(name); err != nil {
-		return pipeline.Volume{}, err
+		return volume.Volume{}, err
 	}
 	if size <= 0 {
-		return pipeline.Volume{}, fmt.Errorf("create %s: size %d is not positive", b.describe(name), size)
+		return volume.Volume{}, fmt.Errorf("create %s: size %d is not positive", b.describe(name), size)
 	}
 	if err := b.checkCreateSpace(ctx, name, size); err != nil {
-		return pipeline.Volume{}, err
+		return volume.Volume{}, err
 	}
 	desc, err := b.createXML(name, size)
 	if err != nil {
-		return pipeline.Volume{}, err
+		return volume.Volume{}, err
 	}
-	var v pipeline.Volume
+	var v volume.Volume
 	err = b.s.do(ctx, func(_ *libvirt.Connect, pool *libvirt.StoragePool) (err error) {
 		existing, err := b.lookup(ctx, pool, name)
 		if err != nil {
@@ -276,7 +276,7 @@ func (b *Backend) Create(ctx context.Context, name string, size int64) (pipeline
 		return b.s.refresh(ctx, pool)
 	})
 	if err != nil {
-		return pipeline.Volume{}, err
+		return volume.Volume{}, err
 	}
 	return v, nil
 }

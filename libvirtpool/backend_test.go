@@ -16,7 +16,7 @@ import (
 
 	"github.com/libvirt-volume-provisioner/provisioner/internal/testenv"
 	"github.com/libvirt-volume-provisioner/provisioner/libvirtpool"
-	"github.com/libvirt-volume-provisioner/provisioner/pipeline"
+	"github.com/libvirt-volume-provisioner/provisioner/volume"
 )
 
 const mib = 1 << 20
@@ -46,7 +46,7 @@ func TestCreateLookupDelete(t *testing.T) {
 	const size = 10*mib + 4096
 	v, err := b.Create(ctx, "vm-1", size)
 	require.NoError(t, err)
-	require.Equal(t, pipeline.Volume{Name: "vm-1", Path: filepath.Join(dir, "vm-1"), Size: size}, v)
+	require.Equal(t, volume.Volume{Name: "vm-1", Path: filepath.Join(dir, "vm-1"), Size: size}, v)
 
 	got, ok, err := b.Lookup(ctx, "vm-1")
 	require.NoError(t, err)
@@ -185,7 +185,7 @@ func TestCheckNotInUseRunningDomain(t *testing.T) {
 	link := filepath.Join(worldDir(t), "disk-link")
 	require.NoError(t, os.Symlink(linked.Path, link))
 
-	for _, v := range []pipeline.Volume{direct, linked, byName, free} {
+	for _, v := range []volume.Volume{direct, linked, byName, free} {
 		require.NoError(t, b.CheckNotInUse(ctx, v), "no domain runs yet")
 	}
 	dom := unique(t, "dom")
@@ -194,14 +194,14 @@ func TestCheckNotInUseRunningDomain(t *testing.T) {
 	require.NoError(t, err)
 	require.True(t, active)
 
-	for _, v := range []pipeline.Volume{direct, linked, byName} {
+	for _, v := range []volume.Volume{direct, linked, byName} {
 		err := b.CheckNotInUse(ctx, v)
 		require.EqualError(t, err, fmt.Sprintf("volume %q (%s) is attached to running domain %q; refusing to overwrite it", v.Name, v.Path, dom))
 	}
 	require.NoError(t, b.CheckNotInUse(ctx, free), "a volume no domain has is not in use")
 
 	destroyDomain(t, d)
-	for _, v := range []pipeline.Volume{direct, linked, byName, free} {
+	for _, v := range []volume.Volume{direct, linked, byName, free} {
 		require.NoError(t, b.CheckNotInUse(ctx, v), "the domain is gone")
 	}
 }
@@ -216,7 +216,7 @@ func provision(ctx context.Context, b *libvirtpool.Backend, name string, data []
 	if !ok {
 		return fmt.Errorf("volume %q does not exist", name)
 	}
-	if err := pipeline.CheckReuse(vol, int64(len(data))); err != nil {
+	if err := volume.CheckReuse(vol, int64(len(data))); err != nil {
 		return err
 	}
 	if err := b.CheckNotInUse(ctx, vol); err != nil {

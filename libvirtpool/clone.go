@@ -18,8 +18,9 @@ import (
 	"golang.org/x/sys/unix"
 	"libvirt.org/go/libvirt"
 
+	"github.com/libvirt-volume-provisioner/provisioner/internal/fsutil"
 	"github.com/libvirt-volume-provisioner/provisioner/messaging"
-	"github.com/libvirt-volume-provisioner/provisioner/pipeline"
+	"github.com/libvirt-volume-provisioner/provisioner/volume"
 )
 
 // In a dir pool on a file system with reflinks, the backend keeps each
@@ -54,8 +55,8 @@ type poolClones struct {
 }
 
 var (
-	_ pipeline.Cloner       = (*Backend)(nil)
-	_ pipeline.DigestSealer = (*Backend)(nil)
+	_ volume.Cloner       = (*Backend)(nil)
+	_ volume.DigestSealer = (*Backend)(nil)
 )
 
 // CloneSupport says whether volumes are reflink clones of goldens in this
@@ -68,7 +69,7 @@ func (b *Backend) DisableClones(reason string) { b.clones = poolClones{reason: r
 
 func (b *Backend) checkClones() error {
 	if !b.clones.ok {
-		return fmt.Errorf("%w: %s", pipeline.ErrCloneUnsupported, b.clones.reason)
+		return fmt.Errorf("%w: %s", volume.ErrCloneUnsupported, b.clones.reason)
 	}
 	return nil
 }
@@ -218,7 +219,7 @@ func (b *Backend) removeFiles(ctx context.Context, names ...string) error {
 		if strings.ContainsRune(n, '/') || n == "" || n == "." || n == ".." {
 			return fmt.Errorf("remove %q from libvirt storage pool %q: not a file name", n, b.s.poolName)
 		}
-		if err := pipeline.RemoveGoldenFile(filepath.Join(b.s.poolPath, n)); err != nil {
+		if err := volume.RemoveGoldenFile(filepath.Join(b.s.poolPath, n)); err != nil {
 			return err
 		}
 	}
@@ -229,19 +230,19 @@ func goldenName(key string) string { return goldenPrefix + key + goldenExt }
 
 // PrepareGolden creates a sparse raw volume of size bytes in the pool, to
 // write key's image into.
-func (b *Backend) PrepareGolden(ctx context.Context, key string, size int64) (pipeline.Volume, error) {
+func (b *Backend) PrepareGolden(ctx context.Context, key string, size int64) (volume.Volume, error) {
 	if err := b.checkClones(); err != nil {
-		return pipeline.Volume{}, err
+		return volume.Volume{}, err
 	}
-	if err := pipeline.ValidGoldenKey(key); err != nil {
-		return pipeline.Volume{}, err
+	if err := volume.ValidGoldenKey(key); err != nil {
+		return volume.Volume{}, err
 	}
 	name := goldenPrefix + key + goldenPrepare + randomSuffix()
 	desc, err := b.rawXML(name, size, 0)
 	if err != nil {
-		return pipeline.Volume{}, err
+		return volume.Volume{}, err
 	}
-	var v pipeline.Volume
+	var v volume.Volume
 	err = b.s.do(ctx, func(_ *libvirt.Connect, pool *libvirt.StoragePool) error {
 		vol, err := pool.StorageVolCreateXML(desc, 0)
 		if err != nil {
@@ -262,30 +263,30 @@ func (b *Backend) PrepareGolden(ctx context.Context, key string, size int64) (pi
 
 // SealGolden flushes and hashes the prepared volume, makes it read-only and
 // immutable, and renames it to .golden-<key>.raw.
-func (b *Backend) SealGolden(ctx context.Context, key string, prepared pipeline.Volume) (pipeline.Golden, error) {
+func (b *Backend) SealGolden(ctx context.Context, key string, prepared volume.Volume) (volume.Golden, error) {
 	return b.sealGolden(ctx, key, prepared, "")
 }
 
 // SealGoldenDigest is SealGolden for a golden hashed while it was written.
-func (b *Backend) SealGoldenDigest(ctx context.Context, key string, prepared pipeline.Volume, digest string) (pipeline.Golden, error) {
+func (b *Backend) SealGoldenDigest(ctx context.Context, key string, prepared volume.Volume, digest string) (volume.Golden, error) {
 	if digest == "" {
-		return pipeline.Golden{}, fmt.Errorf("seal golden of %s: no digest given", key)
+		return volume.Golden{}, fmt.Errorf("seal golden of %s: no digest given", key)
 	}
 	return b.sealGolden(ctx, key, prepared, digest)
 }
 
-func (b *Backend) sealGolden(ctx context.Context, key string, prepared pipeline.Volume, digest string) (pipeline.Golden, error) {
+func (b *Backend) sealGolden(ctx context.Context, key string, prepared volume.Volume, digest string) (volume.Golden, error) {
 	if err := b.checkClones(); err != nil {
-		return pipeline.Golden{}, err
+		return volume.Golden{}, err
 	}
-	if err := pipeline.ValidGoldenKey(key); err != nil {
-		return pipeline.Golden{}, err
+	if err := volume.ValidGoldenKey(key); err != nil {
+		return volume.Golden{}, err
 	}
 	base := filepath.Base(prepared.Path)
 	if filepath.Dir(prepared.Path) != filepath.Clean(b.s.poolPath) || !strings.HasPrefix(base, goldenPrefix+key+goldenPrepare) {
-		return pipeline.Golden{}, fmt.Errorf("seal golden of %s: %s is not a golden being prepared in libvirt storage pool %q", key, prepared.Path, b.s.poolName)
+		return volume.Golden{}, fmt.Errorf("seal golden of %s: %s is not a golden being prepared in libvirt storage pool %q", key, prepared.Path, b.s.poolName)
 	}
-	g, err := pipeline.SealGoldenFile(ctx, key, prepared.Path, filepath.Join(b.s.poolPath, goldenName(key)), digest)
+	g, err := volume.SealGoldenFile(ctx, key, prepared.Path, filepath.Join(b.s.poolPath, goldenName(key)), digest)
 	if err != nil {
 		return g, err
 	}
@@ -297,7 +298,7 @@ func (b *Backend) sealGolden(ctx context.Context, key string, prepared pipeline.
 
 // RemoveGolden removes key's golden and the goldens being prepared for it.
 func (b *Backend) RemoveGolden(ctx context.Context, key string) error {
-	if err := pipeline.ValidGoldenKey(key); err != nil {
+	if err := volume.ValidGoldenKey(key); err != nil {
 		return err
 	}
 	names := []string{goldenName(key)}
@@ -329,7 +330,7 @@ func (b *Backend) GoldenKeys(context.Context) ([]string, error) {
 		} else if !sealed {
 			continue
 		}
-		if pipeline.ValidGoldenKey(key) == nil {
+		if volume.ValidGoldenKey(key) == nil {
 			seen[key] = true
 		}
 	}
@@ -344,12 +345,12 @@ func (b *Backend) GoldenKeys(context.Context) ([]string, error) {
 // Clone makes the volume name a reflink clone of g (libvirt's
 // virStorageVolCreateXMLFrom with VIR_STORAGE_VOL_CREATE_REFLINK) of size
 // bytes; it fails if the name exists.
-func (b *Backend) Clone(ctx context.Context, g pipeline.Golden, name string, size int64) (pipeline.Volume, error) {
+func (b *Backend) Clone(ctx context.Context, g volume.Golden, name string, size int64) (volume.Volume, error) {
 	if err := messaging.ValidateVolumeName(name); err != nil {
-		return pipeline.Volume{}, err
+		return volume.Volume{}, err
 	}
 	if size < g.Size {
-		return pipeline.Volume{}, fmt.Errorf("clone %s: %d bytes is less than the image's %d; a clone is never shrunk", b.describe(name), size, g.Size)
+		return volume.Volume{}, fmt.Errorf("clone %s: %d bytes is less than the image's %d; a clone is never shrunk", b.describe(name), size, g.Size)
 	}
 	v, err := b.cloneAs(ctx, g, name, size)
 	if err != nil {
@@ -364,15 +365,15 @@ func (b *Backend) Clone(ctx context.Context, g pipeline.Golden, name string, siz
 // golden's size: a reflink of a last block the golden fills only in part
 // can only end at the clone's end; growing the clone afterwards zeroes the
 // rest of that block.
-func (b *Backend) cloneAs(ctx context.Context, g pipeline.Golden, name string, size int64) (pipeline.Volume, error) {
+func (b *Backend) cloneAs(ctx context.Context, g volume.Golden, name string, size int64) (volume.Volume, error) {
 	if err := b.checkClones(); err != nil {
-		return pipeline.Volume{}, err
+		return volume.Volume{}, err
 	}
 	desc, err := b.rawXML(name, g.Size, 0)
 	if err != nil {
-		return pipeline.Volume{}, err
+		return volume.Volume{}, err
 	}
-	var v pipeline.Volume
+	var v volume.Volume
 	err = b.s.do(ctx, func(_ *libvirt.Connect, pool *libvirt.StoragePool) (err error) {
 		src, err := b.goldenVolume(ctx, pool, g)
 		if err != nil {
@@ -415,7 +416,7 @@ func (b *Backend) cloneAs(ctx context.Context, g pipeline.Golden, name string, s
 
 // goldenVolume finds g's volume in the pool and checks that its file is
 // still g's size.
-func (b *Backend) goldenVolume(ctx context.Context, pool *libvirt.StoragePool, g pipeline.Golden) (*libvirt.StorageVol, error) {
+func (b *Backend) goldenVolume(ctx context.Context, pool *libvirt.StoragePool, g volume.Golden) (*libvirt.StorageVol, error) {
 	name := filepath.Base(g.Path)
 	if filepath.Dir(g.Path) != filepath.Clean(b.s.poolPath) || name != goldenName(g.Key) {
 		return nil, fmt.Errorf("golden %s is not a golden of libvirt storage pool %q", g.Path, b.s.poolName)
@@ -441,22 +442,22 @@ func (b *Backend) goldenVolume(ctx context.Context, pool *libvirt.StoragePool, g
 // vol's size: made under a temporary name, given vol's mode and owner, and
 // renamed over vol, so that the name always holds the old volume or the
 // whole new one.
-func (b *Backend) Reclone(ctx context.Context, g pipeline.Golden, vol pipeline.Volume) (pipeline.Volume, error) {
+func (b *Backend) Reclone(ctx context.Context, g volume.Golden, vol volume.Volume) (volume.Volume, error) {
 	if err := messaging.ValidateVolumeName(vol.Name); err != nil {
-		return pipeline.Volume{}, err
+		return volume.Volume{}, err
 	}
 	old, err := b.regularFile(vol)
 	if err != nil {
-		return pipeline.Volume{}, err
+		return volume.Volume{}, err
 	}
 	size := old.Size()
 	if size < g.Size {
-		return pipeline.Volume{}, fmt.Errorf("reclone %s: its %d bytes are less than the image's %d", b.describe(vol.Name), size, g.Size)
+		return volume.Volume{}, fmt.Errorf("reclone %s: its %d bytes are less than the image's %d", b.describe(vol.Name), size, g.Size)
 	}
 	tmp := "." + vol.Name + cloneInfix + randomSuffix()
 	nv, err := b.cloneAs(ctx, g, tmp, size)
 	if err != nil {
-		return pipeline.Volume{}, fmt.Errorf("reclone %s: %w", b.describe(vol.Name), err)
+		return volume.Volume{}, fmt.Errorf("reclone %s: %w", b.describe(vol.Name), err)
 	}
 	_ = os.Chmod(nv.Path, old.Mode().Perm())
 	if sys, ok := old.Sys().(*syscall.Stat_t); ok {
@@ -466,24 +467,24 @@ func (b *Backend) Reclone(ctx context.Context, g pipeline.Golden, vol pipeline.V
 	// renamed over.
 	if _, err := b.regularFile(vol); err != nil {
 		_ = b.removeFiles(context.WithoutCancel(ctx), tmp)
-		return pipeline.Volume{}, fmt.Errorf("reclone %s: it changed while it was being cloned; left as it is", b.describe(vol.Name))
+		return volume.Volume{}, fmt.Errorf("reclone %s: it changed while it was being cloned; left as it is", b.describe(vol.Name))
 	}
 	if err := os.Rename(nv.Path, vol.Path); err != nil {
 		_ = b.removeFiles(context.WithoutCancel(ctx), tmp)
-		return pipeline.Volume{}, fmt.Errorf("reclone %s: %w", b.describe(vol.Name), err)
+		return volume.Volume{}, fmt.Errorf("reclone %s: %w", b.describe(vol.Name), err)
 	}
-	if err := syncDir(b.s.poolPath); err != nil {
-		return pipeline.Volume{}, err
+	if err := fsutil.SyncDir(b.s.poolPath); err != nil {
+		return volume.Volume{}, err
 	}
 	if err := b.Refresh(ctx); err != nil {
-		return pipeline.Volume{}, err
+		return volume.Volume{}, err
 	}
-	return pipeline.Volume{Name: vol.Name, Path: vol.Path, Size: size}, nil
+	return volume.Volume{Name: vol.Name, Path: vol.Path, Size: size}, nil
 }
 
 // regularFile checks that vol is a regular file of the pool's directory,
 // not a symlink, and returns its Lstat.
-func (b *Backend) regularFile(vol pipeline.Volume) (os.FileInfo, error) {
+func (b *Backend) regularFile(vol volume.Volume) (os.FileInfo, error) {
 	if filepath.Dir(vol.Path) != filepath.Clean(b.s.poolPath) || filepath.Base(vol.Path) != vol.Name {
 		return nil, fmt.Errorf("%s: %s is not a file of the pool's directory %s", b.describe(vol.Name), vol.Path, b.s.poolPath)
 	}
@@ -510,19 +511,7 @@ func syncFile(p string) error {
 	return nil
 }
 
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("flush directory %s: %w", dir, err)
-	}
-	return nil
-}
-
-var _ pipeline.SpaceReporter = (*Backend)(nil)
+var _ volume.SpaceReporter = (*Backend)(nil)
 
 // FreeSpace is the free space of the file system holding a file pool's
 // directory; a logical pool's is not known in bytes here
@@ -530,9 +519,9 @@ var _ pipeline.SpaceReporter = (*Backend)(nil)
 func (b *Backend) FreeSpace(context.Context) (int64, string, error) {
 	where := fmt.Sprintf("libvirt storage pool %q (%s)", b.s.poolName, b.s.poolPath)
 	if !fileLike[b.s.poolType] || b.s.poolPath == "" {
-		return 0, where, pipeline.ErrFreeSpaceUnknown
+		return 0, where, volume.ErrFreeSpaceUnknown
 	}
-	free, err := pipeline.FreeBytes(b.s.poolPath)
+	free, err := volume.FreeBytes(b.s.poolPath)
 	return free, where, err
 }
 
@@ -540,7 +529,7 @@ func (b *Backend) FreeSpace(context.Context) (int64, string, error) {
 // bytes in a file pool whose file system has less free.
 func (b *Backend) checkCreateSpace(ctx context.Context, name string, size int64) error {
 	free, where, err := b.FreeSpace(ctx)
-	if errors.Is(err, pipeline.ErrFreeSpaceUnknown) {
+	if errors.Is(err, volume.ErrFreeSpaceUnknown) {
 		return nil
 	}
 	if err != nil {
@@ -548,7 +537,7 @@ func (b *Backend) checkCreateSpace(ctx context.Context, name string, size int64)
 	}
 	if size > free {
 		return fmt.Errorf("create %s: %w: it is allocated whole (%d MiB), and %s has %d MiB free",
-			b.describe(name), pipeline.ErrNoSpace, size>>20, where, free>>20)
+			b.describe(name), volume.ErrNoSpace, size>>20, where, free>>20)
 	}
 	return nil
 }

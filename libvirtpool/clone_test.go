@@ -20,6 +20,7 @@ import (
 	"github.com/libvirt-volume-provisioner/provisioner/internal/testenv"
 	"github.com/libvirt-volume-provisioner/provisioner/libvirtpool"
 	"github.com/libvirt-volume-provisioner/provisioner/pipeline"
+	"github.com/libvirt-volume-provisioner/provisioner/volume"
 )
 
 // goldenSize is the images' virtual size here: not a multiple of the file
@@ -54,7 +55,7 @@ func fsPool(t *testing.T, kind string) (*libvirtpool.Backend, *libvirt.Connect, 
 
 // makePoolGolden converts a new qcow2 image into a golden of b, hashed
 // while it is written, and returns it and the image's raw reference.
-func makePoolGolden(t *testing.T, b *libvirtpool.Backend, key string, seed uint64) (pipeline.Golden, string) {
+func makePoolGolden(t *testing.T, b *libvirtpool.Backend, key string, seed uint64) (volume.Golden, string) {
 	t.Helper()
 	ctx := context.Background()
 	qcow, raw := testenv.QCOW2Image(t, t.TempDir(), goldenSize, seed)
@@ -62,7 +63,7 @@ func makePoolGolden(t *testing.T, b *libvirtpool.Backend, key string, seed uint6
 	require.NoError(t, err)
 	prep, err := b.PrepareGolden(ctx, key, img.VirtualSize)
 	require.NoError(t, err)
-	h := pipeline.NewGoldenHasher(prep.Size)
+	h := volume.NewGoldenHasher(prep.Size)
 	require.NoError(t, pipeline.Native{}.WithDigest(h).Convert(ctx, img, qcow, prep, nil))
 	digest, err := h.Sum()
 	require.NoError(t, err)
@@ -72,7 +73,7 @@ func makePoolGolden(t *testing.T, b *libvirtpool.Backend, key string, seed uint6
 }
 
 // requireClone checks that vol reads as the raw reference followed by zeros.
-func requireClone(t *testing.T, vol pipeline.Volume, raw string) {
+func requireClone(t *testing.T, vol volume.Volume, raw string) {
 	t.Helper()
 	ref, err := os.ReadFile(raw)
 	require.NoError(t, err)
@@ -110,7 +111,7 @@ func TestDirPoolReflinkClones(t *testing.T) {
 			require.NoError(t, err)
 			require.Equal(t, os.FileMode(0o444), st.Mode().Perm())
 			require.True(t, g.Immutable)
-			ref, err := pipeline.GoldenDigest(ctx, raw)
+			ref, err := volume.GoldenDigest(ctx, raw)
 			require.NoError(t, err)
 			require.Equal(t, ref, g.Digest)
 			require.Contains(t, poolVolumes(t, conn, pool), ".golden-"+key+".raw", "virsh vol-list shows the golden")
@@ -141,7 +142,7 @@ func TestDirPoolReflinkClones(t *testing.T) {
 			// Writes into one clone change neither the other nor the golden.
 			scribble(t, a.Path, 0, 5<<20, goldenSize-100, 40<<20)
 			requireClone(t, c, raw)
-			requireClone(t, pipeline.Volume{Path: g.Path, Size: g.Size}, raw)
+			requireClone(t, volume.Volume{Path: g.Path, Size: g.Size}, raw)
 
 			// Reprovisioning: the name never goes missing or reads short.
 			requireReclone(t, b, g, a, raw)
@@ -165,7 +166,7 @@ func TestDirPoolReflinkClones(t *testing.T) {
 
 // requireReclone reclones vol from g while another goroutine checks that
 // the name always holds a whole volume of its size.
-func requireReclone(t *testing.T, b *libvirtpool.Backend, g pipeline.Golden, vol pipeline.Volume, raw string) {
+func requireReclone(t *testing.T, b *libvirtpool.Backend, g volume.Golden, vol volume.Volume, raw string) {
 	t.Helper()
 	oldIno := inode(t, vol.Path)
 	var stop atomic.Bool
@@ -231,7 +232,7 @@ func TestDirPoolWithoutReflinks(t *testing.T) {
 	require.Contains(t, reason, "libvirt cannot clone volumes with reflink")
 	require.Contains(t, reason, "ext4")
 	_, err := b.PrepareGolden(ctx, "cc33", 1<<20)
-	require.ErrorIs(t, err, pipeline.ErrCloneUnsupported)
+	require.ErrorIs(t, err, volume.ErrCloneUnsupported)
 	for _, v := range poolVolumes(t, conn, pool) {
 		require.NotContains(t, v, ".probe-", "the probe's volumes are removed")
 	}
@@ -262,7 +263,7 @@ func TestCreateRefusedWithoutSpace(t *testing.T) {
 	require.NoError(t, err)
 	require.Contains(t, where, dir)
 	_, err = b.Create(ctx, "vm-big", free+64<<20)
-	require.ErrorIs(t, err, pipeline.ErrNoSpace)
+	require.ErrorIs(t, err, volume.ErrNoSpace)
 	require.ErrorContains(t, err, "it is allocated whole")
 	require.NotContains(t, poolVolumes(t, conn, pool), "vm-big")
 	require.NoFileExists(t, filepath.Join(dir, "vm-big"))

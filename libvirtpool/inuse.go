@@ -10,9 +10,8 @@ import (
 	"os"
 	"path/filepath"
 
+	"github.com/libvirt-volume-provisioner/provisioner/volume"
 	"libvirt.org/go/libvirt"
-
-	"github.com/libvirt-volume-provisioner/provisioner/pipeline"
 )
 
 // diskSource is a <source> (or <mirror>) of a domain's disk: a file, a block
@@ -113,7 +112,7 @@ func (m pathMatcher) matches(p string) bool {
 // with symlinks resolved), or whose source is this pool's volume vol.Name,
 // or another pool's volume with vol's path. Backing chains and block-copy
 // mirrors count as attached. Domains that are defined but shut off do not.
-func (b *Backend) CheckNotInUse(ctx context.Context, vol pipeline.Volume) error {
+func (b *Backend) CheckNotInUse(ctx context.Context, vol volume.Volume) error {
 	if vol.Path == "" {
 		return fmt.Errorf("check whether %s is in use: the volume has no path", b.describe(vol.Name))
 	}
@@ -159,7 +158,7 @@ func (b *Backend) CheckNotInUse(ctx context.Context, vol pipeline.Volume) error 
 }
 
 // sourceIs tells whether disk source s is the volume vol.
-func (b *Backend) sourceIs(conn *libvirt.Connect, s diskSource, vol pipeline.Volume, m pathMatcher) bool {
+func (b *Backend) sourceIs(conn *libvirt.Connect, s diskSource, vol volume.Volume, m pathMatcher) bool {
 	if m.matches(s.File) || m.matches(s.Dev) {
 		return true
 	}

@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/libvirt-volume-provisioner/provisioner/internal/testenv"
+	"github.com/libvirt-volume-provisioner/provisioner/volume"
 )
 
 // garbageFile makes a file of size bytes full of a non-zero pattern.
@@ -69,7 +70,7 @@ func TestConvertIntoLoopDevice(t *testing.T) {
 			img, err := Inspect(src, format)
 			require.NoError(t, err)
 			var last int64
-			err = QemuImg{}.Convert(t.Context(), img, src, Volume{Name: "loop", Path: dev, Size: size}, func(stage string, done, total int64) {
+			err = QemuImg{}.Convert(t.Context(), img, src, volume.Volume{Name: "loop", Path: dev, Size: size}, func(stage string, done, total int64) {
 				require.Equal(t, StagePopulate, stage)
 				require.GreaterOrEqual(t, done, last)
 				last = done
@@ -93,7 +94,7 @@ func TestConvertRefusesSymlinkToFile(t *testing.T) {
 	garbageFile(t, outside, 4<<20)
 	link := filepath.Join(dir, "vol")
 	require.NoError(t, os.Symlink(outside, link))
-	err = QemuImg{}.Convert(t.Context(), img, qcow2, Volume{Name: "vol", Path: link, Size: 4 << 20}, nil)
+	err = QemuImg{}.Convert(t.Context(), img, qcow2, volume.Volume{Name: "vol", Path: link, Size: 4 << 20}, nil)
 	require.ErrorContains(t, err, "is a symlink to "+outside+", not to a block device; refusing to follow it")
 	data, err := os.ReadFile(outside)
 	require.NoError(t, err)
@@ -119,7 +120,7 @@ func TestConvertRawIntoOddSizedFile(t *testing.T) {
 	garbageFile(t, vol, size)
 	img, err := Inspect(ref, "raw")
 	require.NoError(t, err)
-	require.NoError(t, QemuImg{}.Convert(t.Context(), img, ref, Volume{Name: "odd", Path: vol, Size: size}, nil))
+	require.NoError(t, QemuImg{}.Convert(t.Context(), img, ref, volume.Volume{Name: "odd", Path: vol, Size: size}, nil))
 	requireImageThenZeros(t, vol, ref, size)
 	st, err := os.Stat(vol)
 	require.NoError(t, err)

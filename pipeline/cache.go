@@ -723,16 +723,3 @@ func copyProgress(ctx context.Context, dst io.Writer, src io.Reader, report func
 		}
 	}
 }
-
-// syncDir fsyncs a directory so a rename or create in it is durable.
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("open directory %s to flush it: %w", dir, err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("flush directory %s: %w", dir, err)
-	}
-	return nil
-}

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/libvirt-volume-provisioner/provisioner/kvstate"
+	"github.com/libvirt-volume-provisioner/provisioner/volume"
 )
 
 // A cache entry may have a golden: its image's disk as a read-only raw
@@ -31,7 +32,7 @@ type GoldenStore interface {
 // sealed (in time that does not depend on its size), and hash its content
 // as GoldenDigest does. Without it the cache treats goldens as files.
 type GoldenInspector interface {
-	GoldenRecord(ctx context.Context, g Golden) (kvstate.Golden, error)
+	GoldenRecord(ctx context.Context, g volume.Golden) (kvstate.Golden, error)
 	GoldenUnchanged(ctx context.Context, rec kvstate.Golden) (bool, error)
 	DigestGolden(ctx context.Context, path string) (string, error)
 }
@@ -92,7 +93,7 @@ func (c *Cache) updateEntry(ctx context.Context, key string, fn func(e *kvstate.
 // the one sealed (device, inode, size, ctime: a change to its bytes, mode
 // or flags changes its ctime), in time that does not depend on its size. A
 // golden that changed is dropped, and ok is false: make it again.
-func (c *Cache) Golden(ctx context.Context, key string) (g Golden, ok bool, err error) {
+func (c *Cache) Golden(ctx context.Context, key string) (g volume.Golden, ok bool, err error) {
 	e, err := c.index.Get(ctx, c.host, key)
 	if errors.Is(err, kvstate.ErrNotFound) {
 		return g, false, nil
@@ -108,7 +109,7 @@ func (c *Cache) Golden(ctx context.Context, key string) (g Golden, ok bool, err 
 	} else if !same {
 		return g, false, c.DropGolden(ctx, key, "changed since it was sealed")
 	}
-	return Golden{Key: key, Path: e.Golden.Path, Size: e.Golden.Size, Digest: e.Golden.Digest, Immutable: e.Golden.Immutable}, true, nil
+	return volume.Golden{Key: key, Path: e.Golden.Path, Size: e.Golden.Size, Digest: e.Golden.Digest, Immutable: e.Golden.Immutable}, true, nil
 }
 
 // goldenUnchanged reports whether the file at rec.Path is the one sealed.
@@ -136,11 +137,11 @@ func (c *Cache) goldenDigest(ctx context.Context, path string) (string, error) {
 	if gi, ok := c.goldens.(GoldenInspector); ok {
 		return gi.DigestGolden(ctx, path)
 	}
-	return GoldenDigest(ctx, path)
+	return volume.GoldenDigest(ctx, path)
 }
 
 // goldenRecord describes the sealed golden g for its entry.
-func (c *Cache) goldenRecord(ctx context.Context, g Golden) (kvstate.Golden, error) {
+func (c *Cache) goldenRecord(ctx context.Context, g volume.Golden) (kvstate.Golden, error) {
 	if gi, ok := c.goldens.(GoldenInspector); ok {
 		return gi.GoldenRecord(ctx, g)
 	}
@@ -159,7 +160,7 @@ func (c *Cache) goldenRecord(ctx context.Context, g Golden) (kvstate.Golden, err
 // AttachGolden records the sealed golden g on its entry. The image must be
 // in use by the caller, so that the entry cannot go meanwhile; if it went
 // anyway, the golden is removed.
-func (c *Cache) AttachGolden(ctx context.Context, g Golden) (kvstate.Golden, error) {
+func (c *Cache) AttachGolden(ctx context.Context, g volume.Golden) (kvstate.Golden, error) {
 	rec, err := c.goldenRecord(ctx, g)
 	if err != nil {
 		return kvstate.Golden{}, err
@@ -203,7 +204,7 @@ func (c *Cache) DropGolden(ctx context.Context, key, why string) error {
 // VerifyGolden hashes key's golden (time proportional to its data) and
 // compares it with the digest recorded when it was sealed: a mismatch drops
 // the golden and returns an error matching ErrGoldenCorrupt.
-func (c *Cache) VerifyGolden(ctx context.Context, g Golden) error {
+func (c *Cache) VerifyGolden(ctx context.Context, g volume.Golden) error {
 	got, err := c.goldenDigest(ctx, g.Path)
 	if err != nil {
 		return err

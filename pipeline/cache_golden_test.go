@@ -12,6 +12,7 @@ import (
 	"github.com/libvirt-volume-provisioner/provisioner/internal/testenv"
 	"github.com/libvirt-volume-provisioner/provisioner/kvstate"
 	"github.com/libvirt-volume-provisioner/provisioner/messaging"
+	"github.com/libvirt-volume-provisioner/provisioner/volume"
 )
 
 // goldenFixture is a cache in a plain directory whose goldens live on a
@@ -52,7 +53,7 @@ func (f *goldenFixture) putQCOW2(t *testing.T, object string, seed uint64) (mess
 
 // ensureGolden caches ref, makes its golden from the cached file as the
 // worker does and records it; the image stays in use until release.
-func (f *goldenFixture) ensureGolden(t *testing.T, ref messaging.ImageRef) (kvstate.CacheEntry, Golden, func()) {
+func (f *goldenFixture) ensureGolden(t *testing.T, ref messaging.ImageRef) (kvstate.CacheEntry, volume.Golden, func()) {
 	t.Helper()
 	ctx := context.Background()
 	e, _, release, err := f.cache.EnsureInUse(ctx, f.src, ref, nil)
@@ -84,7 +85,7 @@ func (f *goldenFixture) entry(t *testing.T, key string) (kvstate.CacheEntry, boo
 // would.
 func flipByte(t *testing.T, p string, off int64) {
 	t.Helper()
-	require.NoError(t, clearImmutable(p))
+	require.NoError(t, volume.ClearImmutable(p))
 	require.NoError(t, os.Chmod(p, 0o644))
 	f, err := os.OpenFile(p, os.O_RDWR, 0)
 	require.NoError(t, err)
@@ -191,7 +192,7 @@ func TestCacheGoldenChangedIsDropped(t *testing.T) {
 	defer release()
 
 	// A change of mode alone changes the ctime: found without hashing.
-	require.NoError(t, clearImmutable(g.Path))
+	require.NoError(t, volume.ClearImmutable(g.Path))
 	require.NoError(t, os.Chmod(g.Path, 0o444))
 	_, ok, err := f.cache.Golden(ctx, e.Key)
 	require.NoError(t, err)

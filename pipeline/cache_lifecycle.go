@@ -15,6 +15,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/libvirt-volume-provisioner/provisioner/internal/fsutil"
 	"github.com/libvirt-volume-provisioner/provisioner/kvstate"
 )
 
@@ -295,7 +296,7 @@ func (c *Cache) evictLocked(ctx context.Context, need int64) (EvictSummary, erro
 		sum.Bytes += cur.Bytes()
 	}
 	if sum.Evicted > 0 {
-		if err := syncDir(c.dir); err != nil {
+		if err := fsutil.SyncDir(c.dir); err != nil {
 			return sum, err
 		}
 	}
@@ -373,7 +374,7 @@ func (c *Cache) RemovePartials() (int, error) {
 		n++
 	}
 	if n > 0 {
-		return n, syncDir(dir)
+		return n, fsutil.SyncDir(dir)
 	}
 	return n, nil
 }

@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -15,6 +14,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/libvirt-volume-provisioner/provisioner/internal/fsutil"
 	"github.com/libvirt-volume-provisioner/provisioner/kvstate"
 	"github.com/libvirt-volume-provisioner/provisioner/messaging"
 )
@@ -94,7 +94,7 @@ func initStateDir(dir string) (string, error) {
 		}
 	}
 	if _, err := os.Lstat(marker); errors.Is(err, os.ErrNotExist) {
-		if err := writeFileSync(marker, []byte(stateMarker)); err != nil {
+		if err := fsutil.WriteFileSync(marker, []byte(stateMarker)); err != nil {
 			return "", fmt.Errorf("mark the cache's state directory %s: %w", state, err)
 		}
 	}
@@ -106,10 +106,10 @@ func initStateDir(dir string) (string, error) {
 			return "", fmt.Errorf("%w: %s is not a directory", ErrForeignStateDir, filepath.Join(state, sub))
 		}
 	}
-	if err := syncDir(state); err != nil {
+	if err := fsutil.SyncDir(state); err != nil {
 		return "", err
 	}
-	return state, syncDir(dir)
+	return state, fsutil.SyncDir(dir)
 }
 
 // checkStateDir accepts an existing state directory: a real directory with
@@ -122,7 +122,7 @@ func checkStateDir(state, marker string) error {
 	if !st.IsDir() {
 		return fmt.Errorf("%w: %s is not a directory; move it out of the cache directory", ErrForeignStateDir, state)
 	}
-	got, err := readSmallFile(marker)
+	got, err := fsutil.ReadSmallFile(marker, maxRecordBytes)
 	if err == nil && string(got) == stateMarker {
 		return nil
 	}
@@ -137,37 +137,6 @@ func checkStateDir(state, marker string) error {
 		return fmt.Errorf("%w: %s has no marker (%s) and is not empty; move the directory out of the cache directory", ErrForeignStateDir, state, markerName)
 	}
 	return nil
-}
-
-// readSmallFile reads a regular file of at most maxRecordBytes, without
-// following a symbolic link.
-func readSmallFile(p string) ([]byte, error) {
-	f, err := os.OpenFile(p, os.O_RDONLY|unix.O_NOFOLLOW, 0)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	if st, err := f.Stat(); err != nil || !st.Mode().IsRegular() {
-		return nil, fmt.Errorf("%s is not a regular file", p)
-	}
-	return io.ReadAll(io.LimitReader(f, maxRecordBytes))
-}
-
-// writeFileSync creates p (it must not exist) with b and flushes it.
-func writeFileSync(p string, b []byte) error {
-	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o640)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(b); err != nil {
-		_ = f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		_ = f.Close()
-		return err
-	}
-	return f.Close()
 }
 
 // partialDir is where downloads are written before they are complete.
@@ -203,14 +172,14 @@ func (c *Cache) writeRecord(rec ownership) error {
 		_ = os.Remove(tmp)
 		return fmt.Errorf("write ownership record of %s: %w", rec.Name, err)
 	}
-	return syncDir(dir)
+	return fsutil.SyncDir(dir)
 }
 
 // readRecord returns the ownership record of name; an error matching
 // os.ErrNotExist when there is none.
 func (c *Cache) readRecord(name string) (ownership, error) {
 	var rec ownership
-	b, err := readSmallFile(c.recordPath(name))
+	b, err := fsutil.ReadSmallFile(c.recordPath(name), maxRecordBytes)
 	if err != nil {
 		return rec, err
 	}
@@ -267,7 +236,7 @@ func (c *Cache) removeOwned(ctx context.Context, p, why string) (bool, error) {
 	if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return false, fmt.Errorf("remove cached image %s: %w", p, err)
 	}
-	if err := syncDir(c.dir); err != nil {
+	if err := fsutil.SyncDir(c.dir); err != nil {
 		return true, err
 	}
 	return true, c.removeRecord(name)
@@ -320,9 +289,9 @@ func (c *Cache) place(tmp, name, key string) (string, error) {
 		if err := c.writeRecord(rec); err != nil {
 			return "", err
 		}
-		err = renameNoReplace(tmp, final)
+		err = fsutil.RenameNoReplace(tmp, final)
 		if err == nil {
-			return final, syncDir(c.dir)
+			return final, fsutil.SyncDir(c.dir)
 		}
 		if rerr := c.removeRecord(cand); rerr != nil {
 			return "", rerr
@@ -332,23 +301,6 @@ func (c *Cache) place(tmp, name, key string) (string, error) {
 		}
 	}
 	return "", fmt.Errorf("move downloaded image into place as %s: that name and %d others are taken by files the cache did not create", filepath.Join(c.dir, name), maxNameTries-1)
-}
-
-// renameNoReplace renames from to to, failing with an error matching
-// os.ErrExist when to exists: with renameat2(RENAME_NOREPLACE), or where the
-// filesystem lacks it, a hard link then the removal of from.
-func renameNoReplace(from, to string) error {
-	err := unix.Renameat2(unix.AT_FDCWD, from, unix.AT_FDCWD, to, unix.RENAME_NOREPLACE)
-	if errors.Is(err, unix.EINVAL) || errors.Is(err, unix.ENOSYS) || errors.Is(err, unix.ENOTSUP) {
-		if err := os.Link(from, to); err != nil {
-			return err
-		}
-		return os.Remove(from)
-	}
-	if err != nil {
-		return &os.LinkError{Op: "rename", Old: from, New: to, Err: err}
-	}
-	return nil
 }
 
 // adoptLegacy writes the ownership record of an indexed file cached by a

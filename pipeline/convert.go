@@ -21,7 +21,9 @@ import (
 	"golang.org/x/sys/unix"
 	"golang.org/x/time/rate"
 
+	"github.com/libvirt-volume-provisioner/provisioner/internal/fsutil"
 	"github.com/libvirt-volume-provisioner/provisioner/messaging"
+	"github.com/libvirt-volume-provisioner/provisioner/volume"
 )
 
 // stderrTail is how much of qemu-img's stderr is kept for error messages.
@@ -40,13 +42,13 @@ type QemuImg struct {
 
 	// hash, when set, is told what a raw image's copy writes (Native's
 	// raw path); qemu-img's own writes cannot be.
-	hash *GoldenHasher
+	hash *volume.GoldenHasher
 }
 
 // rawCopy are copyRaw's settings.
 type rawCopy struct {
 	rateLimit int64
-	hash      *GoldenHasher // nil: not hashed
+	hash      *volume.GoldenHasher // nil: not hashed
 	progress  ProgressFunc
 }
 
@@ -78,7 +80,7 @@ var _ Converter = QemuImg{}
 // Convert writes img's disk into vol: it zeroes the whole volume, writes the
 // image's data over it (qemu-img for qcow2, a Go copy for raw) and flushes
 // the volume to stable storage.
-func (q QemuImg) Convert(ctx context.Context, img Image, imagePath string, vol Volume, progress ProgressFunc) error {
+func (q QemuImg) Convert(ctx context.Context, img Image, imagePath string, vol volume.Volume, progress ProgressFunc) error {
 	if progress == nil {
 		progress = func(string, int64, int64) {}
 	}
@@ -247,7 +249,7 @@ func copyRaw(ctx context.Context, img Image, src, target string, block bool, o r
 		if err != nil {
 			return fmt.Errorf("read image %q at offset %d: %w", src, off, err)
 		}
-		zero := allZero(buf[:n])
+		zero := fsutil.AllZero(buf[:n])
 		if o.hash != nil && zero {
 			o.hash.Zeros(off, off+int64(n))
 		} else if o.hash != nil {
@@ -296,17 +298,6 @@ func directIO(path string) bool {
 }
 
 var zeroChunk = make([]byte, copyBufSize)
-
-func allZero(b []byte) bool {
-	for len(b) > 0 {
-		n := min(len(b), len(zeroChunk))
-		if !bytes.Equal(b[:n], zeroChunk[:n]) {
-			return false
-		}
-		b = b[n:]
-	}
-	return true
-}
 
 // ZeroFill makes the first size bytes of the file or block device at path
 // read as zeros, without changing a file's size, and flushes it. It punches
@@ -357,7 +348,7 @@ func ZeroFill(ctx context.Context, path string, size int64) error {
 
 // zeroFirst makes the volume read as zeros before a conversion writes the
 // image's data: ZeroFill, unless the volume already reads as zeros.
-func zeroFirst(ctx context.Context, vol Volume, target string, size int64) error {
+func zeroFirst(ctx context.Context, vol volume.Volume, target string, size int64) error {
 	if vol.ReadsAsZeros {
 		return nil
 	}
@@ -500,4 +491,16 @@ func targetSize(path string) (int64, error) {
 		return 0, fmt.Errorf("size of block device %s: %w", path, errno)
 	}
 	return int64(size), nil
+}
+
+// DigestConverter is a Converter that can compute GoldenDigest of the
+// volume it writes in the same pass, from the bytes it writes and the
+// ranges it leaves as zeros, so that a golden need not be read back to be
+// sealed (Native does, for qcow2 and raw images).
+type DigestConverter interface {
+	Converter
+	// WithDigest returns the converter feeding everything it writes into h
+	// (its Convert, and ConvertStream where it streams). A conversion that
+	// starts over needs h.Reset first.
+	WithDigest(h *volume.GoldenHasher) Converter
 }

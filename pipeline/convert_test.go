@@ -18,11 +18,13 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/libvirt-volume-provisioner/provisioner/internal/fsutil"
 	"github.com/libvirt-volume-provisioner/provisioner/internal/testenv"
+	"github.com/libvirt-volume-provisioner/provisioner/volume"
 )
 
 // garbageVolume makes a volume file of size bytes full of random bytes.
-func garbageVolume(t *testing.T, dir string, size int64) Volume {
+func garbageVolume(t *testing.T, dir string, size int64) volume.Volume {
 	t.Helper()
 	p := filepath.Join(dir, "vol")
 	f, err := os.Create(p)
@@ -30,12 +32,12 @@ func garbageVolume(t *testing.T, dir string, size int64) Volume {
 	_, err = io.CopyN(f, rand.Reader, size)
 	require.NoError(t, err)
 	require.NoError(t, f.Close())
-	return Volume{Name: "vol", Path: p, Size: size}
+	return volume.Volume{Name: "vol", Path: p, Size: size}
 }
 
 // requireVolumeIs checks that the volume reads as the reference file
 // followed by zeros to its end.
-func requireVolumeIs(t *testing.T, vol Volume, refPath string) {
+func requireVolumeIs(t *testing.T, vol volume.Volume, refPath string) {
 	t.Helper()
 	ref, err := os.ReadFile(refPath)
 	require.NoError(t, err)
@@ -48,7 +50,7 @@ func requireVolumeIs(t *testing.T, vol Volume, refPath string) {
 		require.True(t, bytes.Equal(ref[off:end], got[off:end]), "volume differs from the image in [%d,%d)", off, end)
 	}
 	tail := got[len(ref):]
-	require.True(t, allZero(tail), "volume is not zero after the image's %d bytes", len(ref))
+	require.True(t, fsutil.AllZero(tail), "volume is not zero after the image's %d bytes", len(ref))
 }
 
 // progressLog keeps the last populate progress reported.
@@ -203,7 +205,7 @@ func TestZeroFill(t *testing.T) {
 	got, err := os.ReadFile(vol.Path)
 	require.NoError(t, err)
 	require.Len(t, got, int(vol.Size))
-	require.True(t, allZero(got))
+	require.True(t, fsutil.AllZero(got))
 
 	require.NoError(t, os.Symlink(vol.Path, filepath.Join(dir, "link")))
 	require.Error(t, ZeroFill(context.Background(), filepath.Join(dir, "link"), vol.Size))

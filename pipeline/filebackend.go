@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/libvirt-volume-provisioner/provisioner/internal/fsutil"
+	"github.com/libvirt-volume-provisioner/provisioner/volume"
 	"golang.org/x/sys/unix"
 )
 
@@ -21,7 +23,7 @@ type FileBackend struct {
 	clone *fileClones
 }
 
-var _ Backend = FileBackend{}
+var _ volume.Backend = FileBackend{}
 
 // NewFileBackend makes a backend in dir, creating it if needed, and finds
 // out once whether its file system makes reflinks (CloneSupport): then it
@@ -81,40 +83,40 @@ func checkVolumeFile(p string, st os.FileInfo) error {
 }
 
 // Lookup finds the volume name; ok is false when there is no such file.
-func (b FileBackend) Lookup(_ context.Context, name string) (Volume, bool, error) {
+func (b FileBackend) Lookup(_ context.Context, name string) (volume.Volume, bool, error) {
 	p, err := b.path(name)
 	if err != nil {
-		return Volume{}, false, err
+		return volume.Volume{}, false, err
 	}
 	st, err := os.Lstat(p)
 	if errors.Is(err, os.ErrNotExist) {
-		return Volume{}, false, nil
+		return volume.Volume{}, false, nil
 	}
 	if err != nil {
-		return Volume{}, false, fmt.Errorf("look up volume %s: %w", p, err)
+		return volume.Volume{}, false, fmt.Errorf("look up volume %s: %w", p, err)
 	}
 	if err := checkVolumeFile(p, st); err != nil {
-		return Volume{}, false, err
+		return volume.Volume{}, false, err
 	}
-	return Volume{Name: name, Path: p, Size: st.Size()}, true, nil
+	return volume.Volume{Name: name, Path: p, Size: st.Size()}, true, nil
 }
 
 // Create makes a sparse file of size bytes, reading as zeros; it fails if
 // the name exists.
-func (b FileBackend) Create(_ context.Context, name string, size int64) (vol Volume, err error) {
+func (b FileBackend) Create(_ context.Context, name string, size int64) (vol volume.Volume, err error) {
 	p, err := b.path(name)
 	if err != nil {
-		return Volume{}, err
+		return volume.Volume{}, err
 	}
 	if size <= 0 {
-		return Volume{}, fmt.Errorf("create volume %s: size %d is not positive", p, size)
+		return volume.Volume{}, fmt.Errorf("create volume %s: size %d is not positive", p, size)
 	}
 	f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE|os.O_EXCL|unix.O_NOFOLLOW, 0o600)
 	if errors.Is(err, os.ErrExist) {
-		return Volume{}, fmt.Errorf("create volume %s: it already exists", p)
+		return volume.Volume{}, fmt.Errorf("create volume %s: it already exists", p)
 	}
 	if err != nil {
-		return Volume{}, fmt.Errorf("create volume %s: %w", p, err)
+		return volume.Volume{}, fmt.Errorf("create volume %s: %w", p, err)
 	}
 	defer func() {
 		if f != nil {
@@ -125,20 +127,20 @@ func (b FileBackend) Create(_ context.Context, name string, size int64) (vol Vol
 		}
 	}()
 	if err := f.Truncate(size); err != nil {
-		return Volume{}, fmt.Errorf("size volume %s to %d bytes: %w", p, size, err)
+		return volume.Volume{}, fmt.Errorf("size volume %s to %d bytes: %w", p, size, err)
 	}
 	if err := f.Sync(); err != nil {
-		return Volume{}, fmt.Errorf("flush volume %s: %w", p, err)
+		return volume.Volume{}, fmt.Errorf("flush volume %s: %w", p, err)
 	}
 	cerr := f.Close()
 	f = nil
 	if cerr != nil {
-		return Volume{}, fmt.Errorf("close volume %s: %w", p, cerr)
+		return volume.Volume{}, fmt.Errorf("close volume %s: %w", p, cerr)
 	}
-	if err := syncDir(b.Dir); err != nil {
-		return Volume{}, err
+	if err := fsutil.SyncDir(b.Dir); err != nil {
+		return volume.Volume{}, err
 	}
-	return Volume{Name: name, Path: p, Size: size}, nil
+	return volume.Volume{Name: name, Path: p, Size: size}, nil
 }
 
 // Delete removes the volume's file; a missing volume is not an error.
@@ -160,30 +162,16 @@ func (b FileBackend) Delete(_ context.Context, name string) error {
 	if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return fmt.Errorf("delete volume %s: %w", p, err)
 	}
-	return syncDir(b.Dir)
+	return fsutil.SyncDir(b.Dir)
 }
 
-// CheckReuse returns nil when an existing volume may be reused for a request
-// of requested bytes: its size is within 5% of the request.
-func CheckReuse(vol Volume, requested int64) error {
-	diff := vol.Size - requested
-	if diff < 0 {
-		diff = -diff
-	}
-	if diff <= requested*5/100 {
-		return nil
-	}
-	return fmt.Errorf("volume %q exists with %d bytes (%.2f GiB); the request is %d bytes (%d GiB), outside the ±5%% a reused volume may differ; refusing to overwrite it",
-		vol.Name, vol.Size, float64(vol.Size)/(1<<30), requested, requested>>30)
-}
-
-var _ UseChecker = FileBackend{}
+var _ volume.UseChecker = FileBackend{}
 
 // CheckNotInUse refuses a volume file on which another open file holds a
 // lock: QEMU locks bytes of every disk image it opens (its image locking,
 // on by default), so a running VM's disk is found this way, as is any
 // other program that locks the file.
-func (b FileBackend) CheckNotInUse(_ context.Context, vol Volume) error {
+func (b FileBackend) CheckNotInUse(_ context.Context, vol volume.Volume) error {
 	p, err := b.path(vol.Name)
 	if err != nil {
 		return err

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"syscall"
 
+	"github.com/libvirt-volume-provisioner/provisioner/internal/fsutil"
+	"github.com/libvirt-volume-provisioner/provisioner/volume"
 	"golang.org/x/sys/unix"
 )
 
@@ -37,7 +39,7 @@ type fileClones struct {
 	reason string // why clones are off
 }
 
-var _ Cloner = FileBackend{}
+var _ volume.Cloner = FileBackend{}
 
 // probeClones finds out, once per volume directory, whether a file in the
 // golden directory can be cloned into the volume directory (FICLONE), and
@@ -126,10 +128,10 @@ func initGoldenDir(gdir string) error {
 		if serr != nil || !st.IsDir() {
 			return fmt.Errorf("%s exists and is not a directory the provisioner created; move it away to use clones", gdir)
 		}
-		got, rerr := readSmallFile(marker)
+		got, rerr := fsutil.ReadSmallFile(marker, maxRecordBytes)
 		if errors.Is(rerr, os.ErrNotExist) {
 			if ents, _ := os.ReadDir(gdir); len(ents) == 0 {
-				rerr = writeFileSync(marker, []byte(goldenMarker))
+				rerr = fsutil.WriteFileSync(marker, []byte(goldenMarker))
 				got = []byte(goldenMarker)
 			}
 		}
@@ -138,10 +140,10 @@ func initGoldenDir(gdir string) error {
 		}
 		return nil
 	}
-	if err := writeFileSync(marker, []byte(goldenMarker)); err != nil {
+	if err := fsutil.WriteFileSync(marker, []byte(goldenMarker)); err != nil {
 		return fmt.Errorf("mark the golden directory %s: %w", gdir, err)
 	}
-	return syncDir(filepath.Dir(gdir))
+	return fsutil.SyncDir(filepath.Dir(gdir))
 }
 
 // DisableClones turns clones off (say why); the worker converts into every
@@ -160,17 +162,9 @@ func (b FileBackend) CloneSupport() (bool, string) {
 
 func (b FileBackend) goldenDir() (string, error) {
 	if ok, reason := b.CloneSupport(); !ok {
-		return "", fmt.Errorf("%w: %s", ErrCloneUnsupported, reason)
+		return "", fmt.Errorf("%w: %s", volume.ErrCloneUnsupported, reason)
 	}
 	return b.clone.dir, nil
-}
-
-// validKey accepts cache keys as the cache makes them: hex digests.
-func validKey(key string) error {
-	if len(key) == 0 || len(key) > 128 || strings.Trim(key, "0123456789abcdef") != "" {
-		return fmt.Errorf("golden key %q is not a hex digest", key)
-	}
-	return nil
 }
 
 func (b FileBackend) goldenPath(key string) (string, error) {
@@ -178,63 +172,63 @@ func (b FileBackend) goldenPath(key string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	if err := validKey(key); err != nil {
+	if err := volume.ValidGoldenKey(key); err != nil {
 		return "", err
 	}
 	return filepath.Join(gdir, key+goldenExt), nil
 }
 
 // PrepareGolden creates a sparse file of size bytes in the golden directory.
-func (b FileBackend) PrepareGolden(_ context.Context, key string, size int64) (Volume, error) {
+func (b FileBackend) PrepareGolden(_ context.Context, key string, size int64) (volume.Volume, error) {
 	gdir, err := b.goldenDir()
 	if err != nil {
-		return Volume{}, err
+		return volume.Volume{}, err
 	}
-	if err := validKey(key); err != nil {
-		return Volume{}, err
+	if err := volume.ValidGoldenKey(key); err != nil {
+		return volume.Volume{}, err
 	}
 	f, err := os.CreateTemp(gdir, preparePrefix+key+"-*")
 	if err != nil {
-		return Volume{}, fmt.Errorf("create golden of %s: %w", key, err)
+		return volume.Volume{}, fmt.Errorf("create golden of %s: %w", key, err)
 	}
 	defer f.Close()
 	if err := f.Truncate(size); err != nil {
 		_ = os.Remove(f.Name())
-		return Volume{}, fmt.Errorf("size golden of %s to %d bytes: %w", key, size, err)
+		return volume.Volume{}, fmt.Errorf("size golden of %s to %d bytes: %w", key, size, err)
 	}
-	return Volume{Name: "golden " + key, Path: f.Name(), Size: size}, nil
+	return volume.Volume{Name: "golden " + key, Path: f.Name(), Size: size}, nil
 }
 
 // SealGolden flushes the prepared file, hashes it, makes it mode 0444,
 // renames it to <key>.raw and sets the immutable flag where the file
 // system and the worker's privileges allow (Golden.Immutable says).
-func (b FileBackend) SealGolden(ctx context.Context, key string, prepared Volume) (Golden, error) {
+func (b FileBackend) SealGolden(ctx context.Context, key string, prepared volume.Volume) (volume.Golden, error) {
 	return b.sealGolden(ctx, key, prepared, "")
 }
 
-var _ DigestSealer = FileBackend{}
+var _ volume.DigestSealer = FileBackend{}
 
 // SealGoldenDigest is SealGolden for a golden hashed while it was written
 // (GoldenHasher): digest is recorded as its content's, and it is not read
 // back.
-func (b FileBackend) SealGoldenDigest(ctx context.Context, key string, prepared Volume, digest string) (Golden, error) {
+func (b FileBackend) SealGoldenDigest(ctx context.Context, key string, prepared volume.Volume, digest string) (volume.Golden, error) {
 	if digest == "" {
-		return Golden{}, fmt.Errorf("seal golden of %s: no digest given", key)
+		return volume.Golden{}, fmt.Errorf("seal golden of %s: no digest given", key)
 	}
 	return b.sealGolden(ctx, key, prepared, digest)
 }
 
 // sealGolden seals prepared; digest "" hashes it first.
-func (b FileBackend) sealGolden(ctx context.Context, key string, prepared Volume, digest string) (Golden, error) {
+func (b FileBackend) sealGolden(ctx context.Context, key string, prepared volume.Volume, digest string) (volume.Golden, error) {
 	final, err := b.goldenPath(key)
 	if err != nil {
-		return Golden{}, err
+		return volume.Golden{}, err
 	}
 	gdir := filepath.Dir(final)
 	if filepath.Dir(prepared.Path) != gdir || !strings.HasPrefix(filepath.Base(prepared.Path), preparePrefix+key+"-") {
-		return Golden{}, fmt.Errorf("seal golden of %s: %s is not a golden being prepared", key, prepared.Path)
+		return volume.Golden{}, fmt.Errorf("seal golden of %s: %s is not a golden being prepared", key, prepared.Path)
 	}
-	return SealGoldenFile(ctx, key, prepared.Path, final, digest)
+	return volume.SealGoldenFile(ctx, key, prepared.Path, final, digest)
 }
 
 // RemoveGolden removes key's golden and any file being prepared for it.
@@ -244,7 +238,7 @@ func (b FileBackend) RemoveGolden(_ context.Context, key string) error {
 		return err
 	}
 	gdir := filepath.Dir(final)
-	if err := RemoveGoldenFile(final); err != nil {
+	if err := volume.RemoveGoldenFile(final); err != nil {
 		return err
 	}
 	prepared, _ := filepath.Glob(filepath.Join(gdir, preparePrefix+key+"-*"))
@@ -253,7 +247,7 @@ func (b FileBackend) RemoveGolden(_ context.Context, key string) error {
 			return fmt.Errorf("remove golden being prepared %s: %w", p, err)
 		}
 	}
-	return syncDir(gdir)
+	return fsutil.SyncDir(gdir)
 }
 
 // GoldenKeys lists the keys with a golden file or one being prepared.
@@ -278,7 +272,7 @@ func (b FileBackend) GoldenKeys(context.Context) ([]string, error) {
 		default:
 			continue
 		}
-		if validKey(key) == nil {
+		if volume.ValidGoldenKey(key) == nil {
 			seen[key] = true
 		}
 	}
@@ -291,23 +285,23 @@ func (b FileBackend) GoldenKeys(context.Context) ([]string, error) {
 }
 
 // Clone creates volume name as a reflink of g, then grows it to size.
-func (b FileBackend) Clone(_ context.Context, g Golden, name string, size int64) (vol Volume, err error) {
+func (b FileBackend) Clone(_ context.Context, g volume.Golden, name string, size int64) (vol volume.Volume, err error) {
 	p, err := b.path(name)
 	if err != nil {
-		return Volume{}, err
+		return volume.Volume{}, err
 	}
 	if _, err := b.goldenDir(); err != nil {
-		return Volume{}, err
+		return volume.Volume{}, err
 	}
 	if size < g.Size {
-		return Volume{}, fmt.Errorf("clone volume %s: %d bytes is less than the image's %d; a clone is never shrunk", p, size, g.Size)
+		return volume.Volume{}, fmt.Errorf("clone volume %s: %d bytes is less than the image's %d; a clone is never shrunk", p, size, g.Size)
 	}
 	f, err := os.OpenFile(p, os.O_RDWR|os.O_CREATE|os.O_EXCL|unix.O_NOFOLLOW, 0o600)
 	if errors.Is(err, os.ErrExist) {
-		return Volume{}, fmt.Errorf("clone volume %s: it already exists", p)
+		return volume.Volume{}, fmt.Errorf("clone volume %s: it already exists", p)
 	}
 	if err != nil {
-		return Volume{}, fmt.Errorf("clone volume %s: %w", p, err)
+		return volume.Volume{}, fmt.Errorf("clone volume %s: %w", p, err)
 	}
 	defer func() {
 		if err != nil {
@@ -315,17 +309,17 @@ func (b FileBackend) Clone(_ context.Context, g Golden, name string, size int64)
 		}
 	}()
 	if err := cloneInto(f, g, size); err != nil {
-		return Volume{}, fmt.Errorf("clone volume %s: %w", p, err)
+		return volume.Volume{}, fmt.Errorf("clone volume %s: %w", p, err)
 	}
-	if err := syncDir(b.Dir); err != nil {
-		return Volume{}, err
+	if err := fsutil.SyncDir(b.Dir); err != nil {
+		return volume.Volume{}, err
 	}
-	return Volume{Name: name, Path: p, Size: size}, nil
+	return volume.Volume{Name: name, Path: p, Size: size}, nil
 }
 
 // cloneInto makes the empty file f a reflink of g grown to size, flushes
 // and closes it.
-func cloneInto(f *os.File, g Golden, size int64) error {
+func cloneInto(f *os.File, g volume.Golden, size int64) error {
 	defer f.Close()
 	src, err := os.OpenFile(g.Path, os.O_RDONLY|unix.O_NOFOLLOW, 0)
 	if err != nil {
@@ -355,28 +349,28 @@ func cloneInto(f *os.File, g Golden, size int64) error {
 
 // Reclone clones g to a temporary name next to vol, gives it vol's size,
 // mode and owner, and renames it over vol.
-func (b FileBackend) Reclone(_ context.Context, g Golden, vol Volume) (Volume, error) {
+func (b FileBackend) Reclone(_ context.Context, g volume.Golden, vol volume.Volume) (volume.Volume, error) {
 	p, err := b.path(vol.Name)
 	if err != nil {
-		return Volume{}, err
+		return volume.Volume{}, err
 	}
 	if _, err := b.goldenDir(); err != nil {
-		return Volume{}, err
+		return volume.Volume{}, err
 	}
 	old, err := os.Lstat(p)
 	if err != nil {
-		return Volume{}, fmt.Errorf("reclone volume %s: %w", p, err)
+		return volume.Volume{}, fmt.Errorf("reclone volume %s: %w", p, err)
 	}
 	if err := checkVolumeFile(p, old); err != nil {
-		return Volume{}, err
+		return volume.Volume{}, err
 	}
 	size := old.Size()
 	if size < g.Size {
-		return Volume{}, fmt.Errorf("reclone volume %s: its %d bytes are less than the image's %d", p, size, g.Size)
+		return volume.Volume{}, fmt.Errorf("reclone volume %s: its %d bytes are less than the image's %d", p, size, g.Size)
 	}
 	f, err := os.CreateTemp(b.Dir, cloneTmpPrefix+vol.Name+".clone-*")
 	if err != nil {
-		return Volume{}, fmt.Errorf("reclone volume %s: %w", p, err)
+		return volume.Volume{}, fmt.Errorf("reclone volume %s: %w", p, err)
 	}
 	tmp := f.Name()
 	_ = f.Chmod(old.Mode().Perm())
@@ -385,20 +379,20 @@ func (b FileBackend) Reclone(_ context.Context, g Golden, vol Volume) (Volume, e
 	}
 	if err := cloneInto(f, g, size); err != nil {
 		_ = os.Remove(tmp)
-		return Volume{}, fmt.Errorf("reclone volume %s: %w", p, err)
+		return volume.Volume{}, fmt.Errorf("reclone volume %s: %w", p, err)
 	}
 	// The volume may have been replaced meanwhile by something else: only a
 	// regular file is renamed over.
 	if cur, err := os.Lstat(p); err != nil || checkVolumeFile(p, cur) != nil {
 		_ = os.Remove(tmp)
-		return Volume{}, fmt.Errorf("reclone volume %s: it changed while it was being cloned; left as it is", p)
+		return volume.Volume{}, fmt.Errorf("reclone volume %s: it changed while it was being cloned; left as it is", p)
 	}
 	if err := os.Rename(tmp, p); err != nil {
 		_ = os.Remove(tmp)
-		return Volume{}, fmt.Errorf("reclone volume %s: %w", p, err)
+		return volume.Volume{}, fmt.Errorf("reclone volume %s: %w", p, err)
 	}
-	if err := syncDir(b.Dir); err != nil {
-		return Volume{}, err
+	if err := fsutil.SyncDir(b.Dir); err != nil {
+		return volume.Volume{}, err
 	}
-	return Volume{Name: vol.Name, Path: p, Size: size}, nil
+	return volume.Volume{Name: vol.Name, Path: p, Size: size}, nil
 }

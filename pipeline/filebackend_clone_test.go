@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/libvirt-volume-provisioner/provisioner/internal/testenv"
+	"github.com/libvirt-volume-provisioner/provisioner/volume"
 )
 
 // goldenSize is an image's virtual size in these tests: not a multiple of
@@ -24,7 +25,7 @@ const goldenSize = 24<<20 + 512
 
 // makeGolden converts a new qcow2 image into a golden of b with the native
 // converter and returns it and the image's raw reference.
-func makeGolden(t *testing.T, b *FileBackend, key string, seed uint64) (Golden, string) {
+func makeGolden(t *testing.T, b *FileBackend, key string, seed uint64) (volume.Golden, string) {
 	t.Helper()
 	ctx := context.Background()
 	qcow, raw := testenv.QCOW2Image(t, t.TempDir(), goldenSize, seed)
@@ -64,10 +65,10 @@ func TestFileBackendReflinkClones(t *testing.T) {
 			require.Equal(t, os.FileMode(0o444), st.Mode().Perm())
 			require.Equal(t, int64(goldenSize), g.Size)
 			require.True(t, g.Immutable, "the worker runs as root here: the golden gets the immutable flag")
-			imm, err := IsImmutable(g.Path)
+			imm, err := volume.IsImmutable(g.Path)
 			require.NoError(t, err)
 			require.True(t, imm)
-			refDigest, err := GoldenDigest(ctx, raw)
+			refDigest, err := volume.GoldenDigest(ctx, raw)
 			require.NoError(t, err)
 			require.Equal(t, refDigest, g.Digest, "the digest is of the content: the golden reads as the image")
 			_, err = os.OpenFile(g.Path, os.O_WRONLY, 0)
@@ -100,7 +101,7 @@ func TestFileBackendReflinkClones(t *testing.T) {
 			require.NoError(t, fa.Sync())
 			require.NoError(t, fa.Close())
 			requireVolumeIs(t, c, raw)
-			requireVolumeIs(t, Volume{Path: g.Path, Size: g.Size}, raw)
+			requireVolumeIs(t, volume.Volume{Path: g.Path, Size: g.Size}, raw)
 
 			// Reprovisioning replaces the volume with a fresh clone; the
 			// name never goes missing or reads short meanwhile.
@@ -198,9 +199,9 @@ func TestFileBackendWithoutReflinksConverts(t *testing.T) {
 			require.False(t, ok)
 			require.Contains(t, reason, tc.reason)
 			_, err = b.PrepareGolden(ctx, "ab", 1<<20)
-			require.ErrorIs(t, err, ErrCloneUnsupported)
-			_, err = b.Clone(ctx, Golden{Key: "ab"}, "vm-1", 1<<20)
-			require.ErrorIs(t, err, ErrCloneUnsupported)
+			require.ErrorIs(t, err, volume.ErrCloneUnsupported)
+			_, err = b.Clone(ctx, volume.Golden{Key: "ab"}, "vm-1", 1<<20)
+			require.ErrorIs(t, err, volume.ErrCloneUnsupported)
 			vol, err := b.Create(ctx, "vm-1", 1<<20)
 			require.NoError(t, err, "volumes are still made, to be converted into")
 			require.FileExists(t, vol.Path)

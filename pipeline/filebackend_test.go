@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/libvirt-volume-provisioner/provisioner/internal/fsutil"
+	"github.com/libvirt-volume-provisioner/provisioner/volume"
 	"github.com/stretchr/testify/require"
 )
 
@@ -21,11 +23,11 @@ func TestFileBackendLifecycle(t *testing.T) {
 
 	vol, err := b.Create(ctx, "vm1-root", 10<<20)
 	require.NoError(t, err)
-	require.Equal(t, Volume{Name: "vm1-root", Path: filepath.Join(b.Dir, "vm1-root"), Size: 10 << 20}, vol)
+	require.Equal(t, volume.Volume{Name: "vm1-root", Path: filepath.Join(b.Dir, "vm1-root"), Size: 10 << 20}, vol)
 	data, err := os.ReadFile(vol.Path)
 	require.NoError(t, err)
 	require.Len(t, data, 10<<20)
-	require.True(t, allZero(data))
+	require.True(t, fsutil.AllZero(data))
 
 	got, ok, err := b.Lookup(ctx, "vm1-root")
 	require.NoError(t, err)
@@ -80,11 +82,11 @@ func TestCheckReuse(t *testing.T) {
 	const req = int64(20) << 30 // 5% is exactly 1 GiB
 	fivePct := req * 5 / 100
 	for _, size := range []int64{req, req + fivePct, req - fivePct} {
-		require.NoError(t, CheckReuse(Volume{Name: "v", Size: size}, req), size)
+		require.NoError(t, volume.CheckReuse(volume.Volume{Name: "v", Size: size}, req), size)
 	}
 	for _, size := range []int64{req + fivePct + 1, req - fivePct - 1, 1} {
-		require.ErrorContains(t, CheckReuse(Volume{Name: "v", Size: size}, req), "outside the ±5% a reused volume may differ", size)
+		require.ErrorContains(t, volume.CheckReuse(volume.Volume{Name: "v", Size: size}, req), "outside the ±5% a reused volume may differ", size)
 	}
-	require.EqualError(t, CheckReuse(Volume{Name: "v", Size: 10 << 30}, req),
+	require.EqualError(t, volume.CheckReuse(volume.Volume{Name: "v", Size: 10 << 30}, req),
 		`volume "v" exists with 10737418240 bytes (10.00 GiB); the request is 21474836480 bytes (20 GiB), outside the ±5% a reused volume may differ; refusing to overwrite it`)
 }

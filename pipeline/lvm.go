@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/libvirt-volume-provisioner/provisioner/messaging"
+	"github.com/libvirt-volume-provisioner/provisioner/volume"
 )
 
 // lvmReportLimit caps how much of an lvm report is read; a report filtered
@@ -54,9 +55,9 @@ type LVMBackend struct {
 }
 
 var (
-	_ Backend    = (*LVMBackend)(nil)
-	_ UseChecker = (*LVMBackend)(nil)
-	_ Cloner     = (*LVMBackend)(nil)
+	_ volume.Backend    = (*LVMBackend)(nil)
+	_ volume.UseChecker = (*LVMBackend)(nil)
+	_ volume.Cloner     = (*LVMBackend)(nil)
 )
 
 // NewLVMBackend makes a backend for volume group vg. It checks only the
@@ -378,29 +379,29 @@ func (b *LVMBackend) checkName(name string) error {
 }
 
 // volume turns an active LV into a Volume, refusing one that cannot be written.
-func (b *LVMBackend) volume(lv lvInfo) (Volume, error) {
+func (b *LVMBackend) toVolume(lv lvInfo) (volume.Volume, error) {
 	switch {
 	case lv.Path == "":
-		return Volume{}, fmt.Errorf("logical volume %s/%s has no device path (a pool or internal volume); refusing to use it", b.VG, lv.Name)
+		return volume.Volume{}, fmt.Errorf("logical volume %s/%s has no device path (a pool or internal volume); refusing to use it", b.VG, lv.Name)
 	case !lv.Active:
-		return Volume{}, fmt.Errorf("logical volume %s/%s exists but is not active; activate it with 'lvchange -ay %s/%s' or remove it", b.VG, lv.Name, b.VG, lv.Name)
+		return volume.Volume{}, fmt.Errorf("logical volume %s/%s exists but is not active; activate it with 'lvchange -ay %s/%s' or remove it", b.VG, lv.Name, b.VG, lv.Name)
 	}
-	return Volume{Name: lv.Name, Path: lv.Path, Size: lv.Size}, nil
+	return volume.Volume{Name: lv.Name, Path: lv.Path, Size: lv.Size}, nil
 }
 
 // Lookup finds LV name in the VG; ok is false when there is none. An LV
 // that exists but is inactive, or is a pool, is an error.
-func (b *LVMBackend) Lookup(ctx context.Context, name string) (Volume, bool, error) {
+func (b *LVMBackend) Lookup(ctx context.Context, name string) (volume.Volume, bool, error) {
 	if err := b.checkName(name); err != nil {
-		return Volume{}, false, err
+		return volume.Volume{}, false, err
 	}
 	lv, ok, err := b.lv(ctx, name)
 	if err != nil || !ok {
-		return Volume{}, false, err
+		return volume.Volume{}, false, err
 	}
-	vol, err := b.volume(lv)
+	vol, err := b.toVolume(lv)
 	if err != nil {
-		return Volume{}, false, err
+		return volume.Volume{}, false, err
 	}
 	return vol, true, nil
 }
@@ -423,27 +424,27 @@ func checkFits(vg vgInfo, name string, size int64) error {
 // and that the VG has the space; nothing is changed when a check fails.
 // The new LV holds whatever its extents held before: the converter zeroes
 // it.
-func (b *LVMBackend) Create(ctx context.Context, name string, size int64) (Volume, error) {
+func (b *LVMBackend) Create(ctx context.Context, name string, size int64) (volume.Volume, error) {
 	if err := b.checkName(name); err != nil {
-		return Volume{}, err
+		return volume.Volume{}, err
 	}
 	if size <= 0 {
-		return Volume{}, fmt.Errorf("create logical volume %s/%s: size %d is not positive", b.VG, name, size)
+		return volume.Volume{}, fmt.Errorf("create logical volume %s/%s: size %d is not positive", b.VG, name, size)
 	}
 	if _, ok, err := b.lv(ctx, name); err != nil {
-		return Volume{}, err
+		return volume.Volume{}, err
 	} else if ok {
-		return Volume{}, fmt.Errorf("create logical volume %s/%s: it already exists", b.VG, name)
+		return volume.Volume{}, fmt.Errorf("create logical volume %s/%s: it already exists", b.VG, name)
 	}
 	vg, err := b.vg(ctx)
 	if err != nil {
-		return Volume{}, err
+		return volume.Volume{}, err
 	}
 	if err := checkFits(vg, name, size); err != nil {
-		return Volume{}, err
+		return volume.Volume{}, err
 	}
 	if err := b.change(ctx, lvcreateArgs(b.VG, name, size)...); err != nil {
-		return Volume{}, fmt.Errorf("lvcreate %s/%s: %w", b.VG, name, err)
+		return volume.Volume{}, fmt.Errorf("lvcreate %s/%s: %w", b.VG, name, err)
 	}
 	lv, ok, err := b.lv(context.WithoutCancel(ctx), name)
 	if err == nil && !ok {
@@ -452,9 +453,9 @@ func (b *LVMBackend) Create(ctx context.Context, name string, size int64) (Volum
 	if err == nil && lv.Size != size {
 		err = fmt.Errorf("lvcreate %s/%s made %d bytes, not the %d asked for", b.VG, name, lv.Size, size)
 	}
-	var vol Volume
+	var vol volume.Volume
 	if err == nil {
-		vol, err = b.volume(lv)
+		vol, err = b.toVolume(lv)
 	}
 	if err != nil {
 		if ok {
@@ -462,7 +463,7 @@ func (b *LVMBackend) Create(ctx context.Context, name string, size int64) (Volum
 				err = fmt.Errorf("%w (and removing it failed: %v)", err, rerr)
 			}
 		}
-		return Volume{}, err
+		return volume.Volume{}, err
 	}
 	return vol, nil
 }
@@ -488,7 +489,7 @@ func (b *LVMBackend) Delete(ctx context.Context, name string) error {
 
 // CheckNotInUse returns an *InUseError when vol's LV is open, as it is
 // while a VM runs on it, and an error when the LV is gone.
-func (b *LVMBackend) CheckNotInUse(ctx context.Context, vol Volume) error {
+func (b *LVMBackend) CheckNotInUse(ctx context.Context, vol volume.Volume) error {
 	if err := b.checkName(vol.Name); err != nil {
 		return err
 	}

@@ -28,6 +28,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/libvirt-volume-provisioner/provisioner/internal/testenv"
+	"github.com/libvirt-volume-provisioner/provisioner/volume"
 )
 
 const guestLVSize = 32 << 20
@@ -55,7 +56,7 @@ func guestImages(t *testing.T) (qcow2, raw string) {
 }
 
 // createLV makes LV name and removes it when the test ends.
-func createLV(t *testing.T, b *LVMBackend, name string, size int64) Volume {
+func createLV(t *testing.T, b *LVMBackend, name string, size int64) volume.Volume {
 	t.Helper()
 	vol, err := b.Create(t.Context(), name, size)
 	require.NoError(t, err)
@@ -171,7 +172,7 @@ func TestLVMGuestCreate(t *testing.T) {
 	b := guestBackend(t)
 	ctx := t.Context()
 	vol := createLV(t, b, "lvg-create", guestLVSize)
-	require.Equal(t, Volume{Name: "lvg-create", Path: "/dev/" + b.VG + "/lvg-create", Size: guestLVSize}, vol)
+	require.Equal(t, volume.Volume{Name: "lvg-create", Path: "/dev/" + b.VG + "/lvg-create", Size: guestLVSize}, vol)
 
 	lv, ok := vgLVs(t, b)["lvg-create"]
 	require.True(t, ok, "lvs lists the new LV")
@@ -215,7 +216,7 @@ func TestLVMGuestLookupAbsent(t *testing.T) {
 	require.NoError(t, err)
 	require.False(t, ok)
 	require.NoError(t, b.Delete(t.Context(), "lvg-absent"), "a missing LV is not an error to delete")
-	require.ErrorContains(t, b.CheckNotInUse(t.Context(), Volume{Name: "lvg-absent"}), "no longer exists")
+	require.ErrorContains(t, b.CheckNotInUse(t.Context(), volume.Volume{Name: "lvg-absent"}), "no longer exists")
 }
 
 func TestLVMGuestMissingVG(t *testing.T) {
@@ -224,7 +225,7 @@ func TestLVMGuestMissingVG(t *testing.T) {
 	b, err := NewLVMBackend("lvg-no-such-vg")
 	require.NoError(t, err)
 	err = b.CheckVolumeGroup(t.Context())
-	require.ErrorContains(t, err, `Volume group "lvg-no-such-vg" not found`, "lvm's stderr is in the error")
+	require.ErrorContains(t, err, `volume.Volume group "lvg-no-such-vg" not found`, "lvm's stderr is in the error")
 	_, _, err = b.Lookup(t.Context(), "x")
 	require.ErrorContains(t, err, "look up logical volume lvg-no-such-vg/x")
 }
@@ -237,10 +238,10 @@ func TestLVMGuestReuseSize(t *testing.T) {
 	require.NoError(t, err)
 	require.True(t, ok)
 	require.Equal(t, int64(guestLVSize), vol.Size)
-	require.NoError(t, CheckReuse(vol, guestLVSize))
-	require.NoError(t, CheckReuse(vol, guestLVSize+guestLVSize/25), "within 5%")
-	require.ErrorContains(t, CheckReuse(vol, 2*guestLVSize), "outside the ±5% a reused volume may differ")
-	require.ErrorContains(t, CheckReuse(vol, guestLVSize/2), "outside the ±5% a reused volume may differ")
+	require.NoError(t, volume.CheckReuse(vol, guestLVSize))
+	require.NoError(t, volume.CheckReuse(vol, guestLVSize+guestLVSize/25), "within 5%")
+	require.ErrorContains(t, volume.CheckReuse(vol, 2*guestLVSize), "outside the ±5% a reused volume may differ")
+	require.ErrorContains(t, volume.CheckReuse(vol, guestLVSize/2), "outside the ±5% a reused volume may differ")
 }
 
 func TestLVMGuestOpenLVRefused(t *testing.T) {
@@ -303,7 +304,7 @@ func TestLVMGuestInvalidNames(t *testing.T) {
 		_, _, err = b.Lookup(ctx, name)
 		require.Error(t, err, "Lookup(%q)", name)
 		require.Error(t, b.Delete(ctx, name), "Delete(%q)", name)
-		require.Error(t, b.CheckNotInUse(ctx, Volume{Name: name}), "CheckNotInUse(%q)", name)
+		require.Error(t, b.CheckNotInUse(ctx, volume.Volume{Name: name}), "CheckNotInUse(%q)", name)
 	}
 	lvs := vgLVs(t, b)
 	for _, name := range []string{"-lvg", "snapshot-lvg", "pvmove0", "lvg_tmeta", "lvg+1"} {
@@ -336,7 +337,7 @@ func TestLVMGuestInactiveLV(t *testing.T) {
 	require.NoError(t, err)
 	_, _, err = b.Lookup(ctx, "lvg-inactive")
 	require.ErrorContains(t, err, "exists but is not active")
-	require.NoError(t, b.CheckNotInUse(ctx, Volume{Name: "lvg-inactive"}))
+	require.NoError(t, b.CheckNotInUse(ctx, volume.Volume{Name: "lvg-inactive"}))
 	// Cleanup removes it while inactive.
 }
 

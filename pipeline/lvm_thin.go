@@ -13,6 +13,7 @@ import (
 	"strings"
 
 	"github.com/libvirt-volume-provisioner/provisioner/kvstate"
+	"github.com/libvirt-volume-provisioner/provisioner/volume"
 )
 
 // With a thin pool (PROVISIONER_LVM_THINPOOL=vg/pool) the lvm backend keeps
@@ -272,7 +273,7 @@ func (b *LVMBackend) CloneSupport() (bool, string) {
 
 func (b *LVMBackend) thinReady() error {
 	if ok, reason := b.CloneSupport(); !ok {
-		return fmt.Errorf("%w: %s", ErrCloneUnsupported, reason)
+		return fmt.Errorf("%w: %s", volume.ErrCloneUnsupported, reason)
 	}
 	return nil
 }
@@ -327,7 +328,7 @@ var _ GoldenInspector = (*LVMBackend)(nil)
 // GoldenRecord describes the sealed golden LV g for its cache entry: its
 // LV's UUID identifies it, and the data it holds in the pool counts against
 // the cache's cap.
-func (b *LVMBackend) GoldenRecord(ctx context.Context, g Golden) (kvstate.Golden, error) {
+func (b *LVMBackend) GoldenRecord(ctx context.Context, g volume.Golden) (kvstate.Golden, error) {
 	lv, ok, err := b.thinLV(ctx, lvGoldenPrefix+g.Key)
 	if err == nil && !ok {
 		err = errors.New("it does not exist")
@@ -379,5 +380,5 @@ func hashLV(ctx context.Context, lv thinLV) (string, error) {
 		return "", fmt.Errorf("open LV %s to hash it: %w", lv.Path, err)
 	}
 	defer f.Close()
-	return chunkedDigest(ctx, f, lv.Size)
+	return volume.GoldenDigestFile(ctx, f, lv.Size)
 }

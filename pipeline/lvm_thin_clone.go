@@ -8,6 +8,8 @@ import (
 	"os"
 	"strconv"
 	"strings"
+
+	"github.com/libvirt-volume-provisioner/provisioner/volume"
 )
 
 // PrepareGolden creates a thin LV of size bytes (rounded up to whole
@@ -15,33 +17,33 @@ import (
 // has room for all of it: the most data a golden can take. A new thin LV
 // reads as zeros and the returned Volume says so, so the converter writes
 // only the image's data into it.
-func (b *LVMBackend) PrepareGolden(ctx context.Context, key string, size int64) (Volume, error) {
+func (b *LVMBackend) PrepareGolden(ctx context.Context, key string, size int64) (volume.Volume, error) {
 	if err := b.thinReady(); err != nil {
-		return Volume{}, err
+		return volume.Volume{}, err
 	}
-	if err := validKey(key); err != nil {
-		return Volume{}, err
+	if err := volume.ValidGoldenKey(key); err != nil {
+		return volume.Volume{}, err
 	}
 	if size <= 0 {
-		return Volume{}, fmt.Errorf("golden of %s: size %d is not positive", key, size)
+		return volume.Volume{}, fmt.Errorf("golden of %s: size %d is not positive", key, size)
 	}
 	name := lvPreparePrefix + key
 	lvs, u, err := b.scan(ctx)
 	if err != nil {
-		return Volume{}, err
+		return volume.Volume{}, err
 	}
 	if err := b.roomFor(u, size, "the image's golden ("+strconv.FormatInt(size, 10)+" bytes of disk)"); err != nil {
-		return Volume{}, err
+		return volume.Volume{}, err
 	}
 	if _, ok := lvs[name]; ok { // left by an attempt that stopped
 		if err := b.change(ctx, lvremoveArgs(b.VG, name)...); err != nil {
-			return Volume{}, fmt.Errorf("lvremove %s/%s: %w", b.VG, name, err)
+			return volume.Volume{}, fmt.Errorf("lvremove %s/%s: %w", b.VG, name, err)
 		}
 	}
 	err = b.change(ctx, lvmCommand("lvcreate", "--yes", "--type", "thin", "--thinpool", b.Pool,
 		"--virtualsize", strconv.FormatInt(size, 10)+"b", "--name", name, "--activate", "y", b.VG)...)
 	if err != nil {
-		return Volume{}, fmt.Errorf("create golden LV %s/%s: %w", b.VG, name, err)
+		return volume.Volume{}, fmt.Errorf("create golden LV %s/%s: %w", b.VG, name, err)
 	}
 	got, err := deviceBytes(b.lvPath(name))
 	if err == nil && got < size {
@@ -49,9 +51,9 @@ func (b *LVMBackend) PrepareGolden(ctx context.Context, key string, size int64) 
 	}
 	if err != nil {
 		_ = b.removeLV(context.WithoutCancel(ctx), name)
-		return Volume{}, fmt.Errorf("create golden LV %s/%s: %w", b.VG, name, err)
+		return volume.Volume{}, fmt.Errorf("create golden LV %s/%s: %w", b.VG, name, err)
 	}
-	return Volume{Name: name, Path: b.lvPath(name), Size: got, ReadsAsZeros: true}, nil
+	return volume.Volume{Name: name, Path: b.lvPath(name), Size: got, ReadsAsZeros: true}, nil
 }
 
 // scan reads every LV of the VG in one lvs, and the pool's usage.
@@ -74,16 +76,16 @@ func (b *LVMBackend) scan(ctx context.Context) (map[string]thinLV, ThinPoolUsage
 // SealGolden flushes and hashes the prepared LV, makes it read-only
 // (lvchange -p r) and renames it .golden-<key>, replacing an older golden
 // of key.
-func (b *LVMBackend) SealGolden(ctx context.Context, key string, prepared Volume) (Golden, error) {
+func (b *LVMBackend) SealGolden(ctx context.Context, key string, prepared volume.Volume) (volume.Golden, error) {
 	if err := b.thinReady(); err != nil {
-		return Golden{}, err
+		return volume.Golden{}, err
 	}
-	if err := validKey(key); err != nil {
-		return Golden{}, err
+	if err := volume.ValidGoldenKey(key); err != nil {
+		return volume.Golden{}, err
 	}
 	name, final := lvPreparePrefix+key, lvGoldenPrefix+key
 	if prepared.Name != name {
-		return Golden{}, fmt.Errorf("seal golden of %s: %s is not a golden being prepared", key, prepared.Name)
+		return volume.Golden{}, fmt.Errorf("seal golden of %s: %s is not a golden being prepared", key, prepared.Name)
 	}
 	lvs, _, err := b.scan(ctx)
 	lv, ok := lvs[name]
@@ -91,27 +93,27 @@ func (b *LVMBackend) SealGolden(ctx context.Context, key string, prepared Volume
 		err = fmt.Errorf("%s/%s is not a thin LV of pool %s", b.VG, name, b.Pool)
 	}
 	if err != nil {
-		return Golden{}, fmt.Errorf("seal golden of %s: %w", key, err)
+		return volume.Golden{}, fmt.Errorf("seal golden of %s: %w", key, err)
 	}
 	if err := ensureFlushed(lv.Path); err != nil {
-		return Golden{}, fmt.Errorf("flush golden of %s: %w", key, err)
+		return volume.Golden{}, fmt.Errorf("flush golden of %s: %w", key, err)
 	}
 	digest, err := hashLV(ctx, lv)
 	if err != nil {
-		return Golden{}, fmt.Errorf("hash golden of %s: %w", key, err)
+		return volume.Golden{}, fmt.Errorf("hash golden of %s: %w", key, err)
 	}
 	if err := b.change(ctx, lvmCommand("lvchange", "--yes", "--permission", "r", b.VG+"/"+name)...); err != nil {
-		return Golden{}, fmt.Errorf("make golden of %s read-only: %w", key, err)
+		return volume.Golden{}, fmt.Errorf("make golden of %s read-only: %w", key, err)
 	}
 	if _, ok := lvs[final]; ok {
 		if err := b.change(ctx, lvremoveArgs(b.VG, final)...); err != nil {
-			return Golden{}, fmt.Errorf("remove the older golden of %s: %w", key, err)
+			return volume.Golden{}, fmt.Errorf("remove the older golden of %s: %w", key, err)
 		}
 	}
 	if err := b.change(ctx, lvmCommand("lvrename", b.VG, name, final)...); err != nil {
-		return Golden{}, fmt.Errorf("move golden of %s into place: %w", key, err)
+		return volume.Golden{}, fmt.Errorf("move golden of %s into place: %w", key, err)
 	}
-	return Golden{Key: key, Path: b.lvPath(final), Size: lv.Size, Digest: digest}, nil
+	return volume.Golden{Key: key, Path: b.lvPath(final), Size: lv.Size, Digest: digest}, nil
 }
 
 // RemoveGolden removes key's golden LV and one being prepared. Snapshots of
@@ -120,7 +122,7 @@ func (b *LVMBackend) RemoveGolden(ctx context.Context, key string) error {
 	if err := b.thinReady(); err != nil {
 		return err
 	}
-	if err := validKey(key); err != nil {
+	if err := volume.ValidGoldenKey(key); err != nil {
 		return err
 	}
 	lvs, _, err := b.scan(ctx)
@@ -157,7 +159,7 @@ func (b *LVMBackend) GoldenKeys(ctx context.Context) ([]string, error) {
 		if !ok {
 			key, ok = strings.CutPrefix(lv.Name, lvPreparePrefix)
 		}
-		if ok && validKey(key) == nil {
+		if ok && volume.ValidGoldenKey(key) == nil {
 			seen[key] = true
 		}
 	}
@@ -165,7 +167,7 @@ func (b *LVMBackend) GoldenKeys(ctx context.Context) ([]string, error) {
 }
 
 // golden finds g's LV: a read-only thin LV of the pool of g.Size.
-func (b *LVMBackend) golden(ctx context.Context, g Golden) (thinLV, error) {
+func (b *LVMBackend) golden(ctx context.Context, g volume.Golden) (thinLV, error) {
 	lv, ok, err := b.thinLV(ctx, lvGoldenPrefix+g.Key)
 	if err != nil {
 		return thinLV{}, err
@@ -177,9 +179,9 @@ func (b *LVMBackend) golden(ctx context.Context, g Golden) (thinLV, error) {
 }
 
 // checkGolden checks that lv (nil: none) is g's golden LV as sealed.
-func (b *LVMBackend) checkGolden(g Golden, found *thinLV) (thinLV, error) {
+func (b *LVMBackend) checkGolden(g volume.Golden, found *thinLV) (thinLV, error) {
 	name := lvGoldenPrefix + g.Key
-	if validKey(g.Key) != nil || g.Path != b.lvPath(name) {
+	if volume.ValidGoldenKey(g.Key) != nil || g.Path != b.lvPath(name) {
 		return thinLV{}, fmt.Errorf("%s is not the golden LV of %s in %s", g.Path, g.Key, b.VG)
 	}
 	if found == nil {
@@ -232,32 +234,32 @@ func (b *LVMBackend) snapshot(ctx context.Context, src thinLV, name string, size
 // Clone makes volume name a thin snapshot of g's golden LV, extended to
 // size. It allocates no data in the pool; it is refused when the pool is
 // already fuller than it may be.
-func (b *LVMBackend) Clone(ctx context.Context, g Golden, name string, size int64) (Volume, error) {
+func (b *LVMBackend) Clone(ctx context.Context, g volume.Golden, name string, size int64) (volume.Volume, error) {
 	if err := b.checkName(name); err != nil {
-		return Volume{}, err
+		return volume.Volume{}, err
 	}
 	if err := b.thinReady(); err != nil {
-		return Volume{}, err
+		return volume.Volume{}, err
 	}
 	if size < g.Size {
-		return Volume{}, fmt.Errorf("clone volume %s/%s: %d bytes is less than the golden's %d; a clone is never shrunk", b.VG, name, size, g.Size)
+		return volume.Volume{}, fmt.Errorf("clone volume %s/%s: %d bytes is less than the golden's %d; a clone is never shrunk", b.VG, name, size, g.Size)
 	}
 	// One report of the VG answers every check: a warm job's cost is a few
 	// LVM commands, so each one saved counts.
 	src, err := b.cloneSource(ctx, g, name)
 	if err != nil {
-		return Volume{}, fmt.Errorf("clone volume %s/%s: %w", b.VG, name, err)
+		return volume.Volume{}, fmt.Errorf("clone volume %s/%s: %w", b.VG, name, err)
 	}
 	lv, err := b.snapshot(ctx, src, name, size)
 	if err != nil {
-		return Volume{}, fmt.Errorf("clone volume %s/%s: %w", b.VG, name, err)
+		return volume.Volume{}, fmt.Errorf("clone volume %s/%s: %w", b.VG, name, err)
 	}
-	return Volume{Name: name, Path: lv.Path, Size: lv.Size}, nil
+	return volume.Volume{Name: name, Path: lv.Path, Size: lv.Size}, nil
 }
 
 // cloneSource reads the VG once and checks that name is free, that the
 // pool has room and that g's golden LV is as sealed; it returns the golden.
-func (b *LVMBackend) cloneSource(ctx context.Context, g Golden, name string) (thinLV, error) {
+func (b *LVMBackend) cloneSource(ctx context.Context, g volume.Golden, name string) (thinLV, error) {
 	lvs, u, err := b.scan(ctx)
 	if err != nil {
 		return thinLV{}, err
@@ -277,7 +279,7 @@ func (b *LVMBackend) cloneSource(ctx context.Context, g Golden, name string) (th
 // Reclonable reports whether the existing volume vol is replaced by a fresh
 // snapshot when it is provisioned again: a thin LV of the pool is; a thick
 // LV is converted into, as without a thin pool.
-func (b *LVMBackend) Reclonable(ctx context.Context, vol Volume) (bool, error) {
+func (b *LVMBackend) Reclonable(ctx context.Context, vol volume.Volume) (bool, error) {
 	if err := b.checkName(vol.Name); err != nil {
 		return false, err
 	}
@@ -298,23 +300,23 @@ func (b *LVMBackend) Reclonable(ctx context.Context, vol Volume) (bool, error) {
 // metadata commit) the name is absent, never half-written, and
 // ReconcileThin finishes a swap a crash interrupted there. An open volume
 // is refused.
-func (b *LVMBackend) Reclone(ctx context.Context, g Golden, vol Volume) (Volume, error) {
+func (b *LVMBackend) Reclone(ctx context.Context, g volume.Golden, vol volume.Volume) (volume.Volume, error) {
 	if err := b.checkName(vol.Name); err != nil {
-		return Volume{}, err
+		return volume.Volume{}, err
 	}
 	if err := b.thinReady(); err != nil {
-		return Volume{}, err
+		return volume.Volume{}, err
 	}
 	lvs, u, err := b.scan(ctx)
 	if err != nil {
-		return Volume{}, err
+		return volume.Volume{}, err
 	}
 	cur, err := b.recloneTarget(lvs, vol.Name, g.Size)
 	if err != nil {
-		return Volume{}, err
+		return volume.Volume{}, err
 	}
 	if err := b.roomFor(u, 0, "a snapshot"); err != nil {
-		return Volume{}, err
+		return volume.Volume{}, err
 	}
 	var src thinLV
 	if found, ok := lvs[lvGoldenPrefix+g.Key]; ok {
@@ -323,18 +325,18 @@ func (b *LVMBackend) Reclone(ctx context.Context, g Golden, vol Volume) (Volume,
 		src, err = b.checkGolden(g, nil)
 	}
 	if err != nil {
-		return Volume{}, fmt.Errorf("reclone volume %s/%s: %w", b.VG, vol.Name, err)
+		return volume.Volume{}, fmt.Errorf("reclone volume %s/%s: %w", b.VG, vol.Name, err)
 	}
 	r := randomSuffix()
 	tmp, old := lvClonePrefix+r, lvOldPrefix+r
 	lv, err := b.snapshot(ctx, src, tmp, cur.Size, lvVolumeTag+vol.Name)
 	if err != nil {
-		return Volume{}, fmt.Errorf("reclone volume %s/%s: %w", b.VG, vol.Name, err)
+		return volume.Volume{}, fmt.Errorf("reclone volume %s/%s: %w", b.VG, vol.Name, err)
 	}
 	if err := b.swap(ctx, vol.Name, tmp, old); err != nil {
-		return Volume{}, err
+		return volume.Volume{}, err
 	}
-	return Volume{Name: vol.Name, Path: b.lvPath(vol.Name), Size: lv.Size}, nil
+	return volume.Volume{Name: vol.Name, Path: b.lvPath(vol.Name), Size: lv.Size}, nil
 }
 
 // recloneTarget checks that LV name (of lvs) is a thin LV of the pool, not open,
@@ -345,7 +347,7 @@ func (b *LVMBackend) recloneTarget(lvs map[string]thinLV, name string, size int6
 	case !ok:
 		return thinLV{}, fmt.Errorf("reclone volume %s/%s: it does not exist", b.VG, name)
 	case !cur.thin() || cur.Pool != b.Pool:
-		return thinLV{}, fmt.Errorf("reclone volume %s/%s: %w: it is not a thin LV of pool %s", b.VG, name, ErrCloneUnsupported, b.Pool)
+		return thinLV{}, fmt.Errorf("reclone volume %s/%s: %w: it is not a thin LV of pool %s", b.VG, name, volume.ErrCloneUnsupported, b.Pool)
 	case cur.Open:
 		return thinLV{}, &InUseError{VG: b.VG, LV: name, Action: "overwrite"}
 	case cur.Size < size:

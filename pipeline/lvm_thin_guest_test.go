@@ -21,7 +21,9 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/libvirt-volume-provisioner/provisioner/internal/fsutil"
 	"github.com/libvirt-volume-provisioner/provisioner/kvstate"
+	"github.com/libvirt-volume-provisioner/provisioner/volume"
 )
 
 // guestThin is the backend on the guest's thin pool, or skips.
@@ -50,7 +52,7 @@ func thinKey(t *testing.T) string {
 
 // thinGolden makes key's golden LV from the qcow2 image, as the worker
 // does, and removes it when the test ends.
-func thinGolden(t *testing.T, b *LVMBackend, key, qcow2 string) Golden {
+func thinGolden(t *testing.T, b *LVMBackend, key, qcow2 string) volume.Golden {
 	t.Helper()
 	ctx := t.Context()
 	img, err := Inspect(qcow2, "qcow2")
@@ -66,7 +68,7 @@ func thinGolden(t *testing.T, b *LVMBackend, key, qcow2 string) Golden {
 }
 
 // cloneLV clones g as name and removes it when the test ends.
-func cloneLV(t *testing.T, b *LVMBackend, g Golden, name string, size int64) Volume {
+func cloneLV(t *testing.T, b *LVMBackend, g volume.Golden, name string, size int64) volume.Volume {
 	t.Helper()
 	vol, err := b.Clone(t.Context(), g, name, size)
 	require.NoError(t, err)
@@ -95,7 +97,7 @@ func imageData(t *testing.T, ref string) int64 {
 	require.NoError(t, err)
 	var n int64
 	for off := 0; off < len(raw); off += 64 << 10 {
-		if !allZero(raw[off:min(off+64<<10, len(raw))]) {
+		if !fsutil.AllZero(raw[off:min(off+64<<10, len(raw))]) {
 			n += 64 << 10
 		}
 	}
@@ -134,7 +136,7 @@ func TestLVMGuestThinGoldenAndClones(t *testing.T) {
 	require.NoError(t, err)
 	a := cloneLV(t, b, g, "lvt-clone-a", guestLVSize)
 	c := cloneLV(t, b, g, "lvt-clone-b", guestLVSize)
-	require.Equal(t, Volume{Name: "lvt-clone-a", Path: b.lvPath("lvt-clone-a"), Size: guestLVSize}, a)
+	require.Equal(t, volume.Volume{Name: "lvt-clone-a", Path: b.lvPath("lvt-clone-a"), Size: guestLVSize}, a)
 	requireLVHolds(t, a.Path, raw, a.Size)
 	requireLVHolds(t, c.Path, raw, c.Size)
 	after, err := b.ThinPoolUsage(ctx)
@@ -198,7 +200,7 @@ func TestLVMGuestThinReclone(t *testing.T) {
 	require.NoError(t, err)
 	require.False(t, ok, "a thick LV is converted into")
 	_, err = b.Reclone(ctx, g, thick)
-	require.ErrorIs(t, err, ErrCloneUnsupported)
+	require.ErrorIs(t, err, volume.ErrCloneUnsupported)
 
 	// In use: refused, and the volume is as it was.
 	f, err := os.Open(vol.Path)
@@ -375,7 +377,7 @@ func TestLVMGuestThinPoolFull(t *testing.T) {
 	require.NoError(t, err)
 	require.NotContains(t, keys, key, "nothing is left of the golden")
 	b.PoolMaxUsed = 0.95
-	_, err = b.Clone(ctx, Golden{Key: key, Path: b.lvPath(lvGoldenPrefix + key), Size: prep.Size}, "lvt-full-clone", guestLVSize)
+	_, err = b.Clone(ctx, volume.Golden{Key: key, Path: b.lvPath(lvGoldenPrefix + key), Size: prep.Size}, "lvt-full-clone", guestLVSize)
 	require.ErrorIs(t, err, ErrThinPoolFull, "a full pool takes no snapshot either")
 	require.NoError(t, b.Delete(ctx, "lvt-filler"))
 }
@@ -407,7 +409,7 @@ func TestLVMGuestThinFallbackThick(t *testing.T) {
 	require.False(t, ok)
 	require.Contains(t, reason, "no thin pool is configured (PROVISIONER_LVM_THINPOOL)")
 	_, err := b.PrepareGolden(t.Context(), thinKey(t), guestLVSize)
-	require.ErrorIs(t, err, ErrCloneUnsupported)
+	require.ErrorIs(t, err, volume.ErrCloneUnsupported)
 	vol := createLV(t, b, "lvt-thick-only", guestLVSize)
 	lv, ok, err := b.thinLV(t.Context(), vol.Name)
 	require.NoError(t, err)

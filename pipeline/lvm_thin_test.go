@@ -8,6 +8,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/libvirt-volume-provisioner/provisioner/kvstate"
+	"github.com/libvirt-volume-provisioner/provisioner/volume"
 )
 
 // thinPoolReport is what lvm2 2.03.16 (Debian 12) printed in the guest of
@@ -103,11 +104,11 @@ func TestThinRefusedWithoutPool(t *testing.T) {
 	require.False(t, ok)
 	require.Contains(t, reason, "PROVISIONER_LVM_THINPOOL")
 	_, err := b.PrepareGolden(ctx, "ab12", 4<<20)
-	require.ErrorIs(t, err, ErrCloneUnsupported)
-	_, err = b.Clone(ctx, Golden{Key: "ab12"}, "vm-1", 4<<20)
-	require.ErrorIs(t, err, ErrCloneUnsupported)
-	require.ErrorIs(t, b.RemoveGolden(ctx, "ab12"), ErrCloneUnsupported)
-	reclonable, err := b.Reclonable(ctx, Volume{Name: "vm-1"})
+	require.ErrorIs(t, err, volume.ErrCloneUnsupported)
+	_, err = b.Clone(ctx, volume.Golden{Key: "ab12"}, "vm-1", 4<<20)
+	require.ErrorIs(t, err, volume.ErrCloneUnsupported)
+	require.ErrorIs(t, b.RemoveGolden(ctx, "ab12"), volume.ErrCloneUnsupported)
+	reclonable, err := b.Reclonable(ctx, volume.Volume{Name: "vm-1"})
 	require.NoError(t, err)
 	require.False(t, reclonable)
 	b.Pool = "pool"

@@ -19,7 +19,9 @@ import (
 	"golang.org/x/sys/unix"
 	"golang.org/x/time/rate"
 
+	"github.com/libvirt-volume-provisioner/provisioner/internal/fsutil"
 	"github.com/libvirt-volume-provisioner/provisioner/messaging"
+	"github.com/libvirt-volume-provisioner/provisioner/volume"
 )
 
 // Native converts images in the worker's own process: qcow2 images are read
@@ -42,7 +44,7 @@ type Native struct {
 	Workers int
 
 	// hash, when set, is told everything the conversion writes (WithDigest).
-	hash *GoldenHasher
+	hash *volume.GoldenHasher
 }
 
 // DefaultNativeWorkers is Native's default parallelism.
@@ -68,13 +70,13 @@ var _ DigestConverter = Native{}
 
 // WithDigest returns n feeding every range it writes, and every range it
 // leaves as zeros, into h: the golden it writes is hashed in the same pass.
-func (n Native) WithDigest(h *GoldenHasher) Converter {
+func (n Native) WithDigest(h *volume.GoldenHasher) Converter {
 	n.hash = h
 	return n
 }
 
 // Convert writes img's disk into vol; see Native.
-func (n Native) Convert(ctx context.Context, img Image, imagePath string, vol Volume, progress ProgressFunc) error {
+func (n Native) Convert(ctx context.Context, img Image, imagePath string, vol volume.Volume, progress ProgressFunc) error {
 	if img.Format != messaging.ImageQCOW2 {
 		// Raw images (and refusing unknown formats) are QemuImg's own Go path.
 		return QemuImg{RateLimit: n.RateLimit, hash: n.hash}.Convert(ctx, img, imagePath, vol, progress)
@@ -96,7 +98,7 @@ func (n Native) Convert(ctx context.Context, img Image, imagePath string, vol Vo
 // written while the rest of the image is still on the way. What it writes
 // is only as good as the bytes it read: the caller must see the download's
 // digest verify (Partial.Wait) before it trusts the volume.
-func (n Native) ConvertStream(ctx context.Context, img Image, part *Partial, vol Volume, progress ProgressFunc) error {
+func (n Native) ConvertStream(ctx context.Context, img Image, part *Partial, vol volume.Volume, progress ProgressFunc) error {
 	if img.Format != messaging.ImageQCOW2 {
 		return fmt.Errorf("streaming conversion reads qcow2 images, not %q", img.Format)
 	}
@@ -105,7 +107,7 @@ func (n Native) ConvertStream(ctx context.Context, img Image, part *Partial, vol
 
 // convert writes the qcow2 image that open returns a reader of (bound to a
 // context that ends when the conversion stops) into vol.
-func (n Native) convert(ctx context.Context, img Image, src string, open func(context.Context) io.ReaderAt, vol Volume, progress ProgressFunc) error {
+func (n Native) convert(ctx context.Context, img Image, src string, open func(context.Context) io.ReaderAt, vol volume.Volume, progress ProgressFunc) error {
 	if progress == nil {
 		progress = func(string, int64, int64) {}
 	}
@@ -163,7 +165,7 @@ func (n Native) convert(ctx context.Context, img Image, src string, open func(co
 
 // nativeTarget resolves vol's path and checks its size as QemuImg.Convert
 // does.
-func nativeTarget(vol Volume) (target string, block bool, size int64, err error) {
+func nativeTarget(vol volume.Volume) (target string, block bool, size int64, err error) {
 	target, err = filepath.Abs(vol.Path)
 	if err != nil {
 		return "", false, 0, fmt.Errorf("volume path %q: %w", vol.Path, err)
@@ -284,7 +286,7 @@ type nativeCopy struct {
 	size     int64 // the image's virtual size
 	limiter  *rate.Limiter
 	progress ProgressFunc
-	hash     *GoldenHasher // nil: not hashed
+	hash     *volume.GoldenHasher // nil: not hashed
 
 	mu   sync.Mutex
 	done int64
@@ -468,7 +470,7 @@ func (c *nativeCopy) copyItem(ctx context.Context, it nativeItem, buf []byte, ou
 	if err != nil && !errors.Is(err, io.EOF) {
 		return fmt.Errorf("read qcow2 image %s at offset %d: %w", c.src, it.off, err)
 	}
-	zero := allZero(b)
+	zero := fsutil.AllZero(b)
 	if c.hash != nil {
 		c.hash.Zeros(it.end-it.credit, it.off) // the gap before this range
 		if zero {

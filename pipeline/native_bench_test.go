@@ -7,6 +7,7 @@ import (
 	"testing"
 
 	"github.com/libvirt-volume-provisioner/provisioner/internal/testenv"
+	"github.com/libvirt-volume-provisioner/provisioner/volume"
 )
 
 const convertBenchSize = 256 << 20
@@ -50,7 +51,7 @@ func BenchmarkConvert(b *testing.B) {
 	}
 }
 
-func zeroedBenchVolume(b *testing.B, size int64) Volume {
+func zeroedBenchVolume(b *testing.B, size int64) volume.Volume {
 	b.Helper()
 	p := filepath.Join(b.TempDir(), "vol")
 	f, err := os.Create(p)
@@ -63,7 +64,7 @@ func zeroedBenchVolume(b *testing.B, size int64) Volume {
 	if err := f.Close(); err != nil {
 		b.Fatal(err)
 	}
-	return Volume{Name: "bench", Path: p, Size: size}
+	return volume.Volume{Name: "bench", Path: p, Size: size}
 }
 
 // BenchmarkNativeDecode reads the zlib qcow2 of BenchmarkConvert through

@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/libvirt-volume-provisioner/provisioner/internal/testenv"
+	"github.com/libvirt-volume-provisioner/provisioner/volume"
 )
 
 // nativeQemuImg runs qemu-img with args and fails the test on error.
@@ -33,7 +34,7 @@ func qemuReference(t testing.TB, qcow2 string) string {
 
 // nativeConvert runs Native.Convert on an inspected image and checks its
 // progress: monotonic, always out of the virtual size, ending at it.
-func nativeConvert(t *testing.T, n Native, src, format string, vol Volume) Image {
+func nativeConvert(t *testing.T, n Native, src, format string, vol volume.Volume) Image {
 	t.Helper()
 	img, err := Inspect(src, format)
 	require.NoError(t, err)
@@ -54,14 +55,14 @@ func nativeConvert(t *testing.T, n Native, src, format string, vol Volume) Image
 }
 
 // zeroedVolume makes a new sparse volume file of size bytes.
-func zeroedVolume(t *testing.T, dir string, size int64) Volume {
+func zeroedVolume(t *testing.T, dir string, size int64) volume.Volume {
 	t.Helper()
 	p := filepath.Join(dir, "zeroed-vol")
 	f, err := os.Create(p)
 	require.NoError(t, err)
 	require.NoError(t, f.Truncate(size))
 	require.NoError(t, f.Close())
-	return Volume{Name: "zeroed", Path: p, Size: size}
+	return volume.Volume{Name: "zeroed", Path: p, Size: size}
 }
 
 // TestNativeZlib: qemu-img's default (zlib) compressed qcow2 into a new
@@ -92,7 +93,7 @@ func TestNativeZlib(t *testing.T) {
 		backing := filepath.Join(t.TempDir(), "disk")
 		garbageFile(t, backing, size)
 		dev := testenv.LoopDevice(t, backing)
-		nativeConvert(t, Native{}, qcow2, "qcow2", Volume{Name: "loop", Path: dev, Size: size})
+		nativeConvert(t, Native{}, qcow2, "qcow2", volume.Volume{Name: "loop", Path: dev, Size: size})
 		requireImageThenZeros(t, dev, ref, size)
 	})
 }
@@ -237,7 +238,7 @@ func TestNativeRefusesBadHeaders(t *testing.T) {
 	qcow2, _ := testenv.QCOW2Image(t, dir, 4<<20, 53)
 	img, err := Inspect(qcow2, "qcow2")
 	require.NoError(t, err)
-	err = Native{}.Convert(t.Context(), Image{Format: "qcow2", VirtualSize: 8 << 20}, qcow2, Volume{Name: "v", Path: vol.Path, Size: vol.Size * 2}, nil)
+	err = Native{}.Convert(t.Context(), Image{Format: "qcow2", VirtualSize: 8 << 20}, qcow2, volume.Volume{Name: "v", Path: vol.Path, Size: vol.Size * 2}, nil)
 	require.Error(t, err)
 
 	f, err := os.OpenFile(qcow2, os.O_RDWR, 0)

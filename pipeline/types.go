@@ -3,6 +3,8 @@ package pipeline
 import (
 	"context"
 	"io"
+
+	"github.com/libvirt-volume-provisioner/provisioner/volume"
 )
 
 // Stage names reported in progress, in the order a job passes them.
@@ -46,46 +48,9 @@ type Image struct {
 	VirtualSize int64
 }
 
-// Volume is a volume on a backend.
-type Volume struct {
-	Name string
-	// Path is where the volume's bytes are written (a file or block device).
-	Path string
-	// Size in bytes.
-	Size int64
-	// ReadsAsZeros says the volume is known to read as zeros everywhere, as
-	// a brand-new thin LV does: converters then write only the image's data
-	// and do not zero it first (zeroing a thin LV would allocate all of it).
-	ReadsAsZeros bool
-}
-
-// Backend creates, finds and removes volumes.
-type Backend interface {
-	// Lookup finds a volume; ok is false when it does not exist.
-	Lookup(ctx context.Context, name string) (vol Volume, ok bool, err error)
-	// Create makes a new volume of exactly size bytes; it fails if the name exists.
-	Create(ctx context.Context, name string, size int64) (Volume, error)
-	// Delete removes a volume.
-	Delete(ctx context.Context, name string) error
-}
-
 // Converter writes an image's disk into a volume so that the volume reads
 // as the image's bytes followed by zeros to its end, whatever it held before,
 // and is flushed to stable storage when Convert returns nil.
 type Converter interface {
-	Convert(ctx context.Context, img Image, imagePath string, vol Volume, progress ProgressFunc) error
-}
-
-// UseChecker is implemented by backends that can tell whether something,
-// such as a running VM, holds a volume; the worker refuses to overwrite a
-// volume in use.
-type UseChecker interface {
-	// CheckNotInUse returns an error naming the user when vol is in use.
-	CheckNotInUse(ctx context.Context, vol Volume) error
-}
-
-// Refresher is implemented by backends whose catalogue must be refreshed
-// after a volume's content changed (libvirt pools).
-type Refresher interface {
-	Refresh(ctx context.Context) error
+	Convert(ctx context.Context, img Image, imagePath string, vol volume.Volume, progress ProgressFunc) error
 }

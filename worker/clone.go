@@ -11,27 +11,28 @@ import (
 	"github.com/libvirt-volume-provisioner/provisioner/kvstate"
 	"github.com/libvirt-volume-provisioner/provisioner/messaging"
 	"github.com/libvirt-volume-provisioner/provisioner/pipeline"
+	"github.com/libvirt-volume-provisioner/provisioner/volume"
 )
 
 // GoldenCache is the part of the image cache that keeps each image's golden
 // (pipeline.Cache).
 type GoldenCache interface {
 	LockGolden(ctx context.Context, key string) (func(), error)
-	Golden(ctx context.Context, key string) (pipeline.Golden, bool, error)
-	AttachGolden(ctx context.Context, g pipeline.Golden) (kvstate.Golden, error)
-	VerifyGolden(ctx context.Context, g pipeline.Golden) error
+	Golden(ctx context.Context, key string) (volume.Golden, bool, error)
+	AttachGolden(ctx context.Context, g volume.Golden) (kvstate.Golden, error)
+	VerifyGolden(ctx context.Context, g volume.Golden) error
 }
 
 // cloneParts are the backend's clones and the cache's goldens.
 type cloneParts struct {
-	backend pipeline.Cloner
+	backend volume.Cloner
 	cache   GoldenCache
 }
 
 // clones returns the clone parts when the backend can clone here and the
 // cache keeps goldens.
 func (w *Worker) clones() (cloneParts, bool) {
-	cl, ok := w.parts.Backend.(pipeline.Cloner)
+	cl, ok := w.parts.Backend.(volume.Cloner)
 	if !ok {
 		return cloneParts{}, false
 	}
@@ -46,12 +47,12 @@ func (w *Worker) clones() (cloneParts, bool) {
 // volumes by a fresh clone (the lvm backend: the thin LVs of its pool; a
 // thick LV is converted into, as without clones).
 type reclonable interface {
-	Reclonable(ctx context.Context, vol pipeline.Volume) (bool, error)
+	Reclonable(ctx context.Context, vol volume.Volume) (bool, error)
 }
 
 // byClone reports whether the job's volume is made by clone: a new one
 // always, an existing one unless the backend converts into it.
-func (c cloneParts) byClone(ctx context.Context, vol pipeline.Volume, exists bool) (bool, error) {
+func (c cloneParts) byClone(ctx context.Context, vol volume.Volume, exists bool) (bool, error) {
 	r, ok := c.backend.(reclonable)
 	if !exists || !ok {
 		return true, nil
@@ -64,7 +65,7 @@ func (c cloneParts) byClone(ctx context.Context, vol pipeline.Volume, exists boo
 // converts it once into the golden, every later one only clones. An
 // existing volume (vol, exists) is replaced whole by a fresh clone; a new
 // one is created by the clone.
-func (w *Worker) provisionByClone(ctx context.Context, rep *reporter, rec kvstate.Job, m messaging.Job, ji *jobImage, c cloneParts, vol pipeline.Volume, exists bool, res result) (result, error) {
+func (w *Worker) provisionByClone(ctx context.Context, rep *reporter, rec kvstate.Job, m messaging.Job, ji *jobImage, c cloneParts, vol volume.Volume, exists bool, res result) (result, error) {
 	want := m.VolumeSizeBytes()
 	if exists {
 		want = vol.Size
@@ -102,7 +103,7 @@ func (w *Worker) provisionByClone(ctx context.Context, rep *reporter, rec kvstat
 	rep.progress(pipeline.StagePopulate, ji.img.VirtualSize, ji.img.VirtualSize)
 	rep.log.WithField("golden", g.Path).WithField("golden_made", made).Info("volume cloned from the image's golden")
 	rep.progress(pipeline.StageFinalize, 0, 0)
-	if r, ok := w.parts.Backend.(pipeline.Refresher); ok {
+	if r, ok := w.parts.Backend.(volume.Refresher); ok {
 		if err := r.Refresh(ctx); err != nil {
 			return res, fmt.Errorf("refresh the volume's pool: %w", err)
 		}
@@ -115,7 +116,7 @@ func (w *Worker) provisionByClone(ctx context.Context, rep *reporter, rec kvstat
 // unchanged since: its inode's ctime) unless the job asks for a full
 // verification: then the cached image's digest and the golden's are both
 // checked first, and a golden that fails is made again.
-func (w *Worker) golden(ctx context.Context, rep *reporter, m messaging.Job, ji *jobImage, c cloneParts) (g pipeline.Golden, made bool, err error) {
+func (w *Worker) golden(ctx context.Context, rep *reporter, m messaging.Job, ji *jobImage, c cloneParts) (g volume.Golden, made bool, err error) {
 	g, ok, err := c.cache.Golden(ctx, ji.key)
 	if err != nil {
 		return g, false, err
@@ -142,7 +143,7 @@ func (w *Worker) golden(ctx context.Context, rep *reporter, m messaging.Job, ji 
 // makeGolden converts the image into a new golden (streaming a download
 // still arriving: the golden is the job's own), and seals it and records it
 // on the cache entry only once the image verified.
-func (w *Worker) makeGolden(ctx context.Context, rep *reporter, ji *jobImage, c cloneParts) (g pipeline.Golden, err error) {
+func (w *Worker) makeGolden(ctx context.Context, rep *reporter, ji *jobImage, c cloneParts) (g volume.Golden, err error) {
 	release, err := w.reserveImage(ctx, rep, ji, "the image's golden", 0)
 	if err != nil {
 		return g, err

@@ -11,6 +11,7 @@ import (
 	"github.com/libvirt-volume-provisioner/provisioner/kvstate"
 	"github.com/libvirt-volume-provisioner/provisioner/messaging"
 	"github.com/libvirt-volume-provisioner/provisioner/pipeline"
+	"github.com/libvirt-volume-provisioner/provisioner/volume"
 )
 
 // executeContent writes a content job's upload into its volume: the object
@@ -31,7 +32,7 @@ func (w *Worker) executeContent(ctx context.Context, rep *reporter, rec kvstate.
 	}
 	c := m.Content
 	want := messaging.ContentVolumeBytes(c.Size)
-	fits := func(v pipeline.Volume) error {
+	fits := func(v volume.Volume) error {
 		if v.Size < c.Size {
 			return fmt.Errorf("volume %q exists with %d bytes, fewer than the %d bytes of content; refusing to write it", v.Name, v.Size, c.Size)
 		}
@@ -39,7 +40,7 @@ func (w *Worker) executeContent(ctx context.Context, rep *reporter, rec kvstate.
 	}
 	if m.VolumeSizeGB > 0 {
 		want = m.VolumeSizeBytes()
-		fits = func(v pipeline.Volume) error { return pipeline.CheckReuse(v, want) }
+		fits = func(v volume.Volume) error { return volume.CheckReuse(v, want) }
 	}
 	rep.progress(pipeline.StageVolume, 0, 0)
 	rw := rawWrite{volume: m.VolumeName, want: want, fits: fits, src: path, size: c.Size, ours: rec.VolumeCreated,

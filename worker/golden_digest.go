@@ -4,26 +4,27 @@ import (
 	"context"
 
 	"github.com/libvirt-volume-provisioner/provisioner/pipeline"
+	"github.com/libvirt-volume-provisioner/provisioner/volume"
 )
 
 // goldenHasher returns a hasher for a golden of size bytes when the
 // converter can hash what it writes (pipeline.DigestConverter) and the
 // backend can seal with that digest (pipeline.DigestSealer); nil otherwise,
 // and the golden is read back when sealed.
-func (w *Worker) goldenHasher(c cloneParts, size int64) *pipeline.GoldenHasher {
+func (w *Worker) goldenHasher(c cloneParts, size int64) *volume.GoldenHasher {
 	if _, ok := w.parts.Converter.(pipeline.DigestConverter); !ok {
 		return nil
 	}
-	if _, ok := c.backend.(pipeline.DigestSealer); !ok {
+	if _, ok := c.backend.(volume.DigestSealer); !ok {
 		return nil
 	}
-	return pipeline.NewGoldenHasher(size)
+	return volume.NewGoldenHasher(size)
 }
 
 // sealGolden seals the prepared golden of key with the digest h computed
 // while it was written, or, without one, has the backend read it back.
-func (w *Worker) sealGolden(ctx context.Context, rep *reporter, c cloneParts, key string, prep pipeline.Volume, h *pipeline.GoldenHasher) (pipeline.Golden, error) {
-	ds, ok := c.backend.(pipeline.DigestSealer)
+func (w *Worker) sealGolden(ctx context.Context, rep *reporter, c cloneParts, key string, prep volume.Volume, h *volume.GoldenHasher) (volume.Golden, error) {
+	ds, ok := c.backend.(volume.DigestSealer)
 	if h == nil || !ok {
 		return c.backend.SealGolden(ctx, key, prep)
 	}

@@ -22,6 +22,7 @@ import (
 	"github.com/libvirt-volume-provisioner/provisioner/messaging"
 	"github.com/libvirt-volume-provisioner/provisioner/pipeline"
 	"github.com/libvirt-volume-provisioner/provisioner/telemetry"
+	"github.com/libvirt-volume-provisioner/provisioner/volume"
 )
 
 // Causes that stop a running job.
@@ -696,10 +697,10 @@ func (w *Worker) executeImage(ctx context.Context, rep *reporter, rec kvstate.Jo
 	if exists {
 		if rec.VolumeCreated {
 			res.created = true // an earlier attempt of this job created it
-		} else if err := pipeline.CheckReuse(vol, want); err != nil {
+		} else if err := volume.CheckReuse(vol, want); err != nil {
 			return res, err
 		}
-		if uc, ok := w.parts.Backend.(pipeline.UseChecker); ok {
+		if uc, ok := w.parts.Backend.(volume.UseChecker); ok {
 			if err := uc.CheckNotInUse(ctx, vol); err != nil {
 				return res, err
 			}
@@ -714,7 +715,7 @@ func (w *Worker) executeImage(ctx context.Context, rep *reporter, rec kvstate.Jo
 	}
 	var already int64 // a reused volume's space, freed as it is zeroed
 	if exists {
-		already = pipeline.AllocatedBytes(vol.Path)
+		already = volume.AllocatedBytes(vol.Path)
 	}
 	release, err := w.reserveImage(ctx, rep, &ji, fmt.Sprintf("volume %q", m.VolumeName), already)
 	if err != nil {
@@ -762,7 +763,7 @@ func (w *Worker) executeImage(ctx context.Context, rep *reporter, rec kvstate.Jo
 		return res, err
 	}
 	rep.progress(pipeline.StageFinalize, 0, 0)
-	if r, ok := w.parts.Backend.(pipeline.Refresher); ok {
+	if r, ok := w.parts.Backend.(volume.Refresher); ok {
 		if err := r.Refresh(ctx); err != nil {
 			return res, fmt.Errorf("refresh the volume's pool: %w", err)
 		}
@@ -775,14 +776,14 @@ func (w *Worker) executeImage(ctx context.Context, rep *reporter, rec kvstate.Jo
 // it runs: a cache hit's digest, or a streamed download's digest and
 // structure (the conversion stops at once when either fails); it returns nil
 // only if both succeed.
-func (w *Worker) populate(ctx context.Context, rep *reporter, ji *jobImage, vol pipeline.Volume, stream bool) error {
+func (w *Worker) populate(ctx context.Context, rep *reporter, ji *jobImage, vol volume.Volume, stream bool) error {
 	return w.populateHashed(ctx, rep, ji, vol, stream, nil)
 }
 
 // populateHashed is populate telling h (when not nil) everything the
 // conversion writes, where the converter can (pipeline.DigestConverter);
 // h.Sum then says whether it could.
-func (w *Worker) populateHashed(ctx context.Context, rep *reporter, ji *jobImage, vol pipeline.Volume, stream bool, h *pipeline.GoldenHasher) error {
+func (w *Worker) populateHashed(ctx context.Context, rep *reporter, ji *jobImage, vol volume.Volume, stream bool, h *volume.GoldenHasher) error {
 	img := ji.img
 	conv := w.parts.Converter
 	if dc, ok := conv.(pipeline.DigestConverter); ok && h != nil {

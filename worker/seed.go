@@ -8,6 +8,7 @@ import (
 	"github.com/libvirt-volume-provisioner/provisioner/kvstate"
 	"github.com/libvirt-volume-provisioner/provisioner/messaging"
 	"github.com/libvirt-volume-provisioner/provisioner/pipeline"
+	"github.com/libvirt-volume-provisioner/provisioner/volume"
 )
 
 // SeedVolumeBytes is the size of a new seed volume: room for any seed the
@@ -30,8 +31,8 @@ func (w *Worker) writeSeed(ctx context.Context, rep *reporter, rec kvstate.Job, 
 	}
 	want := max(int64(SeedVolumeBytes), messaging.ContentVolumeBytes(size))
 	rw := rawWrite{volume: m.SeedVolume(), want: want, src: path, size: size, ours: rec.SeedCreated,
-		fits: func(v pipeline.Volume) error {
-			if err := pipeline.CheckReuse(v, want); err != nil {
+		fits: func(v volume.Volume) error {
+			if err := volume.CheckReuse(v, want); err != nil {
 				return fmt.Errorf("seed volume: %w", err)
 			}
 			return nil

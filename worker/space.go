@@ -8,6 +8,7 @@ import (
 	"syscall"
 
 	"github.com/libvirt-volume-provisioner/provisioner/pipeline"
+	"github.com/libvirt-volume-provisioner/provisioner/volume"
 )
 
 // spaceHeld is the space the running jobs of this worker will still write
@@ -28,14 +29,14 @@ var errFilledUp = errors.New("the volumes' file system filled up while the job w
 // backend's free space; otherwise it holds them until release is called.
 // Backends that cannot tell (LVM, logical pools) check for themselves.
 func (w *Worker) reserveSpace(ctx context.Context, need int64, what string) (release func(), err error) {
-	sr, ok := w.parts.Backend.(pipeline.SpaceReporter)
+	sr, ok := w.parts.Backend.(volume.SpaceReporter)
 	if !ok || need <= 0 {
 		return func() {}, nil
 	}
 	w.space.mu.Lock()
 	defer w.space.mu.Unlock()
 	free, where, err := sr.FreeSpace(ctx)
-	if errors.Is(err, pipeline.ErrFreeSpaceUnknown) {
+	if errors.Is(err, volume.ErrFreeSpaceUnknown) {
 		return func() {}, nil
 	}
 	if err != nil {
@@ -47,7 +48,7 @@ func (w *Worker) reserveSpace(ctx context.Context, need int64, what string) (rel
 			held = fmt.Sprintf(" (%s of which other running jobs will write)", mib(w.space.bytes))
 		}
 		return nil, fmt.Errorf("%w for %s: it needs %s, and %s has %s free%s; nothing was written: free space there, or provision fewer volumes at once",
-			pipeline.ErrNoSpace, what, mib(need), where, mib(free), held)
+			volume.ErrNoSpace, what, mib(need), where, mib(free), held)
 	}
 	w.space.bytes += need
 	var once sync.Once
@@ -85,11 +86,11 @@ func (w *Worker) imageNeed(ctx context.Context, rep *reporter, ji *jobImage, fit
 // less already bytes the target holds now (a reused volume's, freed as
 // it is zeroed).
 func (w *Worker) reserveImage(ctx context.Context, rep *reporter, ji *jobImage, what string, already int64) (func(), error) {
-	sr, ok := w.parts.Backend.(pipeline.SpaceReporter)
+	sr, ok := w.parts.Backend.(volume.SpaceReporter)
 	if !ok {
 		return func() {}, nil
 	}
-	if _, _, err := sr.FreeSpace(ctx); errors.Is(err, pipeline.ErrFreeSpaceUnknown) {
+	if _, _, err := sr.FreeSpace(ctx); errors.Is(err, volume.ErrFreeSpaceUnknown) {
 		return func() {}, nil // a logical pool: libvirt and LVM check
 	}
 	fits := func(n int64) bool {

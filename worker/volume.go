@@ -11,6 +11,7 @@ import (
 	"github.com/libvirt-volume-provisioner/provisioner/kvstate"
 	"github.com/libvirt-volume-provisioner/provisioner/messaging"
 	"github.com/libvirt-volume-provisioner/provisioner/pipeline"
+	"github.com/libvirt-volume-provisioner/provisioner/volume"
 )
 
 // rawWrite is a raw file a job writes into a volume whole: a seed image or
@@ -21,7 +22,7 @@ type rawWrite struct {
 	want   int64
 	// fits checks an existing volume: the ±5% rule when the job named a
 	// size, or room for the content when it did not.
-	fits func(pipeline.Volume) error
+	fits func(volume.Volume) error
 	// src holds size bytes, already verified.
 	src  string
 	size int64
@@ -76,7 +77,7 @@ func (w *Worker) writeRaw(ctx context.Context, rep *reporter, rec kvstate.Job, r
 		}
 	}
 	if exists {
-		if uc, ok := w.parts.Backend.(pipeline.UseChecker); ok {
+		if uc, ok := w.parts.Backend.(volume.UseChecker); ok {
 			if err := uc.CheckNotInUse(ctx, vol); err != nil {
 				return err
 			}
@@ -100,7 +101,7 @@ func (w *Worker) writeRaw(ctx context.Context, rep *reporter, rec kvstate.Job, r
 	if err := w.parts.Converter.Convert(ctx, img, rw.src, vol, progress); err != nil {
 		return fmt.Errorf("populate volume %q: %w", rw.volume, err)
 	}
-	if r, ok := w.parts.Backend.(pipeline.Refresher); ok {
+	if r, ok := w.parts.Backend.(volume.Refresher); ok {
 		if err := r.Refresh(ctx); err != nil {
 			return fmt.Errorf("refresh the volume's pool: %w", err)
 		}

@@ -21,6 +21,7 @@ import (
 	"github.com/libvirt-volume-provisioner/provisioner/kvstate"
 	"github.com/libvirt-volume-provisioner/provisioner/messaging"
 	"github.com/libvirt-volume-provisioner/provisioner/pipeline"
+	"github.com/libvirt-volume-provisioner/provisioner/volume"
 )
 
 // Slots is how many jobs a worker runs at once; the consumer's
@@ -80,7 +81,7 @@ type Config struct {
 type Parts struct {
 	Source    Source
 	Cache     ImageCache
-	Backend   pipeline.Backend
+	Backend   volume.Backend
 	Converter pipeline.Converter
 	// Checker, when set, checks a newly downloaded image's structure
 	// (qemu-img check) before it is used.
@@ -90,7 +91,7 @@ type Parts struct {
 // StreamConverter is a Converter that can also read a qcow2 image while it
 // downloads (pipeline.Native).
 type StreamConverter interface {
-	ConvertStream(ctx context.Context, img pipeline.Image, part *pipeline.Partial, vol pipeline.Volume, progress pipeline.ProgressFunc) error
+	ConvertStream(ctx context.Context, img pipeline.Image, part *pipeline.Partial, vol volume.Volume, progress pipeline.ProgressFunc) error
 }
 
 // ImageChecker refuses a corrupt or truncated image.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/libvirt-volume-provisioner/provisioner/pipeline"
+	"github.com/libvirt-volume-provisioner/provisioner/volume"
 )
 
 // backendConfig selects and configures the volume backend.
@@ -23,7 +24,7 @@ type backendConfig struct {
 
 // volumes is the opened backend and the cache directory that goes with it.
 type volumes struct {
-	backend pipeline.Backend
+	backend volume.Backend
 	// cacheDir is PROVISIONER_CACHE_DIR, or the images pool's directory
 	// with the libvirt backend.
 	cacheDir string

@@ -27,6 +27,7 @@ import (
 	"github.com/libvirt-volume-provisioner/provisioner/natsconn"
 	"github.com/libvirt-volume-provisioner/provisioner/pipeline"
 	"github.com/libvirt-volume-provisioner/provisioner/telemetry"
+	"github.com/libvirt-volume-provisioner/provisioner/volume"
 	"github.com/libvirt-volume-provisioner/provisioner/worker"
 )
 
@@ -189,7 +190,7 @@ func run(args []string) (err error) {
 			}
 		})
 	}
-	if cl, ok := vols.backend.(pipeline.Cloner); ok {
+	if cl, ok := vols.backend.(volume.Cloner); ok {
 		if ok, reason := cl.CloneSupport(); ok {
 			cache.SetGoldens(cl)
 			logClones(ctx, log, vols.backend, vols.where)

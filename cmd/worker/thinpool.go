@@ -8,11 +8,12 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/libvirt-volume-provisioner/provisioner/pipeline"
+	"github.com/libvirt-volume-provisioner/provisioner/volume"
 )
 
 // logClones says how volumes are clones, and for a thin pool finishes the
 // swaps of volumes a stop interrupted.
-func logClones(ctx context.Context, log *logrus.Logger, backend pipeline.Backend, where string) {
+func logClones(ctx context.Context, log *logrus.Logger, backend volume.Backend, where string) {
 	lb, ok := backend.(*pipeline.LVMBackend)
 	if !ok {
 		log.WithField("volumes", where).Info("volumes are reflink clones of a golden per image")

@@ -13,7 +13,7 @@ import (
 
 	"github.com/libvirt-volume-provisioner/provisioner/messaging"
 	"github.com/libvirt-volume-provisioner/provisioner/natsconn"
-	"github.com/libvirt-volume-provisioner/provisioner/pipeline"
+	"github.com/libvirt-volume-provisioner/provisioner/volume"
 	"github.com/libvirt-volume-provisioner/provisioner/worker"
 )
 
@@ -52,7 +52,7 @@ func newSimHost(name, dir, image string, sleep time.Duration, t *tally, set *wor
 	if err := os.MkdirAll(cache, 0o700); err != nil {
 		return nil, fmt.Errorf("cache directory of %s: %w", name, err)
 	}
-	st := &standInHost{name: name, sleep: sleep, image: image, dir: cache, tally: t, volumes: map[string]pipeline.Volume{}}
+	st := &standInHost{name: name, sleep: sleep, image: image, dir: cache, tally: t, volumes: map[string]volume.Volume{}}
 	return &simHost{state: st, set: set}, nil
 }
 

@@ -14,6 +14,7 @@ import (
 	"github.com/libvirt-volume-provisioner/provisioner/kvstate"
 	"github.com/libvirt-volume-provisioner/provisioner/messaging"
 	"github.com/libvirt-volume-provisioner/provisioner/pipeline"
+	"github.com/libvirt-volume-provisioner/provisioner/volume"
 	"github.com/libvirt-volume-provisioner/provisioner/worker"
 )
 
@@ -137,7 +138,7 @@ type standInHost struct {
 	dir     string
 	tally   *tally
 	mu      sync.Mutex
-	volumes map[string]pipeline.Volume
+	volumes map[string]volume.Volume
 	active  int
 }
 
@@ -155,7 +156,7 @@ type standInPipeline struct {
 var (
 	_ worker.Source      = (*standInPipeline)(nil)
 	_ worker.ImageCache  = (*standInPipeline)(nil)
-	_ pipeline.Backend   = (*standInPipeline)(nil)
+	_ volume.Backend     = (*standInPipeline)(nil)
 	_ pipeline.Converter = (*standInPipeline)(nil)
 )
 
@@ -248,7 +249,7 @@ func (p *standInPipeline) ReconcileReport(context.Context) (pipeline.ReconcileSu
 func (p *standInPipeline) Dir() string { return p.host.dir }
 
 // Lookup finds a volume the host's stand-in backend holds.
-func (p *standInPipeline) Lookup(_ context.Context, name string) (pipeline.Volume, bool, error) {
+func (p *standInPipeline) Lookup(_ context.Context, name string) (volume.Volume, bool, error) {
 	p.host.mu.Lock()
 	defer p.host.mu.Unlock()
 	v, ok := p.host.volumes[name]
@@ -256,13 +257,13 @@ func (p *standInPipeline) Lookup(_ context.Context, name string) (pipeline.Volum
 }
 
 // Create records a volume; nothing is allocated.
-func (p *standInPipeline) Create(_ context.Context, name string, size int64) (pipeline.Volume, error) {
+func (p *standInPipeline) Create(_ context.Context, name string, size int64) (volume.Volume, error) {
 	p.host.mu.Lock()
 	defer p.host.mu.Unlock()
 	if _, ok := p.host.volumes[name]; ok {
-		return pipeline.Volume{}, fmt.Errorf("stand-in backend: volume %q exists", name)
+		return volume.Volume{}, fmt.Errorf("stand-in backend: volume %q exists", name)
 	}
-	v := pipeline.Volume{Name: name, Path: "/standin/" + p.host.name + "/" + name, Size: size}
+	v := volume.Volume{Name: name, Path: "/standin/" + p.host.name + "/" + name, Size: size}
 	p.host.volumes[name] = v
 	return v, nil
 }
@@ -278,7 +279,7 @@ func (p *standInPipeline) Delete(_ context.Context, name string) error {
 // Convert sleeps the job duration, reporting progress, and counts one
 // effect for the job when the sleep ends (the volume "written"). A
 // cancelled job or a killed process leaves no effect.
-func (p *standInPipeline) Convert(ctx context.Context, img pipeline.Image, _ string, vol pipeline.Volume, progress pipeline.ProgressFunc) error {
+func (p *standInPipeline) Convert(ctx context.Context, img pipeline.Image, _ string, vol volume.Volume, progress pipeline.ProgressFunc) error {
 	key := strings.TrimPrefix(vol.Name, volumePrefix)
 	p.host.tally.writeBegins(key)
 	defer p.host.tally.writeEnds(key)

@@ -1,4 +1,4 @@
-package pipeline
+package volume
 
 import (
 	"context"
@@ -8,18 +8,6 @@ import (
 	"fmt"
 	"sync"
 )
-
-// DigestConverter is a Converter that can compute GoldenDigest of the
-// volume it writes in the same pass, from the bytes it writes and the
-// ranges it leaves as zeros, so that a golden need not be read back to be
-// sealed (Native does, for qcow2 and raw images).
-type DigestConverter interface {
-	Converter
-	// WithDigest returns the converter feeding everything it writes into h
-	// (its Convert, and ConvertStream where it streams). A conversion that
-	// starts over needs h.Reset first.
-	WithDigest(h *GoldenHasher) Converter
-}
 
 // DigestSealer is implemented by Cloners that can seal a golden whose
 // digest was computed while it was written (GoldenHasher), instead of

@@ -1,4 +1,4 @@
-package pipeline
+package volume
 
 import (
 	"context"
@@ -11,6 +11,7 @@ import (
 	"sync"
 	"sync/atomic"
 
+	"github.com/libvirt-volume-provisioner/provisioner/internal/fsutil"
 	"golang.org/x/sys/unix"
 )
 
@@ -31,10 +32,6 @@ type Golden struct {
 	// (besides its read-only mode).
 	Immutable bool
 }
-
-// ErrCloneUnsupported matches (errors.Is) the errors of a Cloner asked to
-// clone where its storage cannot (see CloneSupport).
-var ErrCloneUnsupported = errors.New("copy-on-write clones are not possible here")
 
 // Cloner is implemented by backends that can make a volume as a
 // copy-on-write clone of a golden volume, in a time that does not grow with
@@ -94,13 +91,14 @@ func GoldenDigest(ctx context.Context, path string) (string, error) {
 	if !st.Mode().IsRegular() {
 		return "", fmt.Errorf("golden %s is not a regular file", path)
 	}
-	return chunkedDigest(ctx, f, st.Size())
+	return GoldenDigestFile(ctx, f, st.Size())
 }
 
 // digestWorkers is how many chunks GoldenDigest hashes at once.
 const digestWorkers = 4
 
-func chunkedDigest(ctx context.Context, f *os.File, size int64) (string, error) {
+// GoldenDigestFile is GoldenDigest of the first size bytes of the open file f.
+func GoldenDigestFile(ctx context.Context, f *os.File, size int64) (string, error) {
 	n := int((size + goldenChunk - 1) / goldenChunk)
 	sums := make([][sha256.Size]byte, n)
 	var next atomic.Int64
@@ -117,7 +115,7 @@ func chunkedDigest(ctx context.Context, f *os.File, size int64) (string, error) 
 				}
 				off := i * goldenChunk
 				l := min(int64(goldenChunk), size-off)
-				if l == goldenChunk && nextData(f, off, size) >= off+l {
+				if l == goldenChunk && fsutil.NextData(f, off, size) >= off+l {
 					sums[i] = zeroChunkSum
 					continue
 				}
@@ -125,7 +123,7 @@ func chunkedDigest(ctx context.Context, f *os.File, size int64) (string, error) 
 					errs[w] = fmt.Errorf("read golden at %d: %w", off, err)
 					return
 				}
-				if l == goldenChunk && allZero(buf) { // a thin LV's unmapped chunk, say
+				if l == goldenChunk && fsutil.AllZero(buf) { // a thin LV's unmapped chunk, say
 					sums[i] = zeroChunkSum
 					continue
 				}
@@ -147,20 +145,6 @@ func chunkedDigest(ctx context.Context, f *os.File, size int64) (string, error) 
 		outer.Write(sums[i][:])
 	}
 	return hex.EncodeToString(outer.Sum(nil)), nil
-}
-
-// nextData is the first offset at or after off that may hold data: where
-// SEEK_DATA says, size when only a hole follows, off itself when the file
-// system cannot tell.
-func nextData(f *os.File, off, size int64) int64 {
-	d, err := unix.Seek(int(f.Fd()), off, unix.SEEK_DATA)
-	switch {
-	case errors.Is(err, unix.ENXIO):
-		return size
-	case err != nil:
-		return off
-	}
-	return d
 }
 
 // fsImmutableFL is FS_IMMUTABLE_FL (linux/fs.h): a file carrying it cannot
@@ -198,9 +182,9 @@ func IsImmutable(path string) (bool, error) {
 	return flags&fsImmutableFL != 0, nil
 }
 
-// clearImmutable clears the immutable flag of the file at path, if it has
+// ClearImmutable clears the immutable flag of the file at path, if it has
 // one; a file system without flags is not an error.
-func clearImmutable(path string) error {
+func ClearImmutable(path string) error {
 	f, err := os.OpenFile(path, os.O_RDONLY|unix.O_NOFOLLOW, 0)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil

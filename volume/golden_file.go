@@ -1,4 +1,4 @@
-package pipeline
+package volume
 
 import (
 	"context"
@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 
+	"github.com/libvirt-volume-provisioner/provisioner/internal/fsutil"
 	"golang.org/x/sys/unix"
 )
 
@@ -34,7 +36,7 @@ func SealGoldenFile(ctx context.Context, key, prepared, final, digest string) (G
 		return Golden{}, fmt.Errorf("seal golden of %s: %s is not a regular file", key, prepared)
 	}
 	if digest == "" {
-		if digest, err = chunkedDigest(ctx, f, st.Size()); err != nil {
+		if digest, err = GoldenDigestFile(ctx, f, st.Size()); err != nil {
 			return Golden{}, fmt.Errorf("hash golden of %s: %w", key, err)
 		}
 	}
@@ -44,7 +46,7 @@ func SealGoldenFile(ctx context.Context, key, prepared, final, digest string) (G
 	if err := RemoveGoldenFile(final); err != nil {
 		return Golden{}, err
 	}
-	if err := renameNoReplace(prepared, final); err != nil {
+	if err := fsutil.RenameNoReplace(prepared, final); err != nil {
 		return Golden{}, fmt.Errorf("move golden of %s into place: %w", key, err)
 	}
 	g := Golden{Key: key, Path: final, Size: st.Size(), Digest: digest}
@@ -56,13 +58,13 @@ func SealGoldenFile(ctx context.Context, key, prepared, final, digest string) (G
 	default:
 		return Golden{}, fmt.Errorf("make golden of %s immutable: %w", key, err)
 	}
-	return g, syncDir(filepath.Dir(final))
+	return g, fsutil.SyncDir(filepath.Dir(final))
 }
 
 // RemoveGoldenFile removes a sealed golden file, clearing its immutable
 // flag first; a missing file is not an error.
 func RemoveGoldenFile(p string) error {
-	if err := clearImmutable(p); err != nil {
+	if err := ClearImmutable(p); err != nil {
 		return fmt.Errorf("clear the immutable flag of golden %s: %w", p, err)
 	}
 	if err := os.Remove(p); err != nil && !errors.Is(err, os.ErrNotExist) {
@@ -74,3 +76,11 @@ func RemoveGoldenFile(p string) error {
 // ValidGoldenKey accepts cache keys as the cache makes them (hex digests),
 // so that a key is safe in a file or volume name.
 func ValidGoldenKey(key string) error { return validKey(key) }
+
+// validKey accepts cache keys as the cache makes them: hex digests.
+func validKey(key string) error {
+	if len(key) == 0 || len(key) > 128 || strings.Trim(key, "0123456789abcdef") != "" {
+		return fmt.Errorf("golden key %q is not a hex digest", key)
+	}
+	return nil
+}
