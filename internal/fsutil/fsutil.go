@@ -101,4 +101,3 @@ func NextData(f *os.File, off, size int64) int64 {
 	}
 	return d
 }
-
