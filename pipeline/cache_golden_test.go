@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"testing"
 
+	"github.com/libvirt-volume-provisioner/provisioner/volume/file"
+
 	"github.com/stretchr/testify/require"
 
 	"github.com/libvirt-volume-provisioner/provisioner/internal/testenv"
@@ -21,16 +23,19 @@ type goldenFixture struct {
 	cache   *Cache
 	index   kvstate.CacheIndex
 	host    string
-	backend *FileBackend
+	backend *file.Backend
 	src     *MinIOSource
 	m       *testenv.MinIO
 	bucket  string
 }
 
+// goldenSize is an image's virtual size in these tests: not a multiple of 4 KiB.
+const goldenSize = 24<<20 + 512
+
 func newGoldenFixture(t *testing.T, opts CacheOptions) *goldenFixture {
 	t.Helper()
 	m, bucket := needMinIO(t)
-	b, err := NewFileBackend(filepath.Join(testenv.FileSystem(t, testenv.XFS), "volumes"))
+	b, err := file.New(filepath.Join(testenv.FileSystem(t, testenv.XFS), "volumes"))
 	require.NoError(t, err)
 	ok, reason := b.CloneSupport()
 	require.True(t, ok, reason)
@@ -149,7 +154,7 @@ func TestCacheGoldenLifecycle(t *testing.T) {
 	require.NoFileExists(t, e.Path)
 	_, ok = f.entry(t, e.Key)
 	require.False(t, ok)
-	requireVolumeIs(t, clone, rawA)
+	testenv.RequireVolumeIs(t, clone.Path, clone.Size, rawA)
 }
 
 func TestCacheGoldenEvictedWithItsImage(t *testing.T) {
@@ -180,7 +185,7 @@ func TestCacheGoldenEvictedWithItsImage(t *testing.T) {
 	require.NoFileExists(t, eA.Path)
 	_, ok = f.entry(t, eB.Key)
 	require.True(t, ok)
-	requireVolumeIs(t, cloneA, rawA)
+	testenv.RequireVolumeIs(t, cloneA.Path, cloneA.Size, rawA)
 }
 
 func TestCacheGoldenChangedIsDropped(t *testing.T) {

@@ -35,24 +35,6 @@ func garbageVolume(t *testing.T, dir string, size int64) volume.Volume {
 	return volume.Volume{Name: "vol", Path: p, Size: size}
 }
 
-// requireVolumeIs checks that the volume reads as the reference file
-// followed by zeros to its end.
-func requireVolumeIs(t *testing.T, vol volume.Volume, refPath string) {
-	t.Helper()
-	ref, err := os.ReadFile(refPath)
-	require.NoError(t, err)
-	got, err := os.ReadFile(vol.Path)
-	require.NoError(t, err)
-	require.Len(t, got, int(vol.Size))
-	const chunk = 64 << 10
-	for off := 0; off < len(ref); off += chunk {
-		end := min(off+chunk, len(ref))
-		require.True(t, bytes.Equal(ref[off:end], got[off:end]), "volume differs from the image in [%d,%d)", off, end)
-	}
-	tail := got[len(ref):]
-	require.True(t, fsutil.AllZero(tail), "volume is not zero after the image's %d bytes", len(ref))
-}
-
 // progressLog keeps the last populate progress reported.
 type progressLog struct {
 	mu          sync.Mutex
@@ -80,7 +62,7 @@ func TestConvertQCOW2ByteExact(t *testing.T) {
 
 	var pl progressLog
 	require.NoError(t, QemuImg{Path: testenv.QemuImg(t)}.Convert(context.Background(), img, qcow2, vol, pl.fn))
-	requireVolumeIs(t, vol, raw)
+	testenv.RequireVolumeIs(t, vol.Path, vol.Size, raw)
 	require.Positive(t, pl.calls)
 	require.Equal(t, int64(8<<20), pl.done)
 	require.Equal(t, int64(8<<20), pl.total)
@@ -97,7 +79,7 @@ func TestConvertRawByteExact(t *testing.T) {
 
 	var pl progressLog
 	require.NoError(t, QemuImg{}.Convert(context.Background(), img, raw, vol, pl.fn))
-	requireVolumeIs(t, vol, raw)
+	testenv.RequireVolumeIs(t, vol.Path, vol.Size, raw)
 	require.Equal(t, int64(5<<20+4096), pl.done)
 }
 

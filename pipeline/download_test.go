@@ -6,7 +6,6 @@ import (
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sync"
 	"syscall"
@@ -325,27 +324,11 @@ func TestDownloadPermanentErrorsFailAtOnce(t *testing.T) {
 	requireNoEntries(t, index, host)
 }
 
-// mountTmpfs mounts a tmpfs of size at dir until the test ends; it fails
-// under CI and skips elsewhere when that is impossible.
-func mountTmpfs(t *testing.T, dir, size string) {
-	t.Helper()
-	require.NoError(t, os.MkdirAll(dir, 0o750))
-	out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size, "tmpfs", dir).CombinedOutput()
-	if err != nil {
-		msg := "mount a tmpfs (needs root): " + err.Error() + ": " + string(out)
-		if os.Getenv("CI") != "" {
-			t.Fatal(msg)
-		}
-		t.Skip(msg)
-	}
-	t.Cleanup(func() { _ = exec.Command("umount", "-l", dir).Run() })
-}
-
 func TestDownloadCacheFilesystemFull(t *testing.T) {
 	t.Parallel()
 	m, bucket := needMinIO(t)
 	dir := filepath.Join(t.TempDir(), "cache")
-	mountTmpfs(t, dir, "16m")
+	testenv.MountTmpfs(t, dir, "16m")
 	index, host := testIndex(t)
 	cache, err := NewCacheWithOptions(dir, host, index, CacheOptions{MinFreeBytes: 1 << 20})
 	require.NoError(t, err)

@@ -225,7 +225,7 @@ func TestLVMGuestMissingVG(t *testing.T) {
 	b, err := NewLVMBackend("lvg-no-such-vg")
 	require.NoError(t, err)
 	err = b.CheckVolumeGroup(t.Context())
-	require.ErrorContains(t, err, `volume.Volume group "lvg-no-such-vg" not found`, "lvm's stderr is in the error")
+	require.ErrorContains(t, err, `Volume group "lvg-no-such-vg" not found`, "lvm's stderr is in the error")
 	_, _, err = b.Lookup(t.Context(), "x")
 	require.ErrorContains(t, err, "look up logical volume lvg-no-such-vg/x")
 }

@@ -78,7 +78,7 @@ func TestParseLVs(t *testing.T) {
 func TestParseLVsRefusesBadReports(t *testing.T) {
 	t.Parallel()
 	for name, tc := range map[string]struct{ report, err string }{
-		"not json":     {`  volume.Volume group "vg0" not found`, "parse lvs report"},
+		"not json":     {`  Volume group "vg0" not found`, "parse lvs report"},
 		"size suffix":  {`{"report":[{"lv":[{"lv_name":"a","vg_name":"v","lv_size":"1.00g","lv_attr":"-wi-a-----","lv_device_open":"0"}]}]}`, `lvs report for v/a: lv_size "1.00g" is not a byte count`},
 		"negative":     {`{"report":[{"lv":[{"lv_name":"a","vg_name":"v","lv_size":"-1","lv_attr":"-wi-a-----","lv_device_open":"0"}]}]}`, `lv_size "-1" is not a byte count`},
 		"unknown open": {`{"report":[{"lv":[{"lv_name":"a","vg_name":"v","lv_size":"4194304","lv_attr":"-wi-a-----","lv_device_open":"unknown"}]}]}`, `lv_device_open is "unknown": cannot tell whether the volume is open`},
@@ -243,10 +243,10 @@ func TestLVMErrorsCarryStderr(t *testing.T) {
 	b := &LVMBackend{VG: "provisioner-test-no-such-vg", LVM: bin}
 	err = b.CheckVolumeGroup(t.Context())
 	require.ErrorContains(t, err, "volume group provisioner-test-no-such-vg: lvm vgs --reportformat json")
-	require.ErrorContains(t, err, `volume.Volume group "provisioner-test-no-such-vg" not found`)
+	require.ErrorContains(t, err, `Volume group "provisioner-test-no-such-vg" not found`)
 	_, _, err = b.Lookup(t.Context(), "vm-1")
 	require.ErrorContains(t, err, `look up logical volume provisioner-test-no-such-vg/vm-1: lvm lvs`)
-	require.ErrorContains(t, err, `volume.Volume group "provisioner-test-no-such-vg" not found`)
+	require.ErrorContains(t, err, `Volume group "provisioner-test-no-such-vg" not found`)
 }
 
 func TestCappedBuffer(t *testing.T) {

@@ -79,13 +79,13 @@ func TestNativeZlib(t *testing.T) {
 		t.Parallel()
 		vol := zeroedVolume(t, t.TempDir(), virt)
 		nativeConvert(t, Native{}, qcow2, "qcow2", vol)
-		requireVolumeIs(t, vol, ref)
+		testenv.RequireVolumeIs(t, vol.Path, vol.Size, ref)
 	})
 	t.Run("garbage-file", func(t *testing.T) {
 		t.Parallel()
 		vol := garbageVolume(t, t.TempDir(), 20<<20+4096)
 		nativeConvert(t, Native{Workers: 3}, qcow2, "qcow2", vol)
-		requireVolumeIs(t, vol, ref)
+		testenv.RequireVolumeIs(t, vol.Path, vol.Size, ref)
 	})
 	t.Run("loop-device", func(t *testing.T) {
 		t.Parallel()
@@ -133,7 +133,7 @@ func TestNativeFormats(t *testing.T) {
 			vol := garbageVolume(t, dir, tc.size+3<<20+1000)
 			img := nativeConvert(t, Native{Workers: tc.workers}, qcow2, "qcow2", vol)
 			require.Equal(t, tc.size, img.VirtualSize)
-			requireVolumeIs(t, vol, ref)
+			testenv.RequireVolumeIs(t, vol.Path, vol.Size, ref)
 			st, err := os.Stat(vol.Path)
 			require.NoError(t, err)
 			require.Equal(t, vol.Size, st.Size())
@@ -149,7 +149,7 @@ func TestNativeRaw(t *testing.T) {
 	require.NoError(t, testenv.RawImage(raw, 5<<20+4096, 50))
 	vol := garbageVolume(t, dir, 9<<20)
 	nativeConvert(t, Native{}, raw, "raw", vol)
-	requireVolumeIs(t, vol, raw)
+	testenv.RequireVolumeIs(t, vol.Path, vol.Size, raw)
 }
 
 // TestNativeCancel: cancelling mid-way returns the context's error at once.
@@ -269,7 +269,7 @@ func TestNativeZeroClusters(t *testing.T) {
 	ref := qemuReference(t, qcow2)
 	vol := garbageVolume(t, dir, 10<<20)
 	nativeConvert(t, Native{}, qcow2, "qcow2", vol)
-	requireVolumeIs(t, vol, ref)
+	testenv.RequireVolumeIs(t, vol.Path, vol.Size, ref)
 }
 
 // TestNativeZlibDecompressors: every zlib decompressor built in converts
@@ -288,7 +288,7 @@ func TestNativeZlibDecompressors(t *testing.T) {
 		require.NoError(t, SetZlibDecompressor(name))
 		vol := zeroedVolume(t, t.TempDir(), 6<<20)
 		nativeConvert(t, Native{}, qcow2, "qcow2", vol)
-		requireVolumeIs(t, vol, ref)
+		testenv.RequireVolumeIs(t, vol.Path, vol.Size, ref)
 	}
 	require.ErrorContains(t, SetZlibDecompressor("gzip"), `zlib decompressor "gzip" is not built in`)
 }

@@ -198,7 +198,7 @@ func TestStreamConvertWhileDownloading(t *testing.T) {
 	e, err := fetch.Partial.Wait(t.Context())
 	require.NoError(t, err)
 	downloaded := time.Now()
-	requireVolumeIs(t, vol, f.raw)
+	testenv.RequireVolumeIs(t, vol.Path, vol.Size, f.raw)
 	require.False(t, firstData.IsZero())
 	require.True(t, firstData.Before(downloaded), "the conversion wrote nothing before the download ended")
 
@@ -279,5 +279,5 @@ func TestStreamConvertReverseOrder(t *testing.T) {
 	require.NoError(t, Native{}.ConvertStream(t.Context(), img, fetch.Partial, vol, nil))
 	_, err = fetch.Partial.Wait(t.Context())
 	require.NoError(t, err)
-	requireVolumeIs(t, vol, f.raw)
+	testenv.RequireVolumeIs(t, vol.Path, vol.Size, f.raw)
 }

@@ -11,16 +11,7 @@ import (
 
 	"github.com/libvirt-volume-provisioner/provisioner/internal/fsutil"
 	"github.com/libvirt-volume-provisioner/provisioner/messaging"
-	"github.com/libvirt-volume-provisioner/provisioner/volume"
 )
-
-// FreeSpace is the free space of the volume directory's file system.
-func (b FileBackend) FreeSpace(context.Context) (int64, string, error) {
-	free, err := volume.FreeBytes(b.Dir)
-	return free, "the file system of " + b.Dir, err
-}
-
-var _ volume.SpaceReporter = FileBackend{}
 
 // ImageData is how many bytes an image's disk holds outside its zero
 // ranges, what a converter writes at most (it skips ranges that read as

@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/libvirt-volume-provisioner/provisioner/volume/file"
+
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/sirupsen/logrus"
@@ -62,7 +64,7 @@ func TestOneTraceFromRequestToStages(t *testing.T) {
 
 	source, err := pipeline.NewMinIOSource(m.Endpoint, m.AccessKey, m.SecretKey, false)
 	require.NoError(t, err)
-	files, err := pipeline.NewFileBackend(filepath.Join(dir, "volumes"))
+	files, err := file.New(filepath.Join(dir, "volumes"))
 	require.NoError(t, err)
 	w, err := worker.New(ctx, worker.Config{Host: "h1", MachineID: "m1", AckWait: 5 * time.Second, Heartbeat: time.Second, TracerProvider: tp},
 		nc, subjects, worker.Parts{Source: source, Backend: files, Converter: pipeline.QemuImg{}}, log)

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 
+	"github.com/libvirt-volume-provisioner/provisioner/volume/file"
+
 	"github.com/libvirt-volume-provisioner/provisioner/pipeline"
 	"github.com/libvirt-volume-provisioner/provisioner/volume"
 )
@@ -39,11 +41,11 @@ func openBackend(c backendConfig) (volumes, error) {
 	v := volumes{cacheDir: c.cacheDir, close: func() {}}
 	switch c.kind {
 	case "file":
-		open := pipeline.NewFileBackend
+		open := file.New
 		switch c.clones {
 		case "auto":
 		case "off":
-			open = pipeline.NewFileBackendWithoutClones
+			open = file.NewWithoutClones
 		default:
 			return v, fmt.Errorf("PROVISIONER_CLONES=%q: want auto or off", c.clones)
 		}

@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/stretchr/testify/require"
 )
 
 // File systems FileSystem makes.
@@ -87,4 +89,20 @@ func fileSystem(tb testing.TB, kind string, sizeMiB int64) string {
 		}
 	})
 	return mnt
+}
+
+// MountTmpfs mounts a tmpfs of size at dir until the test ends; it fails
+// under CI and skips elsewhere when that is impossible.
+func MountTmpfs(t *testing.T, dir, size string) {
+	t.Helper()
+	require.NoError(t, os.MkdirAll(dir, 0o750))
+	out, err := exec.Command("mount", "-t", "tmpfs", "-o", "size="+size, "tmpfs", dir).CombinedOutput()
+	if err != nil {
+		msg := "mount a tmpfs (needs root): " + err.Error() + ": " + string(out)
+		if os.Getenv("CI") != "" {
+			t.Fatal(msg)
+		}
+		t.Skip(msg)
+	}
+	t.Cleanup(func() { _ = exec.Command("umount", "-l", dir).Run() })
 }

@@ -1,4 +1,4 @@
-package pipeline
+package file
 
 import (
 	"context"
@@ -14,22 +14,22 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// FileBackend keeps volumes as raw files in one directory; a volume's file
+// Backend keeps volumes as raw files in one directory; a volume's file
 // name is its name.
-type FileBackend struct {
+type Backend struct {
 	// Dir is the directory holding the volumes.
 	Dir string
-	// clone is what NewFileBackend found out about reflinks in Dir.
+	// clone is what New found out about reflinks in Dir.
 	clone *fileClones
 }
 
-var _ volume.Backend = FileBackend{}
+var _ volume.Backend = Backend{}
 
-// NewFileBackend makes a backend in dir, creating it if needed, and finds
+// New makes a backend in dir, creating it if needed, and finds
 // out once whether its file system makes reflinks (CloneSupport): then it
 // keeps its goldens in dir/.golden.
-func NewFileBackend(dir string) (*FileBackend, error) {
-	b, err := openFileBackend(dir)
+func New(dir string) (*Backend, error) {
+	b, err := open(dir)
 	if err != nil {
 		return nil, err
 	}
@@ -37,8 +37,8 @@ func NewFileBackend(dir string) (*FileBackend, error) {
 	return b, nil
 }
 
-// openFileBackend makes (if needed) and opens the volume directory.
-func openFileBackend(dir string) (*FileBackend, error) {
+// open makes (if needed) and opens the volume directory.
+func open(dir string) (*Backend, error) {
 	abs, err := filepath.Abs(dir)
 	if err != nil {
 		return nil, fmt.Errorf("volume directory %q: %w", dir, err)
@@ -46,13 +46,13 @@ func openFileBackend(dir string) (*FileBackend, error) {
 	if err := os.MkdirAll(abs, 0o750); err != nil {
 		return nil, fmt.Errorf("create volume directory %s: %w", abs, err)
 	}
-	return &FileBackend{Dir: abs}, nil
+	return &Backend{Dir: abs}, nil
 }
 
-// NewFileBackendWithoutClones is NewFileBackend that never clones (and
+// NewWithoutClones is New that never clones (and
 // creates no golden directory): every volume is converted into.
-func NewFileBackendWithoutClones(dir string) (*FileBackend, error) {
-	b, err := openFileBackend(dir)
+func NewWithoutClones(dir string) (*Backend, error) {
+	b, err := open(dir)
 	if err != nil {
 		return nil, err
 	}
@@ -63,7 +63,7 @@ func NewFileBackendWithoutClones(dir string) (*FileBackend, error) {
 // path returns the file of volume name, refusing names that would leave Dir
 // and names starting with a dot (the backend's own files: goldens, clones
 // about to replace a volume).
-func (b FileBackend) path(name string) (string, error) {
+func (b Backend) path(name string) (string, error) {
 	if name == "" || strings.HasPrefix(name, ".") || strings.ContainsAny(name, "/\x00") {
 		return "", fmt.Errorf("volume name %q is not a plain file name", name)
 	}
@@ -83,7 +83,7 @@ func checkVolumeFile(p string, st os.FileInfo) error {
 }
 
 // Lookup finds the volume name; ok is false when there is no such file.
-func (b FileBackend) Lookup(_ context.Context, name string) (volume.Volume, bool, error) {
+func (b Backend) Lookup(_ context.Context, name string) (volume.Volume, bool, error) {
 	p, err := b.path(name)
 	if err != nil {
 		return volume.Volume{}, false, err
@@ -103,7 +103,7 @@ func (b FileBackend) Lookup(_ context.Context, name string) (volume.Volume, bool
 
 // Create makes a sparse file of size bytes, reading as zeros; it fails if
 // the name exists.
-func (b FileBackend) Create(_ context.Context, name string, size int64) (vol volume.Volume, err error) {
+func (b Backend) Create(_ context.Context, name string, size int64) (vol volume.Volume, err error) {
 	p, err := b.path(name)
 	if err != nil {
 		return volume.Volume{}, err
@@ -144,7 +144,7 @@ func (b FileBackend) Create(_ context.Context, name string, size int64) (vol vol
 }
 
 // Delete removes the volume's file; a missing volume is not an error.
-func (b FileBackend) Delete(_ context.Context, name string) error {
+func (b Backend) Delete(_ context.Context, name string) error {
 	p, err := b.path(name)
 	if err != nil {
 		return err
@@ -165,13 +165,13 @@ func (b FileBackend) Delete(_ context.Context, name string) error {
 	return fsutil.SyncDir(b.Dir)
 }
 
-var _ volume.UseChecker = FileBackend{}
+var _ volume.UseChecker = Backend{}
 
 // CheckNotInUse refuses a volume file on which another open file holds a
 // lock: QEMU locks bytes of every disk image it opens (its image locking,
 // on by default), so a running VM's disk is found this way, as is any
 // other program that locks the file.
-func (b FileBackend) CheckNotInUse(_ context.Context, vol volume.Volume) error {
+func (b Backend) CheckNotInUse(_ context.Context, vol volume.Volume) error {
 	p, err := b.path(vol.Name)
 	if err != nil {
 		return err
@@ -194,3 +194,11 @@ func (b FileBackend) CheckNotInUse(_ context.Context, vol volume.Volume) error {
 	}
 	return nil
 }
+
+// FreeSpace is the free space of the volume directory's file system.
+func (b Backend) FreeSpace(context.Context) (int64, string, error) {
+	free, err := volume.FreeBytes(b.Dir)
+	return free, "the file system of " + b.Dir, err
+}
+
+var _ volume.SpaceReporter = Backend{}

@@ -1,4 +1,4 @@
-package pipeline
+package file
 
 import (
 	"context"
@@ -14,7 +14,7 @@ import (
 func TestFileBackendLifecycle(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	b, err := NewFileBackend(filepath.Join(t.TempDir(), "volumes"))
+	b, err := New(filepath.Join(t.TempDir(), "volumes"))
 	require.NoError(t, err)
 
 	_, ok, err := b.Lookup(ctx, "vm1-root")
@@ -49,7 +49,7 @@ func TestFileBackendRefusesEscapes(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	root := t.TempDir()
-	b, err := NewFileBackend(filepath.Join(root, "volumes"))
+	b, err := New(filepath.Join(root, "volumes"))
 	require.NoError(t, err)
 	outside := filepath.Join(root, "precious")
 	require.NoError(t, os.WriteFile(outside, []byte("keep me"), 0o600))

@@ -1,4 +1,4 @@
-package pipeline
+package file
 
 import (
 	"context"
@@ -15,6 +15,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/libvirt-volume-provisioner/provisioner/internal/testenv"
+	"github.com/libvirt-volume-provisioner/provisioner/pipeline"
 	"github.com/libvirt-volume-provisioner/provisioner/volume"
 )
 
@@ -25,15 +26,15 @@ const goldenSize = 24<<20 + 512
 
 // makeGolden converts a new qcow2 image into a golden of b with the native
 // converter and returns it and the image's raw reference.
-func makeGolden(t *testing.T, b *FileBackend, key string, seed uint64) (volume.Golden, string) {
+func makeGolden(t *testing.T, b *Backend, key string, seed uint64) (volume.Golden, string) {
 	t.Helper()
 	ctx := context.Background()
 	qcow, raw := testenv.QCOW2Image(t, t.TempDir(), goldenSize, seed)
-	img, err := Inspect(qcow, "qcow2")
+	img, err := pipeline.Inspect(qcow, "qcow2")
 	require.NoError(t, err)
 	prep, err := b.PrepareGolden(ctx, key, img.VirtualSize)
 	require.NoError(t, err)
-	require.NoError(t, Native{}.Convert(ctx, img, qcow, prep, nil))
+	require.NoError(t, pipeline.Native{}.Convert(ctx, img, qcow, prep, nil))
 	g, err := b.SealGolden(ctx, key, prep)
 	require.NoError(t, err)
 	return g, raw
@@ -52,7 +53,7 @@ func TestFileBackendReflinkClones(t *testing.T) {
 		t.Run(kind, func(t *testing.T) {
 			t.Parallel()
 			ctx := context.Background()
-			b, err := NewFileBackend(filepath.Join(testenv.FileSystem(t, kind), "volumes"))
+			b, err := New(filepath.Join(testenv.FileSystem(t, kind), "volumes"))
 			require.NoError(t, err)
 			ok, reason := b.CloneSupport()
 			require.True(t, ok, reason)
@@ -77,10 +78,10 @@ func TestFileBackendReflinkClones(t *testing.T) {
 			// Byte-exact clones of the requested size.
 			a, err := b.Clone(ctx, g, "vm-a", 64<<20)
 			require.NoError(t, err)
-			requireVolumeIs(t, a, raw)
+			testenv.RequireVolumeIs(t, a.Path, a.Size, raw)
 			c, err := b.Clone(ctx, g, "vm-b", 32<<20)
 			require.NoError(t, err)
-			requireVolumeIs(t, c, raw)
+			testenv.RequireVolumeIs(t, c.Path, c.Size, raw)
 			_, err = b.Clone(ctx, g, "vm-a", 64<<20)
 			require.ErrorContains(t, err, "already exists")
 			_, err = b.Clone(ctx, g, "vm-small", goldenSize-512)
@@ -100,8 +101,8 @@ func TestFileBackendReflinkClones(t *testing.T) {
 			}
 			require.NoError(t, fa.Sync())
 			require.NoError(t, fa.Close())
-			requireVolumeIs(t, c, raw)
-			requireVolumeIs(t, volume.Volume{Path: g.Path, Size: g.Size}, raw)
+			testenv.RequireVolumeIs(t, c.Path, c.Size, raw)
+			testenv.RequireVolumeIs(t, g.Path, g.Size, raw)
 
 			// Reprovisioning replaces the volume with a fresh clone; the
 			// name never goes missing or reads short meanwhile.
@@ -133,7 +134,7 @@ func TestFileBackendReflinkClones(t *testing.T) {
 			stop.Store(true)
 			wg.Wait()
 			require.Nil(t, bad.Load(), "the volume's name was missing or short during a reclone")
-			requireVolumeIs(t, a, raw)
+			testenv.RequireVolumeIs(t, a.Path, a.Size, raw)
 			require.Equal(t, int64(64<<20), a.Size, "a reclone keeps the volume's size")
 			leftovers, _ := filepath.Glob(filepath.Join(b.Dir, ".vm-a.clone-*"))
 			require.Empty(t, leftovers)
@@ -144,8 +145,8 @@ func TestFileBackendReflinkClones(t *testing.T) {
 			require.Equal(t, []string{key}, keys)
 			require.NoError(t, b.RemoveGolden(ctx, key))
 			require.NoFileExists(t, g.Path)
-			requireVolumeIs(t, a, raw)
-			requireVolumeIs(t, c, raw)
+			testenv.RequireVolumeIs(t, a.Path, a.Size, raw)
+			testenv.RequireVolumeIs(t, c.Path, c.Size, raw)
 			keys, err = b.GoldenKeys(ctx)
 			require.NoError(t, err)
 			require.Empty(t, keys)
@@ -156,7 +157,7 @@ func TestFileBackendReflinkClones(t *testing.T) {
 func TestFileBackendRefusesLockedVolume(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
-	b, err := NewFileBackend(filepath.Join(t.TempDir(), "volumes"))
+	b, err := New(filepath.Join(t.TempDir(), "volumes"))
 	require.NoError(t, err)
 	vol, err := b.Create(ctx, "vm-1", 1<<20)
 	require.NoError(t, err)
@@ -177,7 +178,7 @@ func TestFileBackendWithoutReflinksConverts(t *testing.T) {
 	t.Parallel()
 	ctx := context.Background()
 	tmpfs := filepath.Join(t.TempDir(), "tmpfs")
-	mountTmpfs(t, tmpfs, "64m")
+	testenv.MountTmpfs(t, tmpfs, "64m")
 	xfs := testenv.FileSystem(t, testenv.XFS)
 	crossDir := filepath.Join(xfs, "volumes")
 	require.NoError(t, os.MkdirAll(filepath.Join(crossDir, goldenDirName), 0o750))
@@ -193,7 +194,7 @@ func TestFileBackendWithoutReflinksConverts(t *testing.T) {
 		{"cross-filesystem", crossDir, "are on different file systems"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			b, err := NewFileBackend(tc.dir)
+			b, err := New(tc.dir)
 			require.NoError(t, err)
 			ok, reason := b.CloneSupport()
 			require.False(t, ok)
@@ -212,7 +213,7 @@ func TestFileBackendWithoutReflinksConverts(t *testing.T) {
 	_, err := os.Stat(filepath.Join(tmpfs, "volumes", goldenDirName))
 	require.ErrorIs(t, err, os.ErrNotExist, "a golden directory made for nothing is removed again")
 
-	off, err := NewFileBackendWithoutClones(filepath.Join(xfs, "off"))
+	off, err := NewWithoutClones(filepath.Join(xfs, "off"))
 	require.NoError(t, err)
 	ok, reason := off.CloneSupport()
 	require.False(t, ok)

@@ -1,4 +1,4 @@
-package pipeline
+package file
 
 import (
 	"context"
@@ -26,8 +26,12 @@ import (
 //
 // Volume names never start with a dot, so none of these is a volume.
 const (
-	goldenDirName  = ".golden"
-	goldenMarker   = "libvirt-volume-provisioner goldens, v1: created by the worker; do not edit\n"
+	goldenDirName = ".golden"
+	goldenMarker  = "libvirt-volume-provisioner goldens, v1: created by the worker; do not edit\n"
+	// markerName is the file in the golden directory holding goldenMarker.
+	markerName = "owner"
+	// maxMarkerBytes caps what is read of a marker.
+	maxMarkerBytes = 4 << 10
 	goldenExt      = ".raw"
 	preparePrefix  = ".prepare-"
 	cloneTmpPrefix = "."
@@ -39,7 +43,7 @@ type fileClones struct {
 	reason string // why clones are off
 }
 
-var _ volume.Cloner = FileBackend{}
+var _ volume.Cloner = Backend{}
 
 // probeClones finds out, once per volume directory, whether a file in the
 // golden directory can be cloned into the volume directory (FICLONE), and
@@ -128,7 +132,7 @@ func initGoldenDir(gdir string) error {
 		if serr != nil || !st.IsDir() {
 			return fmt.Errorf("%s exists and is not a directory the provisioner created; move it away to use clones", gdir)
 		}
-		got, rerr := fsutil.ReadSmallFile(marker, maxRecordBytes)
+		got, rerr := fsutil.ReadSmallFile(marker, maxMarkerBytes)
 		if errors.Is(rerr, os.ErrNotExist) {
 			if ents, _ := os.ReadDir(gdir); len(ents) == 0 {
 				rerr = fsutil.WriteFileSync(marker, []byte(goldenMarker))
@@ -148,26 +152,26 @@ func initGoldenDir(gdir string) error {
 
 // DisableClones turns clones off (say why); the worker converts into every
 // volume as it would on a file system without reflinks.
-func (b *FileBackend) DisableClones(reason string) { b.clone = &fileClones{reason: reason} }
+func (b *Backend) DisableClones(reason string) { b.clone = &fileClones{reason: reason} }
 
-// CloneSupport reports what NewFileBackend found: whether the volume
+// CloneSupport reports what New found: whether the volume
 // directory's file system makes reflinks between the golden directory and
 // the volumes.
-func (b FileBackend) CloneSupport() (bool, string) {
+func (b Backend) CloneSupport() (bool, string) {
 	if b.clone == nil {
-		return false, "the backend was not opened with NewFileBackend"
+		return false, "the backend was not opened with New"
 	}
 	return b.clone.dir != "", b.clone.reason
 }
 
-func (b FileBackend) goldenDir() (string, error) {
+func (b Backend) goldenDir() (string, error) {
 	if ok, reason := b.CloneSupport(); !ok {
 		return "", fmt.Errorf("%w: %s", volume.ErrCloneUnsupported, reason)
 	}
 	return b.clone.dir, nil
 }
 
-func (b FileBackend) goldenPath(key string) (string, error) {
+func (b Backend) goldenPath(key string) (string, error) {
 	gdir, err := b.goldenDir()
 	if err != nil {
 		return "", err
@@ -179,7 +183,7 @@ func (b FileBackend) goldenPath(key string) (string, error) {
 }
 
 // PrepareGolden creates a sparse file of size bytes in the golden directory.
-func (b FileBackend) PrepareGolden(_ context.Context, key string, size int64) (volume.Volume, error) {
+func (b Backend) PrepareGolden(_ context.Context, key string, size int64) (volume.Volume, error) {
 	gdir, err := b.goldenDir()
 	if err != nil {
 		return volume.Volume{}, err
@@ -202,16 +206,16 @@ func (b FileBackend) PrepareGolden(_ context.Context, key string, size int64) (v
 // SealGolden flushes the prepared file, hashes it, makes it mode 0444,
 // renames it to <key>.raw and sets the immutable flag where the file
 // system and the worker's privileges allow (Golden.Immutable says).
-func (b FileBackend) SealGolden(ctx context.Context, key string, prepared volume.Volume) (volume.Golden, error) {
+func (b Backend) SealGolden(ctx context.Context, key string, prepared volume.Volume) (volume.Golden, error) {
 	return b.sealGolden(ctx, key, prepared, "")
 }
 
-var _ volume.DigestSealer = FileBackend{}
+var _ volume.DigestSealer = Backend{}
 
 // SealGoldenDigest is SealGolden for a golden hashed while it was written
 // (GoldenHasher): digest is recorded as its content's, and it is not read
 // back.
-func (b FileBackend) SealGoldenDigest(ctx context.Context, key string, prepared volume.Volume, digest string) (volume.Golden, error) {
+func (b Backend) SealGoldenDigest(ctx context.Context, key string, prepared volume.Volume, digest string) (volume.Golden, error) {
 	if digest == "" {
 		return volume.Golden{}, fmt.Errorf("seal golden of %s: no digest given", key)
 	}
@@ -219,7 +223,7 @@ func (b FileBackend) SealGoldenDigest(ctx context.Context, key string, prepared 
 }
 
 // sealGolden seals prepared; digest "" hashes it first.
-func (b FileBackend) sealGolden(ctx context.Context, key string, prepared volume.Volume, digest string) (volume.Golden, error) {
+func (b Backend) sealGolden(ctx context.Context, key string, prepared volume.Volume, digest string) (volume.Golden, error) {
 	final, err := b.goldenPath(key)
 	if err != nil {
 		return volume.Golden{}, err
@@ -232,7 +236,7 @@ func (b FileBackend) sealGolden(ctx context.Context, key string, prepared volume
 }
 
 // RemoveGolden removes key's golden and any file being prepared for it.
-func (b FileBackend) RemoveGolden(_ context.Context, key string) error {
+func (b Backend) RemoveGolden(_ context.Context, key string) error {
 	final, err := b.goldenPath(key)
 	if err != nil {
 		return err
@@ -251,7 +255,7 @@ func (b FileBackend) RemoveGolden(_ context.Context, key string) error {
 }
 
 // GoldenKeys lists the keys with a golden file or one being prepared.
-func (b FileBackend) GoldenKeys(context.Context) ([]string, error) {
+func (b Backend) GoldenKeys(context.Context) ([]string, error) {
 	gdir, err := b.goldenDir()
 	if err != nil {
 		return nil, err
@@ -285,7 +289,7 @@ func (b FileBackend) GoldenKeys(context.Context) ([]string, error) {
 }
 
 // Clone creates volume name as a reflink of g, then grows it to size.
-func (b FileBackend) Clone(_ context.Context, g volume.Golden, name string, size int64) (vol volume.Volume, err error) {
+func (b Backend) Clone(_ context.Context, g volume.Golden, name string, size int64) (vol volume.Volume, err error) {
 	p, err := b.path(name)
 	if err != nil {
 		return volume.Volume{}, err
@@ -349,7 +353,7 @@ func cloneInto(f *os.File, g volume.Golden, size int64) error {
 
 // Reclone clones g to a temporary name next to vol, gives it vol's size,
 // mode and owner, and renames it over vol.
-func (b FileBackend) Reclone(_ context.Context, g volume.Golden, vol volume.Volume) (volume.Volume, error) {
+func (b Backend) Reclone(_ context.Context, g volume.Golden, vol volume.Volume) (volume.Volume, error) {
 	p, err := b.path(vol.Name)
 	if err != nil {
 		return volume.Volume{}, err
