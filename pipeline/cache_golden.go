@@ -26,17 +26,6 @@ type GoldenStore interface {
 	GoldenKeys(ctx context.Context) ([]string, error)
 }
 
-// GoldenInspector is implemented by golden stores whose goldens are not
-// files of their own (the lvm backend's thin LVs): they describe a sealed
-// golden for its record, tell whether a recorded one is still the one
-// sealed (in time that does not depend on its size), and hash its content
-// as GoldenDigest does. Without it the cache treats goldens as files.
-type GoldenInspector interface {
-	GoldenRecord(ctx context.Context, g volume.Golden) (kvstate.Golden, error)
-	GoldenUnchanged(ctx context.Context, rec kvstate.Golden) (bool, error)
-	DigestGolden(ctx context.Context, path string) (string, error)
-}
-
 // ErrGoldenCorrupt: a golden's content no longer has the digest recorded
 // when it was sealed.
 var ErrGoldenCorrupt = errors.New("the golden no longer matches the digest recorded when it was made")
@@ -126,7 +115,7 @@ func goldenUnchanged(rec kvstate.Golden) bool {
 // goldenUnchanged is the golden store's GoldenUnchanged, or for files the
 // check of their device, inode, size, mode and ctime.
 func (c *Cache) goldenUnchanged(ctx context.Context, rec kvstate.Golden) (bool, error) {
-	if gi, ok := c.goldens.(GoldenInspector); ok {
+	if gi, ok := c.goldens.(volume.GoldenInspector); ok {
 		return gi.GoldenUnchanged(ctx, rec)
 	}
 	return goldenUnchanged(rec), nil
@@ -134,7 +123,7 @@ func (c *Cache) goldenUnchanged(ctx context.Context, rec kvstate.Golden) (bool, 
 
 // goldenDigest is the golden store's DigestGolden, or GoldenDigest.
 func (c *Cache) goldenDigest(ctx context.Context, path string) (string, error) {
-	if gi, ok := c.goldens.(GoldenInspector); ok {
+	if gi, ok := c.goldens.(volume.GoldenInspector); ok {
 		return gi.DigestGolden(ctx, path)
 	}
 	return volume.GoldenDigest(ctx, path)
@@ -142,7 +131,7 @@ func (c *Cache) goldenDigest(ctx context.Context, path string) (string, error) {
 
 // goldenRecord describes the sealed golden g for its entry.
 func (c *Cache) goldenRecord(ctx context.Context, g volume.Golden) (kvstate.Golden, error) {
-	if gi, ok := c.goldens.(GoldenInspector); ok {
+	if gi, ok := c.goldens.(volume.GoldenInspector); ok {
 		return gi.GoldenRecord(ctx, g)
 	}
 	st, err := os.Lstat(g.Path)

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/libvirt-volume-provisioner/provisioner/internal/cmdutil"
 )
 
 // checkTimeout bounds qemu-img check; it reads only the image's metadata.
@@ -31,8 +33,7 @@ func (q QemuImg) Check(ctx context.Context, img Image, path string) error {
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, "check", "-f", "qcow2", "--output=json", path)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
-	var stderr tailBuffer
-	stderr.max = stderrTail
+	stderr := cmdutil.Tail{Max: stderrTail}
 	cmd.Stderr = &stderr
 	var stdout bytes.Buffer
 	cmd.Stdout = &stdout

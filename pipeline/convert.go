@@ -13,7 +13,6 @@ import (
 	"runtime"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 	"unsafe"
@@ -21,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 	"golang.org/x/time/rate"
 
+	"github.com/libvirt-volume-provisioner/provisioner/internal/cmdutil"
 	"github.com/libvirt-volume-provisioner/provisioner/internal/fsutil"
 	"github.com/libvirt-volume-provisioner/provisioner/messaging"
 	"github.com/libvirt-volume-provisioner/provisioner/volume"
@@ -167,7 +167,7 @@ func (q QemuImg) convertQCOW2(ctx context.Context, img Image, src, target string
 		return syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 	}
 	cmd.WaitDelay = 5 * time.Second
-	stderr := &tailBuffer{max: stderrTail}
+	stderr := &cmdutil.Tail{Max: stderrTail}
 	cmd.Stderr = stderr
 	cmd.Stdout = &progressWriter{fn: func(pct float64) {
 		progress(StagePopulate, int64(pct/100*float64(img.VirtualSize)), img.VirtualSize)
@@ -414,29 +414,6 @@ func (w *progressWriter) line(b []byte) {
 	}
 }
 
-// tailBuffer keeps the last max bytes written to it.
-type tailBuffer struct {
-	mu  sync.Mutex
-	max int
-	buf []byte
-}
-
-func (t *tailBuffer) Write(p []byte) (int, error) {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	t.buf = append(t.buf, p...)
-	if len(t.buf) > t.max {
-		t.buf = append([]byte(nil), t.buf[len(t.buf)-t.max:]...)
-	}
-	return len(p), nil
-}
-
-func (t *tailBuffer) String() string {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return string(t.buf)
-}
-
 // resolveTarget returns the path to write: a regular file as is, or a block
 // device, following a symlink only when it leads to a block device under
 // /dev (as /dev/<vg>/<lv> leads to /dev/dm-N). block tells which.
@@ -454,7 +431,7 @@ func resolveTarget(path string) (string, bool, error) {
 		if err != nil {
 			return "", false, err
 		}
-		if !isBlockDevice(rst) || !strings.HasPrefix(real, "/dev/") {
+		if !fsutil.IsBlockDevice(rst) || !strings.HasPrefix(real, "/dev/") {
 			return "", false, fmt.Errorf("%s is a symlink to %s, not to a block device; refusing to follow it", path, real)
 		}
 		return real, true, nil
@@ -462,14 +439,10 @@ func resolveTarget(path string) (string, bool, error) {
 	switch {
 	case st.Mode().IsRegular():
 		return path, false, nil
-	case isBlockDevice(st):
+	case fsutil.IsBlockDevice(st):
 		return path, true, nil
 	}
 	return "", false, fmt.Errorf("%s is neither a regular file nor a block device", path)
-}
-
-func isBlockDevice(st os.FileInfo) bool {
-	return st.Mode()&os.ModeDevice != 0 && st.Mode()&os.ModeCharDevice == 0
 }
 
 // targetSize is a file's size or a block device's size (BLKGETSIZE64).
@@ -483,7 +456,7 @@ func targetSize(path string) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
-	if !isBlockDevice(st) {
+	if !fsutil.IsBlockDevice(st) {
 		return st.Size(), nil
 	}
 	var size uint64

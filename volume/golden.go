@@ -12,6 +12,7 @@ import (
 	"sync/atomic"
 
 	"github.com/libvirt-volume-provisioner/provisioner/internal/fsutil"
+	"github.com/libvirt-volume-provisioner/provisioner/kvstate"
 	"golang.org/x/sys/unix"
 )
 
@@ -198,4 +199,15 @@ func ClearImmutable(path string) error {
 		return nil
 	}
 	return err
+}
+
+// GoldenInspector is implemented by golden stores whose goldens are not
+// files of their own (the lvm backend's thin LVs): they describe a sealed
+// golden for its record, tell whether a recorded one is still the one
+// sealed (in time that does not depend on its size), and hash its content
+// as GoldenDigest does. Without it the cache treats goldens as files.
+type GoldenInspector interface {
+	GoldenRecord(ctx context.Context, g Golden) (kvstate.Golden, error)
+	GoldenUnchanged(ctx context.Context, rec kvstate.Golden) (bool, error)
+	DigestGolden(ctx context.Context, path string) (string, error)
 }

@@ -4,9 +4,10 @@ import (
 	"context"
 	"fmt"
 
+	"github.com/libvirt-volume-provisioner/provisioner/volume/lvm"
+
 	"github.com/libvirt-volume-provisioner/provisioner/volume/file"
 
-	"github.com/libvirt-volume-provisioner/provisioner/pipeline"
 	"github.com/libvirt-volume-provisioner/provisioner/volume"
 )
 
@@ -71,10 +72,10 @@ func openBackend(c backendConfig) (volumes, error) {
 // openLVM opens the lvm backend: thick LVs in PROVISIONER_LVM_VG, or with
 // PROVISIONER_LVM_THINPOOL thin snapshots of a golden per image in that
 // pool (whose VG is then the volumes').
-func openLVM(c backendConfig) (*pipeline.LVMBackend, error) {
+func openLVM(c backendConfig) (*lvm.Backend, error) {
 	vg, pool := c.vg, ""
 	if c.thinPool != "" {
-		pvg, p, err := pipeline.ParseThinPool(c.thinPool)
+		pvg, p, err := lvm.ParseThinPool(c.thinPool)
 		if err != nil {
 			return nil, fmt.Errorf("PROVISIONER_LVM_THINPOOL: %w", err)
 		}
@@ -89,7 +90,7 @@ func openLVM(c backendConfig) (*pipeline.LVMBackend, error) {
 	if c.thinMaxUsed < 1 || c.thinMaxUsed > 100 {
 		return nil, fmt.Errorf("PROVISIONER_LVM_THINPOOL_MAX_USED_PERCENT=%d: want 1 to 100", c.thinMaxUsed)
 	}
-	b, err := pipeline.NewLVMBackend(vg)
+	b, err := lvm.New(vg)
 	if err != nil {
 		return nil, err
 	}

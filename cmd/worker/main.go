@@ -17,6 +17,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/libvirt-volume-provisioner/provisioner/volume/lvm"
+
 	"github.com/nats-io/nats.go"
 	"github.com/sirupsen/logrus"
 
@@ -198,7 +200,7 @@ func run(args []string) (err error) {
 			log.WithFields(logrus.Fields{"volumes": vols.where, "reason": reason}).Info("clones are not possible here; every volume is converted into")
 		}
 	}
-	if lb, ok := vols.backend.(*pipeline.LVMBackend); ok && lb.Pool != "" {
+	if lb, ok := vols.backend.(*lvm.Backend); ok && lb.Pool != "" {
 		w.Registry().MustRegister(newThinPoolCollector(lb))
 	}
 	w.SetCache(cache)

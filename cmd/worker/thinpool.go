@@ -4,17 +4,18 @@ import (
 	"context"
 	"time"
 
+	"github.com/libvirt-volume-provisioner/provisioner/volume/lvm"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/sirupsen/logrus"
 
-	"github.com/libvirt-volume-provisioner/provisioner/pipeline"
 	"github.com/libvirt-volume-provisioner/provisioner/volume"
 )
 
 // logClones says how volumes are clones, and for a thin pool finishes the
 // swaps of volumes a stop interrupted.
 func logClones(ctx context.Context, log *logrus.Logger, backend volume.Backend, where string) {
-	lb, ok := backend.(*pipeline.LVMBackend)
+	lb, ok := backend.(*lvm.Backend)
 	if !ok {
 		log.WithField("volumes", where).Info("volumes are reflink clones of a golden per image")
 		return
@@ -33,12 +34,12 @@ func logClones(ctx context.Context, log *logrus.Logger, backend volume.Backend, 
 // thinPoolCollector exports how full the lvm backend's thin pool is, read
 // with lvs at each scrape.
 type thinPoolCollector struct {
-	b                                  *pipeline.LVMBackend
+	b                                  *lvm.Backend
 	dataUsed, metaUsed, dataSize, meta *prometheus.Desc
 	up                                 *prometheus.Desc
 }
 
-func newThinPoolCollector(b *pipeline.LVMBackend) *thinPoolCollector {
+func newThinPoolCollector(b *lvm.Backend) *thinPoolCollector {
 	labels := prometheus.Labels{"pool": b.PoolName()}
 	desc := func(name, help string) *prometheus.Desc {
 		return prometheus.NewDesc("libvirt_volume_provisioner_lvm_thinpool_"+name, help, nil, labels)

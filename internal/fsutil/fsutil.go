@@ -101,3 +101,9 @@ func NextData(f *os.File, off, size int64) int64 {
 	}
 	return d
 }
+
+// IsBlockDevice reports whether st is a block device (not a character one).
+func IsBlockDevice(st os.FileInfo) bool {
+	return st.Mode()&os.ModeDevice != 0 && st.Mode()&os.ModeCharDevice == 0
+}
+

@@ -1,8 +1,8 @@
 #!/bin/bash
 # End-to-end tests of the LVM backend against real LVM. The host kernel may
 # lack device-mapper, so this boots a small VM instead: Debian's kernel, a
-# busybox + lvm2 + qemu-img initramfs, and the pipeline package's tests
-# compiled with -tags lvmguest (pipeline/lvm_guest_test.go). The guest's init
+# busybox + lvm2 + qemu-img initramfs, and the lvm backend's tests
+# compiled with -tags lvmguest (volume/lvm/*_guest_test.go). The guest's init
 # makes a volume group on a sparse virtio disk and a thin pool in it, runs the
 # tests, prints
 # "LVMGUEST-RESULT: PASS" or "LVMGUEST-RESULT: FAIL" on the serial console
@@ -109,9 +109,9 @@ VMLINUZ=$KX/boot/vmlinuz-$KV
 MODDIR=$KX/lib/modules/$KV/kernel
 
 # ------------------------------------------------------------ test binary
-log "building the pipeline tests (-tags lvmguest, static)"
+log "building the lvm backend tests (-tags lvmguest, static)"
 (cd "$ROOT" && CGO_ENABLED=0 GOOS=linux GOARCH=amd64 go test -c -tags lvmguest -trimpath \
-   -ldflags='-s -w' -o "$W/pipeline.test" ./pipeline)
+   -ldflags='-s -w' -o "$W/lvm.test" ./volume/lvm)
 
 # ------------------------------------------------------------ images
 # A raw disk with data in some 64 KiB blocks and holes elsewhere, ending off
@@ -153,7 +153,7 @@ for m in $MODS; do
   cp "$MODDIR/$m.ko" "$R/lib/modules/"
   INSMOD="$INSMOD ${m##*/}"
 done
-cp "$W/pipeline.test" "$R/usr/bin/pipeline.test"
+cp "$W/lvm.test" "$R/usr/bin/lvm.test"
 cp "$W/images/ref.raw" "$W/images/image.qcow2" "$R/images/"
 
 cat > "$R/etc/lvm/lvm.conf" <<'EOF'
@@ -193,7 +193,7 @@ lvm vgcreate -q $VG /dev/vda >/dev/null || verdict "FAIL vgcreate"
 lvm lvcreate -q --type thin-pool -L ${POOL_MB}m -n thinpool $VG >/dev/null || verdict "FAIL thin pool"
 lvm lvchange -q --errorwhenfull y $VG/thinpool >/dev/null || verdict "FAIL thin pool errorwhenfull"
 echo "LVMGUEST-TESTS-BEGIN uptime=\$(cut -d' ' -f1 /proc/uptime)"
-LVMGUEST_VG=$VG LVMGUEST_THINPOOL=$VG/thinpool LVMGUEST_BENCH=$BENCH LVMGUEST_IMAGES=/images pipeline.test -test.v -test.count=1 -test.timeout=${TEST_TIMEOUT}s -test.run '$RUN' 2>&1
+LVMGUEST_VG=$VG LVMGUEST_THINPOOL=$VG/thinpool LVMGUEST_BENCH=$BENCH LVMGUEST_IMAGES=/images lvm.test -test.v -test.count=1 -test.timeout=${TEST_TIMEOUT}s -test.run '$RUN' 2>&1
 rc=\$?
 echo "LVMGUEST-TESTS-END rc=\$rc uptime=\$(cut -d' ' -f1 /proc/uptime)"
 echo "LVMGUEST-LVS \$(lvm lvs --noheadings -o lv_name $VG | tr -s ' \n' ' ')"

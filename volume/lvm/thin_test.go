@@ -1,4 +1,4 @@
-package pipeline
+package lvm
 
 import (
 	"os"
@@ -50,7 +50,7 @@ func TestParseThinPool(t *testing.T) {
 
 func TestThinLVsReport(t *testing.T) {
 	t.Parallel()
-	b := &LVMBackend{VG: "vg0", LVM: fakeLVM(t, thinPoolReport), Pool: "pool", thinChecked: true}
+	b := &Backend{VG: "vg0", LVM: fakeLVM(t, thinPoolReport), Pool: "pool", thinChecked: true}
 	lvs, err := b.thinLVs(t.Context(), "")
 	require.NoError(t, err)
 	require.Len(t, lvs, 3)
@@ -77,7 +77,7 @@ func TestThinLVsReport(t *testing.T) {
 
 func TestThinPoolRoom(t *testing.T) {
 	t.Parallel()
-	b := &LVMBackend{VG: "vg0", LVM: fakeLVM(t, thinPoolReport), Pool: "pool", thinChecked: true}
+	b := &Backend{VG: "vg0", LVM: fakeLVM(t, thinPoolReport), Pool: "pool", thinChecked: true}
 	ctx := t.Context()
 	require.NoError(t, b.checkPoolRoom(ctx, 0, "a snapshot"), "90% used, 95% allowed")
 	require.NoError(t, b.checkPoolRoom(ctx, 16<<20, "a golden"))
@@ -99,7 +99,7 @@ func TestThinPoolRoom(t *testing.T) {
 func TestThinRefusedWithoutPool(t *testing.T) {
 	t.Parallel()
 	ctx := t.Context()
-	b := &LVMBackend{VG: "vg0", LVM: "/nonexistent/lvm"}
+	b := &Backend{VG: "vg0", LVM: "/nonexistent/lvm"}
 	ok, reason := b.CloneSupport()
 	require.False(t, ok)
 	require.Contains(t, reason, "PROVISIONER_LVM_THINPOOL")
@@ -118,7 +118,7 @@ func TestThinRefusedWithoutPool(t *testing.T) {
 
 func TestThinGoldenUnchangedNeedsItsLV(t *testing.T) {
 	t.Parallel()
-	b := &LVMBackend{VG: "vg0", LVM: fakeLVM(t, thinPoolReport), Pool: "pool", thinChecked: true}
+	b := &Backend{VG: "vg0", LVM: fakeLVM(t, thinPoolReport), Pool: "pool", thinChecked: true}
 	rec := kvstate.Golden{Path: "/dev/vg0/.golden-ab12", Size: 20971520, LVUUID: "SN6Glc-16U8-537I-5RgL-6iy0-gc5d-pTcKxl"}
 	same, err := b.GoldenUnchanged(t.Context(), rec)
 	require.NoError(t, err)

@@ -11,7 +11,7 @@
 // qcow2's disk, byte for byte), made on the host; without it the images
 // are made here with qemu-img.
 
-package pipeline
+package lvm
 
 import (
 	"bytes"
@@ -27,20 +27,22 @@ import (
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
 
+	"github.com/libvirt-volume-provisioner/provisioner/internal/fsutil"
 	"github.com/libvirt-volume-provisioner/provisioner/internal/testenv"
+	"github.com/libvirt-volume-provisioner/provisioner/pipeline"
 	"github.com/libvirt-volume-provisioner/provisioner/volume"
 )
 
 const guestLVSize = 32 << 20
 
 // guestBackend is the backend on the guest's volume group, or skips.
-func guestBackend(t *testing.T) *LVMBackend {
+func guestBackend(t *testing.T) *Backend {
 	t.Helper()
 	vg := os.Getenv("LVMGUEST_VG")
 	if vg == "" {
 		t.Skip("LVMGUEST_VG is not set: these tests run inside the VM of tests/lvmguest/run.sh")
 	}
-	b, err := NewLVMBackend(vg)
+	b, err := New(vg)
 	require.NoError(t, err)
 	require.NoError(t, b.CheckVolumeGroup(t.Context()))
 	return b
@@ -56,7 +58,7 @@ func guestImages(t *testing.T) (qcow2, raw string) {
 }
 
 // createLV makes LV name and removes it when the test ends.
-func createLV(t *testing.T, b *LVMBackend, name string, size int64) volume.Volume {
+func createLV(t *testing.T, b *Backend, name string, size int64) volume.Volume {
 	t.Helper()
 	vol, err := b.Create(t.Context(), name, size)
 	require.NoError(t, err)
@@ -69,7 +71,7 @@ func createLV(t *testing.T, b *LVMBackend, name string, size int64) volume.Volum
 }
 
 // vgLVs lists the names of every LV in the volume group, as lvs reports them.
-func vgLVs(t *testing.T, b *LVMBackend) map[string]lvInfo {
+func vgLVs(t *testing.T, b *Backend) map[string]lvInfo {
 	t.Helper()
 	out, err := b.run(t.Context(), "lvs", "--reportformat", "json", "--units", "b", "--nosuffix", "--binary", "-o", lvFields, b.VG)
 	require.NoError(t, err)
@@ -83,7 +85,7 @@ func vgLVs(t *testing.T, b *LVMBackend) map[string]lvInfo {
 }
 
 // segments is where LV name lies on its PVs (seg_pe_ranges).
-func segments(t *testing.T, b *LVMBackend, name string) string {
+func segments(t *testing.T, b *Backend, name string) string {
 	t.Helper()
 	out, err := b.run(t.Context(), "lvs", "--reportformat", "json", "-o", "seg_pe_ranges", b.VG+"/"+name)
 	require.NoError(t, err)
@@ -188,7 +190,7 @@ func TestLVMGuestCreate(t *testing.T) {
 	require.NoError(t, err)
 	st, err = os.Stat(real)
 	require.NoError(t, err)
-	require.True(t, isBlockDevice(st), "%s is a block device", real)
+	require.True(t, fsutil.IsBlockDevice(st), "%s is a block device", real)
 	require.Equal(t, int64(guestLVSize), deviceSize(t, vol.Path))
 
 	got, ok, err := b.Lookup(ctx, "lvg-create")
@@ -222,7 +224,7 @@ func TestLVMGuestLookupAbsent(t *testing.T) {
 func TestLVMGuestMissingVG(t *testing.T) {
 	t.Parallel()
 	guestBackend(t)
-	b, err := NewLVMBackend("lvg-no-such-vg")
+	b, err := New("lvg-no-such-vg")
 	require.NoError(t, err)
 	err = b.CheckVolumeGroup(t.Context())
 	require.ErrorContains(t, err, `Volume group "lvg-no-such-vg" not found`, "lvm's stderr is in the error")
@@ -348,7 +350,7 @@ func TestLVMGuestConvert(t *testing.T) {
 	t.Parallel()
 	b := guestBackend(t)
 	qcow2, raw := guestImages(t)
-	converters := map[string]Converter{"native": Native{}, "qemu-img": QemuImg{}}
+	converters := map[string]pipeline.Converter{"native": pipeline.Native{}, "qemu-img": pipeline.QemuImg{}}
 	for _, name := range []string{"native-qcow2", "native-raw", "qemu-img-qcow2", "qemu-img-raw"} {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
@@ -357,11 +359,11 @@ func TestLVMGuestConvert(t *testing.T) {
 			format := name[strings.LastIndex(name, "-")+1:]
 			conv := converters[name[:strings.LastIndex(name, "-")]]
 			src := map[string]string{"qcow2": qcow2, "raw": raw}[format]
-			img, err := Inspect(src, format)
+			img, err := pipeline.Inspect(src, format)
 			require.NoError(t, err)
 			var last int64
 			err = conv.Convert(t.Context(), img, src, vol, func(stage string, done, total int64) {
-				require.Equal(t, StagePopulate, stage)
+				require.Equal(t, pipeline.StagePopulate, stage)
 				require.GreaterOrEqual(t, done, last, "progress never goes backwards")
 				last = done
 			})
@@ -393,9 +395,9 @@ func TestLVMGuestNewLVOverGarbage(t *testing.T) {
 	before := readDevice(t, vol.Path, vol.Size)
 	require.Equal(t, bytes.Repeat([]byte{0xAB}, len(before)), before, "a new LV reads as what the old one left")
 
-	img, err := Inspect(qcow2, "qcow2")
+	img, err := pipeline.Inspect(qcow2, "qcow2")
 	require.NoError(t, err)
-	require.NoError(t, QemuImg{}.Convert(ctx, img, qcow2, vol, nil))
+	require.NoError(t, pipeline.QemuImg{}.Convert(ctx, img, qcow2, vol, nil))
 	requireLVHolds(t, vol.Path, raw, vol.Size)
 }
 
@@ -405,14 +407,14 @@ func TestLVMGuestConvertRefusesTooSmall(t *testing.T) {
 	t.Parallel()
 	b := guestBackend(t)
 	qcow2, _ := guestImages(t)
-	img, err := Inspect(qcow2, "qcow2")
+	img, err := pipeline.Inspect(qcow2, "qcow2")
 	require.NoError(t, err)
 	vg, err := b.vg(t.Context())
 	require.NoError(t, err)
 	vol := createLV(t, b, "lvg-small", vg.ExtentSize)
 	require.Less(t, vol.Size, img.VirtualSize, "the test image must be larger than one extent")
 	fillDevice(t, vol.Path, vol.Size, 0xAB)
-	err = QemuImg{}.Convert(t.Context(), img, qcow2, vol, nil)
+	err = pipeline.QemuImg{}.Convert(t.Context(), img, qcow2, vol, nil)
 	require.ErrorContains(t, err, "larger than the volume's")
 	got := readDevice(t, vol.Path, vol.Size)
 	require.Equal(t, bytes.Repeat([]byte{0xAB}, len(got)), got, "the LV was not touched")

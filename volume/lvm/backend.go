@@ -1,4 +1,4 @@
-package pipeline
+package lvm
 
 import (
 	"bytes"
@@ -13,6 +13,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/libvirt-volume-provisioner/provisioner/internal/cmdutil"
 	"github.com/libvirt-volume-provisioner/provisioner/messaging"
 	"github.com/libvirt-volume-provisioner/provisioner/volume"
 )
@@ -34,11 +35,11 @@ const vgFields = "vg_name,vg_free,vg_size,vg_extent_size"
 
 var vgNameRE = regexp.MustCompile(`^[A-Za-z0-9_.+][A-Za-z0-9_.+-]*$`)
 
-// LVMBackend keeps volumes as logical volumes in one LVM volume group; a
+// Backend keeps volumes as logical volumes in one LVM volume group; a
 // volume's LV name is its name and its path is /dev/<vg>/<name>. New LVs
 // are thick (linear) and exactly the requested size. It runs lvm2's
 // commands with LC_ALL=C and reads their JSON reports, never their text.
-type LVMBackend struct {
+type Backend struct {
 	// VG is the volume group holding the volumes.
 	VG string
 	// LVM is the lvm binary; "" means "lvm" on PATH.
@@ -55,18 +56,18 @@ type LVMBackend struct {
 }
 
 var (
-	_ volume.Backend    = (*LVMBackend)(nil)
-	_ volume.UseChecker = (*LVMBackend)(nil)
-	_ volume.Cloner     = (*LVMBackend)(nil)
+	_ volume.Backend    = (*Backend)(nil)
+	_ volume.UseChecker = (*Backend)(nil)
+	_ volume.Cloner     = (*Backend)(nil)
 )
 
-// NewLVMBackend makes a backend for volume group vg. It checks only the
+// New makes a backend for volume group vg. It checks only the
 // name; CheckVolumeGroup asks LVM whether the group exists.
-func NewLVMBackend(vg string) (*LVMBackend, error) {
+func New(vg string) (*Backend, error) {
 	if err := validateVGName(vg); err != nil {
 		return nil, err
 	}
-	return &LVMBackend{VG: vg, LVM: "lvm"}, nil
+	return &Backend{VG: vg, LVM: "lvm"}, nil
 }
 
 // validateVGName accepts LVM volume group names: 1–127 of A-Za-z0-9_.+-,
@@ -97,6 +98,9 @@ type InUseError struct {
 func (e *InUseError) Error() string {
 	return fmt.Sprintf("logical volume %s/%s is open (a running VM may be using it); refusing to %s it", e.VG, e.LV, e.Action)
 }
+
+// Is makes an InUseError match volume.ErrInUse.
+func (e *InUseError) Is(target error) bool { return target == volume.ErrInUse }
 
 // lvRow is one row of an lvs JSON report; LVM reports every value as a string.
 type lvRow struct {
@@ -290,7 +294,7 @@ func lvremoveArgs(vg, name string) []string {
 
 // run runs lvm with args and returns its stdout; the error carries the
 // command and the tail of its stderr.
-func (b *LVMBackend) run(ctx context.Context, args ...string) ([]byte, error) {
+func (b *Backend) run(ctx context.Context, args ...string) ([]byte, error) {
 	bin := b.LVM
 	if bin == "" {
 		bin = "lvm"
@@ -299,7 +303,7 @@ func (b *LVMBackend) run(ctx context.Context, args ...string) ([]byte, error) {
 	cmd.Env = lvmEnv()
 	cmd.WaitDelay = 5 * time.Second
 	stdout := &cappedBuffer{max: lvmReportLimit}
-	stderr := &tailBuffer{max: stderrTail}
+	stderr := &cmdutil.Tail{Max: 4 << 10}
 	cmd.Stdout, cmd.Stderr = stdout, stderr
 	err := cmd.Run()
 	if err != nil {
@@ -317,7 +321,7 @@ func (b *LVMBackend) run(ctx context.Context, args ...string) ([]byte, error) {
 // change runs a command that changes LVM metadata (lvcreate, lvremove): it
 // does not start once ctx is done, and once started it runs to its end
 // (bounded by lvmChangeTimeout) even if ctx ends meanwhile.
-func (b *LVMBackend) change(ctx context.Context, args ...string) error {
+func (b *Backend) change(ctx context.Context, args ...string) error {
 	if err := ctx.Err(); err != nil {
 		return fmt.Errorf("lvm %s not started: %w", args[0], err)
 	}
@@ -328,7 +332,7 @@ func (b *LVMBackend) change(ctx context.Context, args ...string) error {
 }
 
 // lv finds LV name in the VG; ok is false when there is none.
-func (b *LVMBackend) lv(ctx context.Context, name string) (lvInfo, bool, error) {
+func (b *Backend) lv(ctx context.Context, name string) (lvInfo, bool, error) {
 	out, err := b.run(ctx, lvsArgs(b.VG, name)...)
 	if err != nil {
 		return lvInfo{}, false, fmt.Errorf("look up logical volume %s/%s: %w", b.VG, name, err)
@@ -346,7 +350,7 @@ func (b *LVMBackend) lv(ctx context.Context, name string) (lvInfo, bool, error) 
 }
 
 // vg reports the volume group.
-func (b *LVMBackend) vg(ctx context.Context) (vgInfo, error) {
+func (b *Backend) vg(ctx context.Context) (vgInfo, error) {
 	out, err := b.run(ctx, vgsArgs(b.VG)...)
 	if err != nil {
 		return vgInfo{}, fmt.Errorf("volume group %s: %w", b.VG, err)
@@ -365,13 +369,13 @@ func (b *LVMBackend) vg(ctx context.Context) (vgInfo, error) {
 
 // CheckVolumeGroup returns an error when the volume group cannot be read,
 // for example when it does not exist; a worker calls it at start.
-func (b *LVMBackend) CheckVolumeGroup(ctx context.Context) error {
+func (b *Backend) CheckVolumeGroup(ctx context.Context) error {
 	_, err := b.vg(ctx)
 	return err
 }
 
 // checkName refuses names that are not valid volume names.
-func (b *LVMBackend) checkName(name string) error {
+func (b *Backend) checkName(name string) error {
 	if err := messaging.ValidateVolumeName(name); err != nil {
 		return fmt.Errorf("logical volume name %q: %w", name, err)
 	}
@@ -379,7 +383,7 @@ func (b *LVMBackend) checkName(name string) error {
 }
 
 // volume turns an active LV into a Volume, refusing one that cannot be written.
-func (b *LVMBackend) toVolume(lv lvInfo) (volume.Volume, error) {
+func (b *Backend) toVolume(lv lvInfo) (volume.Volume, error) {
 	switch {
 	case lv.Path == "":
 		return volume.Volume{}, fmt.Errorf("logical volume %s/%s has no device path (a pool or internal volume); refusing to use it", b.VG, lv.Name)
@@ -391,7 +395,7 @@ func (b *LVMBackend) toVolume(lv lvInfo) (volume.Volume, error) {
 
 // Lookup finds LV name in the VG; ok is false when there is none. An LV
 // that exists but is inactive, or is a pool, is an error.
-func (b *LVMBackend) Lookup(ctx context.Context, name string) (volume.Volume, bool, error) {
+func (b *Backend) Lookup(ctx context.Context, name string) (volume.Volume, bool, error) {
 	if err := b.checkName(name); err != nil {
 		return volume.Volume{}, false, err
 	}
@@ -424,7 +428,7 @@ func checkFits(vg vgInfo, name string, size int64) error {
 // and that the VG has the space; nothing is changed when a check fails.
 // The new LV holds whatever its extents held before: the converter zeroes
 // it.
-func (b *LVMBackend) Create(ctx context.Context, name string, size int64) (volume.Volume, error) {
+func (b *Backend) Create(ctx context.Context, name string, size int64) (volume.Volume, error) {
 	if err := b.checkName(name); err != nil {
 		return volume.Volume{}, err
 	}
@@ -470,7 +474,7 @@ func (b *LVMBackend) Create(ctx context.Context, name string, size int64) (volum
 
 // Delete removes LV name; a missing LV is not an error, an open one is
 // refused.
-func (b *LVMBackend) Delete(ctx context.Context, name string) error {
+func (b *Backend) Delete(ctx context.Context, name string) error {
 	if err := b.checkName(name); err != nil {
 		return err
 	}
@@ -489,7 +493,7 @@ func (b *LVMBackend) Delete(ctx context.Context, name string) error {
 
 // CheckNotInUse returns an *InUseError when vol's LV is open, as it is
 // while a VM runs on it, and an error when the LV is gone.
-func (b *LVMBackend) CheckNotInUse(ctx context.Context, vol volume.Volume) error {
+func (b *Backend) CheckNotInUse(ctx context.Context, vol volume.Volume) error {
 	if err := b.checkName(vol.Name); err != nil {
 		return err
 	}

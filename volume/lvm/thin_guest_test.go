@@ -5,7 +5,7 @@
 // queueing writes) in the test volume group. Each test uses keys and LV
 // names of its own.
 
-package pipeline
+package lvm
 
 import (
 	"bytes"
@@ -22,12 +22,15 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/libvirt-volume-provisioner/provisioner/internal/fsutil"
+	"github.com/libvirt-volume-provisioner/provisioner/internal/testenv"
 	"github.com/libvirt-volume-provisioner/provisioner/kvstate"
+	"github.com/libvirt-volume-provisioner/provisioner/messaging"
+	"github.com/libvirt-volume-provisioner/provisioner/pipeline"
 	"github.com/libvirt-volume-provisioner/provisioner/volume"
 )
 
 // guestThin is the backend on the guest's thin pool, or skips.
-func guestThin(t *testing.T) *LVMBackend {
+func guestThin(t *testing.T) *Backend {
 	t.Helper()
 	b := guestBackend(t)
 	spec := os.Getenv("LVMGUEST_THINPOOL")
@@ -52,23 +55,23 @@ func thinKey(t *testing.T) string {
 
 // thinGolden makes key's golden LV from the qcow2 image, as the worker
 // does, and removes it when the test ends.
-func thinGolden(t *testing.T, b *LVMBackend, key, qcow2 string) volume.Golden {
+func thinGolden(t *testing.T, b *Backend, key, qcow2 string) volume.Golden {
 	t.Helper()
 	ctx := t.Context()
-	img, err := Inspect(qcow2, "qcow2")
+	img, err := pipeline.Inspect(qcow2, "qcow2")
 	require.NoError(t, err)
 	prep, err := b.PrepareGolden(ctx, key, img.VirtualSize)
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = b.RemoveGolden(context.Background(), key) })
 	require.True(t, prep.ReadsAsZeros)
-	require.NoError(t, Native{}.Convert(ctx, img, qcow2, prep, nil))
+	require.NoError(t, pipeline.Native{}.Convert(ctx, img, qcow2, prep, nil))
 	g, err := b.SealGolden(ctx, key, prep)
 	require.NoError(t, err)
 	return g
 }
 
 // cloneLV clones g as name and removes it when the test ends.
-func cloneLV(t *testing.T, b *LVMBackend, g volume.Golden, name string, size int64) volume.Volume {
+func cloneLV(t *testing.T, b *Backend, g volume.Golden, name string, size int64) volume.Volume {
 	t.Helper()
 	vol, err := b.Clone(t.Context(), g, name, size)
 	require.NoError(t, err)
@@ -81,7 +84,7 @@ func cloneLV(t *testing.T, b *LVMBackend, g volume.Golden, name string, size int
 }
 
 // lvData is how many bytes of pool data LV name maps.
-func lvData(t *testing.T, b *LVMBackend, name string) int64 {
+func lvData(t *testing.T, b *Backend, name string) int64 {
 	t.Helper()
 	lv, ok, err := b.thinLV(t.Context(), name)
 	require.NoError(t, err)
@@ -259,7 +262,7 @@ func TestLVMGuestThinCache(t *testing.T) {
 	b := guestThin(t)
 	ctx := t.Context()
 	qcow2, raw := guestImages(t)
-	cache, index, host := newTestCache(t, CacheOptions{})
+	cache, index, host := newTestCache(t, pipeline.CacheOptions{})
 	cache.SetGoldens(b)
 	e := putCacheEntry(t, cache, index, host, qcow2)
 	g := thinGolden(t, b, e.Key, qcow2)
@@ -277,14 +280,14 @@ func TestLVMGuestThinCache(t *testing.T) {
 
 	sum, err := cache.Scrub(ctx)
 	require.NoError(t, err)
-	require.Equal(t, ScrubSummary{Images: 1, Goldens: 1}, sum)
+	require.Equal(t, pipeline.ScrubSummary{Images: 1, Goldens: 1}, sum)
 
 	// Someone makes the golden writable, writes into it, and seals it again.
 	name := lvGoldenPrefix + e.Key
 	require.NoError(t, b.change(ctx, lvmCommand("lvchange", "--permission", "rw", b.VG+"/"+name)...))
 	fillDevice(t, g.Path, 1<<20, 0x5A)
 	require.NoError(t, b.change(ctx, lvmCommand("lvchange", "--permission", "r", b.VG+"/"+name)...))
-	require.ErrorIs(t, cache.VerifyGolden(ctx, got), ErrGoldenCorrupt, "a full verification finds it")
+	require.ErrorIs(t, cache.VerifyGolden(ctx, got), pipeline.ErrGoldenCorrupt, "a full verification finds it")
 	g = thinGolden(t, b, e.Key, qcow2)
 	_, err = cache.AttachGolden(ctx, g)
 	require.NoError(t, err)
@@ -293,7 +296,7 @@ func TestLVMGuestThinCache(t *testing.T) {
 	require.NoError(t, b.change(ctx, lvmCommand("lvchange", "--permission", "r", b.VG+"/"+name)...))
 	sum, err = cache.Scrub(ctx)
 	require.NoError(t, err)
-	require.Equal(t, ScrubSummary{Images: 1, Goldens: 1, GoldensEvicted: 1}, sum, "so does the scrub")
+	require.Equal(t, pipeline.ScrubSummary{Images: 1, Goldens: 1, GoldensEvicted: 1}, sum, "so does the scrub")
 	_, ok, err = cache.Golden(ctx, e.Key)
 	require.NoError(t, err)
 	require.False(t, ok)
@@ -317,7 +320,7 @@ func TestLVMGuestThinCache(t *testing.T) {
 
 // putCacheEntry puts the image file into the cache directory and records
 // it, as a download would.
-func putCacheEntry(t *testing.T, c *Cache, index kvstate.CacheIndex, host, image string) kvstate.CacheEntry {
+func putCacheEntry(t *testing.T, c *pipeline.Cache, index kvstate.CacheIndex, host, image string) kvstate.CacheEntry {
 	t.Helper()
 	data, err := os.ReadFile(image)
 	require.NoError(t, err)
@@ -341,13 +344,13 @@ func TestLVMGuestThinPoolFull(t *testing.T) {
 	shared := guestThin(t)
 	ctx := t.Context()
 	qcow2, _ := guestImages(t)
-	img, err := Inspect(qcow2, "qcow2")
+	img, err := pipeline.Inspect(qcow2, "qcow2")
 	require.NoError(t, err)
 	const pool = "lvt-smallpool"
 	require.NoError(t, shared.change(ctx, lvmCommand("lvcreate", "--yes", "--type", "thin-pool", "--size", "32m", "--name", pool, shared.VG)...))
 	t.Cleanup(func() { _, _ = shared.run(context.Background(), "lvremove", "--yes", shared.VG+"/"+pool) })
 	require.NoError(t, shared.change(ctx, lvmCommand("lvchange", "--errorwhenfull", "y", shared.VG+"/"+pool)...))
-	b := &LVMBackend{VG: shared.VG, LVM: shared.LVM, Pool: pool, PoolMaxUsed: 0.5}
+	b := &Backend{VG: shared.VG, LVM: shared.LVM, Pool: pool, PoolMaxUsed: 0.5}
 	require.NoError(t, b.CheckThinPool(ctx))
 	key := thinKey(t)
 
@@ -369,7 +372,7 @@ func TestLVMGuestThinPoolFull(t *testing.T) {
 	u, err := b.ThinPoolUsage(ctx)
 	require.NoError(t, err)
 	require.Equal(t, 1.0, u.DataUsed, "the pool is full")
-	err = Native{}.Convert(ctx, img, qcow2, prep, nil)
+	err = pipeline.Native{}.Convert(ctx, img, qcow2, prep, nil)
 	require.Error(t, err, "writing into a full pool fails")
 	t.Logf("conversion into the full pool: %v", err)
 	require.NoError(t, b.RemoveGolden(ctx, key))
@@ -417,8 +420,23 @@ func TestLVMGuestThinFallbackThick(t *testing.T) {
 	require.False(t, lv.thin(), "a thick LV: %s", lv.Attr)
 	require.Empty(t, lv.Pool)
 
-	missing := &LVMBackend{VG: b.VG, Pool: "lvt-no-such-pool"}
+	missing := &Backend{VG: b.VG, Pool: "lvt-no-such-pool"}
 	err = missing.CheckThinPool(t.Context())
 	require.ErrorContains(t, err, "thin pool "+b.VG+"/lvt-no-such-pool does not exist")
 	require.False(t, errors.Is(err, ErrThinPoolFull))
+}
+
+// newTestCache is a cache in a directory of the test's own, indexed in the
+// cache bucket of an in-process JetStream of its own.
+func newTestCache(t *testing.T, opts pipeline.CacheOptions) (*pipeline.Cache, kvstate.CacheIndex, string) {
+	t.Helper()
+	ctx := t.Context()
+	js := testenv.JetStream(t)
+	require.NoError(t, messaging.Setup(ctx, js, messaging.NewSubjects(""), messaging.DefaultLimits()))
+	b, err := messaging.BindBuckets(ctx, js)
+	require.NoError(t, err)
+	index, host := kvstate.CacheIndex{KV: b.Cache}, "host-"+strings.ToLower(t.Name())
+	c, err := pipeline.NewCacheWithOptions(filepath.Join(t.TempDir(), "cache"), host, index, opts)
+	require.NoError(t, err)
+	return c, index, host
 }

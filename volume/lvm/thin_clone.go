@@ -1,4 +1,4 @@
-package pipeline
+package lvm
 
 import (
 	"context"
@@ -17,7 +17,7 @@ import (
 // has room for all of it: the most data a golden can take. A new thin LV
 // reads as zeros and the returned Volume says so, so the converter writes
 // only the image's data into it.
-func (b *LVMBackend) PrepareGolden(ctx context.Context, key string, size int64) (volume.Volume, error) {
+func (b *Backend) PrepareGolden(ctx context.Context, key string, size int64) (volume.Volume, error) {
 	if err := b.thinReady(); err != nil {
 		return volume.Volume{}, err
 	}
@@ -57,7 +57,7 @@ func (b *LVMBackend) PrepareGolden(ctx context.Context, key string, size int64) 
 }
 
 // scan reads every LV of the VG in one lvs, and the pool's usage.
-func (b *LVMBackend) scan(ctx context.Context) (map[string]thinLV, ThinPoolUsage, error) {
+func (b *Backend) scan(ctx context.Context) (map[string]thinLV, ThinPoolUsage, error) {
 	lvs, err := b.thinLVs(ctx, "")
 	if err != nil {
 		return nil, ThinPoolUsage{}, err
@@ -76,7 +76,7 @@ func (b *LVMBackend) scan(ctx context.Context) (map[string]thinLV, ThinPoolUsage
 // SealGolden flushes and hashes the prepared LV, makes it read-only
 // (lvchange -p r) and renames it .golden-<key>, replacing an older golden
 // of key.
-func (b *LVMBackend) SealGolden(ctx context.Context, key string, prepared volume.Volume) (volume.Golden, error) {
+func (b *Backend) SealGolden(ctx context.Context, key string, prepared volume.Volume) (volume.Golden, error) {
 	if err := b.thinReady(); err != nil {
 		return volume.Golden{}, err
 	}
@@ -118,7 +118,7 @@ func (b *LVMBackend) SealGolden(ctx context.Context, key string, prepared volume
 
 // RemoveGolden removes key's golden LV and one being prepared. Snapshots of
 // it are whole thin LVs of their own and stay as they are.
-func (b *LVMBackend) RemoveGolden(ctx context.Context, key string) error {
+func (b *Backend) RemoveGolden(ctx context.Context, key string) error {
 	if err := b.thinReady(); err != nil {
 		return err
 	}
@@ -145,7 +145,7 @@ func (b *LVMBackend) RemoveGolden(ctx context.Context, key string) error {
 }
 
 // GoldenKeys lists the keys that have a golden LV or one being prepared.
-func (b *LVMBackend) GoldenKeys(ctx context.Context) ([]string, error) {
+func (b *Backend) GoldenKeys(ctx context.Context) ([]string, error) {
 	if err := b.thinReady(); err != nil {
 		return nil, err
 	}
@@ -167,7 +167,7 @@ func (b *LVMBackend) GoldenKeys(ctx context.Context) ([]string, error) {
 }
 
 // golden finds g's LV: a read-only thin LV of the pool of g.Size.
-func (b *LVMBackend) golden(ctx context.Context, g volume.Golden) (thinLV, error) {
+func (b *Backend) golden(ctx context.Context, g volume.Golden) (thinLV, error) {
 	lv, ok, err := b.thinLV(ctx, lvGoldenPrefix+g.Key)
 	if err != nil {
 		return thinLV{}, err
@@ -179,7 +179,7 @@ func (b *LVMBackend) golden(ctx context.Context, g volume.Golden) (thinLV, error
 }
 
 // checkGolden checks that lv (nil: none) is g's golden LV as sealed.
-func (b *LVMBackend) checkGolden(g volume.Golden, found *thinLV) (thinLV, error) {
+func (b *Backend) checkGolden(g volume.Golden, found *thinLV) (thinLV, error) {
 	name := lvGoldenPrefix + g.Key
 	if volume.ValidGoldenKey(g.Key) != nil || g.Path != b.lvPath(name) {
 		return thinLV{}, fmt.Errorf("%s is not the golden LV of %s in %s", g.Path, g.Key, b.VG)
@@ -201,7 +201,7 @@ func (b *LVMBackend) checkGolden(g volume.Golden, found *thinLV) (thinLV, error)
 // without the activation-skip flag thin snapshots otherwise carry, active,
 // and extended to size; tags are added to it. A snapshot it made but could
 // not finish is removed.
-func (b *LVMBackend) snapshot(ctx context.Context, src thinLV, name string, size int64, tags ...string) (thinLV, error) {
+func (b *Backend) snapshot(ctx context.Context, src thinLV, name string, size int64, tags ...string) (thinLV, error) {
 	args := lvmCommand("lvcreate", "--yes", "--snapshot", "--setactivationskip", "n", "--activate", "y",
 		"--permission", "rw", "--name", name)
 	for _, t := range tags {
@@ -234,7 +234,7 @@ func (b *LVMBackend) snapshot(ctx context.Context, src thinLV, name string, size
 // Clone makes volume name a thin snapshot of g's golden LV, extended to
 // size. It allocates no data in the pool; it is refused when the pool is
 // already fuller than it may be.
-func (b *LVMBackend) Clone(ctx context.Context, g volume.Golden, name string, size int64) (volume.Volume, error) {
+func (b *Backend) Clone(ctx context.Context, g volume.Golden, name string, size int64) (volume.Volume, error) {
 	if err := b.checkName(name); err != nil {
 		return volume.Volume{}, err
 	}
@@ -259,7 +259,7 @@ func (b *LVMBackend) Clone(ctx context.Context, g volume.Golden, name string, si
 
 // cloneSource reads the VG once and checks that name is free, that the
 // pool has room and that g's golden LV is as sealed; it returns the golden.
-func (b *LVMBackend) cloneSource(ctx context.Context, g volume.Golden, name string) (thinLV, error) {
+func (b *Backend) cloneSource(ctx context.Context, g volume.Golden, name string) (thinLV, error) {
 	lvs, u, err := b.scan(ctx)
 	if err != nil {
 		return thinLV{}, err
@@ -279,7 +279,7 @@ func (b *LVMBackend) cloneSource(ctx context.Context, g volume.Golden, name stri
 // Reclonable reports whether the existing volume vol is replaced by a fresh
 // snapshot when it is provisioned again: a thin LV of the pool is; a thick
 // LV is converted into, as without a thin pool.
-func (b *LVMBackend) Reclonable(ctx context.Context, vol volume.Volume) (bool, error) {
+func (b *Backend) Reclonable(ctx context.Context, vol volume.Volume) (bool, error) {
 	if err := b.checkName(vol.Name); err != nil {
 		return false, err
 	}
@@ -300,7 +300,7 @@ func (b *LVMBackend) Reclonable(ctx context.Context, vol volume.Volume) (bool, e
 // metadata commit) the name is absent, never half-written, and
 // ReconcileThin finishes a swap a crash interrupted there. An open volume
 // is refused.
-func (b *LVMBackend) Reclone(ctx context.Context, g volume.Golden, vol volume.Volume) (volume.Volume, error) {
+func (b *Backend) Reclone(ctx context.Context, g volume.Golden, vol volume.Volume) (volume.Volume, error) {
 	if err := b.checkName(vol.Name); err != nil {
 		return volume.Volume{}, err
 	}
@@ -341,7 +341,7 @@ func (b *LVMBackend) Reclone(ctx context.Context, g volume.Golden, vol volume.Vo
 
 // recloneTarget checks that LV name (of lvs) is a thin LV of the pool, not open,
 // and at least size bytes.
-func (b *LVMBackend) recloneTarget(lvs map[string]thinLV, name string, size int64) (thinLV, error) {
+func (b *Backend) recloneTarget(lvs map[string]thinLV, name string, size int64) (thinLV, error) {
 	cur, ok := lvs[name]
 	switch {
 	case !ok:
@@ -358,7 +358,7 @@ func (b *LVMBackend) recloneTarget(lvs map[string]thinLV, name string, size int6
 
 // swap gives the whole snapshot tmp the name of volume name, whose old LV
 // goes (as old, then removed). Once started it is not stopped by ctx.
-func (b *LVMBackend) swap(ctx context.Context, name, tmp, old string) error {
+func (b *Backend) swap(ctx context.Context, name, tmp, old string) error {
 	bg := context.WithoutCancel(ctx)
 	if cur, ok, err := b.lv(bg, name); err != nil || !ok || cur.Open {
 		_ = b.removeLV(bg, tmp)
@@ -408,7 +408,7 @@ type ThinReconcile struct {
 // interrupted Reclone left: a .clone-<r> whose volume's name is missing
 // while .old-<r> holds the old volume takes the name; other .clone-<r> and
 // .old-<r> LVs are removed.
-func (b *LVMBackend) ReconcileThin(ctx context.Context) (ThinReconcile, error) {
+func (b *Backend) ReconcileThin(ctx context.Context) (ThinReconcile, error) {
 	var sum ThinReconcile
 	if err := b.thinReady(); err != nil {
 		return sum, err

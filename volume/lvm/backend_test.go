@@ -1,4 +1,4 @@
-package pipeline
+package lvm
 
 import (
 	"context"
@@ -179,15 +179,15 @@ func countEnvPrefix(env []string, prefix string) int {
 
 func TestNewLVMBackend(t *testing.T) {
 	t.Parallel()
-	b, err := NewLVMBackend("vg0")
+	b, err := New("vg0")
 	require.NoError(t, err)
-	require.Equal(t, &LVMBackend{VG: "vg0", LVM: "lvm"}, b)
+	require.Equal(t, &Backend{VG: "vg0", LVM: "lvm"}, b)
 	for _, vg := range []string{"vg_data", "vg.1", "vg+x", "VG-2"} {
-		_, err := NewLVMBackend(vg)
+		_, err := New(vg)
 		require.NoError(t, err, vg)
 	}
 	for _, vg := range []string{"", ".", "..", "-vg", "vg/0", "vg 0", "vg\x00", strings.Repeat("v", 128)} {
-		_, err := NewLVMBackend(vg)
+		_, err := New(vg)
 		require.Error(t, err, "%q", vg)
 	}
 }
@@ -205,7 +205,7 @@ func TestInUseError(t *testing.T) {
 // not exist, so running it would be a different error.
 func TestLVMBackendRefusesBeforeRunningLVM(t *testing.T) {
 	t.Parallel()
-	b := &LVMBackend{VG: "vg0", LVM: "/nonexistent/lvm"}
+	b := &Backend{VG: "vg0", LVM: "/nonexistent/lvm"}
 	ctx := t.Context()
 	for _, name := range []string{"", "-x", "a/b", "snapshot1", "pvmove1", "x_tmeta", "a+b", ".."} {
 		_, err := b.Create(ctx, name, 4<<20)
@@ -240,7 +240,7 @@ func TestLVMErrorsCarryStderr(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("lvm needs root")
 	}
-	b := &LVMBackend{VG: "provisioner-test-no-such-vg", LVM: bin}
+	b := &Backend{VG: "provisioner-test-no-such-vg", LVM: bin}
 	err = b.CheckVolumeGroup(t.Context())
 	require.ErrorContains(t, err, "volume group provisioner-test-no-such-vg: lvm vgs --reportformat json")
 	require.ErrorContains(t, err, `Volume group "provisioner-test-no-such-vg" not found`)

@@ -1,4 +1,4 @@
-package pipeline
+package lvm
 
 import (
 	"context"
@@ -36,7 +36,7 @@ const (
 )
 
 // DefaultThinPoolMaxUsed is how full (data or metadata) a job may leave the
-// thin pool unless LVMBackend.PoolMaxUsed says otherwise.
+// thin pool unless Backend.PoolMaxUsed says otherwise.
 const DefaultThinPoolMaxUsed = 0.95
 
 // ErrThinPoolFull matches (errors.Is) the errors of a job refused before
@@ -132,7 +132,7 @@ func (row thinRow) parse() (thinLV, error) {
 }
 
 // thinLVs lists the LVs of the VG (all when name is "", else that one).
-func (b *LVMBackend) thinLVs(ctx context.Context, name string) ([]thinLV, error) {
+func (b *Backend) thinLVs(ctx context.Context, name string) ([]thinLV, error) {
 	args := lvmCommand("lvs", "--reportformat", "json", "--units", "b", "--nosuffix", "--binary", "-o", thinFields)
 	if name != "" {
 		args = append(args, "-S", fmt.Sprintf("lv_name=%q", name))
@@ -165,7 +165,7 @@ func (b *LVMBackend) thinLVs(ctx context.Context, name string) ([]thinLV, error)
 }
 
 // thinLV finds LV name; ok is false when there is none.
-func (b *LVMBackend) thinLV(ctx context.Context, name string) (thinLV, bool, error) {
+func (b *Backend) thinLV(ctx context.Context, name string) (thinLV, bool, error) {
 	lvs, err := b.thinLVs(ctx, name)
 	if err != nil || len(lvs) == 0 {
 		return thinLV{}, false, err
@@ -174,7 +174,7 @@ func (b *LVMBackend) thinLV(ctx context.Context, name string) (thinLV, bool, err
 }
 
 // PoolName is the thin pool as vg/pool, or "" when there is none.
-func (b *LVMBackend) PoolName() string {
+func (b *Backend) PoolName() string {
 	if b.Pool == "" {
 		return ""
 	}
@@ -184,7 +184,7 @@ func (b *LVMBackend) PoolName() string {
 // CheckThinPool asks LVM whether the backend's thin pool exists, is a thin
 // pool and is active; a worker calls it at start. After it succeeded,
 // volumes are thin snapshots of a golden per image (CloneSupport).
-func (b *LVMBackend) CheckThinPool(ctx context.Context) error {
+func (b *Backend) CheckThinPool(ctx context.Context) error {
 	if b.Pool == "" {
 		return errors.New("no thin pool is configured")
 	}
@@ -214,7 +214,7 @@ type ThinPoolUsage struct {
 }
 
 // ThinPoolUsage reports how full the thin pool is.
-func (b *LVMBackend) ThinPoolUsage(ctx context.Context) (ThinPoolUsage, error) {
+func (b *Backend) ThinPoolUsage(ctx context.Context) (ThinPoolUsage, error) {
 	lv, ok, err := b.thinLV(ctx, b.Pool)
 	if err == nil && (!ok || !lv.pool()) {
 		err = fmt.Errorf("%s is not a thin pool", b.PoolName())
@@ -225,7 +225,7 @@ func (b *LVMBackend) ThinPoolUsage(ctx context.Context) (ThinPoolUsage, error) {
 	return ThinPoolUsage{Pool: b.PoolName(), DataBytes: lv.Size, MetadataBytes: lv.MetaSize, DataUsed: lv.DataUsed, MetadataUsed: lv.MetaUsed}, nil
 }
 
-func (b *LVMBackend) maxUsed() float64 {
+func (b *Backend) maxUsed() float64 {
 	if b.PoolMaxUsed > 0 && b.PoolMaxUsed <= 1 {
 		return b.PoolMaxUsed
 	}
@@ -235,7 +235,7 @@ func (b *LVMBackend) maxUsed() float64 {
 // checkPoolRoom refuses, with ErrThinPoolFull, a job that needs up to need
 // bytes of new data in the pool (what names them) when the pool would then
 // be fuller than maxUsed, in data or in metadata.
-func (b *LVMBackend) checkPoolRoom(ctx context.Context, need int64, what string) error {
+func (b *Backend) checkPoolRoom(ctx context.Context, need int64, what string) error {
 	u, err := b.ThinPoolUsage(ctx)
 	if err != nil {
 		return err
@@ -244,7 +244,7 @@ func (b *LVMBackend) checkPoolRoom(ctx context.Context, need int64, what string)
 }
 
 // roomFor is checkPoolRoom with the pool's usage u.
-func (b *LVMBackend) roomFor(u ThinPoolUsage, need int64, what string) error {
+func (b *Backend) roomFor(u ThinPoolUsage, need int64, what string) error {
 	limit := b.maxUsed()
 	used := int64(u.DataUsed * float64(u.DataBytes))
 	fix := fmt.Sprintf("extend the pool (lvextend -L +<size> %s) or remove volumes or cached images", u.Pool)
@@ -261,7 +261,7 @@ func (b *LVMBackend) roomFor(u ThinPoolUsage, need int64, what string) error {
 
 // CloneSupport says whether volumes are thin snapshots: a thin pool was
 // configured and CheckThinPool found it.
-func (b *LVMBackend) CloneSupport() (bool, string) {
+func (b *Backend) CloneSupport() (bool, string) {
 	switch {
 	case b.Pool == "":
 		return false, "no thin pool is configured (PROVISIONER_LVM_THINPOOL); volumes are thick LVs"
@@ -271,7 +271,7 @@ func (b *LVMBackend) CloneSupport() (bool, string) {
 	return true, ""
 }
 
-func (b *LVMBackend) thinReady() error {
+func (b *Backend) thinReady() error {
 	if ok, reason := b.CloneSupport(); !ok {
 		return fmt.Errorf("%w: %s", volume.ErrCloneUnsupported, reason)
 	}
@@ -279,10 +279,10 @@ func (b *LVMBackend) thinReady() error {
 }
 
 // lvPath is where LV name's device is.
-func (b *LVMBackend) lvPath(name string) string { return "/dev/" + b.VG + "/" + name }
+func (b *Backend) lvPath(name string) string { return "/dev/" + b.VG + "/" + name }
 
 // removeLV removes LV name if it exists.
-func (b *LVMBackend) removeLV(ctx context.Context, name string) error {
+func (b *Backend) removeLV(ctx context.Context, name string) error {
 	_, ok, err := b.lv(ctx, name)
 	if err != nil || !ok {
 		return err
@@ -323,12 +323,12 @@ func sortedKeys(m map[string]bool) []string {
 	return keys
 }
 
-var _ GoldenInspector = (*LVMBackend)(nil)
+var _ volume.GoldenInspector = (*Backend)(nil)
 
 // GoldenRecord describes the sealed golden LV g for its cache entry: its
 // LV's UUID identifies it, and the data it holds in the pool counts against
 // the cache's cap.
-func (b *LVMBackend) GoldenRecord(ctx context.Context, g volume.Golden) (kvstate.Golden, error) {
+func (b *Backend) GoldenRecord(ctx context.Context, g volume.Golden) (kvstate.Golden, error) {
 	lv, ok, err := b.thinLV(ctx, lvGoldenPrefix+g.Key)
 	if err == nil && !ok {
 		err = errors.New("it does not exist")
@@ -343,7 +343,7 @@ func (b *LVMBackend) GoldenRecord(ctx context.Context, g volume.Golden) (kvstate
 // GoldenUnchanged reports whether rec's golden LV is still the one sealed:
 // the same LV (UUID), read-only, of the same size, a thin LV of the pool.
 // Its content is the scrub's to check.
-func (b *LVMBackend) GoldenUnchanged(ctx context.Context, rec kvstate.Golden) (bool, error) {
+func (b *Backend) GoldenUnchanged(ctx context.Context, rec kvstate.Golden) (bool, error) {
 	name, ok := strings.CutPrefix(rec.Path, b.lvPath(""))
 	if !ok || !strings.HasPrefix(name, lvGoldenPrefix) {
 		return false, nil
@@ -358,7 +358,7 @@ func (b *LVMBackend) GoldenUnchanged(ctx context.Context, rec kvstate.Golden) (b
 
 // DigestGolden is GoldenDigest of the golden LV at path, read from its
 // device: chunks of zeros (unmapped in the pool) are not hashed.
-func (b *LVMBackend) DigestGolden(ctx context.Context, path string) (string, error) {
+func (b *Backend) DigestGolden(ctx context.Context, path string) (string, error) {
 	name, ok := strings.CutPrefix(path, b.lvPath(""))
 	if !ok || !strings.HasPrefix(name, lvGoldenPrefix) {
 		return "", fmt.Errorf("%s is not a golden LV of %s", path, b.VG)

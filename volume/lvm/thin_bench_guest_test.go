@@ -1,6 +1,6 @@
 //go:build lvmguest
 
-package pipeline
+package lvm
 
 import (
 	"crypto/sha256"
@@ -17,6 +17,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/libvirt-volume-provisioner/provisioner/internal/testenv"
+	"github.com/libvirt-volume-provisioner/provisioner/pipeline"
 )
 
 // TestLVMGuestBenchThin compares, on two images of ten times different
@@ -50,9 +51,9 @@ func TestLVMGuestBenchThin(t *testing.T) {
 // benchRuns is how many times each way runs; the median is reported.
 const benchRuns = 3
 
-func benchThinImage(t *testing.T, shared *LVMBackend, name, qcow2, raw string) {
+func benchThinImage(t *testing.T, shared *Backend, name, qcow2, raw string) {
 	ctx := t.Context()
-	img, err := Inspect(qcow2, "qcow2")
+	img, err := pipeline.Inspect(qcow2, "qcow2")
 	require.NoError(t, err)
 	data := imageData(t, raw)
 	// A pool of its own, a little larger than the image, so that its
@@ -61,7 +62,7 @@ func benchThinImage(t *testing.T, shared *LVMBackend, name, qcow2, raw string) {
 	pool := "bench-" + name
 	require.NoError(t, shared.change(ctx, lvmCommand("lvcreate", "--yes", "--type", "thin-pool", "--size", strconv.FormatInt(poolSize, 10)+"b", "--name", pool, shared.VG)...))
 	defer func() { _, _ = shared.run(ctx, "lvremove", "--yes", shared.VG+"/"+pool) }()
-	b := &LVMBackend{VG: shared.VG, LVM: shared.LVM, Pool: pool, PoolMaxUsed: 1}
+	b := &Backend{VG: shared.VG, LVM: shared.LVM, Pool: pool, PoolMaxUsed: 1}
 	require.NoError(t, b.CheckThinPool(ctx))
 	const volSize = 1 << 30 // volume_size_gb 1
 
@@ -99,7 +100,7 @@ func benchThinImage(t *testing.T, shared *LVMBackend, name, qcow2, raw string) {
 		require.NoError(t, err)
 		verified := make(chan error, 1)
 		go func() { verified <- hashFile(qcow2) }()
-		require.NoError(t, Native{}.Convert(ctx, img, qcow2, tv, nil))
+		require.NoError(t, pipeline.Native{}.Convert(ctx, img, qcow2, tv, nil))
 		require.NoError(t, <-verified)
 		today = append(today, time.Since(start))
 
