@@ -106,4 +106,3 @@ func NextData(f *os.File, off, size int64) int64 {
 func IsBlockDevice(st os.FileInfo) bool {
 	return st.Mode()&os.ModeDevice != 0 && st.Mode()&os.ModeCharDevice == 0
 }
-
