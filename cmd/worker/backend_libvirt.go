@@ -5,7 +5,7 @@ package main
 import (
 	"fmt"
 
-	"github.com/libvirt-volume-provisioner/provisioner/libvirtpool"
+	"github.com/libvirt-volume-provisioner/provisioner/volume/libvirt"
 )
 
 // openLibvirt opens the libvirt backend's pool and the images pool, whose
@@ -15,19 +15,19 @@ func openLibvirt(c backendConfig) (volumes, error) {
 	if c.libvirtPool == "" {
 		return v, fmt.Errorf("PROVISIONER_LIBVIRT_POOL is not set: the libvirt backend needs the pool of its volumes")
 	}
-	var opts []libvirtpool.Option
+	var opts []libvirt.Option
 	switch c.clones {
 	case "auto":
 	case "off":
-		opts = append(opts, libvirtpool.WithoutClones("PROVISIONER_CLONES=off"))
+		opts = append(opts, libvirt.WithoutClones("PROVISIONER_CLONES=off"))
 	default:
 		return v, fmt.Errorf("PROVISIONER_CLONES=%q: want auto or off", c.clones)
 	}
-	b, err := libvirtpool.Open(c.libvirtURI, c.libvirtPool, opts...)
+	b, err := libvirt.Open(c.libvirtURI, c.libvirtPool, opts...)
 	if err != nil {
 		return v, err
 	}
-	images, err := libvirtpool.OpenImagesPool(c.libvirtURI, c.imagesPool)
+	images, err := libvirt.OpenImagesPool(c.libvirtURI, c.imagesPool)
 	if err != nil {
 		_ = b.Close()
 		return v, err

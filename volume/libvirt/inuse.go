@@ -1,6 +1,6 @@
 //go:build cgo
 
-package libvirtpool
+package libvirt
 
 import (
 	"context"
@@ -11,7 +11,7 @@ import (
 	"path/filepath"
 
 	"github.com/libvirt-volume-provisioner/provisioner/volume"
-	"libvirt.org/go/libvirt"
+	golibvirt "libvirt.org/go/libvirt"
 )
 
 // diskSource is a <source> (or <mirror>) of a domain's disk: a file, a block
@@ -117,8 +117,8 @@ func (b *Backend) CheckNotInUse(ctx context.Context, vol volume.Volume) error {
 		return fmt.Errorf("check whether %s is in use: the volume has no path", b.describe(vol.Name))
 	}
 	m := newPathMatcher(vol.Path)
-	return b.s.doIdempotent(ctx, func(conn *libvirt.Connect, _ *libvirt.StoragePool) error {
-		doms, err := conn.ListAllDomains(libvirt.CONNECT_LIST_DOMAINS_ACTIVE)
+	return b.s.doIdempotent(ctx, func(conn *golibvirt.Connect, _ *golibvirt.StoragePool) error {
+		doms, err := conn.ListAllDomains(golibvirt.CONNECT_LIST_DOMAINS_ACTIVE)
 		if err != nil {
 			return fmt.Errorf("check whether %s is in use: list running domains: %w", b.describe(vol.Name), clean(err))
 		}
@@ -137,7 +137,7 @@ func (b *Backend) CheckNotInUse(ctx context.Context, vol volume.Volume) error {
 				return fmt.Errorf("check whether %s is in use: name of a running domain: %w", b.describe(vol.Name), clean(err))
 			}
 			desc, err := dom.GetXMLDesc(0)
-			if errors.Is(err, libvirt.ERR_NO_DOMAIN) {
+			if errors.Is(err, golibvirt.ERR_NO_DOMAIN) {
 				continue // it went away since the listing
 			}
 			if err != nil {
@@ -149,7 +149,8 @@ func (b *Backend) CheckNotInUse(ctx context.Context, vol volume.Volume) error {
 			}
 			for _, s := range sources {
 				if b.sourceIs(conn, s, vol, m) {
-					return fmt.Errorf("volume %q (%s) is attached to running domain %q; refusing to overwrite it", vol.Name, vol.Path, name)
+					return &volume.InUseError{Volume: vol.Name, Action: "overwrite",
+						Reason: fmt.Sprintf("volume %q (%s) is attached to running domain %q", vol.Name, vol.Path, name)}
 				}
 			}
 		}
@@ -158,7 +159,7 @@ func (b *Backend) CheckNotInUse(ctx context.Context, vol volume.Volume) error {
 }
 
 // sourceIs tells whether disk source s is the volume vol.
-func (b *Backend) sourceIs(conn *libvirt.Connect, s diskSource, vol volume.Volume, m pathMatcher) bool {
+func (b *Backend) sourceIs(conn *golibvirt.Connect, s diskSource, vol volume.Volume, m pathMatcher) bool {
 	if m.matches(s.File) || m.matches(s.Dev) {
 		return true
 	}

@@ -1,6 +1,6 @@
 //go:build cgo
 
-package libvirtpool
+package libvirt
 
 import (
 	"context"
@@ -16,7 +16,7 @@ import (
 	"syscall"
 
 	"golang.org/x/sys/unix"
-	"libvirt.org/go/libvirt"
+	golibvirt "libvirt.org/go/libvirt"
 
 	"github.com/libvirt-volume-provisioner/provisioner/internal/fsutil"
 	"github.com/libvirt-volume-provisioner/provisioner/messaging"
@@ -148,7 +148,7 @@ func (b *Backend) probeReflink(ctx context.Context) error {
 	if err != nil {
 		return err
 	}
-	return b.s.do(ctx, func(_ *libvirt.Connect, pool *libvirt.StoragePool) error {
+	return b.s.do(ctx, func(_ *golibvirt.Connect, pool *golibvirt.StoragePool) error {
 		vol, err := pool.StorageVolCreateXML(desc, 0)
 		if err != nil {
 			return fmt.Errorf("create a probe volume in libvirt storage pool %q: %w", b.s.poolName, clean(err))
@@ -162,7 +162,7 @@ func (b *Backend) probeReflink(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
-		c, err := pool.StorageVolCreateXMLFrom(cdesc, vol, libvirt.STORAGE_VOL_CREATE_REFLINK)
+		c, err := pool.StorageVolCreateXMLFrom(cdesc, vol, golibvirt.STORAGE_VOL_CREATE_REFLINK)
 		if err != nil {
 			return fmt.Errorf("libvirt cannot clone volumes with reflink in storage pool %q (%s, %s): %w; XFS made with reflink=1 and btrfs have reflinks",
 				b.s.poolName, b.s.poolPath, fsName(b.s.poolPath), clean(err))
@@ -243,7 +243,7 @@ func (b *Backend) PrepareGolden(ctx context.Context, key string, size int64) (vo
 		return volume.Volume{}, err
 	}
 	var v volume.Volume
-	err = b.s.do(ctx, func(_ *libvirt.Connect, pool *libvirt.StoragePool) error {
+	err = b.s.do(ctx, func(_ *golibvirt.Connect, pool *golibvirt.StoragePool) error {
 		vol, err := pool.StorageVolCreateXML(desc, 0)
 		if err != nil {
 			return fmt.Errorf("create golden of %s as %s: %w", key, b.describe(name), clean(err))
@@ -374,7 +374,7 @@ func (b *Backend) cloneAs(ctx context.Context, g volume.Golden, name string, siz
 		return volume.Volume{}, err
 	}
 	var v volume.Volume
-	err = b.s.do(ctx, func(_ *libvirt.Connect, pool *libvirt.StoragePool) (err error) {
+	err = b.s.do(ctx, func(_ *golibvirt.Connect, pool *golibvirt.StoragePool) (err error) {
 		src, err := b.goldenVolume(ctx, pool, g)
 		if err != nil {
 			return err
@@ -388,7 +388,7 @@ func (b *Backend) cloneAs(ctx context.Context, g volume.Golden, name string, siz
 			_ = existing.Free()
 			return fmt.Errorf("clone %s: it already exists", b.describe(name))
 		}
-		vol, err := pool.StorageVolCreateXMLFrom(desc, src, libvirt.STORAGE_VOL_CREATE_REFLINK)
+		vol, err := pool.StorageVolCreateXMLFrom(desc, src, golibvirt.STORAGE_VOL_CREATE_REFLINK)
 		if err != nil {
 			return fmt.Errorf("clone %s from golden %s with reflink: %w", b.describe(name), g.Path, clean(err))
 		}
@@ -416,7 +416,7 @@ func (b *Backend) cloneAs(ctx context.Context, g volume.Golden, name string, siz
 
 // goldenVolume finds g's volume in the pool and checks that its file is
 // still g's size.
-func (b *Backend) goldenVolume(ctx context.Context, pool *libvirt.StoragePool, g volume.Golden) (*libvirt.StorageVol, error) {
+func (b *Backend) goldenVolume(ctx context.Context, pool *golibvirt.StoragePool, g volume.Golden) (*golibvirt.StorageVol, error) {
 	name := filepath.Base(g.Path)
 	if filepath.Dir(g.Path) != filepath.Clean(b.s.poolPath) || name != goldenName(g.Key) {
 		return nil, fmt.Errorf("golden %s is not a golden of libvirt storage pool %q", g.Path, b.s.poolName)

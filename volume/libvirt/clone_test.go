@@ -1,6 +1,6 @@
 //go:build cgo
 
-package libvirtpool_test
+package libvirt_test
 
 import (
 	"bytes"
@@ -15,10 +15,10 @@ import (
 
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
-	"libvirt.org/go/libvirt"
+	golibvirt "libvirt.org/go/libvirt"
 
 	"github.com/libvirt-volume-provisioner/provisioner/internal/testenv"
-	"github.com/libvirt-volume-provisioner/provisioner/libvirtpool"
+	"github.com/libvirt-volume-provisioner/provisioner/volume/libvirt"
 	"github.com/libvirt-volume-provisioner/provisioner/pipeline"
 	"github.com/libvirt-volume-provisioner/provisioner/volume"
 )
@@ -31,7 +31,7 @@ const goldenSize = 24<<20 + 512
 // fsPool defines and starts a dir pool in a directory of a new file system
 // of kind on a loop device (testenv.FileSystem: unmounted and detached when
 // the test ends), traversable by QEMU, and opens a Backend on it.
-func fsPool(t *testing.T, kind string) (*libvirtpool.Backend, *libvirt.Connect, string, string) {
+func fsPool(t *testing.T, kind string) (*libvirt.Backend, *golibvirt.Connect, string, string) {
 	t.Helper()
 	conn, uri := testConn(t)
 	mnt := testenv.FileSystem(t, kind)
@@ -47,7 +47,7 @@ func fsPool(t *testing.T, kind string) (*libvirtpool.Backend, *libvirt.Connect, 
 		_ = pool.Destroy()
 		_ = pool.Free()
 	})
-	b, err := libvirtpool.Open(uri, name)
+	b, err := libvirt.Open(uri, name)
 	require.NoError(t, err)
 	t.Cleanup(func() { require.NoError(t, b.Close()) })
 	return b, conn, name, dir
@@ -55,7 +55,7 @@ func fsPool(t *testing.T, kind string) (*libvirtpool.Backend, *libvirt.Connect, 
 
 // makePoolGolden converts a new qcow2 image into a golden of b, hashed
 // while it is written, and returns it and the image's raw reference.
-func makePoolGolden(t *testing.T, b *libvirtpool.Backend, key string, seed uint64) (volume.Golden, string) {
+func makePoolGolden(t *testing.T, b *libvirt.Backend, key string, seed uint64) (volume.Golden, string) {
 	t.Helper()
 	ctx := context.Background()
 	qcow, raw := testenv.QCOW2Image(t, t.TempDir(), goldenSize, seed)
@@ -166,7 +166,7 @@ func TestDirPoolReflinkClones(t *testing.T) {
 
 // requireReclone reclones vol from g while another goroutine checks that
 // the name always holds a whole volume of its size.
-func requireReclone(t *testing.T, b *libvirtpool.Backend, g volume.Golden, vol volume.Volume, raw string) {
+func requireReclone(t *testing.T, b *libvirt.Backend, g volume.Golden, vol volume.Volume, raw string) {
 	t.Helper()
 	oldIno := inode(t, vol.Path)
 	var stop atomic.Bool
@@ -244,7 +244,7 @@ func TestDirPoolWithoutReflinks(t *testing.T) {
 	}
 
 	_, uri := testConn(t)
-	off, err := libvirtpool.Open(uri, pool, libvirtpool.WithoutClones("PROVISIONER_CLONES=off"))
+	off, err := libvirt.Open(uri, pool, libvirt.WithoutClones("PROVISIONER_CLONES=off"))
 	require.NoError(t, err)
 	defer off.Close()
 	ok, reason = off.CloneSupport()

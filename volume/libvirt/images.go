@@ -1,12 +1,12 @@
 //go:build cgo
 
-package libvirtpool
+package libvirt
 
 import (
 	"context"
 	"fmt"
 
-	"libvirt.org/go/libvirt"
+	golibvirt "libvirt.org/go/libvirt"
 )
 
 // ImagesPool is the libvirt storage pool (of type dir, fs or netfs) whose
@@ -47,7 +47,7 @@ func (p *ImagesPool) URI() string { return p.s.uri }
 
 // Refresh makes libvirt re-read the pool's directory (virsh pool-refresh).
 func (p *ImagesPool) Refresh(ctx context.Context) error {
-	return p.s.doIdempotent(ctx, func(_ *libvirt.Connect, pool *libvirt.StoragePool) error {
+	return p.s.doIdempotent(ctx, func(_ *golibvirt.Connect, pool *golibvirt.StoragePool) error {
 		return p.s.refresh(ctx, pool)
 	})
 }

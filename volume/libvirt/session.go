@@ -1,6 +1,6 @@
 //go:build cgo
 
-package libvirtpool
+package libvirt
 
 import (
 	"context"
@@ -11,20 +11,20 @@ import (
 	"sync"
 	"time"
 
-	"libvirt.org/go/libvirt"
+	golibvirt "libvirt.org/go/libvirt"
 )
 
 // libvirtError shows a libvirt error as libvirt's own message, which is
 // what a person can act on, and still unwraps to the libvirt.Error (so
 // errors.Is(err, libvirt.ERR_NO_STORAGE_VOL) works).
-type libvirtError struct{ err libvirt.Error }
+type libvirtError struct{ err golibvirt.Error }
 
 func (e libvirtError) Error() string { return e.err.Message }
 func (e libvirtError) Unwrap() error { return e.err }
 
 // clean turns a libvirt.Error into a libvirtError and passes other errors on.
 func clean(err error) error {
-	var le libvirt.Error
+	var le golibvirt.Error
 	if errors.As(err, &le) {
 		return libvirtError{le}
 	}
@@ -48,8 +48,8 @@ type session struct {
 
 	mu       sync.Mutex
 	closed   bool
-	conn     *libvirt.Connect
-	pool     *libvirt.StoragePool
+	conn     *golibvirt.Connect
+	pool     *golibvirt.StoragePool
 	poolType string
 	poolPath string
 }
@@ -69,14 +69,14 @@ func openSession(uri, poolName string) (*session, error) {
 // connect opens the connection and looks the pool up; s.mu is held or s is
 // not shared yet.
 func (s *session) connect() error {
-	conn, err := libvirt.NewConnect(s.uri)
+	conn, err := golibvirt.NewConnect(s.uri)
 	if err != nil {
 		return fmt.Errorf("connect to libvirt at %s: %w", s.uri, clean(err))
 	}
 	pool, err := conn.LookupStoragePoolByName(s.poolName)
 	if err != nil {
 		_, _ = conn.Close()
-		if errors.Is(err, libvirt.ERR_NO_STORAGE_POOL) {
+		if errors.Is(err, golibvirt.ERR_NO_STORAGE_POOL) {
 			return fmt.Errorf("libvirt storage pool %q does not exist at %s: define and start it (virsh pool-define-as, virsh pool-start)", s.poolName, s.uri)
 		}
 		return fmt.Errorf("look up libvirt storage pool %q at %s: %w", s.poolName, s.uri, clean(err))
@@ -119,18 +119,18 @@ func (s *session) release() {
 
 // do runs fn with a live connection and the pool, reconnecting first when
 // the last connection died. Calls are serialized.
-func (s *session) do(ctx context.Context, fn func(conn *libvirt.Connect, pool *libvirt.StoragePool) error) error {
+func (s *session) do(ctx context.Context, fn func(conn *golibvirt.Connect, pool *golibvirt.StoragePool) error) error {
 	return s.run(ctx, false, fn)
 }
 
 // doIdempotent is do for fn that may safely run twice: when fn fails
 // because the connection died under it (libvirtd restarted), it reconnects
 // and runs fn once more.
-func (s *session) doIdempotent(ctx context.Context, fn func(conn *libvirt.Connect, pool *libvirt.StoragePool) error) error {
+func (s *session) doIdempotent(ctx context.Context, fn func(conn *golibvirt.Connect, pool *golibvirt.StoragePool) error) error {
 	return s.run(ctx, true, fn)
 }
 
-func (s *session) run(ctx context.Context, retry bool, fn func(conn *libvirt.Connect, pool *libvirt.StoragePool) error) error {
+func (s *session) run(ctx context.Context, retry bool, fn func(conn *golibvirt.Connect, pool *golibvirt.StoragePool) error) error {
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -152,7 +152,7 @@ func (s *session) run(ctx context.Context, retry bool, fn func(conn *libvirt.Con
 		if err == nil {
 			return nil
 		}
-		if errors.Is(err, libvirt.ERR_NO_STORAGE_POOL) || errors.Is(err, libvirt.ERR_INVALID_CONN) || !s.alive() {
+		if errors.Is(err, golibvirt.ERR_NO_STORAGE_POOL) || errors.Is(err, golibvirt.ERR_INVALID_CONN) || !s.alive() {
 			// The connection broke, or the pool was undefined and
 			// redefined: look everything up again.
 			s.release()
@@ -188,7 +188,7 @@ const refreshRetryFor = 30 * time.Second
 
 // refresh re-reads the pool's contents (pool.Refresh), waiting while libvirt
 // refuses because a volume of the pool is being built.
-func (s *session) refresh(ctx context.Context, pool *libvirt.StoragePool) error {
+func (s *session) refresh(ctx context.Context, pool *golibvirt.StoragePool) error {
 	deadline := time.Now().Add(refreshRetryFor)
 	wait := 50 * time.Millisecond
 	for {
@@ -196,7 +196,7 @@ func (s *session) refresh(ctx context.Context, pool *libvirt.StoragePool) error 
 		if err == nil {
 			return nil
 		}
-		var le libvirt.Error
+		var le golibvirt.Error
 		busy := errors.As(err, &le) && strings.Contains(le.Message, "asynchronous jobs")
 		if !busy || time.Now().After(deadline) {
 			return fmt.Errorf("refresh libvirt storage pool %q at %s: %w", s.poolName, s.uri, clean(err))

@@ -1,6 +1,6 @@
 //go:build cgo
 
-package libvirtpool_test
+package libvirt_test
 
 import (
 	"errors"
@@ -12,7 +12,7 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
-	"libvirt.org/go/libvirt"
+	golibvirt "libvirt.org/go/libvirt"
 
 	"github.com/libvirt-volume-provisioner/provisioner/internal/testenv"
 )
@@ -32,10 +32,10 @@ func unique(t *testing.T, kind string) string {
 
 // testConn makes sure libvirtd runs and opens a connection for the test's
 // own setup, closed when the test ends.
-func testConn(t *testing.T) (*libvirt.Connect, string) {
+func testConn(t *testing.T) (*golibvirt.Connect, string) {
 	t.Helper()
 	uri := testenv.Libvirtd(t)
-	conn, err := libvirt.NewConnect(uri)
+	conn, err := golibvirt.NewConnect(uri)
 	require.NoError(t, err, "connect to %s", uri)
 	t.Cleanup(func() { _, _ = conn.Close() })
 	return conn, uri
@@ -55,7 +55,7 @@ func worldDir(t *testing.T) string {
 // definePool defines a dir pool in a new temporary directory, starts it when
 // start is true, and destroys and undefines it when the test ends. It returns
 // the pool's name and directory.
-func definePool(t *testing.T, conn *libvirt.Connect, start bool) (string, string) {
+func definePool(t *testing.T, conn *golibvirt.Connect, start bool) (string, string) {
 	t.Helper()
 	name := unique(t, "pool")
 	dir := worldDir(t)
@@ -81,7 +81,7 @@ func definePool(t *testing.T, conn *libvirt.Connect, start bool) (string, string
 
 // poolVolumes lists a pool's volume names through the API, like virsh
 // vol-list.
-func poolVolumes(t *testing.T, conn *libvirt.Connect, poolName string) []string {
+func poolVolumes(t *testing.T, conn *golibvirt.Connect, poolName string) []string {
 	t.Helper()
 	pool, err := conn.LookupStoragePoolByName(poolName)
 	require.NoError(t, err)
@@ -102,7 +102,7 @@ func poolVolumes(t *testing.T, conn *libvirt.Connect, poolName string) []string 
 // no OS and the given <disk> elements; it sits in the firmware, running. It
 // is destroyed when the test ends (and by libvirtd if the test process dies
 // first, as it was started with autodestroy).
-func startDomain(t *testing.T, conn *libvirt.Connect, name, disks string) *libvirt.Domain {
+func startDomain(t *testing.T, conn *golibvirt.Connect, name, disks string) *golibvirt.Domain {
 	t.Helper()
 	emulator := testenv.QemuSystem(t)
 	desc := fmt.Sprintf(`<domain type='qemu'>
@@ -116,7 +116,7 @@ func startDomain(t *testing.T, conn *libvirt.Connect, name, disks string) *libvi
     <memballoon model='none'/>
   </devices>
 </domain>`, name, emulator, disks)
-	dom, err := conn.DomainCreateXML(desc, libvirt.DOMAIN_START_AUTODESTROY)
+	dom, err := conn.DomainCreateXML(desc, golibvirt.DOMAIN_START_AUTODESTROY)
 	require.NoError(t, err, "start domain %s", name)
 	t.Cleanup(func() {
 		destroyDomain(t, dom)
@@ -127,10 +127,10 @@ func startDomain(t *testing.T, conn *libvirt.Connect, name, disks string) *libvi
 
 // destroyDomain stops a transient domain (which removes it); one that is
 // gone already is fine.
-func destroyDomain(t *testing.T, dom *libvirt.Domain) {
+func destroyDomain(t *testing.T, dom *golibvirt.Domain) {
 	t.Helper()
 	err := dom.Destroy()
-	if err != nil && !errors.Is(err, libvirt.ERR_NO_DOMAIN) && !errors.Is(err, libvirt.ERR_OPERATION_INVALID) {
+	if err != nil && !errors.Is(err, golibvirt.ERR_NO_DOMAIN) && !errors.Is(err, golibvirt.ERR_OPERATION_INVALID) {
 		t.Errorf("destroy domain: %v", err)
 	}
 }

@@ -1,6 +1,6 @@
 //go:build cgo
 
-package libvirtpool
+package libvirt
 
 import (
 	"testing"

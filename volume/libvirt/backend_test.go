@@ -1,6 +1,6 @@
 //go:build cgo
 
-package libvirtpool_test
+package libvirt_test
 
 import (
 	"bytes"
@@ -15,7 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/libvirt-volume-provisioner/provisioner/internal/testenv"
-	"github.com/libvirt-volume-provisioner/provisioner/libvirtpool"
+	"github.com/libvirt-volume-provisioner/provisioner/volume/libvirt"
 	"github.com/libvirt-volume-provisioner/provisioner/volume"
 )
 
@@ -23,11 +23,11 @@ const mib = 1 << 20
 
 // openBackend opens a Backend on a new started dir pool and returns it with
 // the pool's name and directory.
-func openBackend(t *testing.T) (*libvirtpool.Backend, string, string) {
+func openBackend(t *testing.T) (*libvirt.Backend, string, string) {
 	t.Helper()
 	conn, uri := testConn(t)
 	name, dir := definePool(t, conn, true)
-	b, err := libvirtpool.Open(uri, name)
+	b, err := libvirt.Open(uri, name)
 	require.NoError(t, err)
 	t.Cleanup(func() { require.NoError(t, b.Close()) })
 	require.Equal(t, "dir", b.PoolType())
@@ -132,16 +132,16 @@ func TestOpenErrors(t *testing.T) {
 	conn, uri := testConn(t)
 
 	missing := unique(t, "missing")
-	_, err := libvirtpool.Open(uri, missing)
+	_, err := libvirt.Open(uri, missing)
 	require.ErrorContains(t, err, fmt.Sprintf("libvirt storage pool %q does not exist at %s", missing, uri))
-	_, err = libvirtpool.OpenImagesPool(uri, missing)
+	_, err = libvirt.OpenImagesPool(uri, missing)
 	require.ErrorContains(t, err, fmt.Sprintf("libvirt storage pool %q does not exist at %s", missing, uri))
 
 	inactive, _ := definePool(t, conn, false)
-	_, err = libvirtpool.Open(uri, inactive)
+	_, err = libvirt.Open(uri, inactive)
 	require.ErrorContains(t, err, fmt.Sprintf("libvirt storage pool %q at %s is not active", inactive, uri))
 
-	_, err = libvirtpool.Open("qemu:///nonesuch", inactive)
+	_, err = libvirt.Open("qemu:///nonesuch", inactive)
 	require.ErrorContains(t, err, "connect to libvirt at qemu:///nonesuch")
 }
 
@@ -151,7 +151,7 @@ func TestImagesPool(t *testing.T) {
 	conn, uri := testConn(t)
 	name, dir := definePool(t, conn, true)
 
-	images, err := libvirtpool.OpenImagesPool(uri, name)
+	images, err := libvirt.OpenImagesPool(uri, name)
 	require.NoError(t, err)
 	defer images.Close()
 	require.Equal(t, dir, images.Dir())
@@ -208,7 +208,7 @@ func TestCheckNotInUseRunningDomain(t *testing.T) {
 
 // provision does what the worker does with an existing volume: look it up,
 // check the size, refuse it in use, and only then write data into it.
-func provision(ctx context.Context, b *libvirtpool.Backend, name string, data []byte) error {
+func provision(ctx context.Context, b *libvirt.Backend, name string, data []byte) error {
 	vol, ok, err := b.Lookup(ctx, name)
 	if err != nil {
 		return err

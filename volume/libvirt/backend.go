@@ -1,6 +1,6 @@
 //go:build cgo
 
-package libvirtpool
+package libvirt
 
 import (
 	"context"
@@ -9,7 +9,7 @@ import (
 	"fmt"
 	"os"
 
-	"libvirt.org/go/libvirt"
+	golibvirt "libvirt.org/go/libvirt"
 
 	"github.com/libvirt-volume-provisioner/provisioner/messaging"
 	"github.com/libvirt-volume-provisioner/provisioner/volume"
@@ -122,15 +122,15 @@ func (b *Backend) describe(name string) string {
 // lookup finds vol name in pool, refreshing the pool once when libvirt does
 // not know it, so that a volume made behind libvirt's back is found too. vol
 // is nil when there is none; the caller frees it.
-func (b *Backend) lookup(ctx context.Context, pool *libvirt.StoragePool, name string) (*libvirt.StorageVol, error) {
+func (b *Backend) lookup(ctx context.Context, pool *golibvirt.StoragePool, name string) (*golibvirt.StorageVol, error) {
 	vol, err := pool.LookupStorageVolByName(name)
-	if errors.Is(err, libvirt.ERR_NO_STORAGE_VOL) {
+	if errors.Is(err, golibvirt.ERR_NO_STORAGE_VOL) {
 		if err := b.s.refresh(ctx, pool); err != nil {
 			return nil, err
 		}
 		vol, err = pool.LookupStorageVolByName(name)
 	}
-	if errors.Is(err, libvirt.ERR_NO_STORAGE_VOL) {
+	if errors.Is(err, golibvirt.ERR_NO_STORAGE_VOL) {
 		return nil, nil
 	}
 	if err != nil {
@@ -142,7 +142,7 @@ func (b *Backend) lookup(ctx context.Context, pool *libvirt.StoragePool, name st
 // volume reads a volume's path, capacity and format, and checks that its
 // bytes may be written as a raw disk: a raw regular file (not a symlink) in
 // a file pool, a block device in a logical pool.
-func (b *Backend) volume(name string, vol *libvirt.StorageVol) (volume.Volume, error) {
+func (b *Backend) volume(name string, vol *golibvirt.StorageVol) (volume.Volume, error) {
 	path, err := vol.GetPath()
 	if err != nil {
 		return volume.Volume{}, fmt.Errorf("path of %s: %w", b.describe(name), clean(err))
@@ -196,7 +196,7 @@ func (b *Backend) Lookup(ctx context.Context, name string) (volume.Volume, bool,
 		v  volume.Volume
 		ok bool
 	)
-	err := b.s.doIdempotent(ctx, func(_ *libvirt.Connect, pool *libvirt.StoragePool) error {
+	err := b.s.doIdempotent(ctx, func(_ *golibvirt.Connect, pool *golibvirt.StoragePool) error {
 		vol, err := b.lookup(ctx, pool, name)
 		if err != nil || vol == nil {
 			return err
@@ -244,7 +244,7 @@ func (b *Backend) Create(ctx context.Context, name string, size int64) (volume.V
 		return volume.Volume{}, err
 	}
 	var v volume.Volume
-	err = b.s.do(ctx, func(_ *libvirt.Connect, pool *libvirt.StoragePool) (err error) {
+	err = b.s.do(ctx, func(_ *golibvirt.Connect, pool *golibvirt.StoragePool) (err error) {
 		existing, err := b.lookup(ctx, pool, name)
 		if err != nil {
 			return fmt.Errorf("create %s: %w", b.describe(name), err)
@@ -254,7 +254,7 @@ func (b *Backend) Create(ctx context.Context, name string, size int64) (volume.V
 			return fmt.Errorf("create %s: it already exists", b.describe(name))
 		}
 		vol, err := pool.StorageVolCreateXML(desc, 0)
-		if errors.Is(err, libvirt.ERR_STORAGE_VOL_EXIST) {
+		if errors.Is(err, golibvirt.ERR_STORAGE_VOL_EXIST) {
 			return fmt.Errorf("create %s: it already exists", b.describe(name))
 		}
 		if err != nil {
@@ -287,7 +287,7 @@ func (b *Backend) Delete(ctx context.Context, name string) error {
 	if err := messaging.ValidateVolumeName(name); err != nil {
 		return err
 	}
-	return b.s.doIdempotent(ctx, func(_ *libvirt.Connect, pool *libvirt.StoragePool) error {
+	return b.s.doIdempotent(ctx, func(_ *golibvirt.Connect, pool *golibvirt.StoragePool) error {
 		vol, err := b.lookup(ctx, pool, name)
 		if err != nil || vol == nil {
 			return err
@@ -303,7 +303,7 @@ func (b *Backend) Delete(ctx context.Context, name string) error {
 // Refresh makes libvirt re-read the pool (virsh pool-refresh), so that its
 // volumes' sizes and allocations are current after a write.
 func (b *Backend) Refresh(ctx context.Context) error {
-	return b.s.doIdempotent(ctx, func(_ *libvirt.Connect, pool *libvirt.StoragePool) error {
+	return b.s.doIdempotent(ctx, func(_ *golibvirt.Connect, pool *golibvirt.StoragePool) error {
 		return b.s.refresh(ctx, pool)
 	})
 }
