@@ -37,7 +37,7 @@ demo: deps build
 test: deps
 	$(GO) vet ./...
 	$(GO) test -count=1 -timeout 20m ./...
-	$(GO) test -count=1 -tags= -run 'Native|Stream' ./pipeline  # compress/flate, without libdeflate
+	$(GO) test -count=1 -tags= -run 'Native|Stream' ./pipeline/convert ./pipeline/imagecache  # compress/flate, without libdeflate
 	$(MAKE) fuzz FUZZTIME=2000x
 	tests/lvmguest/run.sh
 
@@ -81,7 +81,7 @@ clean:
 
 FUZZTIME ?= 30s
 FUZZ_TARGETS = messaging:FuzzDecodeJob messaging:FuzzParseImageURL messaging:FuzzValidateVolumeName \
-               pipeline:FuzzParseChecksum pipeline:FuzzInspect auth:FuzzVerify
+               pipeline/source:FuzzParseChecksum pipeline/image:FuzzInspect auth:FuzzVerify
 
 ## fuzz: run each fuzz target for FUZZTIME (make test runs them briefly)
 fuzz:

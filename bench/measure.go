@@ -18,10 +18,12 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/libvirt-volume-provisioner/provisioner/pipeline/convert"
+	pimage "github.com/libvirt-volume-provisioner/provisioner/pipeline/image"
+
 	"github.com/minio/minio-go/v7"
 	"golang.org/x/sys/unix"
 
-	"github.com/libvirt-volume-provisioner/provisioner/pipeline"
 	"github.com/libvirt-volume-provisioner/provisioner/volume"
 )
 
@@ -172,7 +174,7 @@ func (b *bench) convertSteps(ctx context.Context, img *image, src, target string
 	}
 	// The project's convert stage: zero the target, qemu-img convert -n
 	// --target-is-zero (O_DIRECT where the target takes it), fsync.
-	pimg, err := pipeline.Inspect(src, "qcow2")
+	pimg, err := pimage.Inspect(src, "qcow2")
 	if err != nil {
 		return err
 	}
@@ -184,21 +186,21 @@ func (b *bench) convertSteps(ctx context.Context, img *image, src, target string
 	// size (as the file backend creates) or the loop device.
 	type stage struct {
 		name string
-		conv pipeline.Converter
+		conv convert.Converter
 		zlib string // the native converter's zlib decompressor
 	}
-	stages := []stage{{"conv_project", pipeline.QemuImg{}, ""}}
-	for i, z := range pipeline.ZlibDecompressors() {
+	stages := []stage{{"conv_project", convert.QemuImg{}, ""}}
+	for i, z := range convert.ZlibDecompressors() {
 		name := "conv_native" // the worker's: the one in use first
 		if i > 0 {
 			name = "conv_native_" + z
 		}
-		stages = append(stages, stage{name, pipeline.Native{}, z})
+		stages = append(stages, stage{name, convert.Native{}, z})
 	}
-	defer pipeline.SetZlibDecompressor(pipeline.ZlibDecompressors()[0])
+	defer convert.SetZlibDecompressor(convert.ZlibDecompressors()[0])
 	for _, c := range stages {
 		if c.zlib != "" {
-			if err := pipeline.SetZlibDecompressor(c.zlib); err != nil {
+			if err := convert.SetZlibDecompressor(c.zlib); err != nil {
 				return err
 			}
 		}

@@ -10,7 +10,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/libvirt-volume-provisioner/provisioner/pipeline"
+	"github.com/libvirt-volume-provisioner/provisioner/pipeline/convert"
 )
 
 type machineInfo struct {
@@ -233,7 +233,7 @@ func (b *bench) report() string {
 		row("project, convert only: pipeline convert (zero + qemu-img `-n --target-is-zero` + fsync)", func(c col) string {
 			return fmtS(median(r.get(key(n, c.target, "conv_project"))))
 		})
-		for i, z := range pipeline.ZlibDecompressors() {
+		for i, z := range convert.ZlibDecompressors() {
 			k := "conv_native"
 			label := fmt.Sprintf("project, convert only, native: go-qcow2reader + %s, parallel O_DIRECT writes + fsync", z)
 			if i > 0 {

@@ -48,7 +48,7 @@ type Golden struct {
 	// AllocatedBytes is the space it takes, counted against the cache's cap.
 	AllocatedBytes int64 `json:"allocated_bytes"`
 	// Digest is the chunked SHA-256 of its content when it was sealed
-	// (pipeline.GoldenDigest).
+	// (volume.GoldenDigest).
 	Digest string `json:"digest"`
 	// Dev, Ino and CtimeNs identify the sealed file: any change to it, its
 	// mode or its flags changes its ctime.

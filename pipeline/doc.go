@@ -1,9 +1,20 @@
-// Package pipeline runs the stages of a job against small interfaces: the
-// image source (MinIO through minio-go), the checksum-keyed cache, the image
-// inspection, the converter (qemu-img) and the volume backend (raw files).
+// Package pipeline holds the stages of a job, one subpackage per concern,
+// in the order a job meets them:
 //
-// The cache directory is shared with the operator. The cache keeps its own
-// state in <cache dir>/.provisioner/ (partial downloads, and one ownership
-// record per file it put in place) and removes a file only when its record
-// matches it: see cache_owner.go.
+//   - source: the object store images come from (MinIO through minio-go):
+//     the published checksum, and reads that resume at an offset.
+//   - imagecache: the checksum-keyed image cache on the host (downloads,
+//     verification, partial downloads a converter can stream from, the
+//     golden volumes kept per digest, eviction, scrub).
+//   - image: inspection of an image's header and the checks it must pass
+//     (format, virtual size, no backing file or external data) before
+//     anything is written.
+//   - convert: the converters that write an image into a volume (the native
+//     qcow2 reader and qemu-img), the raw copy, zeroing and the image's
+//     data size.
+//   - stages: the stage names a job's progress reports, and the progress
+//     callback.
+//
+// The volumes themselves are the volume package's backends; the broker
+// (consumer, slots, leases, acks) is the worker package's.
 package pipeline

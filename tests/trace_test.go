@@ -14,6 +14,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/libvirt-volume-provisioner/provisioner/pipeline/convert"
+	"github.com/libvirt-volume-provisioner/provisioner/pipeline/imagecache"
+	"github.com/libvirt-volume-provisioner/provisioner/pipeline/source"
+
 	"github.com/libvirt-volume-provisioner/provisioner/volume/file"
 
 	"github.com/nats-io/nats.go"
@@ -31,7 +35,6 @@ import (
 	"github.com/libvirt-volume-provisioner/provisioner/embedded"
 	"github.com/libvirt-volume-provisioner/provisioner/internal/testenv"
 	"github.com/libvirt-volume-provisioner/provisioner/messaging"
-	"github.com/libvirt-volume-provisioner/provisioner/pipeline"
 	"github.com/libvirt-volume-provisioner/provisioner/worker"
 )
 
@@ -62,14 +65,14 @@ func TestOneTraceFromRequestToStages(t *testing.T) {
 	log := logrus.New()
 	log.SetOutput(io.Discard)
 
-	source, err := pipeline.NewMinIOSource(m.Endpoint, m.AccessKey, m.SecretKey, false)
+	source, err := source.NewMinIO(m.Endpoint, m.AccessKey, m.SecretKey, false)
 	require.NoError(t, err)
 	files, err := file.New(filepath.Join(dir, "volumes"))
 	require.NoError(t, err)
 	w, err := worker.New(ctx, worker.Config{Host: "h1", MachineID: "m1", AckWait: 5 * time.Second, Heartbeat: time.Second, TracerProvider: tp},
-		nc, subjects, worker.Parts{Source: source, Backend: files, Converter: pipeline.QemuImg{}}, log)
+		nc, subjects, worker.Parts{Source: source, Backend: files, Converter: convert.QemuImg{}}, log)
 	require.NoError(t, err)
-	cache, err := pipeline.NewCache(filepath.Join(dir, "cache"), "h1", w.CacheIndex())
+	cache, err := imagecache.New(filepath.Join(dir, "cache"), "h1", w.CacheIndex())
 	require.NoError(t, err)
 	w.SetCache(cache)
 	var wg sync.WaitGroup

@@ -5,17 +5,19 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/libvirt-volume-provisioner/provisioner/pipeline/imagecache"
+	"github.com/libvirt-volume-provisioner/provisioner/pipeline/stages"
+
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/libvirt-volume-provisioner/provisioner/kvstate"
 	"github.com/libvirt-volume-provisioner/provisioner/messaging"
-	"github.com/libvirt-volume-provisioner/provisioner/pipeline"
 	"github.com/libvirt-volume-provisioner/provisioner/volume"
 )
 
 // GoldenCache is the part of the image cache that keeps each image's golden
-// (pipeline.Cache).
+// (imagecache.Cache).
 type GoldenCache interface {
 	LockGolden(ctx context.Context, key string) (func(), error)
 	Golden(ctx context.Context, key string) (volume.Golden, bool, error)
@@ -84,7 +86,7 @@ func (w *Worker) provisionByClone(ctx context.Context, rep *reporter, rec kvstat
 	}
 	res.imagePath, res.checksum = ji.path, ji.checksum
 	trace.SpanFromContext(ctx).SetAttributes(attribute.Bool("cloned", true), attribute.Bool("golden_made", made))
-	rep.progress(pipeline.StagePopulate, 0, ji.img.VirtualSize)
+	rep.progress(stages.Populate, 0, ji.img.VirtualSize)
 	if exists {
 		// Reclone renames a whole clone over the volume: the old content
 		// stays until then, so a failure leaves it as it was.
@@ -100,9 +102,9 @@ func (w *Worker) provisionByClone(ctx context.Context, rep *reporter, rec kvstat
 		return res, fmt.Errorf("clone volume %q from the image's golden: %w", m.VolumeName, err)
 	}
 	res.volumePath, res.volumeSize, res.cloned = vol.Path, vol.Size, true
-	rep.progress(pipeline.StagePopulate, ji.img.VirtualSize, ji.img.VirtualSize)
+	rep.progress(stages.Populate, ji.img.VirtualSize, ji.img.VirtualSize)
 	rep.log.WithField("golden", g.Path).WithField("golden_made", made).Info("volume cloned from the image's golden")
-	rep.progress(pipeline.StageFinalize, 0, 0)
+	rep.progress(stages.Finalize, 0, 0)
 	if r, ok := w.parts.Backend.(volume.Refresher); ok {
 		if err := r.Refresh(ctx); err != nil {
 			return res, fmt.Errorf("refresh the volume's pool: %w", err)
@@ -122,11 +124,11 @@ func (w *Worker) golden(ctx context.Context, rep *reporter, m messaging.Job, ji 
 		return g, false, err
 	}
 	if ok && m.Verify == messaging.VerifyFull {
-		rep.progress(pipeline.StageVerify, 0, 0)
+		rep.progress(stages.Verify, 0, 0)
 		if err := ji.verify(ctx); err != nil {
 			return g, false, fmt.Errorf("verify the cached image: %w", err)
 		}
-		if err := c.cache.VerifyGolden(ctx, g); errors.Is(err, pipeline.ErrGoldenCorrupt) {
+		if err := c.cache.VerifyGolden(ctx, g); errors.Is(err, imagecache.ErrGoldenCorrupt) {
 			rep.log.WithError(err).Warn("the image's golden failed its verification; making it again")
 			ok = false
 		} else if err != nil {
@@ -162,7 +164,7 @@ func (w *Worker) makeGolden(ctx context.Context, rep *reporter, ji *jobImage, c 
 	if stream {
 		rep.log.Info("converting the image into its golden while it downloads; it is kept only once its digest verified")
 	}
-	rep.progress(pipeline.StagePopulate, 0, ji.img.VirtualSize)
+	rep.progress(stages.Populate, 0, ji.img.VirtualSize)
 	h := w.goldenHasher(c, prep.Size)
 	if err := w.populateHashed(ctx, rep, ji, prep, stream, h); err != nil {
 		return g, err

@@ -8,9 +8,10 @@ import (
 	"io"
 	"os"
 
+	"github.com/libvirt-volume-provisioner/provisioner/pipeline/stages"
+
 	"github.com/libvirt-volume-provisioner/provisioner/kvstate"
 	"github.com/libvirt-volume-provisioner/provisioner/messaging"
-	"github.com/libvirt-volume-provisioner/provisioner/pipeline"
 	"github.com/libvirt-volume-provisioner/provisioner/volume"
 )
 
@@ -42,14 +43,14 @@ func (w *Worker) executeContent(ctx context.Context, rep *reporter, rec kvstate.
 		want = m.VolumeSizeBytes()
 		fits = func(v volume.Volume) error { return volume.CheckReuse(v, want) }
 	}
-	rep.progress(pipeline.StageVolume, 0, 0)
+	rep.progress(stages.Volume, 0, 0)
 	rw := rawWrite{volume: m.VolumeName, want: want, fits: fits, src: path, size: c.Size, ours: rec.VolumeCreated,
-		markCreated: rep.markVolumeCreated, stage: pipeline.StagePopulate}
+		markCreated: rep.markVolumeCreated, stage: stages.Populate}
 	var st volumeState
 	err = w.writeRaw(ctx, rep, rec, rw, lease, &st)
 	res.created, res.writing, res.volumePath, res.volumeSize, res.checksum = st.created, st.writing, st.path, st.size, c.SHA256
 	if err == nil {
-		rep.progress(pipeline.StageFinalize, 0, 0)
+		rep.progress(stages.Finalize, 0, 0)
 	}
 	return res, err
 }
@@ -58,21 +59,21 @@ func (w *Worker) executeContent(ctx context.Context, rep *reporter, rec kvstate.
 // path and checks its size and the job's SHA-256 (messaging.ReadContent
 // checks the Object Store's own digest).
 func (w *Worker) readContent(ctx context.Context, rep *reporter, host string, c messaging.Content, path string) error {
-	rep.progress(pipeline.StageDownload, 0, c.Size)
+	rep.progress(stages.Download, 0, c.Size)
 	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		return fmt.Errorf("scratch file: %w", err)
 	}
 	defer f.Close()
 	sum := sha256.New()
-	info, err := messaging.ReadContent(ctx, w.js, host, c.Object, io.MultiWriter(f, sum), func(n int64) { rep.progress(pipeline.StageDownload, n, c.Size) })
+	info, err := messaging.ReadContent(ctx, w.js, host, c.Object, io.MultiWriter(f, sum), func(n int64) { rep.progress(stages.Download, n, c.Size) })
 	if err != nil {
 		return err
 	}
 	if err := f.Close(); err != nil {
 		return fmt.Errorf("scratch file: %w", err)
 	}
-	rep.progress(pipeline.StageVerify, 0, 0)
+	rep.progress(stages.Verify, 0, 0)
 	if int64(info.Size) != c.Size {
 		return fmt.Errorf("%w: the object holds %d bytes, the job says %d; nothing was written", messaging.ErrContentMismatch, info.Size, c.Size)
 	}

@@ -5,20 +5,23 @@ import (
 	"fmt"
 	"sync"
 
+	"github.com/libvirt-volume-provisioner/provisioner/pipeline/image"
+	"github.com/libvirt-volume-provisioner/provisioner/pipeline/imagecache"
+	"github.com/libvirt-volume-provisioner/provisioner/pipeline/stages"
+
 	"github.com/libvirt-volume-provisioner/provisioner/messaging"
-	"github.com/libvirt-volume-provisioner/provisioner/pipeline"
 )
 
 // jobImage is the image a job converts: a cached file, or (on a miss with a
 // streaming converter) a download still arriving.
 type jobImage struct {
-	img      pipeline.Image
+	img      image.Image
 	hit      bool
 	path     string // the cached file; "" while part has not committed
 	checksum string
 	key      string
 	// part is the download a miss streams from; nil once committed.
-	part *pipeline.Partial
+	part *imagecache.Partial
 	// verify checks a hit's digest, concurrently with the conversion.
 	verify func(context.Context) error
 	// dl quiets the download's progress once the conversion reports its own.
@@ -49,11 +52,11 @@ func (w *Worker) fetchImage(ctx context.Context, rep *reporter, m messaging.Job,
 	// A miss; the cached file is recorded once the download commits.
 	rep.setCache(false, "", "")
 	ji.part = f.Partial
-	img, stream, err := pipeline.InspectStream(ctx, f.Partial, m.ImageType)
+	img, stream, err := image.InspectStream(ctx, f.Partial, m.ImageType)
 	if err == nil && stream {
 		ji.img = img
 		dl.setQuiet(true)
-		rep.progress(pipeline.StageInspect, 0, 0)
+		rep.progress(stages.Inspect, 0, 0)
 		return ji, nil
 	}
 	// Not a qcow2 image, or a bad header: the whole file decides.
@@ -71,9 +74,9 @@ func (w *Worker) fetchImage(ctx context.Context, rep *reporter, m messaging.Job,
 // inspectCached inspects ji's cached file and, with check, checks its
 // structure (qemu-img check); a refused image is removed from the cache.
 func (w *Worker) inspectCached(ctx context.Context, rep *reporter, ji *jobImage, declaredType string, check bool) error {
-	rep.progress(pipeline.StageInspect, 0, 0)
+	rep.progress(stages.Inspect, 0, 0)
 	var err error
-	ji.img, err = pipeline.Inspect(ji.path, declaredType)
+	ji.img, err = image.Inspect(ji.path, declaredType)
 	if err == nil && check && w.parts.Checker != nil {
 		err = w.parts.Checker.Check(ctx, ji.img, ji.path)
 	}
@@ -142,7 +145,7 @@ type streamProgress struct {
 func (s *streamProgress) progress(stage string, done, total int64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.quiet && stage == pipeline.StageDownload {
+	if s.quiet && stage == stages.Download {
 		s.rep.countOnly(stage, done)
 		return
 	}

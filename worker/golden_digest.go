@@ -3,16 +3,17 @@ package worker
 import (
 	"context"
 
-	"github.com/libvirt-volume-provisioner/provisioner/pipeline"
+	"github.com/libvirt-volume-provisioner/provisioner/pipeline/convert"
+
 	"github.com/libvirt-volume-provisioner/provisioner/volume"
 )
 
 // goldenHasher returns a hasher for a golden of size bytes when the
-// converter can hash what it writes (pipeline.DigestConverter) and the
-// backend can seal with that digest (pipeline.DigestSealer); nil otherwise,
+// converter can hash what it writes (convert.DigestConverter) and the
+// backend can seal with that digest (volume.DigestSealer); nil otherwise,
 // and the golden is read back when sealed.
 func (w *Worker) goldenHasher(c cloneParts, size int64) *volume.GoldenHasher {
-	if _, ok := w.parts.Converter.(pipeline.DigestConverter); !ok {
+	if _, ok := w.parts.Converter.(convert.DigestConverter); !ok {
 		return nil
 	}
 	if _, ok := c.backend.(volume.DigestSealer); !ok {

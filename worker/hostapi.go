@@ -8,12 +8,13 @@ import (
 	"sort"
 	"time"
 
+	"github.com/libvirt-volume-provisioner/provisioner/pipeline/imagecache"
+
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/sirupsen/logrus"
 
 	"github.com/libvirt-volume-provisioner/provisioner/kvstate"
 	"github.com/libvirt-volume-provisioner/provisioner/messaging"
-	"github.com/libvirt-volume-provisioner/provisioner/pipeline"
 )
 
 // ErrAPIRefused is returned when the API answered a worker request with an
@@ -84,8 +85,8 @@ type hostCacheIndex struct {
 	w *Worker
 }
 
-// CacheIndex is the index the image cache uses (pipeline.NewCache).
-func (w *Worker) CacheIndex() pipeline.CacheIndex {
+// CacheIndex is the index the image cache uses (imagecache.New).
+func (w *Worker) CacheIndex() imagecache.Index {
 	return hostCacheIndex{CacheIndex: kvstate.CacheIndex{KV: w.cacheKV}, w: w}
 }
 

@@ -11,6 +11,10 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/libvirt-volume-provisioner/provisioner/pipeline/convert"
+	"github.com/libvirt-volume-provisioner/provisioner/pipeline/imagecache"
+	"github.com/libvirt-volume-provisioner/provisioner/pipeline/stages"
+
 	"github.com/google/uuid"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/sirupsen/logrus"
@@ -20,7 +24,6 @@ import (
 
 	"github.com/libvirt-volume-provisioner/provisioner/kvstate"
 	"github.com/libvirt-volume-provisioner/provisioner/messaging"
-	"github.com/libvirt-volume-provisioner/provisioner/pipeline"
 	"github.com/libvirt-volume-provisioner/provisioner/telemetry"
 	"github.com/libvirt-volume-provisioner/provisioner/volume"
 )
@@ -129,7 +132,7 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
 		j.StartedAt = &now
 		j.HeartbeatAt = &now
 		j.Error = ""
-		j.Progress = &kvstate.Progress{Stage: pipeline.StageChecksum}
+		j.Progress = &kvstate.Progress{Stage: stages.Checksum}
 		if j.TraceID == "" {
 			j.TraceID = traceID
 		}
@@ -374,7 +377,7 @@ func (w *Worker) run(ctx context.Context, log *logrus.Entry, msg jetstream.Msg, 
 			w.metrics.jobs.WithLabelValues(string(kvstate.StatusCompleted)).Inc()
 			w.metrics.duration.WithLabelValues("completed").Observe(time.Since(started).Seconds())
 			w.publishEvent(host, jobID, final)
-			log.WithFields(logrus.Fields{"cache_hit": res.cacheHit, "volume_path": res.volumePath, "seconds": time.Since(started).Seconds(), "stage": pipeline.StageFinalize}).Info("job completed")
+			log.WithFields(logrus.Fields{"cache_hit": res.cacheHit, "volume_path": res.volumePath, "seconds": time.Since(started).Seconds(), "stage": stages.Finalize}).Info("job completed")
 			return string(kvstate.StatusCompleted)
 		}
 	}
@@ -384,7 +387,7 @@ func (w *Worker) run(ctx context.Context, log *logrus.Entry, msg jetstream.Msg, 
 	if !res.created && res.writing && res.volumePath != "" {
 		// A reused volume failed mid-write: make sure it never boots as if
 		// it were whole.
-		if zerr := pipeline.ZeroEnds(res.volumePath, res.volumeSize); zerr != nil {
+		if zerr := convert.ZeroEnds(res.volumePath, res.volumeSize); zerr != nil {
 			err = fmt.Errorf("%w (and zeroing the volume's first and last MiB failed: %v)", err, zerr)
 		} else if err != nil {
 			err = fmt.Errorf("%w; the volume's first and last MiB were zeroed so the half-written disk does not boot", err)
@@ -635,7 +638,7 @@ func (w *Worker) execute(ctx context.Context, rep *reporter, rec kvstate.Job, m 
 	}
 	err = w.writeSeed(ctx, rep, rec, m, lease, &res.seed)
 	if err == nil && m.ImageURL == "" {
-		rep.progress(pipeline.StageFinalize, 0, 0)
+		rep.progress(stages.Finalize, 0, 0)
 	}
 	return res, err
 }
@@ -671,7 +674,7 @@ func (w *Worker) executeImage(ctx context.Context, rep *reporter, rec kvstate.Jo
 		return res, nil
 	}
 
-	rep.progress(pipeline.StageVolume, 0, 0)
+	rep.progress(stages.Volume, 0, 0)
 	if err := w.volumeAllowed(m.VolumeName); err != nil {
 		return res, err
 	}
@@ -754,7 +757,7 @@ func (w *Worker) executeImage(ctx context.Context, rep *reporter, rec kvstate.Jo
 	if stream {
 		rep.log.Info("converting the image while it downloads; its digest is checked when the last byte arrives")
 	}
-	rep.progress(pipeline.StagePopulate, 0, img.VirtualSize)
+	rep.progress(stages.Populate, 0, img.VirtualSize)
 	res.writing = true
 	err = w.populate(ctx, rep, &ji, vol, stream)
 	release() // written: the file system's free space counts it now
@@ -762,7 +765,7 @@ func (w *Worker) executeImage(ctx context.Context, rep *reporter, rec kvstate.Jo
 	if err != nil {
 		return res, err
 	}
-	rep.progress(pipeline.StageFinalize, 0, 0)
+	rep.progress(stages.Finalize, 0, 0)
 	if r, ok := w.parts.Backend.(volume.Refresher); ok {
 		if err := r.Refresh(ctx); err != nil {
 			return res, fmt.Errorf("refresh the volume's pool: %w", err)
@@ -781,12 +784,12 @@ func (w *Worker) populate(ctx context.Context, rep *reporter, ji *jobImage, vol 
 }
 
 // populateHashed is populate telling h (when not nil) everything the
-// conversion writes, where the converter can (pipeline.DigestConverter);
+// conversion writes, where the converter can (convert.DigestConverter);
 // h.Sum then says whether it could.
 func (w *Worker) populateHashed(ctx context.Context, rep *reporter, ji *jobImage, vol volume.Volume, stream bool, h *volume.GoldenHasher) error {
 	img := ji.img
 	conv := w.parts.Converter
-	if dc, ok := conv.(pipeline.DigestConverter); ok && h != nil {
+	if dc, ok := conv.(convert.DigestConverter); ok && h != nil {
 		conv = dc.WithDigest(h)
 	}
 	convCtx, stopConv := context.WithCancelCause(ctx)
@@ -814,7 +817,7 @@ func (w *Worker) populateHashed(ctx context.Context, rep *reporter, ji *jobImage
 	// A read past the end of a download that ended short (a truncated
 	// image) is not the conversion failing on its own: the download's
 	// verdict, still being reached, says why.
-	if stream && err != nil && !errors.Is(err, pipeline.ErrStreamRestarted) && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF) {
+	if stream && err != nil && !errors.Is(err, imagecache.ErrStreamRestarted) && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF) {
 		select {
 		case <-ji.part.Done(): // the download ended: its outcome comes first
 		default:
@@ -827,7 +830,7 @@ func (w *Worker) populateHashed(ctx context.Context, rep *reporter, ji *jobImage
 	if verr := <-verified; verr != nil && !aborted {
 		return verr
 	}
-	if errors.Is(err, pipeline.ErrStreamRestarted) || (stream && err == nil && ji.part.Restarted()) {
+	if errors.Is(err, imagecache.ErrStreamRestarted) || (stream && err == nil && ji.part.Restarted()) {
 		// The download started over mid-way (perhaps on another version
 		// of the object); it is whole and verified now: convert again
 		// from the cached file.

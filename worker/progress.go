@@ -5,6 +5,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/libvirt-volume-provisioner/provisioner/pipeline/stages"
+
 	"github.com/sirupsen/logrus"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
@@ -12,7 +14,6 @@ import (
 
 	"github.com/libvirt-volume-provisioner/provisioner/kvstate"
 	"github.com/libvirt-volume-provisioner/provisioner/messaging"
-	"github.com/libvirt-volume-provisioner/provisioner/pipeline"
 	"github.com/libvirt-volume-provisioner/provisioner/telemetry"
 )
 
@@ -23,23 +24,23 @@ import (
 // with the bytes a sized stage processes, and a record never shows a
 // percentage its bytes do not account for.
 var provisionStages = map[string]int{
-	pipeline.StageChecksum:   1,
-	pipeline.StageCacheCheck: 1,
-	pipeline.StageDownload:   45,
-	pipeline.StageVerify:     50,
-	pipeline.StageInspect:    50,
-	pipeline.StageVolume:     51,
-	pipeline.StagePopulate:   98,
-	pipeline.StageFinalize:   99,
-	pipeline.StageSeed:       99,
+	stages.Checksum:   1,
+	stages.CacheCheck: 1,
+	stages.Download:   45,
+	stages.Verify:     50,
+	stages.Inspect:    50,
+	stages.Volume:     51,
+	stages.Populate:   98,
+	stages.Finalize:   99,
+	stages.Seed:       99,
 }
 
 var fetchStages = map[string]int{
-	pipeline.StageChecksum:   1,
-	pipeline.StageCacheCheck: 1,
-	pipeline.StageDownload:   90,
-	pipeline.StageVerify:     98,
-	pipeline.StageInspect:    99,
+	stages.Checksum:   1,
+	stages.CacheCheck: 1,
+	stages.Download:   90,
+	stages.Verify:     98,
+	stages.Inspect:    99,
 }
 
 // stagePercent is the overall percentage of a stage that began at base and
@@ -104,11 +105,11 @@ type cacheFields struct {
 // newReporter starts the reporter of att's attempt; close stops it.
 func newReporter(w *Worker, ctx context.Context, log *logrus.Entry, att *kvstate.Attempt) *reporter {
 	rec := att.Record()
-	stages := provisionStages
+	names := provisionStages
 	if rec.Kind == messaging.KindCacheFetch {
-		stages = fetchStages
+		names = fetchStages
 	}
-	r := &reporter{w: w, ctx: ctx, log: log, host: rec.Hypervisor, jobID: rec.JobID, att: att, number: rec.Attempt, stages: stages, started: time.Now(),
+	r := &reporter{w: w, ctx: ctx, log: log, host: rec.Hypervisor, jobID: rec.JobID, att: att, number: rec.Attempt, stages: names, started: time.Now(),
 		wake: make(chan struct{}, 1), done: make(chan struct{})}
 	go r.writeRecord()
 	return r
@@ -222,8 +223,8 @@ func (r *reporter) endStage(err error) {
 func (r *reporter) written() bool {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return r.cur.Stage == pipeline.StageFinalize ||
-		r.cur.Stage == pipeline.StagePopulate && r.cur.BytesTotal > 0 && r.cur.BytesProcessed >= r.cur.BytesTotal
+	return r.cur.Stage == stages.Finalize ||
+		r.cur.Stage == stages.Populate && r.cur.BytesTotal > 0 && r.cur.BytesProcessed >= r.cur.BytesTotal
 }
 
 func (r *reporter) stage() string {
@@ -273,7 +274,7 @@ func (r *reporter) progress(stage string, done, total int64) {
 func (r *reporter) final() *kvstate.Progress {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	return &kvstate.Progress{Stage: pipeline.StageFinalize, Percent: 100, BytesProcessed: r.sized.BytesTotal, BytesTotal: r.sized.BytesTotal}
+	return &kvstate.Progress{Stage: stages.Finalize, Percent: 100, BytesProcessed: r.sized.BytesTotal, BytesTotal: r.sized.BytesTotal}
 }
 
 // setCache records whether the image came from the cache.
@@ -344,9 +345,9 @@ func (r *reporter) countTo(stage string, done int64) {
 	}
 	r.counted[stage] = done
 	switch stage {
-	case pipeline.StageDownload:
+	case stages.Download:
 		r.w.metrics.downloaded.Add(float64(n))
-	case pipeline.StagePopulate:
+	case stages.Populate:
 		r.w.metrics.populated.Add(float64(n))
 	}
 }

@@ -4,10 +4,11 @@ import (
 	"context"
 	"fmt"
 
+	"github.com/libvirt-volume-provisioner/provisioner/pipeline/stages"
+
 	"github.com/libvirt-volume-provisioner/provisioner/cloudinit"
 	"github.com/libvirt-volume-provisioner/provisioner/kvstate"
 	"github.com/libvirt-volume-provisioner/provisioner/messaging"
-	"github.com/libvirt-volume-provisioner/provisioner/pipeline"
 	"github.com/libvirt-volume-provisioner/provisioner/volume"
 )
 
@@ -19,7 +20,7 @@ const SeedVolumeBytes = 4 << 20
 // volume, created or reused (±5% of SeedVolumeBytes) like any volume. A
 // reprovision writes a new seed over the old one.
 func (w *Worker) writeSeed(ctx context.Context, rep *reporter, rec kvstate.Job, m messaging.Job, lease *leaseRenewer, st *volumeState) error {
-	rep.progress(pipeline.StageSeed, 0, 0)
+	rep.progress(stages.Seed, 0, 0)
 	path, remove, err := w.scratchFile("seed", rec.JobID)
 	if err != nil {
 		return err
@@ -37,7 +38,7 @@ func (w *Worker) writeSeed(ctx context.Context, rep *reporter, rec kvstate.Job, 
 			}
 			return nil
 		},
-		markCreated: rep.markSeedCreated, stage: pipeline.StageSeed}
+		markCreated: rep.markSeedCreated, stage: stages.Seed}
 	if err := w.writeRaw(ctx, rep, rec, rw, lease, st); err != nil {
 		return fmt.Errorf("seed volume %q: %w", rw.volume, err)
 	}

@@ -7,7 +7,8 @@ import (
 	"sync"
 	"syscall"
 
-	"github.com/libvirt-volume-provisioner/provisioner/pipeline"
+	"github.com/libvirt-volume-provisioner/provisioner/pipeline/convert"
+
 	"github.com/libvirt-volume-provisioner/provisioner/volume"
 )
 
@@ -24,7 +25,7 @@ type spaceHeld struct {
 // wrote there meanwhile.
 var errFilledUp = errors.New("the volumes' file system filled up while the job was writing (something else wrote there after the job's free-space check); nothing the job wrote is kept: the volume or golden it created was removed")
 
-// reserveSpace fails with a sentence matching pipeline.ErrNoSpace when need
+// reserveSpace fails with a sentence matching volume.ErrNoSpace when need
 // bytes for what, besides those other running jobs hold, do not fit in the
 // backend's free space; otherwise it holds them until release is called.
 // Backends that cannot tell (LVM, logical pools) check for themselves.
@@ -64,7 +65,7 @@ func (w *Worker) reserveSpace(ctx context.Context, need int64, what string) (rel
 func mib(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }
 
 // imageNeed is how many bytes writing ji's image costs at most: its data
-// (pipeline.ImageData) once the image is complete. While it still
+// (convert.ImageData) once the image is complete. While it still
 // downloads only the virtual size bounds it; when that bound does not fit
 // (fits says) the download is finished first, so that the exact figure
 // decides, and the image is then not streamed.
@@ -79,7 +80,7 @@ func (w *Worker) imageNeed(ctx context.Context, rep *reporter, ji *jobImage, fit
 		}
 		ji.part = nil
 	}
-	return pipeline.ImageData(ctx, ji.path, ji.img)
+	return convert.ImageData(ctx, ji.path, ji.img)
 }
 
 // reserveImage reserves the space writing ji's image into what costs,

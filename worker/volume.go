@@ -8,9 +8,11 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/libvirt-volume-provisioner/provisioner/pipeline/convert"
+	"github.com/libvirt-volume-provisioner/provisioner/pipeline/image"
+
 	"github.com/libvirt-volume-provisioner/provisioner/kvstate"
 	"github.com/libvirt-volume-provisioner/provisioner/messaging"
-	"github.com/libvirt-volume-provisioner/provisioner/pipeline"
 	"github.com/libvirt-volume-provisioner/provisioner/volume"
 )
 
@@ -92,7 +94,7 @@ func (w *Worker) writeRaw(ctx context.Context, rep *reporter, rec kvstate.Job, r
 		st.created = true
 	}
 	st.path, st.size = vol.Path, vol.Size
-	img := pipeline.Image{Format: messaging.ImageRaw, VirtualSize: rw.size}
+	img := image.Image{Format: messaging.ImageRaw, VirtualSize: rw.size}
 	if err := img.CheckFits(vol.Size); err != nil {
 		return err
 	}
@@ -133,7 +135,7 @@ func (w *Worker) rollback(ctx context.Context, st volumeState, err error) error 
 		}
 		w.log.WithField("volume", st.name).Info("rollback: removed the volume this job created")
 	case st.writing && st.path != "":
-		if zerr := pipeline.ZeroEnds(st.path, st.size); zerr != nil {
+		if zerr := convert.ZeroEnds(st.path, st.size); zerr != nil {
 			return fmt.Errorf("%w (and zeroing the first and last MiB of volume %q failed: %v)", err, st.name, zerr)
 		}
 		return fmt.Errorf("%w; the first and last MiB of volume %q were zeroed so the half-written disk does not boot", err, st.name)

@@ -10,6 +10,12 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/libvirt-volume-provisioner/provisioner/pipeline/convert"
+	"github.com/libvirt-volume-provisioner/provisioner/pipeline/image"
+	"github.com/libvirt-volume-provisioner/provisioner/pipeline/imagecache"
+	"github.com/libvirt-volume-provisioner/provisioner/pipeline/source"
+	"github.com/libvirt-volume-provisioner/provisioner/pipeline/stages"
+
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
@@ -20,7 +26,6 @@ import (
 
 	"github.com/libvirt-volume-provisioner/provisioner/kvstate"
 	"github.com/libvirt-volume-provisioner/provisioner/messaging"
-	"github.com/libvirt-volume-provisioner/provisioner/pipeline"
 	"github.com/libvirt-volume-provisioner/provisioner/volume"
 )
 
@@ -82,26 +87,26 @@ type Parts struct {
 	Source    Source
 	Cache     ImageCache
 	Backend   volume.Backend
-	Converter pipeline.Converter
+	Converter convert.Converter
 	// Checker, when set, checks a newly downloaded image's structure
 	// (qemu-img check) before it is used.
 	Checker ImageChecker
 }
 
 // StreamConverter is a Converter that can also read a qcow2 image while it
-// downloads (pipeline.Native).
+// downloads (convert.Native).
 type StreamConverter interface {
-	ConvertStream(ctx context.Context, img pipeline.Image, part *pipeline.Partial, vol volume.Volume, progress pipeline.ProgressFunc) error
+	ConvertStream(ctx context.Context, img image.Image, part *imagecache.Partial, vol volume.Volume, progress stages.ProgressFunc) error
 }
 
 // ImageChecker refuses a corrupt or truncated image.
 type ImageChecker interface {
-	Check(ctx context.Context, img pipeline.Image, path string) error
+	Check(ctx context.Context, img image.Image, path string) error
 }
 
 // Source is the image store as the worker needs it.
 type Source interface {
-	pipeline.Source
+	source.Source
 	// Endpoint is the configured endpoint, host:port.
 	Endpoint() string
 }
@@ -111,14 +116,14 @@ type ImageCache interface {
 	// EnsureInUseVerifyLater makes sure the image is cached and keeps it
 	// from eviction and removal until release is called; a hit's digest is
 	// checked by verify, which the worker runs while it converts.
-	EnsureInUseVerifyLater(ctx context.Context, src pipeline.Source, ref messaging.ImageRef, progress pipeline.ProgressFunc) (entry kvstate.CacheEntry, hit bool, verify func(context.Context) error, release func(), err error)
+	EnsureInUseVerifyLater(ctx context.Context, src source.Source, ref messaging.ImageRef, progress stages.ProgressFunc) (entry kvstate.CacheEntry, hit bool, verify func(context.Context) error, release func(), err error)
 	// EnsureInUseStream is EnsureInUseVerifyLater that returns a miss at
 	// once, as a download the worker can read while it arrives.
-	EnsureInUseStream(ctx context.Context, src pipeline.Source, ref messaging.ImageRef, progress pipeline.ProgressFunc) (*pipeline.Fetch, error)
+	EnsureInUseStream(ctx context.Context, src source.Source, ref messaging.ImageRef, progress stages.ProgressFunc) (*imagecache.Fetch, error)
 	// Remove deletes an entry and its file (an image found to be unusable).
 	Remove(ctx context.Context, key string) error
 	// ReconcileReport brings the directory and the index into agreement.
-	ReconcileReport(ctx context.Context) (pipeline.ReconcileSummary, error)
+	ReconcileReport(ctx context.Context) (imagecache.ReconcileSummary, error)
 	// Dir is the cache directory.
 	Dir() string
 }
@@ -301,7 +306,7 @@ func (w *Worker) Run(ctx context.Context) error {
 		return err
 	}
 	w.cons.set(cons)
-	sum, err := waitOut(ctx, w.log, "reconcile image cache", func() (pipeline.ReconcileSummary, error) { return w.parts.Cache.ReconcileReport(ctx) })
+	sum, err := waitOut(ctx, w.log, "reconcile image cache", func() (imagecache.ReconcileSummary, error) { return w.parts.Cache.ReconcileReport(ctx) })
 	if err != nil {
 		return fmt.Errorf("reconcile image cache: %w", err)
 	}

@@ -17,6 +17,10 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/libvirt-volume-provisioner/provisioner/pipeline/convert"
+	"github.com/libvirt-volume-provisioner/provisioner/pipeline/imagecache"
+	"github.com/libvirt-volume-provisioner/provisioner/pipeline/source"
+
 	"github.com/libvirt-volume-provisioner/provisioner/volume/lvm"
 
 	"github.com/nats-io/nats.go"
@@ -27,7 +31,6 @@ import (
 	"github.com/libvirt-volume-provisioner/provisioner/internal/version"
 	"github.com/libvirt-volume-provisioner/provisioner/messaging"
 	"github.com/libvirt-volume-provisioner/provisioner/natsconn"
-	"github.com/libvirt-volume-provisioner/provisioner/pipeline"
 	"github.com/libvirt-volume-provisioner/provisioner/telemetry"
 	"github.com/libvirt-volume-provisioner/provisioner/volume"
 	"github.com/libvirt-volume-provisioner/provisioner/worker"
@@ -122,12 +125,12 @@ func run(args []string) (err error) {
 	if err != nil {
 		return fmt.Errorf("qemu-img not found (%s): install Debian's qemu-utils", *qemuImg)
 	}
-	var converter pipeline.Converter
+	var converter convert.Converter
 	switch *converterName {
 	case "qemu-img":
-		converter = pipeline.QemuImg{Path: qemuPath, RateLimit: *writeLimit}
+		converter = convert.QemuImg{Path: qemuPath, RateLimit: *writeLimit}
 	case "native":
-		converter = pipeline.Native{RateLimit: *writeLimit}
+		converter = convert.Native{RateLimit: *writeLimit}
 	default:
 		return fmt.Errorf("PROVISIONER_CONVERTER=%q: want qemu-img or native", *converterName)
 	}
@@ -155,7 +158,7 @@ func run(args []string) (err error) {
 		}
 	}()
 
-	source, err := pipeline.NewMinIOSource(*minioEndpoint, *minioAccess, *minioSecret, *minioSSL)
+	source, err := source.NewMinIO(*minioEndpoint, *minioAccess, *minioSecret, *minioSSL)
 	if err != nil {
 		return err
 	}
@@ -169,7 +172,7 @@ func run(args []string) (err error) {
 	// The cache index needs the buckets; New waits for the API to create them.
 	w, err := worker.New(ctx, worker.Config{Host: *host, JSAPIPrefix: *jsPrefix, MachineID: *machine, Version: version.Version, AckWait: *ackWait,
 		MaxDeliver: *maxDeliver, Heartbeat: *heartbeat, TracerProvider: tp,
-		ShutdownGrace: *grace, MaxPendingAge: *maxPending, MaxRunTime: *maxRun, VolumeAllow: allow, ImageBuckets: sources}, nc, subjects, worker.Parts{Source: source, Backend: vols.backend, Converter: converter, Checker: pipeline.QemuImg{Path: qemuPath}}, log)
+		ShutdownGrace: *grace, MaxPendingAge: *maxPending, MaxRunTime: *maxRun, VolumeAllow: allow, ImageBuckets: sources}, nc, subjects, worker.Parts{Source: source, Backend: vols.backend, Converter: converter, Checker: convert.QemuImg{Path: qemuPath}}, log)
 	if err != nil {
 		return err
 	}
@@ -177,8 +180,8 @@ func run(args []string) (err error) {
 	if minFree == 0 {
 		minFree = -1 // CacheOptions' zero means the default
 	}
-	cache, err := pipeline.NewCacheWithOptions(vols.cacheDir, *host, w.CacheIndex(),
-		pipeline.CacheOptions{MaxBytes: *cacheMax, MinFreeBytes: minFree, RetryBudget: *retryBudget})
+	cache, err := imagecache.NewWithOptions(vols.cacheDir, *host, w.CacheIndex(),
+		imagecache.Options{MaxBytes: *cacheMax, MinFreeBytes: minFree, RetryBudget: *retryBudget})
 	if err != nil {
 		return err
 	}
@@ -205,7 +208,7 @@ func run(args []string) (err error) {
 	}
 	w.SetCache(cache)
 	if *scrubEvery > 0 {
-		go cache.RunScrub(ctx, *scrubEvery, func(sum pipeline.ScrubSummary, err error) {
+		go cache.RunScrub(ctx, *scrubEvery, func(sum imagecache.ScrubSummary, err error) {
 			l := log.WithFields(logrus.Fields{"images": sum.Images, "goldens": sum.Goldens, "images_evicted": sum.ImagesEvicted,
 				"goldens_evicted": sum.GoldensEvicted, "busy": sum.Busy})
 			switch {
@@ -233,7 +236,7 @@ func run(args []string) (err error) {
 	go func() { _ = hs.Serve(ln) }()
 	defer hs.Close()
 	log.WithFields(logrus.Fields{"addr": ln.Addr().String(), "host": *host, "cache_dir": vols.cacheDir, "backend": *backend,
-		"converter": *converterName, "zlib": pipeline.ZlibDecompressor()}).Info("worker HTTP listening")
+		"converter": *converterName, "zlib": convert.ZlibDecompressor()}).Info("worker HTTP listening")
 	return w.Run(ctx)
 }
 

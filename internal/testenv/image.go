@@ -1,12 +1,16 @@
 package testenv
 
 import (
+	crand "crypto/rand"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"testing"
+
+	"github.com/libvirt-volume-provisioner/provisioner/volume"
 )
 
 // QemuImg returns the path of qemu-img, or fails/skips the test saying to
@@ -66,4 +70,59 @@ func QCOW2Image(tb testing.TB, dir string, size int64, seed uint64) (qcow2, raw 
 		tb.Fatalf("qemu-img convert: %v\n%s", err, out)
 	}
 	return qcow2, raw
+}
+
+// QemuRawReference converts the qcow2 image to raw with qemu-img itself
+// (next to it, as qcow2+".ref"): what a volume filled from it must hold.
+func QemuRawReference(tb testing.TB, qcow2 string) string {
+	tb.Helper()
+	ref := qcow2 + ".ref"
+	if out, err := exec.Command(QemuImg(tb), "convert", "-f", "qcow2", "-O", "raw", qcow2, ref).CombinedOutput(); err != nil {
+		tb.Fatalf("qemu-img convert %s: %v: %s", qcow2, err, out)
+	}
+	return ref
+}
+
+// GarbageVolume is a file volume of size random bytes in dir: a target a
+// converter must overwrite completely, zeros included.
+func GarbageVolume(tb testing.TB, dir string, size int64) volume.Volume {
+	tb.Helper()
+	p := filepath.Join(dir, "vol")
+	f, err := os.Create(p)
+	if err == nil {
+		_, err = io.CopyN(f, crand.Reader, size)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+	}
+	if err != nil {
+		tb.Fatalf("garbage volume: %v", err)
+	}
+	return volume.Volume{Name: "vol", Path: p, Size: size}
+}
+
+// ZeroedVolume is a sparse file volume of size bytes in dir, reading as
+// zeros: the target a backend creates for a new volume.
+func ZeroedVolume(tb testing.TB, dir string, size int64) volume.Volume {
+	tb.Helper()
+	p := filepath.Join(dir, "zeroed-vol")
+	f, err := os.Create(p)
+	if err == nil {
+		err = f.Truncate(size)
+		if cerr := f.Close(); err == nil {
+			err = cerr
+		}
+	}
+	if err != nil {
+		tb.Fatalf("zeroed volume: %v", err)
+	}
+	return volume.Volume{Name: "zeroed", Path: p, Size: size}
+}
+
+// RunQemuImg runs qemu-img with args and fails the test on error.
+func RunQemuImg(tb testing.TB, args ...string) {
+	tb.Helper()
+	if out, err := exec.Command(QemuImg(tb), args...).CombinedOutput(); err != nil {
+		tb.Fatalf("qemu-img %v: %v: %s", args, err, out)
+	}
 }

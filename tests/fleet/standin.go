@@ -11,9 +11,14 @@ import (
 	"sync"
 	"time"
 
+	"github.com/libvirt-volume-provisioner/provisioner/pipeline/convert"
+	"github.com/libvirt-volume-provisioner/provisioner/pipeline/image"
+	"github.com/libvirt-volume-provisioner/provisioner/pipeline/imagecache"
+	"github.com/libvirt-volume-provisioner/provisioner/pipeline/source"
+	"github.com/libvirt-volume-provisioner/provisioner/pipeline/stages"
+
 	"github.com/libvirt-volume-provisioner/provisioner/kvstate"
 	"github.com/libvirt-volume-provisioner/provisioner/messaging"
-	"github.com/libvirt-volume-provisioner/provisioner/pipeline"
 	"github.com/libvirt-volume-provisioner/provisioner/volume"
 	"github.com/libvirt-volume-provisioner/provisioner/worker"
 )
@@ -143,8 +148,8 @@ type standInHost struct {
 }
 
 // standInPipeline is one worker process's stand-in pipeline on a host. It
-// implements worker.Source, worker.ImageCache, pipeline.Backend and
-// pipeline.Converter. After kill it acts like a dead process: conversions
+// implements worker.Source, worker.ImageCache, volume.Backend and
+// convert.Converter. After kill it acts like a dead process: conversions
 // stop at once without effect and its running jobs no longer count.
 type standInPipeline struct {
 	host   *standInHost
@@ -154,10 +159,10 @@ type standInPipeline struct {
 }
 
 var (
-	_ worker.Source      = (*standInPipeline)(nil)
-	_ worker.ImageCache  = (*standInPipeline)(nil)
-	_ volume.Backend     = (*standInPipeline)(nil)
-	_ pipeline.Converter = (*standInPipeline)(nil)
+	_ worker.Source     = (*standInPipeline)(nil)
+	_ worker.ImageCache = (*standInPipeline)(nil)
+	_ volume.Backend    = (*standInPipeline)(nil)
+	_ convert.Converter = (*standInPipeline)(nil)
 )
 
 func newStandInPipeline(h *standInHost) *standInPipeline {
@@ -198,13 +203,13 @@ func (p *standInPipeline) Checksum(context.Context, string, string) (string, boo
 }
 
 // Open is never called: the stand-in cache always hits.
-func (p *standInPipeline) Open(context.Context, string, string) (io.ReadCloser, pipeline.ObjectInfo, error) {
-	return nil, pipeline.ObjectInfo{}, errors.New("stand-in source: nothing to download")
+func (p *standInPipeline) Open(context.Context, string, string) (io.ReadCloser, source.ObjectInfo, error) {
+	return nil, source.ObjectInfo{}, errors.New("stand-in source: nothing to download")
 }
 
 // EnsureInUseVerifyLater is always a hit on one tiny raw image file; it
 // marks the job as started and running on the host until release.
-func (p *standInPipeline) EnsureInUseVerifyLater(_ context.Context, _ pipeline.Source, ref messaging.ImageRef, _ pipeline.ProgressFunc) (kvstate.CacheEntry, bool, func(context.Context) error, func(), error) {
+func (p *standInPipeline) EnsureInUseVerifyLater(_ context.Context, _ source.Source, ref messaging.ImageRef, _ stages.ProgressFunc) (kvstate.CacheEntry, bool, func(context.Context) error, func(), error) {
 	key := strings.TrimSuffix(filepath.Base(ref.Object), ".raw")
 	p.host.tally.start(key, time.Now())
 	p.host.mu.Lock()
@@ -233,7 +238,7 @@ func (p *standInPipeline) EnsureInUseVerifyLater(_ context.Context, _ pipeline.S
 }
 
 // EnsureInUseStream is not used: the stand-in converter does not stream.
-func (p *standInPipeline) EnsureInUseStream(context.Context, pipeline.Source, messaging.ImageRef, pipeline.ProgressFunc) (*pipeline.Fetch, error) {
+func (p *standInPipeline) EnsureInUseStream(context.Context, source.Source, messaging.ImageRef, stages.ProgressFunc) (*imagecache.Fetch, error) {
 	return nil, errors.New("stand-in cache: streaming is not offered")
 }
 
@@ -241,8 +246,8 @@ func (p *standInPipeline) EnsureInUseStream(context.Context, pipeline.Source, me
 func (p *standInPipeline) Remove(context.Context, string) error { return nil }
 
 // ReconcileReport has nothing to reconcile.
-func (p *standInPipeline) ReconcileReport(context.Context) (pipeline.ReconcileSummary, error) {
-	return pipeline.ReconcileSummary{}, nil
+func (p *standInPipeline) ReconcileReport(context.Context) (imagecache.ReconcileSummary, error) {
+	return imagecache.ReconcileSummary{}, nil
 }
 
 // Dir is the host's (empty) cache directory.
@@ -279,7 +284,7 @@ func (p *standInPipeline) Delete(_ context.Context, name string) error {
 // Convert sleeps the job duration, reporting progress, and counts one
 // effect for the job when the sleep ends (the volume "written"). A
 // cancelled job or a killed process leaves no effect.
-func (p *standInPipeline) Convert(ctx context.Context, img pipeline.Image, _ string, vol volume.Volume, progress pipeline.ProgressFunc) error {
+func (p *standInPipeline) Convert(ctx context.Context, img image.Image, _ string, vol volume.Volume, progress stages.ProgressFunc) error {
 	key := strings.TrimPrefix(vol.Name, volumePrefix)
 	p.host.tally.writeBegins(key)
 	defer p.host.tally.writeEnds(key)
@@ -291,7 +296,7 @@ func (p *standInPipeline) Convert(ctx context.Context, img pipeline.Image, _ str
 		if left <= 0 {
 			break
 		}
-		progress(pipeline.StagePopulate, img.VirtualSize*int64(p.host.sleep-left)/int64(max(p.host.sleep, 1)), img.VirtualSize)
+		progress(stages.Populate, img.VirtualSize*int64(p.host.sleep-left)/int64(max(p.host.sleep, 1)), img.VirtualSize)
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
@@ -305,7 +310,7 @@ func (p *standInPipeline) Convert(ctx context.Context, img pipeline.Image, _ str
 		return errors.New("stand-in: process is dead")
 	}
 	p.host.tally.effect(key, p.host.name)
-	progress(pipeline.StagePopulate, img.VirtualSize, img.VirtualSize)
+	progress(stages.Populate, img.VirtualSize, img.VirtualSize)
 	return nil
 }
 

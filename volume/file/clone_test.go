@@ -11,11 +11,13 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/libvirt-volume-provisioner/provisioner/pipeline/convert"
+	"github.com/libvirt-volume-provisioner/provisioner/pipeline/image"
+
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
 
 	"github.com/libvirt-volume-provisioner/provisioner/internal/testenv"
-	"github.com/libvirt-volume-provisioner/provisioner/pipeline"
 	"github.com/libvirt-volume-provisioner/provisioner/volume"
 )
 
@@ -30,11 +32,11 @@ func makeGolden(t *testing.T, b *Backend, key string, seed uint64) (volume.Golde
 	t.Helper()
 	ctx := context.Background()
 	qcow, raw := testenv.QCOW2Image(t, t.TempDir(), goldenSize, seed)
-	img, err := pipeline.Inspect(qcow, "qcow2")
+	img, err := image.Inspect(qcow, "qcow2")
 	require.NoError(t, err)
 	prep, err := b.PrepareGolden(ctx, key, img.VirtualSize)
 	require.NoError(t, err)
-	require.NoError(t, pipeline.Native{}.Convert(ctx, img, qcow, prep, nil))
+	require.NoError(t, convert.Native{}.Convert(ctx, img, qcow, prep, nil))
 	g, err := b.SealGolden(ctx, key, prep)
 	require.NoError(t, err)
 	return g, raw

@@ -15,8 +15,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/libvirt-volume-provisioner/provisioner/internal/testenv"
-	"github.com/libvirt-volume-provisioner/provisioner/volume/libvirt"
 	"github.com/libvirt-volume-provisioner/provisioner/volume"
+	"github.com/libvirt-volume-provisioner/provisioner/volume/libvirt"
 )
 
 const mib = 1 << 20

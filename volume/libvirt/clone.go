@@ -515,7 +515,7 @@ var _ volume.SpaceReporter = (*Backend)(nil)
 
 // FreeSpace is the free space of the file system holding a file pool's
 // directory; a logical pool's is not known in bytes here
-// (pipeline.ErrFreeSpaceUnknown: libvirt and LVM check it themselves).
+// (volume.ErrFreeSpaceUnknown: libvirt and LVM check it themselves).
 func (b *Backend) FreeSpace(context.Context) (int64, string, error) {
 	where := fmt.Sprintf("libvirt storage pool %q (%s)", b.s.poolName, b.s.poolPath)
 	if !fileLike[b.s.poolType] || b.s.poolPath == "" {

@@ -13,14 +13,16 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/libvirt-volume-provisioner/provisioner/pipeline/convert"
+	"github.com/libvirt-volume-provisioner/provisioner/pipeline/image"
+
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
 	golibvirt "libvirt.org/go/libvirt"
 
 	"github.com/libvirt-volume-provisioner/provisioner/internal/testenv"
-	"github.com/libvirt-volume-provisioner/provisioner/volume/libvirt"
-	"github.com/libvirt-volume-provisioner/provisioner/pipeline"
 	"github.com/libvirt-volume-provisioner/provisioner/volume"
+	"github.com/libvirt-volume-provisioner/provisioner/volume/libvirt"
 )
 
 // goldenSize is the images' virtual size here: not a multiple of the file
@@ -59,12 +61,12 @@ func makePoolGolden(t *testing.T, b *libvirt.Backend, key string, seed uint64) (
 	t.Helper()
 	ctx := context.Background()
 	qcow, raw := testenv.QCOW2Image(t, t.TempDir(), goldenSize, seed)
-	img, err := pipeline.Inspect(qcow, "qcow2")
+	img, err := image.Inspect(qcow, "qcow2")
 	require.NoError(t, err)
 	prep, err := b.PrepareGolden(ctx, key, img.VirtualSize)
 	require.NoError(t, err)
 	h := volume.NewGoldenHasher(prep.Size)
-	require.NoError(t, pipeline.Native{}.WithDigest(h).Convert(ctx, img, qcow, prep, nil))
+	require.NoError(t, convert.Native{}.WithDigest(h).Convert(ctx, img, qcow, prep, nil))
 	digest, err := h.Sum()
 	require.NoError(t, err)
 	g, err := b.SealGoldenDigest(ctx, key, prep, digest)

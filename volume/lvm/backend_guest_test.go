@@ -24,12 +24,15 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/libvirt-volume-provisioner/provisioner/pipeline/convert"
+	"github.com/libvirt-volume-provisioner/provisioner/pipeline/image"
+	"github.com/libvirt-volume-provisioner/provisioner/pipeline/stages"
+
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
 
 	"github.com/libvirt-volume-provisioner/provisioner/internal/fsutil"
 	"github.com/libvirt-volume-provisioner/provisioner/internal/testenv"
-	"github.com/libvirt-volume-provisioner/provisioner/pipeline"
 	"github.com/libvirt-volume-provisioner/provisioner/volume"
 )
 
@@ -350,7 +353,7 @@ func TestLVMGuestConvert(t *testing.T) {
 	t.Parallel()
 	b := guestBackend(t)
 	qcow2, raw := guestImages(t)
-	converters := map[string]pipeline.Converter{"native": pipeline.Native{}, "qemu-img": pipeline.QemuImg{}}
+	converters := map[string]convert.Converter{"native": convert.Native{}, "qemu-img": convert.QemuImg{}}
 	for _, name := range []string{"native-qcow2", "native-raw", "qemu-img-qcow2", "qemu-img-raw"} {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
@@ -359,11 +362,11 @@ func TestLVMGuestConvert(t *testing.T) {
 			format := name[strings.LastIndex(name, "-")+1:]
 			conv := converters[name[:strings.LastIndex(name, "-")]]
 			src := map[string]string{"qcow2": qcow2, "raw": raw}[format]
-			img, err := pipeline.Inspect(src, format)
+			img, err := image.Inspect(src, format)
 			require.NoError(t, err)
 			var last int64
 			err = conv.Convert(t.Context(), img, src, vol, func(stage string, done, total int64) {
-				require.Equal(t, pipeline.StagePopulate, stage)
+				require.Equal(t, stages.Populate, stage)
 				require.GreaterOrEqual(t, done, last, "progress never goes backwards")
 				last = done
 			})
@@ -395,9 +398,9 @@ func TestLVMGuestNewLVOverGarbage(t *testing.T) {
 	before := readDevice(t, vol.Path, vol.Size)
 	require.Equal(t, bytes.Repeat([]byte{0xAB}, len(before)), before, "a new LV reads as what the old one left")
 
-	img, err := pipeline.Inspect(qcow2, "qcow2")
+	img, err := image.Inspect(qcow2, "qcow2")
 	require.NoError(t, err)
-	require.NoError(t, pipeline.QemuImg{}.Convert(ctx, img, qcow2, vol, nil))
+	require.NoError(t, convert.QemuImg{}.Convert(ctx, img, qcow2, vol, nil))
 	requireLVHolds(t, vol.Path, raw, vol.Size)
 }
 
@@ -407,14 +410,14 @@ func TestLVMGuestConvertRefusesTooSmall(t *testing.T) {
 	t.Parallel()
 	b := guestBackend(t)
 	qcow2, _ := guestImages(t)
-	img, err := pipeline.Inspect(qcow2, "qcow2")
+	img, err := image.Inspect(qcow2, "qcow2")
 	require.NoError(t, err)
 	vg, err := b.vg(t.Context())
 	require.NoError(t, err)
 	vol := createLV(t, b, "lvg-small", vg.ExtentSize)
 	require.Less(t, vol.Size, img.VirtualSize, "the test image must be larger than one extent")
 	fillDevice(t, vol.Path, vol.Size, 0xAB)
-	err = pipeline.QemuImg{}.Convert(t.Context(), img, qcow2, vol, nil)
+	err = convert.QemuImg{}.Convert(t.Context(), img, qcow2, vol, nil)
 	require.ErrorContains(t, err, "larger than the volume's")
 	got := readDevice(t, vol.Path, vol.Size)
 	require.Equal(t, bytes.Repeat([]byte{0xAB}, len(got)), got, "the LV was not touched")

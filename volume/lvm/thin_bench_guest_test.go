@@ -14,10 +14,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/libvirt-volume-provisioner/provisioner/pipeline/convert"
+	"github.com/libvirt-volume-provisioner/provisioner/pipeline/image"
+
 	"github.com/stretchr/testify/require"
 
 	"github.com/libvirt-volume-provisioner/provisioner/internal/testenv"
-	"github.com/libvirt-volume-provisioner/provisioner/pipeline"
 )
 
 // TestLVMGuestBenchThin compares, on two images of ten times different
@@ -53,7 +55,7 @@ const benchRuns = 3
 
 func benchThinImage(t *testing.T, shared *Backend, name, qcow2, raw string) {
 	ctx := t.Context()
-	img, err := pipeline.Inspect(qcow2, "qcow2")
+	img, err := image.Inspect(qcow2, "qcow2")
 	require.NoError(t, err)
 	data := imageData(t, raw)
 	// A pool of its own, a little larger than the image, so that its
@@ -100,7 +102,7 @@ func benchThinImage(t *testing.T, shared *Backend, name, qcow2, raw string) {
 		require.NoError(t, err)
 		verified := make(chan error, 1)
 		go func() { verified <- hashFile(qcow2) }()
-		require.NoError(t, pipeline.Native{}.Convert(ctx, img, qcow2, tv, nil))
+		require.NoError(t, convert.Native{}.Convert(ctx, img, qcow2, tv, nil))
 		require.NoError(t, <-verified)
 		today = append(today, time.Since(start))
 

@@ -19,13 +19,16 @@ import (
 	"testing"
 	"time"
 
+	"github.com/libvirt-volume-provisioner/provisioner/pipeline/convert"
+	"github.com/libvirt-volume-provisioner/provisioner/pipeline/image"
+	"github.com/libvirt-volume-provisioner/provisioner/pipeline/imagecache"
+
 	"github.com/stretchr/testify/require"
 
 	"github.com/libvirt-volume-provisioner/provisioner/internal/fsutil"
 	"github.com/libvirt-volume-provisioner/provisioner/internal/testenv"
 	"github.com/libvirt-volume-provisioner/provisioner/kvstate"
 	"github.com/libvirt-volume-provisioner/provisioner/messaging"
-	"github.com/libvirt-volume-provisioner/provisioner/pipeline"
 	"github.com/libvirt-volume-provisioner/provisioner/volume"
 )
 
@@ -58,13 +61,13 @@ func thinKey(t *testing.T) string {
 func thinGolden(t *testing.T, b *Backend, key, qcow2 string) volume.Golden {
 	t.Helper()
 	ctx := t.Context()
-	img, err := pipeline.Inspect(qcow2, "qcow2")
+	img, err := image.Inspect(qcow2, "qcow2")
 	require.NoError(t, err)
 	prep, err := b.PrepareGolden(ctx, key, img.VirtualSize)
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = b.RemoveGolden(context.Background(), key) })
 	require.True(t, prep.ReadsAsZeros)
-	require.NoError(t, pipeline.Native{}.Convert(ctx, img, qcow2, prep, nil))
+	require.NoError(t, convert.Native{}.Convert(ctx, img, qcow2, prep, nil))
 	g, err := b.SealGolden(ctx, key, prep)
 	require.NoError(t, err)
 	return g
@@ -262,7 +265,7 @@ func TestLVMGuestThinCache(t *testing.T) {
 	b := guestThin(t)
 	ctx := t.Context()
 	qcow2, raw := guestImages(t)
-	cache, index, host := newTestCache(t, pipeline.CacheOptions{})
+	cache, index, host := newTestCache(t, imagecache.Options{})
 	cache.SetGoldens(b)
 	e := putCacheEntry(t, cache, index, host, qcow2)
 	g := thinGolden(t, b, e.Key, qcow2)
@@ -280,14 +283,14 @@ func TestLVMGuestThinCache(t *testing.T) {
 
 	sum, err := cache.Scrub(ctx)
 	require.NoError(t, err)
-	require.Equal(t, pipeline.ScrubSummary{Images: 1, Goldens: 1}, sum)
+	require.Equal(t, imagecache.ScrubSummary{Images: 1, Goldens: 1}, sum)
 
 	// Someone makes the golden writable, writes into it, and seals it again.
 	name := lvGoldenPrefix + e.Key
 	require.NoError(t, b.change(ctx, lvmCommand("lvchange", "--permission", "rw", b.VG+"/"+name)...))
 	fillDevice(t, g.Path, 1<<20, 0x5A)
 	require.NoError(t, b.change(ctx, lvmCommand("lvchange", "--permission", "r", b.VG+"/"+name)...))
-	require.ErrorIs(t, cache.VerifyGolden(ctx, got), pipeline.ErrGoldenCorrupt, "a full verification finds it")
+	require.ErrorIs(t, cache.VerifyGolden(ctx, got), imagecache.ErrGoldenCorrupt, "a full verification finds it")
 	g = thinGolden(t, b, e.Key, qcow2)
 	_, err = cache.AttachGolden(ctx, g)
 	require.NoError(t, err)
@@ -296,7 +299,7 @@ func TestLVMGuestThinCache(t *testing.T) {
 	require.NoError(t, b.change(ctx, lvmCommand("lvchange", "--permission", "r", b.VG+"/"+name)...))
 	sum, err = cache.Scrub(ctx)
 	require.NoError(t, err)
-	require.Equal(t, pipeline.ScrubSummary{Images: 1, Goldens: 1, GoldensEvicted: 1}, sum, "so does the scrub")
+	require.Equal(t, imagecache.ScrubSummary{Images: 1, Goldens: 1, GoldensEvicted: 1}, sum, "so does the scrub")
 	_, ok, err = cache.Golden(ctx, e.Key)
 	require.NoError(t, err)
 	require.False(t, ok)
@@ -320,7 +323,7 @@ func TestLVMGuestThinCache(t *testing.T) {
 
 // putCacheEntry puts the image file into the cache directory and records
 // it, as a download would.
-func putCacheEntry(t *testing.T, c *pipeline.Cache, index kvstate.CacheIndex, host, image string) kvstate.CacheEntry {
+func putCacheEntry(t *testing.T, c *imagecache.Cache, index kvstate.CacheIndex, host, image string) kvstate.CacheEntry {
 	t.Helper()
 	data, err := os.ReadFile(image)
 	require.NoError(t, err)
@@ -344,7 +347,7 @@ func TestLVMGuestThinPoolFull(t *testing.T) {
 	shared := guestThin(t)
 	ctx := t.Context()
 	qcow2, _ := guestImages(t)
-	img, err := pipeline.Inspect(qcow2, "qcow2")
+	img, err := image.Inspect(qcow2, "qcow2")
 	require.NoError(t, err)
 	const pool = "lvt-smallpool"
 	require.NoError(t, shared.change(ctx, lvmCommand("lvcreate", "--yes", "--type", "thin-pool", "--size", "32m", "--name", pool, shared.VG)...))
@@ -372,7 +375,7 @@ func TestLVMGuestThinPoolFull(t *testing.T) {
 	u, err := b.ThinPoolUsage(ctx)
 	require.NoError(t, err)
 	require.Equal(t, 1.0, u.DataUsed, "the pool is full")
-	err = pipeline.Native{}.Convert(ctx, img, qcow2, prep, nil)
+	err = convert.Native{}.Convert(ctx, img, qcow2, prep, nil)
 	require.Error(t, err, "writing into a full pool fails")
 	t.Logf("conversion into the full pool: %v", err)
 	require.NoError(t, b.RemoveGolden(ctx, key))
@@ -428,7 +431,7 @@ func TestLVMGuestThinFallbackThick(t *testing.T) {
 
 // newTestCache is a cache in a directory of the test's own, indexed in the
 // cache bucket of an in-process JetStream of its own.
-func newTestCache(t *testing.T, opts pipeline.CacheOptions) (*pipeline.Cache, kvstate.CacheIndex, string) {
+func newTestCache(t *testing.T, opts imagecache.Options) (*imagecache.Cache, kvstate.CacheIndex, string) {
 	t.Helper()
 	ctx := t.Context()
 	js := testenv.JetStream(t)
@@ -436,7 +439,7 @@ func newTestCache(t *testing.T, opts pipeline.CacheOptions) (*pipeline.Cache, kv
 	b, err := messaging.BindBuckets(ctx, js)
 	require.NoError(t, err)
 	index, host := kvstate.CacheIndex{KV: b.Cache}, "host-"+strings.ToLower(t.Name())
-	c, err := pipeline.NewCacheWithOptions(filepath.Join(t.TempDir(), "cache"), host, index, opts)
+	c, err := imagecache.NewWithOptions(filepath.Join(t.TempDir(), "cache"), host, index, opts)
 	require.NoError(t, err)
 	return c, index, host
 }

@@ -1,0 +1,727 @@
+package imagecache
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/libvirt-volume-provisioner/provisioner/kvstate"
+	"github.com/libvirt-volume-provisioner/provisioner/messaging"
+	"github.com/libvirt-volume-provisioner/provisioner/pipeline/source"
+	"github.com/libvirt-volume-provisioner/provisioner/pipeline/stages"
+)
+
+// copyBufSize is the buffer used to move image bytes.
+const copyBufSize = 1 << 20
+
+// maxStemLen caps the part of a cached file's name taken from the object.
+const maxStemLen = 100
+
+// Index is the cache index the Cache needs; kvstate.CacheIndex is one.
+type Index interface {
+	// Get returns one entry, or kvstate.ErrNotFound when there is none.
+	Get(ctx context.Context, host, key string) (kvstate.CacheEntry, error)
+	// Put stores or replaces an entry.
+	Put(ctx context.Context, host string, e kvstate.CacheEntry) error
+	// Delete removes an entry.
+	Delete(ctx context.Context, host, key string) error
+	// List returns every entry of host.
+	List(ctx context.Context, host string) ([]kvstate.CacheEntry, error)
+}
+
+var _ Index = kvstate.CacheIndex{}
+
+// Cache keeps downloaded images in a directory, keyed by their SHA-256 (or
+// by their URL's SHA-256 when none is published), indexed per host.
+type Cache struct {
+	dir string
+	// state is the cache's own subdirectory of dir (see cache_owner.go):
+	// downloads under way and the records of the files the cache created.
+	state string
+	host  string
+	index Index
+	opts  Options
+
+	mu    sync.Mutex
+	locks map[string]*keyLock
+	// inUse counts, per key, the callers between the start of
+	// EnsureInUse and their release: such images are never evicted or removed.
+	inUse map[string]int
+	// inflight holds the downloads running, by key.
+	inflight map[string]*inflight
+
+	// evictMu serializes eviction and the space check before a download.
+	evictMu sync.Mutex
+
+	// onChange runs after a file is added to or removed from the cache.
+	onChange func(ctx context.Context)
+	// onForeign hears of files left in place because the cache did not
+	// create them.
+	onForeign func(ctx context.Context, path, reason string)
+
+	// goldens removes the entries' goldens (cache_golden.go); nil: none.
+	goldens GoldenStore
+	glocks  goldenLocks
+}
+
+// SetOnChange registers fn to run after a file is added to or removed from
+// the cache (e.g. to refresh libvirt's images pool). Call it before use.
+func (c *Cache) SetOnChange(fn func(ctx context.Context)) { c.onChange = fn }
+
+func (c *Cache) changed(ctx context.Context) {
+	if c.onChange != nil {
+		c.onChange(ctx)
+	}
+}
+
+// keyLock is a per-key lock: a one-slot channel, so waiting can be abandoned.
+type keyLock struct {
+	slot chan struct{}
+	refs int
+}
+
+// New makes a cache in dir (created if needed) for host's index
+// entries, with the default options (no size cap). The cache keeps its own
+// state in dir/.provisioner (created and marked by it); an existing
+// .provisioner it did not create is refused with ErrForeignStateDir.
+func New(dir, host string, index Index) (*Cache, error) {
+	return NewWithOptions(dir, host, index, Options{})
+}
+
+// NewWithOptions is New with options; zero fields take their defaults.
+func NewWithOptions(dir, host string, index Index, opts Options) (*Cache, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, fmt.Errorf("cache directory %q: %w", dir, err)
+	}
+	if err := os.MkdirAll(abs, 0o750); err != nil {
+		return nil, fmt.Errorf("create cache directory %s: %w", abs, err)
+	}
+	if opts.MaxBytes < 0 {
+		return nil, fmt.Errorf("cache size cap %d is negative; 0 means no cap", opts.MaxBytes)
+	}
+	state, err := initStateDir(abs)
+	if err != nil {
+		return nil, err
+	}
+	return &Cache{
+		dir: abs, state: state, host: host, index: index, opts: opts.withDefaults(),
+		locks: map[string]*keyLock{}, inUse: map[string]int{}, inflight: map[string]*inflight{},
+	}, nil
+}
+
+// Dir is the cache directory (absolute).
+func (c *Cache) Dir() string { return c.dir }
+
+// Options returns the cache's options, defaults filled in.
+func (c *Cache) Options() Options { return c.opts }
+
+// lock takes the per-key lock and returns its release.
+func (c *Cache) lock(ctx context.Context, key string) (func(), error) {
+	c.mu.Lock()
+	l := c.locks[key]
+	if l == nil {
+		l = &keyLock{slot: make(chan struct{}, 1)}
+		c.locks[key] = l
+	}
+	l.refs++
+	c.mu.Unlock()
+
+	select {
+	case l.slot <- struct{}{}:
+		return func() { <-l.slot; c.dropLock(key, l) }, nil
+	case <-ctx.Done():
+		c.dropLock(key, l)
+		return nil, fmt.Errorf("wait for another download of the same image: %w", ctx.Err())
+	}
+}
+
+func (c *Cache) dropLock(key string, l *keyLock) {
+	c.mu.Lock()
+	l.refs--
+	if l.refs == 0 {
+		delete(c.locks, key)
+	}
+	c.mu.Unlock()
+}
+
+// tryLockIdle takes key's lock only if it is free and the image is not in
+// use, atomically with that check; ok is false otherwise.
+func (c *Cache) tryLockIdle(key string) (unlock func(), ok bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.inUse[key] > 0 {
+		return nil, false
+	}
+	l := c.locks[key]
+	if l == nil {
+		l = &keyLock{slot: make(chan struct{}, 1)}
+		c.locks[key] = l
+	}
+	select {
+	case l.slot <- struct{}{}:
+		l.refs++
+		return func() { <-l.slot; c.dropLock(key, l) }, true
+	default:
+		if l.refs == 0 {
+			delete(c.locks, key)
+		}
+		return nil, false
+	}
+}
+
+// acquire marks key in use and returns the idempotent release.
+func (c *Cache) acquire(key string) func() {
+	c.mu.Lock()
+	c.inUse[key]++
+	c.mu.Unlock()
+	var once sync.Once
+	return func() {
+		once.Do(func() {
+			c.mu.Lock()
+			if c.inUse[key]--; c.inUse[key] <= 0 {
+				delete(c.inUse, key)
+			}
+			c.mu.Unlock()
+		})
+	}
+}
+
+// InUse reports whether a job is using or downloading the image of key.
+func (c *Cache) InUse(key string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.inUse[key] > 0
+}
+
+// Ensure makes sure the image ref names is in the cache and returns its
+// entry; hit is true when it was there already and verified. The image is
+// protected from eviction only while Ensure runs; a caller that goes on to
+// read the file should use EnsureInUse.
+func (c *Cache) Ensure(ctx context.Context, src source.Source, ref messaging.ImageRef, progress stages.ProgressFunc) (kvstate.CacheEntry, bool, error) {
+	e, hit, release, err := c.EnsureInUse(ctx, src, ref, progress)
+	if err != nil {
+		return e, hit, err
+	}
+	release()
+	return e, hit, nil
+}
+
+// EnsureInUse is Ensure that keeps the image marked in use until release
+// is called: from the moment its cache key is known (so a download in
+// progress counts), an image in use is never evicted and Remove refuses
+// it. Call release (idempotent, safe to defer) when done with the file,
+// and before calling Remove on the same key. On error nothing stays
+// marked and release is nil.
+func (c *Cache) EnsureInUse(ctx context.Context, src source.Source, ref messaging.ImageRef, progress stages.ProgressFunc) (e kvstate.CacheEntry, hit bool, release func(), err error) {
+	if progress == nil {
+		progress = func(string, int64, int64) {}
+	}
+	progress(stages.Checksum, 0, 0)
+	key, kind, err := c.keyOf(ctx, src, ref)
+	if err != nil {
+		return kvstate.CacheEntry{}, false, nil, err
+	}
+
+	release = c.acquire(key)
+	unlock, err := c.lock(ctx, key)
+	if err != nil {
+		release()
+		return kvstate.CacheEntry{}, false, nil, err
+	}
+	e, hit, err = c.ensureLocked(ctx, src, ref, key, kind, progress)
+	unlock()
+	if err != nil {
+		release()
+		return kvstate.CacheEntry{}, false, nil, err
+	}
+	if !hit {
+		// Keep the cache under its cap; this image is in use, so it stays.
+		_, _ = c.Evict(ctx)
+	}
+	return e, hit, release, nil
+}
+
+// keyOf returns the cache key of ref: the digest its .sha256 object
+// publishes, or else the SHA-256 of its URL.
+func (c *Cache) keyOf(ctx context.Context, src source.Source, ref messaging.ImageRef) (key, kind string, err error) {
+	var digest string
+	var found bool
+	err = c.retry(ctx, func() error {
+		actx, cancel := context.WithTimeout(ctx, c.opts.StallTimeout)
+		defer cancel()
+		var err error
+		digest, found, err = src.Checksum(actx, ref.Bucket, ref.Object)
+		return err
+	})
+	if err != nil {
+		return "", "", fmt.Errorf("read checksum of %s: %w", ref.URL, err)
+	}
+	if !found {
+		sum := sha256.Sum256([]byte(ref.URL))
+		return hex.EncodeToString(sum[:]), kvstate.KeyKindURL, nil
+	}
+	return digest, kvstate.KeyKindSHA256, nil
+}
+
+// ensureLocked looks key up and downloads it on a miss; key's lock is held.
+func (c *Cache) ensureLocked(ctx context.Context, src source.Source, ref messaging.ImageRef, key, kind string, progress stages.ProgressFunc) (kvstate.CacheEntry, bool, error) {
+	progress(stages.CacheCheck, 0, 0)
+	if e, ok, err := c.lookup(ctx, src, ref, key, kind, progress); err != nil {
+		return kvstate.CacheEntry{}, false, err
+	} else if ok {
+		return e, true, nil
+	}
+	e, err := c.download(ctx, src, ref, key, kind, progress, nil)
+	if err != nil {
+		return kvstate.CacheEntry{}, false, err
+	}
+	return e, false, nil
+}
+
+// lookup returns the verified entry of key; a stale or corrupt entry is
+// removed with its file and reported as absent. A URL-keyed entry is
+// revalidated against the object first: another ETag or size makes it stale.
+func (c *Cache) lookup(ctx context.Context, src source.Source, ref messaging.ImageRef, key, kind string, progress stages.ProgressFunc) (kvstate.CacheEntry, bool, error) {
+	e, err := c.index.Get(ctx, c.host, key)
+	if errors.Is(err, kvstate.ErrNotFound) {
+		return e, false, nil
+	}
+	if err != nil {
+		return e, false, fmt.Errorf("look up image %s in the cache index: %w", key, err)
+	}
+	want := e.Checksum
+	if kind == kvstate.KeyKindSHA256 {
+		want = key
+	}
+	// Any file whose digest matches may be served; only one the cache
+	// created is ever removed (dropEntry).
+	ok := true
+	if kind != kvstate.KeyKindSHA256 {
+		info, err := c.statObject(ctx, src, ref)
+		if err != nil {
+			return e, false, fmt.Errorf("revalidate the cached copy of %s: %w", ref.URL, err)
+		}
+		ok = info.Size == e.Size && info.ETag == e.ETag
+	}
+	if ok && verifyLater(ctx) {
+		ok = c.quickCheck(e)
+	} else if ok {
+		if ok, err = c.verify(ctx, e, want, progress); err != nil {
+			return e, false, err
+		}
+	}
+	if !ok {
+		if err := c.dropEntry(ctx, e, "stale or corrupt cache entry"); err != nil {
+			return e, false, err
+		}
+		c.changed(ctx)
+		return e, false, nil
+	}
+	e.LastUsed = time.Now().UTC()
+	if err := c.index.Put(ctx, c.host, e); err != nil {
+		return e, false, fmt.Errorf("update cache entry of %s: %w", e.SourceURL, err)
+	}
+	return e, true, nil
+}
+
+// dropEntry removes an entry's file (only when the cache created it: see
+// removeOwned; why says why it goes) and then the entry.
+func (c *Cache) dropEntry(ctx context.Context, e kvstate.CacheEntry, why string) error {
+	if e.Golden != nil && c.goldens != nil {
+		if err := c.goldens.RemoveGolden(ctx, e.Key); err != nil {
+			return fmt.Errorf("remove the golden of %s (%s): %w", e.Key, why, err)
+		}
+	}
+	if _, err := c.removeOwned(ctx, e.Path, why); err != nil {
+		return err
+	}
+	if err := c.index.Delete(ctx, c.host, e.Key); err != nil {
+		return fmt.Errorf("drop cache entry of %s: %w", e.SourceURL, err)
+	}
+	return nil
+}
+
+// statObject returns the object's size and ETag, with retries.
+func (c *Cache) statObject(ctx context.Context, src source.Source, ref messaging.ImageRef) (source.ObjectInfo, error) {
+	var info source.ObjectInfo
+	err := c.retry(ctx, func() error {
+		actx, cancel := context.WithTimeout(ctx, c.opts.StallTimeout)
+		defer cancel()
+		var err error
+		if rs, ok := src.(source.ResumableSource); ok {
+			info, err = rs.Stat(actx, ref.Bucket, ref.Object)
+			return err
+		}
+		var r io.ReadCloser
+		r, info, err = src.Open(actx, ref.Bucket, ref.Object)
+		if err == nil {
+			_ = r.Close()
+		}
+		return err
+	})
+	return info, err
+}
+
+// inDir reports whether p is a file directly in the cache directory.
+func (c *Cache) inDir(p string) bool {
+	return filepath.Dir(filepath.Clean(p)) == c.dir
+}
+
+// verify hashes the entry's file and compares it with want. A missing file
+// is a mismatch, not an error.
+func (c *Cache) verify(ctx context.Context, e kvstate.CacheEntry, want string, progress stages.ProgressFunc) (bool, error) {
+	if e.Path == "" || want == "" || !c.inDir(e.Path) {
+		return false, nil
+	}
+	f, err := os.Open(e.Path)
+	if errors.Is(err, os.ErrNotExist) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("open cached image %s: %w", e.Path, err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return false, fmt.Errorf("stat cached image %s: %w", e.Path, err)
+	}
+	if !st.Mode().IsRegular() || st.Size() != e.Size {
+		return false, nil
+	}
+	h := sha256.New()
+	total := st.Size()
+	progress(stages.Verify, 0, total)
+	if _, err := copyProgress(ctx, h, f, func(done int64) { progress(stages.Verify, done, total) }); err != nil {
+		return false, fmt.Errorf("verify cached image %s: %w", e.Path, err)
+	}
+	return hex.EncodeToString(h.Sum(nil)) == strings.ToLower(want), nil
+}
+
+// download fetches ref into the cache and records it in the index. With a
+// ResumableSource, transient failures are retried within the retry budget
+// and the download resumes where it stopped, pinned to the object's ETag;
+// the SHA-256 continues over the bytes already written.
+//
+// With part non-nil the file is readable through part while it arrives.
+func (c *Cache) download(ctx context.Context, src source.Source, ref messaging.ImageRef, key, kind string, progress stages.ProgressFunc, part *Partial) (e kvstate.CacheEntry, err error) {
+	rs, resumable := src.(source.ResumableSource)
+	var info source.ObjectInfo
+	var r io.ReadCloser
+	if resumable {
+		info, err = c.statObject(ctx, src, ref)
+		if err != nil {
+			return e, err
+		}
+	} else {
+		err = c.retry(ctx, func() error {
+			var err error
+			r, info, err = src.Open(ctx, ref.Bucket, ref.Object)
+			return err
+		})
+		if err != nil {
+			return e, err
+		}
+	}
+	defer func() {
+		if r != nil {
+			_ = r.Close()
+		}
+	}()
+
+	fl, err := c.reserve(ctx, key, info.Size)
+	if err != nil {
+		return e, err
+	}
+	defer c.unreserve(key)
+
+	tmp, err := os.CreateTemp(c.partialDir(), key+"-*")
+	if err != nil {
+		if errors.Is(err, syscall.ENOSPC) {
+			return e, fmt.Errorf("not enough space in the image cache %s to start downloading %s: %w", c.dir, ref.URL, err)
+		}
+		return e, fmt.Errorf("create download file in cache directory %s: %w", c.dir, err)
+	}
+	partialName := tmp.Name()
+	defer func() {
+		if tmp != nil {
+			_ = tmp.Close()
+		}
+		if err != nil {
+			_ = os.Remove(partialName) // gone already once renamed into place
+		}
+	}()
+
+	total := info.Size
+	if part != nil {
+		if err = part.start(tmp.Name(), total); err != nil {
+			return e, err
+		}
+	}
+	h := sha256.New()
+	var offset, reported int64
+	progress(stages.Download, 0, total)
+	report := func() {
+		if offset > reported {
+			reported = offset
+			progress(stages.Download, offset, total)
+		}
+		fl.written.Store(offset)
+		if part != nil {
+			part.advance(offset)
+		}
+	}
+	buf := make([]byte, copyBufSize)
+	out := &writeBehind{f: tmp}
+	rt := c.newRetrier()
+	for {
+		if total >= 0 && offset == total && r == nil && offset > 0 {
+			break // everything arrived; only the end of the stream was missing
+		}
+		actx, cancel := context.WithCancelCause(ctx)
+		if r == nil {
+			if r, err = rs.OpenAt(actx, ref.Bucket, ref.Object, offset, info.ETag); err != nil {
+				cancel(nil)
+				r = nil
+				if werr := rt.wait(ctx, err); werr != nil {
+					return e, fmt.Errorf("download %s: %w", ref.URL, werr)
+				}
+				continue
+			}
+		}
+		var timer *time.Timer
+		if resumable {
+			timer = time.AfterFunc(c.opts.StallTimeout, func() { cancel(source.ErrStalled) })
+		}
+		rerr, werr := pump(ctx, r, out, h, buf, func(n int) {
+			offset += int64(n)
+			if timer != nil {
+				timer.Reset(c.opts.StallTimeout)
+			}
+			rt.progressed()
+			report()
+		})
+		if timer != nil {
+			timer.Stop()
+		}
+		stalled := errors.Is(context.Cause(actx), source.ErrStalled)
+		cancel(nil)
+		_ = r.Close()
+		r = nil
+		if werr != nil {
+			if errors.Is(werr, syscall.ENOSPC) {
+				return e, fmt.Errorf("not enough space in the image cache %s while downloading %s (%d of %d bytes written): %w", c.dir, ref.URL, offset, total, werr)
+			}
+			return e, fmt.Errorf("write downloaded image %s: %w", tmp.Name(), werr)
+		}
+		if cerr := ctx.Err(); cerr != nil {
+			return e, fmt.Errorf("download %s: %w", ref.URL, cerr)
+		}
+		if rerr == nil {
+			if total < 0 || offset >= total {
+				break
+			}
+			rerr = fmt.Errorf("the object store ended the response after %d of %d bytes: %w", offset, total, io.ErrUnexpectedEOF)
+		}
+		if stalled {
+			rerr = fmt.Errorf("%w for %s", source.ErrStalled, c.opts.StallTimeout)
+		}
+		if errors.Is(rerr, source.ErrObjectChanged) {
+			return e, fmt.Errorf("download %s: the image changed while downloading (ETag was %s); nothing was cached: %w", ref.URL, info.ETag, rerr)
+		}
+		if !resumable {
+			return e, fmt.Errorf("download %s: %w", ref.URL, rerr)
+		}
+		if info.ETag == "" && offset > 0 {
+			// Without an ETag a resumed read could mix two versions: start over.
+			if part != nil {
+				part.restart() // before the file is truncated under its readers
+			}
+			if _, err := tmp.Seek(0, io.SeekStart); err != nil {
+				return e, fmt.Errorf("restart download %s: %w", ref.URL, err)
+			}
+			if err := tmp.Truncate(0); err != nil {
+				return e, fmt.Errorf("restart download %s: %w", ref.URL, err)
+			}
+			h.Reset()
+			offset = 0
+			out = &writeBehind{f: tmp}
+		}
+		if werr := rt.wait(ctx, rerr); werr != nil {
+			return e, fmt.Errorf("download %s: %w", ref.URL, werr)
+		}
+	}
+	n := offset
+	if total >= 0 && n != total {
+		return e, fmt.Errorf("download %s: got %d bytes, the object store announced %d", ref.URL, n, total)
+	}
+	got := hex.EncodeToString(h.Sum(nil))
+	if kind == kvstate.KeyKindSHA256 && got != key {
+		return e, fmt.Errorf("checksum mismatch for %s: the .sha256 object says %s, the downloaded image hashes to %s; nothing was cached", ref.URL, key, got)
+	}
+	if err := tmp.Sync(); err != nil {
+		return e, fmt.Errorf("flush downloaded image %s: %w", tmp.Name(), err)
+	}
+	if err := tmp.Close(); err != nil {
+		tmp = nil
+		return e, fmt.Errorf("close downloaded image: %w", err)
+	}
+	tmpName := tmp.Name()
+	tmp = nil
+	defer func() {
+		if err != nil {
+			_ = os.Remove(tmpName)
+		}
+	}()
+
+	final, err := c.place(tmpName, FileName(ref.Object, key), key)
+	if err != nil {
+		if final != "" {
+			_, _ = c.removeOwned(ctx, final, "download not committed")
+		}
+		return e, err
+	}
+	now := time.Now().UTC()
+	e = kvstate.CacheEntry{
+		Key: key, KeyKind: kind, Path: final, Size: n, Checksum: got,
+		SourceURL: ref.URL, ETag: info.ETag, CreatedAt: now, LastUsed: now,
+	}
+	if err := c.index.Put(ctx, c.host, e); err != nil {
+		_, _ = c.removeOwned(context.WithoutCancel(ctx), final, "download not committed")
+		return kvstate.CacheEntry{}, fmt.Errorf("record %s in the cache index: %w", ref.URL, err)
+	}
+	c.changed(ctx)
+	return e, nil
+}
+
+// firstChunk is the size of the first chunk pump writes: small, so that a
+// reader of the file being downloaded (the image's header) does not wait
+// for a whole copy buffer to fill.
+const firstChunk = 64 << 10
+
+// pump copies r into f and h in chunks of len(buf) (the first one
+// firstChunk), calling chunk after each chunk written. rerr is r's error
+// (nil at the end of the stream), werr the file's; it stops when ctx ends
+// (rerr is then ctx's error).
+func pump(ctx context.Context, r io.Reader, f io.Writer, h io.Writer, buf []byte, chunk func(n int)) (rerr, werr error) {
+	size := min(len(buf), firstChunk)
+	for {
+		if err := ctx.Err(); err != nil {
+			return err, nil
+		}
+		n, err := fill(r, buf[:size])
+		size = len(buf)
+		if n > 0 {
+			if _, werr := f.Write(buf[:n]); werr != nil {
+				return nil, werr
+			}
+			_, _ = h.Write(buf[:n])
+			chunk(n)
+		}
+		if err == io.EOF {
+			return nil, nil
+		}
+		if err != nil {
+			return err, nil
+		}
+	}
+}
+
+// fill reads from r until buf is full or r fails; io.EOF marks the end.
+func fill(r io.Reader, buf []byte) (int, error) {
+	n := 0
+	for n < len(buf) {
+		m, err := r.Read(buf[n:])
+		n += m
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+// FileName is the name a cached image gets: the object's base name,
+// sanitized, with the first 16 digits of the key before its extension.
+func FileName(object, key string) string {
+	base := path.Base(object)
+	ext := path.Ext(base)
+	stem := strings.TrimSuffix(base, ext)
+	if !cleanExt(ext) {
+		stem, ext = base, ""
+	}
+	stem = sanitizeName(stem)
+	if len(stem) > maxStemLen {
+		stem = stem[:maxStemLen]
+	}
+	if stem == "" || strings.HasPrefix(stem, ".") {
+		stem = "image" + stem
+	}
+	short := key
+	if len(short) > 16 {
+		short = short[:16]
+	}
+	return stem + "-" + short + ext
+}
+
+func cleanExt(ext string) bool {
+	if len(ext) < 2 || len(ext) > 16 {
+		return false
+	}
+	for _, r := range ext[1:] {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9') {
+			return false
+		}
+	}
+	return true
+}
+
+func sanitizeName(s string) string {
+	var b strings.Builder
+	for _, r := range s {
+		if r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '.' || r == '_' || r == '-' {
+			b.WriteRune(r)
+		} else {
+			b.WriteByte('_')
+		}
+	}
+	return b.String()
+}
+
+// copyProgress copies src to dst with a 1 MiB buffer, stopping when ctx
+// ends, and calls report with the bytes copied so far after each chunk.
+func copyProgress(ctx context.Context, dst io.Writer, src io.Reader, report func(done int64)) (int64, error) {
+	buf := make([]byte, copyBufSize)
+	var done int64
+	for {
+		if err := ctx.Err(); err != nil {
+			return done, err
+		}
+		n, rerr := io.ReadFull(src, buf)
+		if n > 0 {
+			if _, err := dst.Write(buf[:n]); err != nil {
+				return done, err
+			}
+			done += int64(n)
+			report(done)
+		}
+		if rerr == io.EOF || rerr == io.ErrUnexpectedEOF {
+			return done, nil
+		}
+		if rerr != nil {
+			if ctxErr := ctx.Err(); ctxErr != nil {
+				return done, ctxErr
+			}
+			return done, rerr
+		}
+	}
+}
