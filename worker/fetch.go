@@ -39,7 +39,7 @@ func (w *Worker) fetchImage(ctx context.Context, rep *reporter, m messaging.Job,
 		return w.fetchWhole(ctx, rep, m, ref)
 	}
 	dl := &streamProgress{rep: rep}
-	f, err := w.parts.Cache.EnsureInUseStream(ctx, w.parts.Source, ref, dl.progress)
+	f, err := w.parts.Cache.Acquire(ctx, w.parts.Source, ref, imagecache.AcquireOptions{Progress: dl.progress, Hit: imagecache.CheckLater, Miss: imagecache.StreamDownload})
 	if err != nil {
 		return ji, fmt.Errorf("fetch image: %w", err)
 	}
@@ -89,11 +89,12 @@ func (w *Worker) inspectCached(ctx context.Context, rep *reporter, ji *jobImage,
 // fetchWhole is fetchImage without streaming: the image is downloaded,
 // verified and checked before the job goes on.
 func (w *Worker) fetchWhole(ctx context.Context, rep *reporter, m messaging.Job, ref messaging.ImageRef) (ji jobImage, err error) {
-	entry, hit, verify, release, err := w.parts.Cache.EnsureInUseVerifyLater(ctx, w.parts.Source, ref, rep.progress)
+	f, err := w.parts.Cache.Acquire(ctx, w.parts.Source, ref, imagecache.AcquireOptions{Progress: rep.progress, Hit: imagecache.CheckLater, Miss: imagecache.WaitForDownload})
 	if err != nil {
 		return ji, fmt.Errorf("fetch image: %w", err)
 	}
-	ji = jobImage{hit: hit, path: entry.Path, checksum: entry.Checksum, key: entry.Key, verify: verify, release: release}
+	hit, entry := f.Hit, f.Entry
+	ji = jobImage{hit: hit, path: entry.Path, checksum: entry.Checksum, key: entry.Key, verify: f.Verify, release: f.Release}
 	rep.setCache(hit, entry.Path, entry.Checksum)
 	// A cached image was checked when it was downloaded; its digest is
 	// verified on every hit.

@@ -93,22 +93,9 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
 		return
 	}
 	defer w.releaseLocal(jobID, attempt)
-	if verr != nil {
-		w.fail(kctx, log, host, jobID, "invalid job message: "+verr.Error())
-		_ = msg.TermWithReason("malformed")
-		w.settle(host, jobID)
-		return
-	}
-	if age := time.Since(cur.CreatedAt); w.cfg.MaxPendingAge > 0 && cur.Status == kvstate.StatusPending && age > w.cfg.MaxPendingAge {
-		w.fail(kctx, log, host, jobID, fmt.Sprintf("the job waited %s for a worker, longer than the maximum pending age of %s (PROVISIONER_MAX_PENDING_AGE); submit it again",
-			age.Round(time.Second), w.cfg.MaxPendingAge))
-		_ = msg.TermWithReason("pending too long")
-		w.settle(host, jobID)
-		return
-	}
-	if attempt >= w.cfg.MaxDeliver {
-		w.fail(kctx, log, host, jobID, fmt.Sprintf("gave up after %d deliveries: the job never finished (its worker stopped or lost contact while running it)", attempt))
-		_ = msg.TermWithReason("max deliveries")
+	if reason, term := w.refusal(cur, attempt, verr); reason != "" {
+		w.fail(kctx, log, host, jobID, reason)
+		_ = msg.TermWithReason(term)
 		w.settle(host, jobID)
 		return
 	}
@@ -120,9 +107,44 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
 	defer span.End()
 	log = log.WithFields(telemetry.LogFields(sctx))
 	traceID, _, _ := telemetry.IDs(sctx)
+	rec, rev, ok := w.markRunning(kctx, log, msg, cur, rev, attempt, traceID)
+	if !ok {
+		return
+	}
+	cancel()
+	outcome := w.run(sctx, log, msg, w.jobs.Attempt(rec, rev), m)
+	span.SetAttributes(attribute.String("outcome", outcome))
+	if outcome == string(kvstate.StatusFailed) {
+		span.SetStatus(codes.Error, "job failed")
+	}
+}
+
+// refusal is why a delivered job must fail without running (a malformed
+// message, too long pending, too many deliveries), and the reason its
+// message is terminated with; "" when it may run.
+func (w *Worker) refusal(cur kvstate.Job, attempt int, verr error) (reason, term string) {
+	if verr != nil {
+		return "invalid job message: " + verr.Error(), "malformed"
+	}
+	if age := time.Since(cur.CreatedAt); w.cfg.MaxPendingAge > 0 && cur.Status == kvstate.StatusPending && age > w.cfg.MaxPendingAge {
+		return fmt.Sprintf("the job waited %s for a worker, longer than the maximum pending age of %s (PROVISIONER_MAX_PENDING_AGE); submit it again",
+			age.Round(time.Second), w.cfg.MaxPendingAge), "pending too long"
+	}
+	if attempt >= w.cfg.MaxDeliver {
+		return fmt.Sprintf("gave up after %d deliveries: the job never finished (its worker stopped or lost contact while running it)", attempt), "max deliveries"
+	}
+	return "", ""
+}
+
+// markRunning moves the record to running for this attempt. It is false
+// when the attempt must not run, the message then settled: the job ended
+// meanwhile (term), an earlier attempt is alive (nak until its heartbeat
+// would expire), or the record cannot be written (nak).
+func (w *Worker) markRunning(ctx context.Context, log *logrus.Entry, msg jetstream.Msg, cur kvstate.Job, rev uint64, attempt int, traceID string) (kvstate.Job, uint64, bool) {
+	host, jobID := cur.Hypervisor, cur.JobID
 	now := time.Now().UTC()
 	attemptID := uuid.NewString()
-	rec, rev, err = w.jobs.UpdateFrom(kctx, cur, rev, func(j *kvstate.Job) error {
+	rec, rev, err := w.jobs.UpdateFrom(ctx, cur, rev, func(j *kvstate.Job) error {
 		if j.AttemptAlive(time.Now().UTC(), w.attemptAliveWithin()) {
 			return errAttemptAlive
 		}
@@ -143,24 +165,19 @@ func (w *Worker) handle(ctx context.Context, msg jetstream.Msg) {
 		log.WithField("status", te.From).Info("job ended before it started; acknowledging without running")
 		_ = msg.Term()
 		w.settle(host, jobID)
-		return
+		return kvstate.Job{}, 0, false
 	}
 	if errors.Is(err, errAttemptAlive) {
 		log.Info("an earlier attempt of this job started meanwhile; leaving the job to it")
 		_ = msg.NakWithDelay(w.attemptAliveWithin())
-		return
+		return kvstate.Job{}, 0, false
 	}
 	if err != nil {
 		log.WithError(err).Warn("cannot mark job running; will retry")
 		_ = msg.NakWithDelay(nakDelay)
-		return
+		return kvstate.Job{}, 0, false
 	}
-	cancel()
-	outcome := w.run(sctx, log, msg, w.jobs.Attempt(rec, rev), m)
-	span.SetAttributes(attribute.String("outcome", outcome))
-	if outcome == string(kvstate.StatusFailed) {
-		span.SetStatus(codes.Error, "job failed")
-	}
+	return rec, rev, true
 }
 
 // jobRecord is the job's record and its revision: the stored one (the API
@@ -283,7 +300,8 @@ func (w *Worker) recordFailure(ctx context.Context, log *logrus.Entry, host, job
 	w.publishEvent(host, jobID, rec)
 }
 
-// run executes a running job with its keep-alive and cancel watcher.
+// run executes a claimed attempt to its end and settles it (conclude),
+// returning how it ended.
 func (w *Worker) run(ctx context.Context, log *logrus.Entry, msg jetstream.Msg, att *kvstate.Attempt, m messaging.Job) string {
 	rec := att.Record()
 	w.active.Add(1)
@@ -292,7 +310,7 @@ func (w *Worker) run(ctx context.Context, log *logrus.Entry, msg jetstream.Msg, 
 		w.active.Add(-1)
 		w.metrics.active.Dec()
 	}()
-	started := time.Now()
+	e := &ending{msg: msg, att: att, job: m, started: time.Now()}
 	host, jobID := rec.Hypervisor, rec.JobID
 	// The job outlives ctx (shutdown) only until it is stopped cleanly below.
 	jobCtx, stop := context.WithCancelCause(context.WithoutCancel(ctx))
@@ -310,118 +328,30 @@ func (w *Worker) run(ctx context.Context, log *logrus.Entry, msg jetstream.Msg, 
 		t := time.AfterFunc(w.cfg.MaxRunTime, func() { stop(errRunTime) })
 		defer t.Stop()
 	}
-	log = log.WithFields(logrus.Fields{"attempt": rec.Attempt, "caller": rec.Caller})
-	rep := newReporter(w, jobCtx, log, att)
+	e.log = log.WithFields(logrus.Fields{"attempt": rec.Attempt, "caller": rec.Caller})
+	e.rep = newReporter(w, jobCtx, e.log, att)
 	var lease leaseRenewer
-	wg.Go(func() { w.keepAlive(jobCtx, stop, msg, att, &lease, rep.written) })
+	wg.Go(func() { w.keepAlive(jobCtx, stop, msg, att, &lease, e.rep.written) })
 	wg.Go(func() { w.watchCancel(jobCtx, stop, host, jobID) })
-	log.WithFields(logrus.Fields{"kind": m.Kind, "volume": m.VolumeName, "image_url": m.ImageURL}).Info("job started")
+	e.log.WithFields(logrus.Fields{"kind": m.Kind, "volume": m.VolumeName, "image_url": m.ImageURL}).Info("job started")
 
-	res, err := w.execute(jobCtx, rep, rec, m, &lease)
-	err = filledUp(err)
-	cause := context.Cause(jobCtx)
+	e.res, e.err = w.execute(jobCtx, e.rep, rec, m, &lease)
+	e.err = filledUp(e.err)
+	e.cause = context.Cause(jobCtx)
 	stop(nil)
-	rep.endStage(err)
-	rep.close()
+	e.rep.endStage(e.err)
+	e.rep.close()
 
 	bg, cancel := context.WithTimeout(context.Background(), kvTimeout)
 	defer cancel()
-	if cause == nil && errors.Is(err, kvstate.ErrSuperseded) {
-		cause = w.whySuperseded(bg, host, jobID)
+	if e.cause == nil && errors.Is(e.err, kvstate.ErrSuperseded) {
+		e.cause = w.whySuperseded(bg, host, jobID)
 	}
-	if errors.Is(cause, errFenced) {
-		log.WithError(cause).Error("job stopped")
-		return "fenced"
+	o := classify(e.err, e.cause)
+	if o == outcomeCompleted {
+		o = w.complete(e)
 	}
-	if errors.Is(cause, errShutdown) {
-		// Stopped cleanly: the next delivery need not wait for this
-		// attempt's heartbeat to expire.
-		_, _ = att.Update(bg, func(j *kvstate.Job) error {
-			rep.fold(j)
-			j.HeartbeatAt = nil
-			return nil
-		})
-		log.Info("job interrupted by shutdown; it will be redelivered")
-		_ = msg.NakWithDelay(nakDelay)
-		return "interrupted"
-	}
-	if err == nil && cause == nil {
-		final, uerr := w.recordCompletion(log, att, func(j *kvstate.Job) {
-			now := time.Now().UTC()
-			j.Status = kvstate.StatusCompleted
-			j.FinishedAt = &now
-			j.Progress = rep.final()
-			j.CacheHit = &res.cacheHit
-			j.ImagePath = res.imagePath
-			j.VolumePath = res.volumePath
-			j.Checksum = res.checksum
-			j.Cloned = res.cloned
-			j.SeedVolumePath = res.seed.path
-		})
-		var te *kvstate.TransitionError
-		if errors.Is(uerr, kvstate.ErrSuperseded) {
-			// Another attempt owns the record (the volume is its now): no
-			// ack, no rollback.
-			log.WithError(uerr).Error("job stopped: another attempt took the job over")
-			return "fenced"
-		} else if errors.As(uerr, &te) {
-			cause = errCancelled // cancelled at the last moment: undo below
-		}
-		if cause == nil && uerr != nil {
-			log.WithError(uerr).Warn("could not record completion; the job will be redelivered")
-			_ = msg.NakWithDelay(nakDelay)
-			return "interrupted"
-		} else if cause == nil {
-			_ = msg.DoubleAck(bg)
-			w.settle(host, jobID)
-			w.metrics.jobs.WithLabelValues(string(kvstate.StatusCompleted)).Inc()
-			w.metrics.duration.WithLabelValues("completed").Observe(time.Since(started).Seconds())
-			w.publishEvent(host, jobID, final)
-			log.WithFields(logrus.Fields{"cache_hit": res.cacheHit, "volume_path": res.volumePath, "seconds": time.Since(started).Seconds(), "stage": stages.Finalize}).Info("job completed")
-			return string(kvstate.StatusCompleted)
-		}
-	}
-	if errors.Is(cause, errRunTime) {
-		err = fmt.Errorf("the job %w of %s (PROVISIONER_MAX_RUN_TIME) in stage %s", errRunTime, w.cfg.MaxRunTime, rep.stage())
-	}
-	if !res.created && res.writing && res.volumePath != "" {
-		// A reused volume failed mid-write: make sure it never boots as if
-		// it were whole.
-		if zerr := convert.ZeroEnds(res.volumePath, res.volumeSize); zerr != nil {
-			err = fmt.Errorf("%w (and zeroing the volume's first and last MiB failed: %v)", err, zerr)
-		} else if err != nil {
-			err = fmt.Errorf("%w; the volume's first and last MiB were zeroed so the half-written disk does not boot", err)
-		}
-	}
-	if res.created {
-		if derr := w.parts.Backend.Delete(bg, m.VolumeName); derr != nil {
-			log.WithError(derr).Error("rollback: could not remove the volume this job created")
-			if err != nil {
-				err = fmt.Errorf("%w (and removing the volume this job created failed: %v)", err, derr)
-			}
-		} else {
-			log.WithField("volume", m.VolumeName).Info("rollback: removed the volume this job created")
-		}
-	}
-	if res.seed.created || res.seed.writing {
-		err = w.rollback(bg, res.seed, err)
-	}
-	if errors.Is(cause, errCancelled) {
-		_ = msg.Term()
-		w.settle(host, jobID)
-		w.metrics.jobs.WithLabelValues(string(kvstate.StatusCancelled)).Inc()
-		w.metrics.duration.WithLabelValues("cancelled").Observe(time.Since(started).Seconds())
-		if cur, _, err := w.jobs.Get(bg, host, jobID); err == nil {
-			w.publishEvent(host, jobID, cur)
-		}
-		log.Info("job cancelled")
-		return string(kvstate.StatusCancelled)
-	}
-	w.metrics.duration.WithLabelValues("failed").Observe(time.Since(started).Seconds())
-	w.failAttempt(bg, log.WithField("stage", rep.stage()), att, rep, err.Error())
-	_ = msg.TermWithReason("failed")
-	w.settle(host, jobID)
-	return string(kvstate.StatusFailed)
+	return w.conclude(bg, o, e).String()
 }
 
 // completionPersist is how long a worker keeps trying to record that a job
@@ -641,137 +571,6 @@ func (w *Worker) execute(ctx context.Context, rep *reporter, rec kvstate.Job, m 
 		rep.progress(stages.Finalize, 0, 0)
 	}
 	return res, err
-}
-
-// executeImage fills the job's volume from its image (or, for a cache
-// fetch, only caches the image).
-func (w *Worker) executeImage(ctx context.Context, rep *reporter, rec kvstate.Job, m messaging.Job, lease *leaseRenewer) (res result, err error) {
-	ref, err := messaging.ParseImageURL(m.ImageURL)
-	if err != nil {
-		return res, err
-	}
-	if ref.Endpoint != w.parts.Source.Endpoint() {
-		return res, fmt.Errorf("image_url names endpoint %s, but this worker's object store is %s", ref.Endpoint, w.parts.Source.Endpoint())
-	}
-	if !w.cfg.ImageBuckets.Allows(ref) {
-		return res, fmt.Errorf("image_url names %s, which is not an image source this worker may read (PROVISIONER_IMAGE_BUCKETS=%s); use an image from one of those, or ask the operator to allow it",
-			w.cfg.ImageBuckets.Describe(ref), w.cfg.ImageBuckets)
-	}
-	ji, err := w.fetchImage(ctx, rep, m, ref)
-	if err != nil {
-		return res, err
-	}
-	defer ji.release() // the image stays cached while the job reads it
-	res.cacheHit, res.imagePath, res.checksum = ji.hit, ji.path, ji.checksum
-	img := ji.img
-	if m.Kind == messaging.KindCacheFetch {
-		if c, ok := w.clones(); ok {
-			return res, w.prewarmGolden(ctx, rep, &ji, c)
-		}
-		if err := ji.verify(ctx); err != nil {
-			return res, fmt.Errorf("verify the cached image: %w", err)
-		}
-		return res, nil
-	}
-
-	rep.progress(stages.Volume, 0, 0)
-	if err := w.volumeAllowed(m.VolumeName); err != nil {
-		return res, err
-	}
-	held, err := w.leases.Acquire(ctx, rec.Hypervisor, m.VolumeName, rec.JobID, w.cfg.AckWait)
-	if err != nil {
-		return res, err
-	}
-	lease.add(held)
-	defer func() {
-		lease.remove(held)
-		// Short: a worker cut off from NATS must not wait here; an
-		// unreleased lease expires after the ack wait anyway.
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
-		defer cancel()
-		_ = held.Release(rctx)
-	}()
-
-	want := m.VolumeSizeBytes()
-	vol, exists, err := w.parts.Backend.Lookup(ctx, m.VolumeName)
-	if err != nil {
-		return res, err
-	}
-	if exists {
-		if rec.VolumeCreated {
-			res.created = true // an earlier attempt of this job created it
-		} else if err := volume.CheckReuse(vol, want); err != nil {
-			return res, err
-		}
-		if uc, ok := w.parts.Backend.(volume.UseChecker); ok {
-			if err := uc.CheckNotInUse(ctx, vol); err != nil {
-				return res, err
-			}
-		}
-	}
-	if c, ok := w.clones(); ok {
-		if byClone, err := c.byClone(ctx, vol, exists); err != nil {
-			return res, err
-		} else if byClone {
-			return w.provisionByClone(ctx, rep, rec, m, &ji, c, vol, exists, res)
-		}
-	}
-	var already int64 // a reused volume's space, freed as it is zeroed
-	if exists {
-		already = volume.AllocatedBytes(vol.Path)
-	}
-	release, err := w.reserveImage(ctx, rep, &ji, fmt.Sprintf("volume %q", m.VolumeName), already)
-	if err != nil {
-		return res, err
-	}
-	defer release()
-	if !exists {
-		if err := img.CheckFits(want); err != nil {
-			return res, err
-		}
-		if err := rep.markVolumeCreated(ctx); err != nil {
-			return res, err
-		}
-		vol, err = w.parts.Backend.Create(ctx, m.VolumeName, want)
-		if err != nil {
-			return res, fmt.Errorf("create volume %q: %w", m.VolumeName, err)
-		}
-		res.created = true
-	}
-	res.volumePath, res.volumeSize = vol.Path, vol.Size
-	if err := img.CheckFits(vol.Size); err != nil {
-		return res, err
-	}
-	// A download still arriving is streamed only into a volume this job
-	// created: an existing volume is overwritten only by an image whose
-	// digest and structure were checked first.
-	stream := ji.part != nil && res.created
-	if ji.part != nil && !stream {
-		ji.dl.setQuiet(false)
-		if err := w.finishDownload(ctx, rep, &ji, true); err != nil {
-			return res, err
-		}
-		ji.part = nil
-	}
-	trace.SpanFromContext(ctx).SetAttributes(attribute.Bool("streamed", stream))
-	if stream {
-		rep.log.Info("converting the image while it downloads; its digest is checked when the last byte arrives")
-	}
-	rep.progress(stages.Populate, 0, img.VirtualSize)
-	res.writing = true
-	err = w.populate(ctx, rep, &ji, vol, stream)
-	release() // written: the file system's free space counts it now
-	res.imagePath, res.checksum = ji.path, ji.checksum
-	if err != nil {
-		return res, err
-	}
-	rep.progress(stages.Finalize, 0, 0)
-	if r, ok := w.parts.Backend.(volume.Refresher); ok {
-		if err := r.Refresh(ctx); err != nil {
-			return res, fmt.Errorf("refresh the volume's pool: %w", err)
-		}
-	}
-	return res, nil
 }
 
 // populate converts ji's image into vol, reading the download while it

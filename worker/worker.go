@@ -96,8 +96,21 @@ type Parts struct {
 // StreamConverter is a Converter that can also read a qcow2 image while it
 // downloads (convert.Native).
 type StreamConverter interface {
-	ConvertStream(ctx context.Context, img image.Image, part *imagecache.Partial, vol volume.Volume, progress stages.ProgressFunc) error
+	ConvertStream(ctx context.Context, img image.Image, part image.Arriving, vol volume.Volume, progress stages.ProgressFunc) error
 }
+
+// The worker finds these capabilities by type assertion: a signature that
+// drifts must fail the build, not switch a capability off.
+var (
+	_ convert.Converter       = convert.Native{}
+	_ StreamConverter         = convert.Native{}
+	_ convert.DigestConverter = convert.Native{}
+	_ convert.Converter       = convert.QemuImg{}
+	_ ImageChecker            = convert.QemuImg{}
+	_ ImageCache              = (*imagecache.Cache)(nil)
+	_ GoldenCache             = (*imagecache.Cache)(nil)
+	_ Source                  = (*source.MinIO)(nil)
+)
 
 // ImageChecker refuses a corrupt or truncated image.
 type ImageChecker interface {
@@ -113,13 +126,11 @@ type Source interface {
 
 // ImageCache is the host's image cache as the worker needs it.
 type ImageCache interface {
-	// EnsureInUseVerifyLater makes sure the image is cached and keeps it
-	// from eviction and removal until release is called; a hit's digest is
-	// checked by verify, which the worker runs while it converts.
-	EnsureInUseVerifyLater(ctx context.Context, src source.Source, ref messaging.ImageRef, progress stages.ProgressFunc) (entry kvstate.CacheEntry, hit bool, verify func(context.Context) error, release func(), err error)
-	// EnsureInUseStream is EnsureInUseVerifyLater that returns a miss at
-	// once, as a download the worker can read while it arrives.
-	EnsureInUseStream(ctx context.Context, src source.Source, ref messaging.ImageRef, progress stages.ProgressFunc) (*imagecache.Fetch, error)
+	// Acquire makes sure the image is cached (or, to stream it, being
+	// downloaded) and keeps it from eviction and removal until the
+	// Fetch's Release; the worker checks a hit's digest (Fetch.Verify)
+	// while it converts.
+	Acquire(ctx context.Context, src source.Source, ref messaging.ImageRef, o imagecache.AcquireOptions) (*imagecache.Fetch, error)
 	// Remove deletes an entry and its file (an image found to be unusable).
 	Remove(ctx context.Context, key string) error
 	// ReconcileReport brings the directory and the index into agreement.

@@ -55,7 +55,7 @@ type Cache struct {
 	mu    sync.Mutex
 	locks map[string]*keyLock
 	// inUse counts, per key, the callers between the start of
-	// EnsureInUse and their release: such images are never evicted or removed.
+	// Acquire and their release: such images are never evicted or removed.
 	inUse map[string]int
 	// inflight holds the downloads running, by key.
 	inflight map[string]*inflight
@@ -204,54 +204,6 @@ func (c *Cache) InUse(key string) bool {
 	return c.inUse[key] > 0
 }
 
-// Ensure makes sure the image ref names is in the cache and returns its
-// entry; hit is true when it was there already and verified. The image is
-// protected from eviction only while Ensure runs; a caller that goes on to
-// read the file should use EnsureInUse.
-func (c *Cache) Ensure(ctx context.Context, src source.Source, ref messaging.ImageRef, progress stages.ProgressFunc) (kvstate.CacheEntry, bool, error) {
-	e, hit, release, err := c.EnsureInUse(ctx, src, ref, progress)
-	if err != nil {
-		return e, hit, err
-	}
-	release()
-	return e, hit, nil
-}
-
-// EnsureInUse is Ensure that keeps the image marked in use until release
-// is called: from the moment its cache key is known (so a download in
-// progress counts), an image in use is never evicted and Remove refuses
-// it. Call release (idempotent, safe to defer) when done with the file,
-// and before calling Remove on the same key. On error nothing stays
-// marked and release is nil.
-func (c *Cache) EnsureInUse(ctx context.Context, src source.Source, ref messaging.ImageRef, progress stages.ProgressFunc) (e kvstate.CacheEntry, hit bool, release func(), err error) {
-	if progress == nil {
-		progress = func(string, int64, int64) {}
-	}
-	progress(stages.Checksum, 0, 0)
-	key, kind, err := c.keyOf(ctx, src, ref)
-	if err != nil {
-		return kvstate.CacheEntry{}, false, nil, err
-	}
-
-	release = c.acquire(key)
-	unlock, err := c.lock(ctx, key)
-	if err != nil {
-		release()
-		return kvstate.CacheEntry{}, false, nil, err
-	}
-	e, hit, err = c.ensureLocked(ctx, src, ref, key, kind, progress)
-	unlock()
-	if err != nil {
-		release()
-		return kvstate.CacheEntry{}, false, nil, err
-	}
-	if !hit {
-		// Keep the cache under its cap; this image is in use, so it stays.
-		_, _ = c.Evict(ctx)
-	}
-	return e, hit, release, nil
-}
-
 // keyOf returns the cache key of ref: the digest its .sha256 object
 // publishes, or else the SHA-256 of its URL.
 func (c *Cache) keyOf(ctx context.Context, src source.Source, ref messaging.ImageRef) (key, kind string, err error) {
@@ -274,25 +226,10 @@ func (c *Cache) keyOf(ctx context.Context, src source.Source, ref messaging.Imag
 	return digest, kvstate.KeyKindSHA256, nil
 }
 
-// ensureLocked looks key up and downloads it on a miss; key's lock is held.
-func (c *Cache) ensureLocked(ctx context.Context, src source.Source, ref messaging.ImageRef, key, kind string, progress stages.ProgressFunc) (kvstate.CacheEntry, bool, error) {
-	progress(stages.CacheCheck, 0, 0)
-	if e, ok, err := c.lookup(ctx, src, ref, key, kind, progress); err != nil {
-		return kvstate.CacheEntry{}, false, err
-	} else if ok {
-		return e, true, nil
-	}
-	e, err := c.download(ctx, src, ref, key, kind, progress, nil)
-	if err != nil {
-		return kvstate.CacheEntry{}, false, err
-	}
-	return e, false, nil
-}
-
 // lookup returns the verified entry of key; a stale or corrupt entry is
 // removed with its file and reported as absent. A URL-keyed entry is
 // revalidated against the object first: another ETag or size makes it stale.
-func (c *Cache) lookup(ctx context.Context, src source.Source, ref messaging.ImageRef, key, kind string, progress stages.ProgressFunc) (kvstate.CacheEntry, bool, error) {
+func (c *Cache) lookup(ctx context.Context, src source.Source, ref messaging.ImageRef, key, kind string, check HitCheck, progress stages.ProgressFunc) (kvstate.CacheEntry, bool, error) {
 	e, err := c.index.Get(ctx, c.host, key)
 	if errors.Is(err, kvstate.ErrNotFound) {
 		return e, false, nil
@@ -314,7 +251,7 @@ func (c *Cache) lookup(ctx context.Context, src source.Source, ref messaging.Ima
 		}
 		ok = info.Size == e.Size && info.ETag == e.ETag
 	}
-	if ok && verifyLater(ctx) {
+	if ok && check == CheckLater {
 		ok = c.quickCheck(e)
 	} else if ok {
 		if ok, err = c.verify(ctx, e, want, progress); err != nil {

@@ -64,7 +64,7 @@ func (f *goldenFixture) putQCOW2(t *testing.T, object string, seed uint64) (mess
 func (f *goldenFixture) ensureGolden(t *testing.T, ref messaging.ImageRef) (kvstate.CacheEntry, volume.Golden, func()) {
 	t.Helper()
 	ctx := context.Background()
-	e, _, release, err := f.cache.EnsureInUse(ctx, f.src, ref, nil)
+	e, _, release, err := ensureInUse(ctx, f.cache, f.src, ref, nil)
 	require.NoError(t, err)
 	img, err := image.Inspect(e.Path, "qcow2")
 	require.NoError(t, err)

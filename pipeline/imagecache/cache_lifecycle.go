@@ -324,7 +324,7 @@ func (e *ImageInUseError) Is(target error) bool { return target == ErrImageInUse
 // Remove deletes key's entry and its file (an image found unusable, or a
 // deletion asked for); a file the cache did not create stays (see
 // removeOwned), only the entry goes. It refuses while a job is using or downloading the
-// image: release your own EnsureInUse first.
+// image: release your own Acquire first.
 func (c *Cache) Remove(ctx context.Context, key string) error {
 	if c.InUse(key) {
 		return &ImageInUseError{Key: key}

@@ -27,7 +27,7 @@ func TestCacheEvictionSkipsImagesInUse(t *testing.T) {
 	cache.SetOnChange(func(context.Context) { changes.Add(1) })
 
 	// A is the least recently used, but a job holds it.
-	eA, hit, releaseA, err := cache.EnsureInUse(ctx, src, refA, nil)
+	eA, hit, releaseA, err := ensureInUse(ctx, cache, src, refA, nil)
 	require.NoError(t, err)
 	require.False(t, hit)
 	defer releaseA()
@@ -39,12 +39,12 @@ func TestCacheEvictionSkipsImagesInUse(t *testing.T) {
 	require.ErrorAs(t, err, &inUse)
 	require.True(t, inUse.InUse())
 	require.FileExists(t, eA.Path)
-	eB, _, err := cache.Ensure(ctx, src, refB, nil)
+	eB, _, err := ensure(ctx, cache, src, refB, nil)
 	require.NoError(t, err)
 	require.False(t, cache.InUse(digestB))
 
 	before := changes.Load()
-	eC, hit, err := cache.Ensure(ctx, src, refC, nil)
+	eC, hit, err := ensure(ctx, cache, src, refC, nil)
 	require.NoError(t, err)
 	require.False(t, hit)
 	require.Greater(t, changes.Load(), before+1, "the download and the eviction both report a change")
@@ -59,7 +59,7 @@ func TestCacheEvictionSkipsImagesInUse(t *testing.T) {
 	releaseA()
 	releaseA() // idempotent
 	require.False(t, cache.InUse(digestA))
-	_, hit, err = cache.Ensure(ctx, src, refB, nil)
+	_, hit, err = ensure(ctx, cache, src, refB, nil)
 	require.NoError(t, err)
 	require.False(t, hit)
 	require.NoFileExists(t, eA.Path)
@@ -91,9 +91,9 @@ func TestCacheEvictionEverythingInUse(t *testing.T) {
 	refB, _ := putImage(t, m, bucket, "b.raw", 1<<20, 25, true)
 	cache, _, _ := newTestCache(t, Options{MaxBytes: 1 << 20})
 
-	eA, _, releaseA, err := cache.EnsureInUse(ctx, src, refA, nil)
+	eA, _, releaseA, err := ensureInUse(ctx, cache, src, refA, nil)
 	require.NoError(t, err)
-	eB, _, releaseB, err := cache.EnsureInUse(ctx, src, refB, nil)
+	eB, _, releaseB, err := ensureInUse(ctx, cache, src, refB, nil)
 	require.NoError(t, err, "the cap is soft: nothing can be evicted, the download goes on")
 	require.FileExists(t, eA.Path)
 	require.FileExists(t, eB.Path)
@@ -114,20 +114,20 @@ func TestCacheURLKeyRevalidated(t *testing.T) {
 	ref, digest1 := putImage(t, m, bucket, "images/disk.raw", 1<<20, 31, false)
 	cache, index, host := newTestCache(t, Options{})
 
-	e1, hit, err := cache.Ensure(ctx, src, ref, nil)
+	e1, hit, err := ensure(ctx, cache, src, ref, nil)
 	require.NoError(t, err)
 	require.False(t, hit)
 	require.Equal(t, kvstate.KeyKindURL, e1.KeyKind)
 	require.Equal(t, digest1, e1.Checksum)
 	require.NotEmpty(t, e1.ETag)
-	_, hit, err = cache.Ensure(ctx, src, ref, nil)
+	_, hit, err = ensure(ctx, cache, src, ref, nil)
 	require.NoError(t, err)
 	require.True(t, hit, "unchanged object: served from the cache")
 
 	// Same URL, new content.
 	_, digest2 := putImage(t, m, bucket, "images/disk.raw", 1<<20, 32, false)
 	require.NotEqual(t, digest1, digest2)
-	e2, hit, err := cache.Ensure(ctx, src, ref, nil)
+	e2, hit, err := ensure(ctx, cache, src, ref, nil)
 	require.NoError(t, err)
 	require.False(t, hit, "the cached copy is stale")
 	require.Equal(t, e1.Key, e2.Key)
@@ -143,7 +143,7 @@ func TestCacheURLKeyRevalidated(t *testing.T) {
 
 	// A different size is stale too.
 	_, digest3 := putImage(t, m, bucket, "images/disk.raw", 2<<20, 33, false)
-	e3, hit, err := cache.Ensure(ctx, src, ref, nil)
+	e3, hit, err := ensure(ctx, cache, src, ref, nil)
 	require.NoError(t, err)
 	require.False(t, hit)
 	require.Equal(t, digest3, e3.Checksum)
@@ -159,18 +159,18 @@ func TestCacheReconcileSummary(t *testing.T) {
 	refB, _ := putImage(t, m, bucket, "b.qcow2", 1<<20, 42, true)
 	refC, _ := putImage(t, m, bucket, "c.qcow2", 1<<20, 43, true)
 	cache, index, host := newTestCache(t, Options{})
-	eA, _, err := cache.Ensure(ctx, src, refA, nil)
+	eA, _, err := ensure(ctx, cache, src, refA, nil)
 	require.NoError(t, err)
-	eB, _, err := cache.Ensure(ctx, src, refB, nil)
+	eB, _, err := ensure(ctx, cache, src, refB, nil)
 	require.NoError(t, err)
-	eC, _, err := cache.Ensure(ctx, src, refC, nil)
+	eC, _, err := ensure(ctx, cache, src, refC, nil)
 	require.NoError(t, err)
 	// Orphans: files the cache put in place whose entries were never
 	// written (a crash in between).
 	var orphans []string
 	for i, object := range []string{"old.qcow2", "noext"} {
 		ref, digest := putImage(t, m, bucket, object, 1<<10, uint64(44+i), true)
-		e, _, err := cache.Ensure(ctx, src, ref, nil)
+		e, _, err := ensure(ctx, cache, src, ref, nil)
 		require.NoError(t, err)
 		require.NoError(t, index.Delete(ctx, host, digest))
 		orphans = append(orphans, e.Path)

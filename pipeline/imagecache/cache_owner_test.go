@@ -84,10 +84,10 @@ func TestCacheReconcileLeavesUserFiles(t *testing.T) {
 	refA, _ := putImage(t, m, bucket, "a.qcow2", 1<<20, 51, true)
 	refB, digestB := putImage(t, m, bucket, "b.qcow2", 1<<20, 52, true)
 	cache, index, host := newTestCache(t, Options{})
-	eA, _, err := cache.Ensure(ctx, src, refA, nil)
+	eA, _, err := ensure(ctx, cache, src, refA, nil)
 	require.NoError(t, err)
 	// A crash between putting B's file in place and indexing it.
-	eB, _, err := cache.Ensure(ctx, src, refB, nil)
+	eB, _, err := ensure(ctx, cache, src, refB, nil)
 	require.NoError(t, err)
 	require.NoError(t, index.Delete(ctx, host, digestB))
 	// An interrupted download of the cache's own.
@@ -143,7 +143,7 @@ func TestCacheReplacedFileSurvives(t *testing.T) {
 		ref, _ := putImage(t, m, bucket, "disk.raw", 1<<20, 61, true)
 		b.cache, b.index, b.host = newTestCache(t, Options{MaxBytes: 1 << 10})
 		var err error
-		b.entry, _, err = b.cache.Ensure(context.Background(), b.src, ref, nil)
+		b.entry, _, err = ensure(context.Background(), b.cache, b.src, ref, nil)
 		require.NoError(t, err)
 		b.digest = replaceFile(t, b.entry.Path, mode)
 		return b
@@ -164,7 +164,7 @@ func TestCacheReplacedFileSurvives(t *testing.T) {
 		"download": func(t *testing.T, b *testBundle) {
 			ref, err := messaging.ParseImageURL(b.entry.SourceURL)
 			require.NoError(t, err)
-			e, hit, err := b.cache.Ensure(context.Background(), b.src, ref, nil)
+			e, hit, err := ensure(context.Background(), b.cache, b.src, ref, nil)
 			require.NoError(t, err)
 			require.False(t, hit, "the user's bytes are not the image")
 			require.NotEqual(t, b.entry.Path, e.Path, "the new download does not replace the user's file")
@@ -245,7 +245,7 @@ func TestCacheReconcileAdoptsLegacyFiles(t *testing.T) {
 	cache, index, host := newTestCache(t, Options{})
 	var paths []string
 	for _, ref := range []messaging.ImageRef{refA, refB, refC} {
-		e, _, err := cache.Ensure(ctx, src, ref, nil)
+		e, _, err := ensure(ctx, cache, src, ref, nil)
 		require.NoError(t, err)
 		paths = append(paths, e.Path)
 	}

@@ -89,7 +89,7 @@ func TestCacheMissThenHit(t *testing.T) {
 	ctx := context.Background()
 
 	var rec stageRecorder
-	e, hit, err := f.cache.Ensure(ctx, f.src, f.ref, rec.progress)
+	e, hit, err := ensure(ctx, f.cache, f.src, f.ref, rec.progress)
 	require.NoError(t, err)
 	require.False(t, hit)
 	require.Equal(t, []string{stages.Checksum, stages.CacheCheck, stages.Download}, rec.stages)
@@ -111,7 +111,7 @@ func TestCacheMissThenHit(t *testing.T) {
 	// With the image gone from the store, only the cache can serve it.
 	require.NoError(t, f.m.Client.RemoveObject(ctx, f.bucket, f.ref.Object, minio.RemoveObjectOptions{}))
 	rec = stageRecorder{}
-	e2, hit, err := f.cache.Ensure(ctx, f.src, f.ref, rec.progress)
+	e2, hit, err := ensure(ctx, f.cache, f.src, f.ref, rec.progress)
 	require.NoError(t, err)
 	require.True(t, hit)
 	require.Equal(t, []string{stages.Checksum, stages.CacheCheck, stages.Verify}, rec.stages)
@@ -127,7 +127,7 @@ func TestCacheChecksumMismatch(t *testing.T) {
 	wrong := strings.Repeat("ab", 32)
 	require.NoError(t, f.m.PutBytes(ctx, f.bucket, f.ref.Object+".sha256", []byte(wrong+"  disk.raw\n")))
 
-	_, _, err := f.cache.Ensure(ctx, f.src, f.ref, nil)
+	_, _, err := ensure(ctx, f.cache, f.src, f.ref, nil)
 	require.ErrorContains(t, err, "checksum mismatch for "+f.ref.URL)
 	require.ErrorContains(t, err, "the .sha256 object says "+wrong)
 	require.ErrorContains(t, err, "hashes to "+f.digest)
@@ -145,7 +145,7 @@ func TestCacheURLKey(t *testing.T) {
 	f := newCacheFixture(t, 1<<20, false)
 	ctx := context.Background()
 
-	e, hit, err := f.cache.Ensure(ctx, f.src, f.ref, nil)
+	e, hit, err := ensure(ctx, f.cache, f.src, f.ref, nil)
 	require.NoError(t, err)
 	require.False(t, hit)
 	urlSum := sha256.Sum256([]byte(f.ref.URL))
@@ -153,7 +153,7 @@ func TestCacheURLKey(t *testing.T) {
 	require.Equal(t, kvstate.KeyKindURL, e.KeyKind)
 	require.Equal(t, f.digest, e.Checksum)
 
-	e2, hit, err := f.cache.Ensure(ctx, f.src, f.ref, nil)
+	e2, hit, err := ensure(ctx, f.cache, f.src, f.ref, nil)
 	require.NoError(t, err)
 	require.True(t, hit)
 	require.Equal(t, e.Path, e2.Path)
@@ -164,7 +164,7 @@ func TestCacheCorruptFileRedownloaded(t *testing.T) {
 	f := newCacheFixture(t, 2<<20, true)
 	ctx := context.Background()
 
-	e, _, err := f.cache.Ensure(ctx, f.src, f.ref, nil)
+	e, _, err := ensure(ctx, f.cache, f.src, f.ref, nil)
 	require.NoError(t, err)
 	// Bit rot: the bytes change, the modification time does not (a file
 	// written through the filesystem is someone else's; it would be kept).
@@ -180,7 +180,7 @@ func TestCacheCorruptFileRedownloaded(t *testing.T) {
 	require.NoError(t, file.Close())
 	require.NoError(t, os.Chtimes(e.Path, st.ModTime(), st.ModTime()))
 
-	e2, hit, err := f.cache.Ensure(ctx, f.src, f.ref, nil)
+	e2, hit, err := ensure(ctx, f.cache, f.src, f.ref, nil)
 	require.NoError(t, err)
 	require.False(t, hit)
 	got, err := testenv.FileSHA256(e2.Path)
@@ -190,7 +190,7 @@ func TestCacheCorruptFileRedownloaded(t *testing.T) {
 
 	// A missing file is downloaded again too.
 	require.NoError(t, os.Remove(e2.Path))
-	_, hit, err = f.cache.Ensure(ctx, f.src, f.ref, nil)
+	_, hit, err = ensure(ctx, f.cache, f.src, f.ref, nil)
 	require.NoError(t, err)
 	require.False(t, hit)
 	require.Len(t, cacheFiles(t, f.cache), 1)
@@ -210,7 +210,7 @@ func TestCacheConcurrentEnsure(t *testing.T) {
 	results := make([]result, 4)
 	for i := range results {
 		wg.Go(func() {
-			e, hit, err := f.cache.Ensure(ctx, f.src, f.ref, nil)
+			e, hit, err := ensure(ctx, f.cache, f.src, f.ref, nil)
 			results[i] = result{e, hit, err}
 		})
 	}
@@ -233,7 +233,7 @@ func TestCacheCancelRemovesPartial(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 
-	_, _, err := f.cache.Ensure(ctx, f.src, f.ref, func(stage string, done, _ int64) {
+	_, _, err := ensure(ctx, f.cache, f.src, f.ref, func(stage string, done, _ int64) {
 		if stage == stages.Download && done > 0 {
 			cancel()
 		}
@@ -250,7 +250,7 @@ func TestCacheMissingImage(t *testing.T) {
 	ref := f.ref
 	ref.Object = "images/other.raw"
 	ref.URL = strings.Replace(ref.URL, "disk.raw", "other.raw", 1)
-	_, _, err := f.cache.Ensure(context.Background(), f.src, ref, nil)
+	_, _, err := ensure(context.Background(), f.cache, f.src, ref, nil)
 	require.ErrorContains(t, err, "image s3://"+f.bucket+"/images/other.raw not found on")
 	require.Empty(t, cacheFiles(t, f.cache))
 }
@@ -260,7 +260,7 @@ func TestCacheReconcile(t *testing.T) {
 	f := newCacheFixture(t, 1<<20, true)
 	ctx := context.Background()
 
-	e, _, err := f.cache.Ensure(ctx, f.src, f.ref, nil)
+	e, _, err := ensure(ctx, f.cache, f.src, f.ref, nil)
 	require.NoError(t, err)
 	partial := filepath.Join(f.cache.partialDir(), f.digest+"-123")
 	require.NoError(t, os.WriteFile(partial, []byte("half"), 0o600))

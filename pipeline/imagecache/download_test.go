@@ -175,7 +175,7 @@ func TestDownloadResumesAfterMinIORestart(t *testing.T) {
 		<-rec.fired
 		restarted <- m.Restart(500 * time.Millisecond)
 	}()
-	e, hit, err := cache.Ensure(context.Background(), src, ref, rec.progress)
+	e, hit, err := ensure(context.Background(), cache, src, ref, rec.progress)
 	require.NoError(t, err)
 	require.NoError(t, <-restarted)
 	require.False(t, hit)
@@ -220,7 +220,7 @@ func TestDownloadGivesUpAfterRetryBudget(t *testing.T) {
 		m.Stop()
 		stopped <- time.Now()
 	}()
-	_, _, err = cache.Ensure(context.Background(), src, ref, rec.progress)
+	_, _, err = ensure(context.Background(), cache, src, ref, rec.progress)
 	failedAt := time.Now()
 	require.Error(t, err)
 	require.ErrorContains(t, err, "download "+ref.URL)
@@ -268,7 +268,7 @@ func TestDownloadImageReplacedDuringResume(t *testing.T) {
 		}
 		replaced <- m.PutFile(context.Background(), bucket, ref.Object, other)
 	}()
-	_, _, err = cache.Ensure(context.Background(), src, ref, rec.progress)
+	_, _, err = ensure(context.Background(), cache, src, ref, rec.progress)
 	require.NoError(t, <-replaced)
 	require.ErrorContains(t, err, "download "+ref.URL+": the image changed while downloading (ETag was "+st.ETag+")")
 	require.ErrorIs(t, err, source.ErrObjectChanged)
@@ -292,7 +292,7 @@ func TestDownloadPermanentErrorsFailAtOnce(t *testing.T) {
 		missing.Object = "images/nope.raw"
 		missing.URL = "http://" + m.Endpoint + "/" + bucket + "/images/nope.raw"
 		start := time.Now()
-		_, _, err = cache.Ensure(context.Background(), src, missing, nil)
+		_, _, err = ensure(context.Background(), cache, src, missing, nil)
 		require.Less(t, time.Since(start), time.Second)
 		require.ErrorContains(t, err, "image s3://"+bucket+"/images/nope.raw not found on "+m.Endpoint)
 		_, stats, _ := src.calls()
@@ -305,7 +305,7 @@ func TestDownloadPermanentErrorsFailAtOnce(t *testing.T) {
 		missing := ref
 		missing.Bucket = "no-such-bucket-" + host
 		start := time.Now()
-		_, _, err = cache.Ensure(context.Background(), src, missing, nil)
+		_, _, err = ensure(context.Background(), cache, src, missing, nil)
 		require.Less(t, time.Since(start), time.Second)
 		require.ErrorContains(t, err, "does not exist")
 	})
@@ -314,7 +314,7 @@ func TestDownloadPermanentErrorsFailAtOnce(t *testing.T) {
 		require.NoError(t, err)
 		src := &watchedSource{MinIO: base}
 		start := time.Now()
-		_, _, err = cache.Ensure(context.Background(), src, ref, nil)
+		_, _, err = ensure(context.Background(), cache, src, ref, nil)
 		require.Less(t, time.Since(start), time.Second)
 		require.ErrorContains(t, err, "rejected the worker's credentials")
 		_, _, checksums := src.calls()
@@ -336,7 +336,7 @@ func TestDownloadCacheFilesystemFull(t *testing.T) {
 
 	// Bigger than the filesystem: refused before downloading.
 	big, _ := putImage(t, m, bucket, "big.raw", 24<<20, 16, true)
-	_, _, err = cache.Ensure(ctx, testSource(t, m), big, nil)
+	_, _, err = ensure(ctx, cache, testSource(t, m), big, nil)
 	require.ErrorContains(t, err, "not enough space in the image cache "+dir+": the image needs 25165824 bytes, ")
 	require.ErrorContains(t, err, "are free (cache cap none")
 	require.Empty(t, cacheFiles(t, cache))
@@ -345,7 +345,7 @@ func TestDownloadCacheFilesystemFull(t *testing.T) {
 	mid, _ := putImage(t, m, bucket, "mid.raw", 10<<20, 17, true)
 	filler := filepath.Join(dir, "filler")
 	var once sync.Once
-	_, _, err = cache.Ensure(ctx, testSource(t, m), mid, func(stage string, done, _ int64) {
+	_, _, err = ensure(ctx, cache, testSource(t, m), mid, func(stage string, done, _ int64) {
 		if stage == stages.Download && done > 0 {
 			once.Do(func() { _ = os.WriteFile(filler, make([]byte, 8<<20), 0o600) })
 		}
@@ -358,7 +358,7 @@ func TestDownloadCacheFilesystemFull(t *testing.T) {
 
 	// The next, small download works.
 	small, digest := putImage(t, m, bucket, "small.raw", 4<<20, 18, true)
-	e, hit, err := cache.Ensure(ctx, testSource(t, m), small, nil)
+	e, hit, err := ensure(ctx, cache, testSource(t, m), small, nil)
 	require.NoError(t, err)
 	require.False(t, hit)
 	got, err := testenv.FileSHA256(e.Path)

@@ -18,6 +18,7 @@ import (
 	"github.com/libvirt-volume-provisioner/provisioner/kvstate"
 	"github.com/libvirt-volume-provisioner/provisioner/messaging"
 	"github.com/libvirt-volume-provisioner/provisioner/pipeline/source"
+	"github.com/libvirt-volume-provisioner/provisioner/pipeline/stages"
 )
 
 // Shared by the package's tests: one MinIO server process and one embedded
@@ -116,4 +117,25 @@ func testSource(t *testing.T, m *testenv.MinIO) *source.MinIO {
 func testIndex(t *testing.T) (kvstate.CacheIndex, string) {
 	t.Helper()
 	return kvstate.CacheIndex{KV: cacheKV}, fmt.Sprintf("host-%d", hostCounter.Add(1))
+}
+
+// ensure is Acquire with the hit's digest checked at once, released before
+// it returns: the image is only made sure to be cached.
+func ensure(ctx context.Context, c *Cache, src source.Source, ref messaging.ImageRef, progress stages.ProgressFunc) (kvstate.CacheEntry, bool, error) {
+	e, hit, release, err := ensureInUse(ctx, c, src, ref, progress)
+	if err != nil {
+		return e, hit, err
+	}
+	release()
+	return e, hit, nil
+}
+
+// ensureInUse is Acquire with the hit's digest checked at once; the image
+// stays in use until release.
+func ensureInUse(ctx context.Context, c *Cache, src source.Source, ref messaging.ImageRef, progress stages.ProgressFunc) (kvstate.CacheEntry, bool, func(), error) {
+	f, err := c.Acquire(ctx, src, ref, AcquireOptions{Progress: progress, Hit: CheckNow})
+	if err != nil {
+		return kvstate.CacheEntry{}, false, nil, err
+	}
+	return f.Entry, f.Hit, f.Release, nil
 }

@@ -9,9 +9,6 @@ import (
 	"sync"
 
 	"github.com/libvirt-volume-provisioner/provisioner/kvstate"
-	"github.com/libvirt-volume-provisioner/provisioner/messaging"
-	"github.com/libvirt-volume-provisioner/provisioner/pipeline/source"
-	"github.com/libvirt-volume-provisioner/provisioner/pipeline/stages"
 )
 
 // ErrStreamRestarted is what reads of a Partial return after its download
@@ -191,86 +188,4 @@ func (r *partialReader) ReadAt(b []byte, off int64) (int, error) {
 			return 0, context.Cause(r.ctx)
 		}
 	}
-}
-
-// Fetch is what EnsureInUseStream found or started: a cached image (Hit),
-// or a download running in the background (Partial).
-type Fetch struct {
-	// Key is the image's cache key.
-	Key string
-	// Entry is the cached image on a hit.
-	Entry kvstate.CacheEntry
-	// Hit is true when the image was in the cache.
-	Hit bool
-	// Partial is the download on a miss; its Wait returns the entry.
-	Partial *Partial
-
-	verify  func(context.Context) error
-	release func()
-}
-
-// Verify checks a hit's digest (see EnsureInUseVerifyLater); it returns nil
-// at once on a miss, whose digest Partial.Wait reports.
-func (f *Fetch) Verify(ctx context.Context) error {
-	if f.verify == nil {
-		return nil
-	}
-	return f.verify(ctx)
-}
-
-// Release stops a download still running (nothing of it is cached) and
-// waits for it to end, then lets the image be evicted again. Idempotent.
-func (f *Fetch) Release() {
-	if f.Partial != nil {
-		f.Partial.Abort()
-	}
-	f.release()
-}
-
-// EnsureInUseStream is EnsureInUseVerifyLater for callers that read an
-// image while it downloads. On a hit it returns the entry at once (its
-// digest checked by Verify). On a miss it starts the download in the
-// background and returns it as Partial; the download holds the image's
-// lock, so other jobs of the same image wait for it to be committed as they
-// would for any download. The image stays in use until Release, which the
-// caller must call.
-func (c *Cache) EnsureInUseStream(ctx context.Context, src source.Source, ref messaging.ImageRef, progress stages.ProgressFunc) (*Fetch, error) {
-	if progress == nil {
-		progress = func(string, int64, int64) {}
-	}
-	progress(stages.Checksum, 0, 0)
-	key, kind, err := c.keyOf(ctx, src, ref)
-	if err != nil {
-		return nil, err
-	}
-	release := c.acquire(key)
-	unlock, err := c.lock(ctx, key)
-	if err != nil {
-		release()
-		return nil, err
-	}
-	progress(stages.CacheCheck, 0, 0)
-	e, hit, err := c.lookup(context.WithValue(ctx, deferKey{}, true), src, ref, key, kind, progress)
-	if err != nil {
-		unlock()
-		release()
-		return nil, err
-	}
-	if hit {
-		unlock()
-		return &Fetch{Key: key, Entry: e, Hit: true, verify: c.hitVerifier(e), release: release}, nil
-	}
-	dctx, cancel := context.WithCancel(ctx)
-	part := newPartial(cancel)
-	go func() {
-		e, err := c.download(dctx, src, ref, key, kind, progress, part)
-		unlock()
-		if err == nil {
-			// Keep the cache under its cap; this image is in use, so it stays.
-			_, _ = c.Evict(dctx)
-		}
-		cancel()
-		part.finish(e, err)
-	}()
-	return &Fetch{Key: key, Partial: part, release: release}, nil
 }

@@ -156,7 +156,7 @@ func streamFixtureOf(t *testing.T, qcow2, checksum string) *streamFixture {
 // startStream starts fetching f's image (a miss) and inspects its header.
 func (f *streamFixture) startStream(t *testing.T) (*Fetch, image.Image) {
 	t.Helper()
-	fetch, err := f.cache.EnsureInUseStream(t.Context(), f.src, f.ref, nil)
+	fetch, err := f.cache.Acquire(t.Context(), f.src, f.ref, AcquireOptions{Miss: StreamDownload})
 	require.NoError(t, err)
 	t.Cleanup(fetch.Release)
 	require.False(t, fetch.Hit)
@@ -175,7 +175,7 @@ func TestStreamConvertWhileDownloading(t *testing.T) {
 	t.Parallel()
 	const virt = 24 << 20
 	f := newStreamFixture(t, virt, "")
-	fetch, err := f.cache.EnsureInUseStream(t.Context(), f.src, f.ref, nil)
+	fetch, err := f.cache.Acquire(t.Context(), f.src, f.ref, AcquireOptions{Miss: StreamDownload})
 	require.NoError(t, err)
 	defer fetch.Release()
 	require.False(t, fetch.Hit)
@@ -213,7 +213,7 @@ func TestStreamConvertWhileDownloading(t *testing.T) {
 	require.Equal(t, e.Path, got.Path)
 
 	// The next fetch is a hit.
-	again, err := f.cache.EnsureInUseStream(t.Context(), f.src, f.ref, nil)
+	again, err := f.cache.Acquire(t.Context(), f.src, f.ref, AcquireOptions{Miss: StreamDownload})
 	require.NoError(t, err)
 	defer again.Release()
 	require.True(t, again.Hit)
@@ -243,7 +243,7 @@ func TestStreamChecksumMismatch(t *testing.T) {
 func TestStreamReleaseAbortsDownload(t *testing.T) {
 	t.Parallel()
 	f := newStreamFixture(t, 16<<20, "")
-	fetch, err := f.cache.EnsureInUseStream(t.Context(), f.src, f.ref, nil)
+	fetch, err := f.cache.Acquire(t.Context(), f.src, f.ref, AcquireOptions{Miss: StreamDownload})
 	require.NoError(t, err)
 	_, _, err = image.InspectStream(t.Context(), fetch.Partial, "")
 	require.NoError(t, err)

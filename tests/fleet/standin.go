@@ -207,15 +207,18 @@ func (p *standInPipeline) Open(context.Context, string, string) (io.ReadCloser, 
 	return nil, source.ObjectInfo{}, errors.New("stand-in source: nothing to download")
 }
 
-// EnsureInUseVerifyLater is always a hit on one tiny raw image file; it
-// marks the job as started and running on the host until release.
-func (p *standInPipeline) EnsureInUseVerifyLater(_ context.Context, _ source.Source, ref messaging.ImageRef, _ stages.ProgressFunc) (kvstate.CacheEntry, bool, func(context.Context) error, func(), error) {
+// Acquire is always a hit on one tiny raw image file; it marks the job as
+// started and running on the host until release.
+func (p *standInPipeline) Acquire(_ context.Context, _ source.Source, ref messaging.ImageRef, o imagecache.AcquireOptions) (*imagecache.Fetch, error) {
+	if o.Miss == imagecache.StreamDownload {
+		return nil, errors.New("stand-in cache: streaming is not offered")
+	}
 	key := strings.TrimSuffix(filepath.Base(ref.Object), ".raw")
 	p.host.tally.start(key, time.Now())
 	p.host.mu.Lock()
 	if p.isDead() {
 		p.host.mu.Unlock()
-		return kvstate.CacheEntry{}, false, nil, nil, errors.New("stand-in: process is dead")
+		return nil, errors.New("stand-in: process is dead")
 	}
 	p.active++
 	p.host.active++
@@ -234,12 +237,7 @@ func (p *standInPipeline) EnsureInUseVerifyLater(_ context.Context, _ source.Sou
 		})
 	}
 	entry := kvstate.CacheEntry{Key: key, KeyKind: "url", Path: p.host.image, Size: 4096, SourceURL: ref.URL}
-	return entry, true, func(context.Context) error { return nil }, release, nil
-}
-
-// EnsureInUseStream is not used: the stand-in converter does not stream.
-func (p *standInPipeline) EnsureInUseStream(context.Context, source.Source, messaging.ImageRef, stages.ProgressFunc) (*imagecache.Fetch, error) {
-	return nil, errors.New("stand-in cache: streaming is not offered")
+	return imagecache.NewFetch(entry, true, nil, release), nil
 }
 
 // Remove forgets nothing: the stand-in cache has one shared file.
