@@ -12,7 +12,6 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
-	"golang.org/x/sys/unix"
 
 	"github.com/libvirt-volume-provisioner/provisioner/internal/testenv"
 	"github.com/libvirt-volume-provisioner/provisioner/pipeline"
@@ -152,26 +151,6 @@ func TestFileBackendReflinkClones(t *testing.T) {
 			require.Empty(t, keys)
 		})
 	}
-}
-
-func TestFileBackendRefusesLockedVolume(t *testing.T) {
-	t.Parallel()
-	ctx := context.Background()
-	b, err := New(filepath.Join(t.TempDir(), "volumes"))
-	require.NoError(t, err)
-	vol, err := b.Create(ctx, "vm-1", 1<<20)
-	require.NoError(t, err)
-	require.NoError(t, b.CheckNotInUse(ctx, vol))
-
-	// QEMU takes OFD locks on the bytes of a disk it opens; so does this.
-	f, err := os.OpenFile(vol.Path, os.O_RDWR, 0)
-	require.NoError(t, err)
-	lk := unix.Flock_t{Type: unix.F_RDLCK, Whence: 0, Start: 100, Len: 1}
-	require.NoError(t, unix.FcntlFlock(f.Fd(), unix.F_OFD_SETLK, &lk))
-	err = b.CheckNotInUse(ctx, vol)
-	require.ErrorContains(t, err, `volume "vm-1" is in use`)
-	require.NoError(t, f.Close())
-	require.NoError(t, b.CheckNotInUse(ctx, vol), "the lock went with its file")
 }
 
 func TestFileBackendWithoutReflinksConverts(t *testing.T) {
