@@ -6,9 +6,6 @@ import (
 	"os"
 	osexec "os/exec"
 	"path/filepath"
-	"sync"
-	"sync/atomic"
-	"syscall"
 	"testing"
 
 	"github.com/stretchr/testify/require"
@@ -16,6 +13,7 @@ import (
 	"github.com/libvirt-volume-provisioner/provisioner/internal/testenv"
 	"github.com/libvirt-volume-provisioner/provisioner/pipeline"
 	"github.com/libvirt-volume-provisioner/provisioner/volume"
+	"github.com/libvirt-volume-provisioner/provisioner/volume/volumetest"
 )
 
 // goldenSize is an image's virtual size in these tests: not a multiple of
@@ -37,13 +35,6 @@ func makeGolden(t *testing.T, b *Backend, key string, seed uint64) (volume.Golde
 	g, err := b.SealGolden(ctx, key, prep)
 	require.NoError(t, err)
 	return g, raw
-}
-
-func fileIno(t *testing.T, p string) uint64 {
-	t.Helper()
-	st, err := os.Stat(p)
-	require.NoError(t, err)
-	return st.Sys().(*syscall.Stat_t).Ino
 }
 
 func TestFileBackendReflinkClones(t *testing.T) {
@@ -88,51 +79,23 @@ func TestFileBackendReflinkClones(t *testing.T) {
 			require.NoFileExists(t, filepath.Join(b.Dir, "vm-small"))
 
 			// Writes into one clone change neither the other nor the golden.
-			fa, err := os.OpenFile(a.Path, os.O_WRONLY, 0)
-			require.NoError(t, err)
-			junk := make([]byte, 1<<20)
-			for i := range junk {
-				junk[i] = 0xa5
-			}
-			for _, off := range []int64{0, 5 << 20, goldenSize - 100, 40 << 20} {
-				_, err = fa.WriteAt(junk, off)
-				require.NoError(t, err)
-			}
-			require.NoError(t, fa.Sync())
-			require.NoError(t, fa.Close())
+			volumetest.Scribble(t, a.Path, 0, 5<<20, goldenSize-100, 40<<20)
 			testenv.RequireVolumeIs(t, c.Path, c.Size, raw)
 			testenv.RequireVolumeIs(t, g.Path, g.Size, raw)
 
 			// Reprovisioning replaces the volume with a fresh clone; the
 			// name never goes missing or reads short meanwhile.
-			oldIno := fileIno(t, a.Path)
-			var stop atomic.Bool
-			var bad atomic.Value
-			var wg sync.WaitGroup
-			wg.Go(func() {
-				for !stop.Load() {
-					st, err := os.Stat(a.Path)
-					if err != nil {
-						bad.Store(err.Error())
-						return
-					}
-					if st.Size() != 64<<20 {
-						bad.Store("size " + st.Mode().String())
-						return
-					}
-				}
-			})
+			oldIno := volumetest.Inode(t, a.Path)
+			stop := volumetest.WatchVolume(t, a.Path, 64<<20)
 			for i := range 20 {
 				a, err = b.Reclone(ctx, g, a)
 				require.NoError(t, err)
 				if i == 0 {
 					// (Later inode numbers may be reused ones.)
-					require.NotEqual(t, oldIno, fileIno(t, a.Path), "a new file was renamed over the volume")
+					require.NotEqual(t, oldIno, volumetest.Inode(t, a.Path), "a new file was renamed over the volume")
 				}
 			}
-			stop.Store(true)
-			wg.Wait()
-			require.Nil(t, bad.Load(), "the volume's name was missing or short during a reclone")
+			stop()
 			testenv.RequireVolumeIs(t, a.Path, a.Size, raw)
 			require.Equal(t, int64(64<<20), a.Size, "a reclone keeps the volume's size")
 			leftovers, _ := filepath.Glob(filepath.Join(b.Dir, ".vm-a.clone-*"))

@@ -18,5 +18,6 @@
 // Adding a backend is a package plus a passing Run. The Harness gives the
 // suite a fresh backend and the few hooks that reach behind its back: to
 // hold a volume, to put there what the project did not create, to read a
-// volume's bytes.
+// volume's bytes. The package also has helpers the backends' clone tests
+// share (WatchVolume, Scribble, Inode).
 package volumetest
