@@ -36,15 +36,7 @@ func TestConformance(t *testing.T) {
 		// A name starting with a dot is one of the backend's own files.
 		InvalidNames: []string{"../precious", ".golden", ".vm-1.clone-1"},
 		NameError:    "is not a plain file name",
-		Names: func(t *testing.T, b *file.Backend) []string {
-			ents, err := os.ReadDir(b.Dir)
-			require.NoError(t, err)
-			names := make([]string, len(ents))
-			for i, e := range ents {
-				names[i] = e.Name()
-			}
-			return names
-		},
+		Names:        func(t *testing.T, b *file.Backend) []string { return volumetest.DirNames(t, b.Dir) },
 		PutForeign: func(t *testing.T, b *file.Backend, name string) []byte {
 			data := bytes.Repeat([]byte{7}, 4096)
 			require.NoError(t, os.WriteFile(volumePath(b, name), data, 0o600))

@@ -59,15 +59,7 @@ func TestConformance(t *testing.T) {
 			return fmt.Sprintf("create volume %q in libvirt storage pool %q: it already exists", name, p.Pool())
 		},
 		InvalidNames: []string{"-x", "snapshot1"},
-		Names: func(t *testing.T, p dirPool) []string {
-			ents, err := os.ReadDir(p.dir)
-			require.NoError(t, err)
-			names := make([]string, len(ents))
-			for i, e := range ents {
-				names[i] = e.Name()
-			}
-			return names
-		},
+		Names:        func(t *testing.T, p dirPool) []string { return volumetest.DirNames(t, p.dir) },
 		// A file put in the pool's directory behind libvirt's back.
 		PutForeign: func(t *testing.T, p dirPool, name string) []byte {
 			data := bytes.Repeat([]byte{7}, 4096)

@@ -3,7 +3,6 @@
 package libvirt_test
 
 import (
-	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -34,7 +33,7 @@ func TestOpenErrors(t *testing.T) {
 
 func TestImagesPool(t *testing.T) {
 	t.Parallel()
-	ctx := context.Background()
+	ctx := t.Context()
 	conn, uri := testConn(t)
 	name, dir := definePool(t, conn, true)
 

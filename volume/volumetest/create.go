@@ -76,32 +76,36 @@ func (s *suite[B]) testCreateRefusesBadSizes(t *testing.T) {
 // existing volume passes volume.CheckReuse for requests it is within 5% of;
 // deciding so changes nothing.
 func (s *suite[B]) testReuseWithinFivePercent(t *testing.T) {
-	b := s.h.New(t)
-	const name = "vt-reuse"
-	size := s.h.Size
-	s.create(t, b, name, size)
-	vol := lookup(t, b, name)
-	require.Equal(t, size, vol.Size)
+	b, vol := s.existing(t, "vt-reuse")
+	size := vol.Size
 	for _, req := range []int64{size, size + size/25, size - size/25} {
 		require.NoError(t, volume.CheckReuse(vol, req), "a %d-byte volume for a request of %d", size, req)
 	}
-	require.Equal(t, vol, lookup(t, b, name), "the reused volume is as it was")
+	require.Equal(t, vol, lookup(t, b, vol.Name), "the reused volume is as it was")
 }
 
 // testRefuseOutsideFivePercent: requests the volume is more than 5% from
 // are refused with volume.ErrSizeMismatch, and the volume is left as it is.
 func (s *suite[B]) testRefuseOutsideFivePercent(t *testing.T) {
-	b := s.h.New(t)
-	const name = "vt-refuse"
-	size := s.h.Size
-	s.create(t, b, name, size)
-	vol := lookup(t, b, name)
+	b, vol := s.existing(t, "vt-refuse")
+	size := vol.Size
 	for _, req := range []int64{size + size*6/100, size - size*6/100, 2 * size, size / 2} {
 		err := volume.CheckReuse(vol, req)
 		require.ErrorIs(t, err, volume.ErrSizeMismatch, "a %d-byte volume for a request of %d", size, req)
 		require.ErrorContains(t, err, "outside the ±5% a reused volume may differ")
 	}
-	require.Equal(t, vol, lookup(t, b, name), "the refused volume is as it was")
+	require.Equal(t, vol, lookup(t, b, vol.Name), "the refused volume is as it was")
+}
+
+// existing makes volume name of Harness.Size on a new backend and returns
+// them as a later Lookup finds the volume: a volume a job may reuse.
+func (s *suite[B]) existing(t *testing.T, name string) (B, volume.Volume) {
+	t.Helper()
+	b := s.h.New(t)
+	s.create(t, b, name, s.h.Size)
+	vol := lookup(t, b, name)
+	require.Equal(t, s.h.Size, vol.Size)
+	return b, vol
 }
 
 // testNeverResizes: Create refuses a name that exists, whatever the size,

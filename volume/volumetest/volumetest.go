@@ -38,7 +38,7 @@ type Harness[B volume.Backend] struct {
 	// only for an error.
 	NameError string
 	// Names lists the volumes the backend's storage holds, whoever made
-	// them: what a refusal must leave as it was.
+	// them: what a refusal must leave as it was (DirNames for a directory).
 	Names func(t *testing.T, b B) []string
 	// Read returns vol's bytes as the storage holds them; nil reads the file
 	// at vol.Path.
@@ -110,14 +110,7 @@ var CommonInvalidNames = []string{"", ".", "..", "../x", "a/b"}
 // subtest runs in parallel with a backend of its own from h.New.
 func Run[B volume.Backend](t *testing.T, h Harness[B]) {
 	t.Helper()
-	require.NotNil(t, h.New, "Harness.New")
-	require.NotNil(t, h.Path, "Harness.Path")
-	require.NotNil(t, h.ExistsError, "Harness.ExistsError")
-	require.NotNil(t, h.Names, "Harness.Names")
-	require.NotNil(t, h.PutForeign, "Harness.PutForeign")
-	require.Positive(t, h.SmallSize, "Harness.SmallSize")
-	require.Less(t, h.SmallSize, h.Size, "Harness.SmallSize is less than Harness.Size")
-	require.True(t, h.Symlinks == SymlinkResolved || h.PutSymlink != nil, "Harness.PutSymlink")
+	h.check(t)
 	s := &suite[B]{h: h}
 	for _, tc := range []struct {
 		name string
@@ -141,6 +134,22 @@ func Run[B volume.Backend](t *testing.T, h Harness[B]) {
 			t.Parallel()
 			tc.run(t)
 		})
+	}
+}
+
+// check fails t when a required field of h is missing.
+func (h Harness[B]) check(t *testing.T) {
+	t.Helper()
+	for field, set := range map[string]bool{
+		"New":         h.New != nil,
+		"Path":        h.Path != nil,
+		"ExistsError": h.ExistsError != nil,
+		"Names":       h.Names != nil,
+		"PutForeign":  h.PutForeign != nil,
+		"PutSymlink":  h.PutSymlink != nil || h.Symlinks == SymlinkResolved,
+		"SmallSize":   0 < h.SmallSize && h.SmallSize < h.Size,
+	} {
+		require.True(t, set, "Harness.%s is required (SmallSize: positive, less than Size)", field)
 	}
 }
 
@@ -189,6 +198,19 @@ func lookup(t *testing.T, b volume.Backend, name string) volume.Volume {
 	require.NoError(t, err, "look up %s", name)
 	require.True(t, ok, "volume %s exists", name)
 	return vol
+}
+
+// DirNames lists the names in dir: Harness.Names for backends whose
+// volumes are the files of a directory.
+func DirNames(t *testing.T, dir string) []string {
+	t.Helper()
+	ents, err := os.ReadDir(dir)
+	require.NoError(t, err)
+	names := make([]string, len(ents))
+	for i, e := range ents {
+		names[i] = e.Name()
+	}
+	return names
 }
 
 // requireAbsent requires that volume name does not exist.
