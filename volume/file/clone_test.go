@@ -11,7 +11,6 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/libvirt-volume-provisioner/provisioner/internal/testenv"
-	"github.com/libvirt-volume-provisioner/provisioner/pipeline"
 	"github.com/libvirt-volume-provisioner/provisioner/volume"
 	"github.com/libvirt-volume-provisioner/provisioner/volume/volumetest"
 )
@@ -20,22 +19,6 @@ import (
 // the file systems' 4 KiB blocks, so a clone's growth past the golden's
 // partial last block must read as zeros.
 const goldenSize = 24<<20 + 512
-
-// makeGolden converts a new qcow2 image into a golden of b with the native
-// converter and returns it and the image's raw reference.
-func makeGolden(t *testing.T, b *Backend, key string, seed uint64) (volume.Golden, string) {
-	t.Helper()
-	ctx := context.Background()
-	qcow, raw := testenv.QCOW2Image(t, t.TempDir(), goldenSize, seed)
-	img, err := pipeline.Inspect(qcow, "qcow2")
-	require.NoError(t, err)
-	prep, err := b.PrepareGolden(ctx, key, img.VirtualSize)
-	require.NoError(t, err)
-	require.NoError(t, pipeline.Native{}.Convert(ctx, img, qcow, prep, nil))
-	g, err := b.SealGolden(ctx, key, prep)
-	require.NoError(t, err)
-	return g, raw
-}
 
 func TestFileBackendReflinkClones(t *testing.T) {
 	t.Parallel()
@@ -48,7 +31,7 @@ func TestFileBackendReflinkClones(t *testing.T) {
 			ok, reason := b.CloneSupport()
 			require.True(t, ok, reason)
 			const key = "aa11"
-			g, raw := makeGolden(t, b, key, 7)
+			g, raw := volumetest.Golden(t, b, key, goldenSize, 7)
 
 			// Sealed: read-only, immutable, its digest that of the image's disk.
 			st, err := os.Stat(g.Path)

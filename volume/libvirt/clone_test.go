@@ -14,7 +14,6 @@ import (
 	golibvirt "libvirt.org/go/libvirt"
 
 	"github.com/libvirt-volume-provisioner/provisioner/internal/testenv"
-	"github.com/libvirt-volume-provisioner/provisioner/pipeline"
 	"github.com/libvirt-volume-provisioner/provisioner/volume"
 	"github.com/libvirt-volume-provisioner/provisioner/volume/libvirt"
 	"github.com/libvirt-volume-provisioner/provisioner/volume/volumetest"
@@ -50,25 +49,6 @@ func fsPool(t *testing.T, kind string) (*libvirt.Backend, *golibvirt.Connect, st
 	return b, conn, name, dir
 }
 
-// makePoolGolden converts a new qcow2 image into a golden of b, hashed
-// while it is written, and returns it and the image's raw reference.
-func makePoolGolden(t *testing.T, b *libvirt.Backend, key string, seed uint64) (volume.Golden, string) {
-	t.Helper()
-	ctx := context.Background()
-	qcow, raw := testenv.QCOW2Image(t, t.TempDir(), goldenSize, seed)
-	img, err := pipeline.Inspect(qcow, "qcow2")
-	require.NoError(t, err)
-	prep, err := b.PrepareGolden(ctx, key, img.VirtualSize)
-	require.NoError(t, err)
-	h := volume.NewGoldenHasher(prep.Size)
-	require.NoError(t, pipeline.Native{}.WithDigest(h).Convert(ctx, img, qcow, prep, nil))
-	digest, err := h.Sum()
-	require.NoError(t, err)
-	g, err := b.SealGoldenDigest(ctx, key, prep, digest)
-	require.NoError(t, err)
-	return g, raw
-}
-
 func usedBytes(t *testing.T, dir string) int64 {
 	t.Helper()
 	unix.Sync()
@@ -87,7 +67,7 @@ func TestDirPoolReflinkClones(t *testing.T) {
 			ok, reason := b.CloneSupport()
 			require.True(t, ok, reason)
 			const key = "bb22"
-			g, raw := makePoolGolden(t, b, key, 8)
+			g, raw := volumetest.HashedGolden(t, b, key, goldenSize, 8)
 
 			// Sealed: a read-only, immutable volume of the pool whose digest
 			// is the image's disk's.

@@ -10,7 +10,61 @@ import (
 	"testing"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/libvirt-volume-provisioner/provisioner/internal/testenv"
+	"github.com/libvirt-volume-provisioner/provisioner/pipeline"
+	"github.com/libvirt-volume-provisioner/provisioner/volume"
 )
+
+// Golden writes a new qcow2 image of size bytes of disk (its data made from
+// seed) into key's golden of c with the native converter, as the worker
+// does the first time it meets the image, and seals it with SealGolden,
+// which reads the golden back for its digest. It returns the golden and the
+// image's disk as a raw file.
+func Golden(t *testing.T, c volume.Cloner, key string, size int64, seed uint64) (volume.Golden, string) {
+	t.Helper()
+	src := prepareGolden(t, c, key, size, seed)
+	require.NoError(t, pipeline.Native{}.Convert(t.Context(), src.img, src.qcow2, src.prepared, nil))
+	g, err := c.SealGolden(t.Context(), key, src.prepared)
+	require.NoError(t, err)
+	return g, src.raw
+}
+
+// HashedGolden is Golden with the image hashed while it is written and the
+// golden sealed with that digest (SealGoldenDigest).
+func HashedGolden(t *testing.T, c interface {
+	volume.Cloner
+	volume.DigestSealer
+}, key string, size int64, seed uint64) (volume.Golden, string) {
+	t.Helper()
+	src := prepareGolden(t, c, key, size, seed)
+	h := volume.NewGoldenHasher(src.prepared.Size)
+	require.NoError(t, pipeline.Native{}.WithDigest(h).Convert(t.Context(), src.img, src.qcow2, src.prepared, nil))
+	digest, err := h.Sum()
+	require.NoError(t, err)
+	g, err := c.SealGoldenDigest(t.Context(), key, src.prepared, digest)
+	require.NoError(t, err)
+	return g, src.raw
+}
+
+// goldenSource is an image and the prepared golden it is to be written
+// into.
+type goldenSource struct {
+	img        pipeline.Image
+	qcow2, raw string
+	prepared   volume.Volume
+}
+
+// prepareGolden makes a new qcow2 image and prepares key's golden for it.
+func prepareGolden(t *testing.T, c volume.Cloner, key string, size int64, seed uint64) goldenSource {
+	t.Helper()
+	qcow2, raw := testenv.QCOW2Image(t, t.TempDir(), size, seed)
+	img, err := pipeline.Inspect(qcow2, "qcow2")
+	require.NoError(t, err)
+	prep, err := c.PrepareGolden(t.Context(), key, img.VirtualSize)
+	require.NoError(t, err)
+	return goldenSource{img: img, qcow2: qcow2, raw: raw, prepared: prep}
+}
 
 // WatchVolume checks, from now until stop is called, that path always names
 // a whole file of size bytes, as a volume must while it is recloned (a
