@@ -30,12 +30,11 @@ func write(path string, data []byte) error {
 	if err != nil {
 		return err
 	}
+	defer f.Close() // after the Close below, a no-op
 	if _, err := f.WriteAt(data, 0); err != nil {
-		_ = f.Close()
 		return err
 	}
 	if err := f.Sync(); err != nil {
-		_ = f.Close()
 		return err
 	}
 	return f.Close()
