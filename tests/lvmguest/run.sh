@@ -2,7 +2,9 @@
 # End-to-end tests of the LVM backend against real LVM. The host kernel may
 # lack device-mapper, so this boots a small VM instead: Debian's kernel, a
 # busybox + lvm2 + qemu-img initramfs, and the lvm backend's tests
-# compiled with -tags lvmguest (volume/lvm/*_guest_test.go). The guest's init
+# compiled with -tags lvmguest (volume/lvm/*_guest_test.go: the backend
+# conformance suite of volume/volumetest, and the thick and thin LVs' own
+# tests). The guest's init
 # makes a volume group on a sparse virtio disk and a thin pool in it, runs the
 # tests, prints
 # "LVMGUEST-RESULT: PASS" or "LVMGUEST-RESULT: FAIL" on the serial console

@@ -9,9 +9,10 @@ import (
 	"path/filepath"
 	"strings"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/libvirt-volume-provisioner/provisioner/internal/fsutil"
 	"github.com/libvirt-volume-provisioner/provisioner/volume"
-	"golang.org/x/sys/unix"
 )
 
 // Backend keeps volumes as raw files in one directory; a volume's file
@@ -167,10 +168,10 @@ func (b Backend) Delete(_ context.Context, name string) error {
 
 var _ volume.UseChecker = Backend{}
 
-// CheckNotInUse refuses a volume file on which another open file holds a
-// lock: QEMU locks bytes of every disk image it opens (its image locking,
-// on by default), so a running VM's disk is found this way, as is any
-// other program that locks the file.
+// CheckNotInUse returns a *volume.InUseError for a volume file on which
+// another open file holds a lock: QEMU locks bytes of every disk image it
+// opens (its image locking, on by default), so a running VM's disk is found
+// this way, as is any other program that locks the file.
 func (b Backend) CheckNotInUse(_ context.Context, vol volume.Volume) error {
 	p, err := b.path(vol.Name)
 	if err != nil {
@@ -190,7 +191,8 @@ func (b Backend) CheckNotInUse(_ context.Context, vol volume.Volume) error {
 		if lk.Pid > 0 {
 			who = fmt.Sprintf("process %d", lk.Pid)
 		}
-		return fmt.Errorf("volume %q is in use: %s holds a lock on %s (a running VM's QEMU locks its disks); refusing to overwrite it", vol.Name, who, p)
+		return &volume.InUseError{Volume: vol.Name, Action: "overwrite",
+			Reason: fmt.Sprintf("volume %q is in use: %s holds a lock on %s (a running VM's QEMU locks its disks)", vol.Name, who, p)}
 	}
 	return nil
 }

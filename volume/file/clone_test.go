@@ -6,48 +6,19 @@ import (
 	"os"
 	osexec "os/exec"
 	"path/filepath"
-	"sync"
-	"sync/atomic"
-	"syscall"
 	"testing"
 
-	"github.com/libvirt-volume-provisioner/provisioner/pipeline/convert"
-	"github.com/libvirt-volume-provisioner/provisioner/pipeline/image"
-
 	"github.com/stretchr/testify/require"
-	"golang.org/x/sys/unix"
 
 	"github.com/libvirt-volume-provisioner/provisioner/internal/testenv"
 	"github.com/libvirt-volume-provisioner/provisioner/volume"
+	"github.com/libvirt-volume-provisioner/provisioner/volume/volumetest"
 )
 
 // goldenSize is an image's virtual size in these tests: not a multiple of
 // the file systems' 4 KiB blocks, so a clone's growth past the golden's
 // partial last block must read as zeros.
 const goldenSize = 24<<20 + 512
-
-// makeGolden converts a new qcow2 image into a golden of b with the native
-// converter and returns it and the image's raw reference.
-func makeGolden(t *testing.T, b *Backend, key string, seed uint64) (volume.Golden, string) {
-	t.Helper()
-	ctx := context.Background()
-	qcow, raw := testenv.QCOW2Image(t, t.TempDir(), goldenSize, seed)
-	img, err := image.Inspect(qcow, "qcow2")
-	require.NoError(t, err)
-	prep, err := b.PrepareGolden(ctx, key, img.VirtualSize)
-	require.NoError(t, err)
-	require.NoError(t, convert.Native{}.Convert(ctx, img, qcow, prep, nil))
-	g, err := b.SealGolden(ctx, key, prep)
-	require.NoError(t, err)
-	return g, raw
-}
-
-func fileIno(t *testing.T, p string) uint64 {
-	t.Helper()
-	st, err := os.Stat(p)
-	require.NoError(t, err)
-	return st.Sys().(*syscall.Stat_t).Ino
-}
 
 func TestFileBackendReflinkClones(t *testing.T) {
 	t.Parallel()
@@ -60,7 +31,7 @@ func TestFileBackendReflinkClones(t *testing.T) {
 			ok, reason := b.CloneSupport()
 			require.True(t, ok, reason)
 			const key = "aa11"
-			g, raw := makeGolden(t, b, key, 7)
+			g, raw := volumetest.Golden(t, b, key, goldenSize, 7)
 
 			// Sealed: read-only, immutable, its digest that of the image's disk.
 			st, err := os.Stat(g.Path)
@@ -91,51 +62,23 @@ func TestFileBackendReflinkClones(t *testing.T) {
 			require.NoFileExists(t, filepath.Join(b.Dir, "vm-small"))
 
 			// Writes into one clone change neither the other nor the golden.
-			fa, err := os.OpenFile(a.Path, os.O_WRONLY, 0)
-			require.NoError(t, err)
-			junk := make([]byte, 1<<20)
-			for i := range junk {
-				junk[i] = 0xa5
-			}
-			for _, off := range []int64{0, 5 << 20, goldenSize - 100, 40 << 20} {
-				_, err = fa.WriteAt(junk, off)
-				require.NoError(t, err)
-			}
-			require.NoError(t, fa.Sync())
-			require.NoError(t, fa.Close())
+			volumetest.Scribble(t, a.Path, 0, 5<<20, goldenSize-100, 40<<20)
 			testenv.RequireVolumeIs(t, c.Path, c.Size, raw)
 			testenv.RequireVolumeIs(t, g.Path, g.Size, raw)
 
 			// Reprovisioning replaces the volume with a fresh clone; the
 			// name never goes missing or reads short meanwhile.
-			oldIno := fileIno(t, a.Path)
-			var stop atomic.Bool
-			var bad atomic.Value
-			var wg sync.WaitGroup
-			wg.Go(func() {
-				for !stop.Load() {
-					st, err := os.Stat(a.Path)
-					if err != nil {
-						bad.Store(err.Error())
-						return
-					}
-					if st.Size() != 64<<20 {
-						bad.Store("size " + st.Mode().String())
-						return
-					}
-				}
-			})
+			oldIno := volumetest.Inode(t, a.Path)
+			stop := volumetest.WatchVolume(t, a.Path, 64<<20)
 			for i := range 20 {
 				a, err = b.Reclone(ctx, g, a)
 				require.NoError(t, err)
 				if i == 0 {
 					// (Later inode numbers may be reused ones.)
-					require.NotEqual(t, oldIno, fileIno(t, a.Path), "a new file was renamed over the volume")
+					require.NotEqual(t, oldIno, volumetest.Inode(t, a.Path), "a new file was renamed over the volume")
 				}
 			}
-			stop.Store(true)
-			wg.Wait()
-			require.Nil(t, bad.Load(), "the volume's name was missing or short during a reclone")
+			stop()
 			testenv.RequireVolumeIs(t, a.Path, a.Size, raw)
 			require.Equal(t, int64(64<<20), a.Size, "a reclone keeps the volume's size")
 			leftovers, _ := filepath.Glob(filepath.Join(b.Dir, ".vm-a.clone-*"))
@@ -154,26 +97,6 @@ func TestFileBackendReflinkClones(t *testing.T) {
 			require.Empty(t, keys)
 		})
 	}
-}
-
-func TestFileBackendRefusesLockedVolume(t *testing.T) {
-	t.Parallel()
-	ctx := context.Background()
-	b, err := New(filepath.Join(t.TempDir(), "volumes"))
-	require.NoError(t, err)
-	vol, err := b.Create(ctx, "vm-1", 1<<20)
-	require.NoError(t, err)
-	require.NoError(t, b.CheckNotInUse(ctx, vol))
-
-	// QEMU takes OFD locks on the bytes of a disk it opens; so does this.
-	f, err := os.OpenFile(vol.Path, os.O_RDWR, 0)
-	require.NoError(t, err)
-	lk := unix.Flock_t{Type: unix.F_RDLCK, Whence: 0, Start: 100, Len: 1}
-	require.NoError(t, unix.FcntlFlock(f.Fd(), unix.F_OFD_SETLK, &lk))
-	err = b.CheckNotInUse(ctx, vol)
-	require.ErrorContains(t, err, `volume "vm-1" is in use`)
-	require.NoError(t, f.Close())
-	require.NoError(t, b.CheckNotInUse(ctx, vol), "the lock went with its file")
 }
 
 func TestFileBackendWithoutReflinksConverts(t *testing.T) {

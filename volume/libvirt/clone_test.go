@@ -3,18 +3,11 @@
 package libvirt_test
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"os"
 	"path/filepath"
-	"sync"
-	"sync/atomic"
-	"syscall"
 	"testing"
-
-	"github.com/libvirt-volume-provisioner/provisioner/pipeline/convert"
-	"github.com/libvirt-volume-provisioner/provisioner/pipeline/image"
 
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
@@ -23,6 +16,7 @@ import (
 	"github.com/libvirt-volume-provisioner/provisioner/internal/testenv"
 	"github.com/libvirt-volume-provisioner/provisioner/volume"
 	"github.com/libvirt-volume-provisioner/provisioner/volume/libvirt"
+	"github.com/libvirt-volume-provisioner/provisioner/volume/volumetest"
 )
 
 // goldenSize is the images' virtual size here: not a multiple of the file
@@ -55,37 +49,6 @@ func fsPool(t *testing.T, kind string) (*libvirt.Backend, *golibvirt.Connect, st
 	return b, conn, name, dir
 }
 
-// makePoolGolden converts a new qcow2 image into a golden of b, hashed
-// while it is written, and returns it and the image's raw reference.
-func makePoolGolden(t *testing.T, b *libvirt.Backend, key string, seed uint64) (volume.Golden, string) {
-	t.Helper()
-	ctx := context.Background()
-	qcow, raw := testenv.QCOW2Image(t, t.TempDir(), goldenSize, seed)
-	img, err := image.Inspect(qcow, "qcow2")
-	require.NoError(t, err)
-	prep, err := b.PrepareGolden(ctx, key, img.VirtualSize)
-	require.NoError(t, err)
-	h := volume.NewGoldenHasher(prep.Size)
-	require.NoError(t, convert.Native{}.WithDigest(h).Convert(ctx, img, qcow, prep, nil))
-	digest, err := h.Sum()
-	require.NoError(t, err)
-	g, err := b.SealGoldenDigest(ctx, key, prep, digest)
-	require.NoError(t, err)
-	return g, raw
-}
-
-// requireClone checks that vol reads as the raw reference followed by zeros.
-func requireClone(t *testing.T, vol volume.Volume, raw string) {
-	t.Helper()
-	ref, err := os.ReadFile(raw)
-	require.NoError(t, err)
-	got, err := os.ReadFile(vol.Path)
-	require.NoError(t, err)
-	require.Len(t, got, int(vol.Size))
-	require.True(t, bytes.Equal(ref, got[:len(ref)]), "%s differs from the image", vol.Path)
-	require.True(t, bytes.Equal(make([]byte, len(got)-len(ref)), got[len(ref):]), "%s is not zero after the image", vol.Path)
-}
-
 func usedBytes(t *testing.T, dir string) int64 {
 	t.Helper()
 	unix.Sync()
@@ -104,7 +67,7 @@ func TestDirPoolReflinkClones(t *testing.T) {
 			ok, reason := b.CloneSupport()
 			require.True(t, ok, reason)
 			const key = "bb22"
-			g, raw := makePoolGolden(t, b, key, 8)
+			g, raw := volumetest.HashedGolden(t, b, key, goldenSize, 8)
 
 			// Sealed: a read-only, immutable volume of the pool whose digest
 			// is the image's disk's.
@@ -126,10 +89,10 @@ func TestDirPoolReflinkClones(t *testing.T) {
 			a, err := b.Clone(ctx, g, "vm-a", 64<<20)
 			require.NoError(t, err)
 			require.Less(t, usedBytes(t, dir)-used, int64(1<<20), "a clone shares the golden's blocks")
-			requireClone(t, a, raw)
+			testenv.RequireVolumeIs(t, a.Path, a.Size, raw)
 			c, err := b.Clone(ctx, g, "vm-c", 32<<20)
 			require.NoError(t, err)
-			requireClone(t, c, raw)
+			testenv.RequireVolumeIs(t, c.Path, c.Size, raw)
 			require.Subset(t, poolVolumes(t, conn, pool), []string{"vm-a", "vm-c"})
 			got, ok, err := b.Lookup(ctx, "vm-a")
 			require.NoError(t, err)
@@ -142,22 +105,22 @@ func TestDirPoolReflinkClones(t *testing.T) {
 			require.NotContains(t, poolVolumes(t, conn, pool), "vm-small")
 
 			// Writes into one clone change neither the other nor the golden.
-			scribble(t, a.Path, 0, 5<<20, goldenSize-100, 40<<20)
-			requireClone(t, c, raw)
-			requireClone(t, volume.Volume{Path: g.Path, Size: g.Size}, raw)
+			volumetest.Scribble(t, a.Path, 0, 5<<20, goldenSize-100, 40<<20)
+			testenv.RequireVolumeIs(t, c.Path, c.Size, raw)
+			testenv.RequireVolumeIs(t, g.Path, g.Size, raw)
 
 			// Reprovisioning: the name never goes missing or reads short.
 			requireReclone(t, b, g, a, raw)
-			requireClone(t, c, raw)
+			testenv.RequireVolumeIs(t, c.Path, c.Size, raw)
 
 			// The golden evicted, its clones stay whole and usable.
 			require.NoError(t, b.RemoveGolden(ctx, key))
 			require.NoFileExists(t, g.Path)
 			require.NotContains(t, poolVolumes(t, conn, pool), ".golden-"+key+".raw")
-			requireClone(t, a, raw)
-			requireClone(t, c, raw)
-			scribble(t, c.Path, 0)
-			requireClone(t, a, raw)
+			testenv.RequireVolumeIs(t, a.Path, a.Size, raw)
+			testenv.RequireVolumeIs(t, c.Path, c.Size, raw)
+			volumetest.Scribble(t, c.Path, 0)
+			testenv.RequireVolumeIs(t, a.Path, a.Size, raw)
 			keys, err = b.GoldenKeys(ctx)
 			require.NoError(t, err)
 			require.Empty(t, keys)
@@ -170,57 +133,19 @@ func TestDirPoolReflinkClones(t *testing.T) {
 // the name always holds a whole volume of its size.
 func requireReclone(t *testing.T, b *libvirt.Backend, g volume.Golden, vol volume.Volume, raw string) {
 	t.Helper()
-	oldIno := inode(t, vol.Path)
-	var stop atomic.Bool
-	var bad atomic.Value
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		for !stop.Load() {
-			st, err := os.Stat(vol.Path)
-			if err != nil {
-				bad.Store(err.Error())
-				return
-			}
-			if st.Size() != vol.Size {
-				bad.Store(fmt.Sprintf("size %d", st.Size()))
-				return
-			}
-		}
-	})
+	oldIno := volumetest.Inode(t, vol.Path)
+	stop := volumetest.WatchVolume(t, vol.Path, vol.Size)
 	got, err := b.Reclone(context.Background(), g, vol)
-	stop.Store(true)
-	wg.Wait()
+	stop()
 	require.NoError(t, err)
-	require.Nil(t, bad.Load(), "the volume's name went missing or read short while it was recloned")
 	require.Equal(t, vol, got)
-	require.NotEqual(t, oldIno, inode(t, vol.Path), "a fresh clone replaced the volume")
-	requireClone(t, got, raw)
+	require.NotEqual(t, oldIno, volumetest.Inode(t, vol.Path), "a fresh clone replaced the volume")
+	testenv.RequireVolumeIs(t, got.Path, got.Size, raw)
 	vols, err := os.ReadDir(filepath.Dir(vol.Path))
 	require.NoError(t, err)
 	for _, d := range vols {
 		require.NotContains(t, d.Name(), ".clone-", "no temporary clone is left")
 	}
-}
-
-func inode(t *testing.T, p string) uint64 {
-	t.Helper()
-	st, err := os.Stat(p)
-	require.NoError(t, err)
-	return st.Sys().(*syscall.Stat_t).Ino
-}
-
-// scribble writes 1 MiB of 0xa5 at each offset of the file at p.
-func scribble(t *testing.T, p string, offs ...int64) {
-	t.Helper()
-	f, err := os.OpenFile(p, os.O_WRONLY, 0)
-	require.NoError(t, err)
-	junk := bytes.Repeat([]byte{0xa5}, 1<<20)
-	for _, off := range offs {
-		_, err = f.WriteAt(junk, off)
-		require.NoError(t, err)
-	}
-	require.NoError(t, f.Sync())
-	require.NoError(t, f.Close())
 }
 
 // TestDirPoolWithoutReflinks: on ext4 libvirt cannot clone with reflink, so

@@ -5,5 +5,6 @@
 // thin LV per image, and every volume a thin snapshot of it. An LV that is
 // open is never overwritten or removed (InUseError matches volume.ErrInUse).
 //
-// Its tests that need device-mapper run in a small VM: tests/lvmguest.
+// Its tests that need device-mapper, the backend conformance suite
+// (volume/volumetest) among them, run in a small VM: tests/lvmguest.
 package lvm
