@@ -62,55 +62,52 @@ func (c cloneParts) byClone(ctx context.Context, vol volume.Volume, exists bool)
 	return r.Reclonable(ctx, vol)
 }
 
-// provisionByClone makes the job's volume a clone of the image's golden,
-// making the golden first when there is none: the first job of an image
-// converts it once into the golden, every later one only clones. An
-// existing volume (vol, exists) is replaced whole by a fresh clone; a new
-// one is created by the clone.
-func (w *Worker) provisionByClone(ctx context.Context, rep *reporter, rec kvstate.Job, m messaging.Job, ji *jobImage, c cloneParts, vol volume.Volume, exists bool, res result) (result, error) {
+// populateByClone is the plan's populate stage by cloning: the job's volume
+// becomes a clone of the image's golden, made first when there is none
+// (the first job of an image converts it once into the golden, every later
+// one only clones). An existing volume is replaced whole by a fresh clone;
+// a new one is created by the clone.
+func (p *imagePlan) populateByClone(ctx context.Context, c cloneParts) error {
+	w, rep, m, ji, res := p.w, p.rep, p.job, &p.ji, &p.res
 	want := m.VolumeSizeBytes()
-	if exists {
-		want = vol.Size
+	if p.exists {
+		want = p.vol.Size
 	}
 	if err := ji.img.CheckFits(want); err != nil {
-		return res, err
+		return err
 	}
 	unlock, err := c.cache.LockGolden(ctx, ji.key)
 	if err != nil {
-		return res, err
+		return err
 	}
 	defer unlock()
 	g, made, err := w.golden(ctx, rep, m, ji, c)
 	if err != nil {
-		return res, err
+		return err
 	}
 	res.imagePath, res.checksum = ji.path, ji.checksum
 	trace.SpanFromContext(ctx).SetAttributes(attribute.Bool("cloned", true), attribute.Bool("golden_made", made))
 	rep.progress(stages.Populate, 0, ji.img.VirtualSize)
-	if exists {
+	var vol volume.Volume
+	if p.exists {
 		// Reclone renames a whole clone over the volume: the old content
 		// stays until then, so a failure leaves it as it was.
-		vol, err = c.backend.Reclone(ctx, g, vol)
+		vol, err = c.backend.Reclone(ctx, g, p.vol)
 	} else {
 		if err := rep.markVolumeCreated(ctx); err != nil {
-			return res, err
+			return err
 		}
 		vol, err = c.backend.Clone(ctx, g, m.VolumeName, want)
 		res.created = err == nil
 	}
 	if err != nil {
-		return res, fmt.Errorf("clone volume %q from the image's golden: %w", m.VolumeName, err)
+		return fmt.Errorf("clone volume %q from the image's golden: %w", m.VolumeName, err)
 	}
+	p.vol = vol
 	res.volumePath, res.volumeSize, res.cloned = vol.Path, vol.Size, true
 	rep.progress(stages.Populate, ji.img.VirtualSize, ji.img.VirtualSize)
 	rep.log.WithField("golden", g.Path).WithField("golden_made", made).Info("volume cloned from the image's golden")
-	rep.progress(stages.Finalize, 0, 0)
-	if r, ok := w.parts.Backend.(volume.Refresher); ok {
-		if err := r.Refresh(ctx); err != nil {
-			return res, fmt.Errorf("refresh the volume's pool: %w", err)
-		}
-	}
-	return res, nil
+	return nil
 }
 
 // golden returns the image's golden, making it when there is none (made).
@@ -166,7 +163,7 @@ func (w *Worker) makeGolden(ctx context.Context, rep *reporter, ji *jobImage, c 
 	}
 	rep.progress(stages.Populate, 0, ji.img.VirtualSize)
 	h := w.goldenHasher(c, prep.Size)
-	if err := w.populateHashed(ctx, rep, ji, prep, stream, h); err != nil {
+	if err := w.populateHashed(ctx, rep, ji, prep, h); err != nil {
 		return g, err
 	}
 	ji.part = nil // committed and verified

@@ -47,7 +47,7 @@ func (w *Worker) fetchImage(ctx context.Context, rep *reporter, m messaging.Job,
 	if f.Hit {
 		ji.path, ji.checksum, ji.key = f.Entry.Path, f.Entry.Checksum, f.Entry.Key
 		rep.setCache(true, f.Entry.Path, f.Entry.Checksum)
-		return ji, w.inspectCached(ctx, rep, &ji, m.ImageType, false)
+		return ji, w.inspectCached(ctx, rep, &ji, m.ImageType, skipStructureCheck)
 	}
 	// A miss; the cached file is recorded once the download commits.
 	rep.setCache(false, "", "")
@@ -60,7 +60,7 @@ func (w *Worker) fetchImage(ctx context.Context, rep *reporter, m messaging.Job,
 		return ji, nil
 	}
 	// Not a qcow2 image, or a bad header: the whole file decides.
-	if werr := w.finishDownload(ctx, rep, &ji, false); werr != nil {
+	if werr := w.finishDownload(ctx, rep, &ji, skipStructureCheck); werr != nil {
 		f.Release()
 		return ji, werr
 	}
@@ -68,16 +68,25 @@ func (w *Worker) fetchImage(ctx context.Context, rep *reporter, m messaging.Job,
 	if err != nil {
 		return ji, w.refuse(ctx, f.Release, ji.key, err)
 	}
-	return ji, w.inspectCached(ctx, rep, &ji, m.ImageType, true)
+	return ji, w.inspectCached(ctx, rep, &ji, m.ImageType, checkStructure)
 }
 
-// inspectCached inspects ji's cached file and, with check, checks its
-// structure (qemu-img check); a refused image is removed from the cache.
-func (w *Worker) inspectCached(ctx context.Context, rep *reporter, ji *jobImage, declaredType string, check bool) error {
+// structureCheck is whether a newly cached image's structure is checked
+// (qemu-img check) before it is used.
+type structureCheck int
+
+const (
+	skipStructureCheck structureCheck = iota
+	checkStructure
+)
+
+// inspectCached inspects ji's cached file and, with checkStructure, checks
+// its structure; a refused image is removed from the cache.
+func (w *Worker) inspectCached(ctx context.Context, rep *reporter, ji *jobImage, declaredType string, check structureCheck) error {
 	rep.progress(stages.Inspect, 0, 0)
 	var err error
 	ji.img, err = image.Inspect(ji.path, declaredType)
-	if err == nil && check && w.parts.Checker != nil {
+	if err == nil && check == checkStructure && w.parts.Checker != nil {
 		err = w.parts.Checker.Check(ctx, ji.img, ji.path)
 	}
 	if err != nil {
@@ -98,7 +107,11 @@ func (w *Worker) fetchWhole(ctx context.Context, rep *reporter, m messaging.Job,
 	rep.setCache(hit, entry.Path, entry.Checksum)
 	// A cached image was checked when it was downloaded; its digest is
 	// verified on every hit.
-	return ji, w.inspectCached(ctx, rep, &ji, m.ImageType, !hit)
+	check := checkStructure
+	if hit {
+		check = skipStructureCheck
+	}
+	return ji, w.inspectCached(ctx, rep, &ji, m.ImageType, check)
 }
 
 // refuse removes an unusable image from the cache (after release, as
@@ -115,17 +128,16 @@ func (w *Worker) refuse(ctx context.Context, release func(), key string, err err
 
 // finishDownload waits for ji's download to commit (its digest verified)
 // and records the cached file on the job (the miss was counted when it was
-// found); with check, the new image's structure is
-// checked too (qemu-img check), and a refused image is removed from the
-// cache.
-func (w *Worker) finishDownload(ctx context.Context, rep *reporter, ji *jobImage, check bool) error {
+// found); with checkStructure, the new image's structure is checked too
+// (qemu-img check), and a refused image is removed from the cache.
+func (w *Worker) finishDownload(ctx context.Context, rep *reporter, ji *jobImage, check structureCheck) error {
 	e, err := ji.part.Wait(ctx)
 	if err != nil {
 		return fmt.Errorf("fetch image: %w", err)
 	}
 	ji.path, ji.checksum, ji.key = e.Path, e.Checksum, e.Key
 	rep.recordImage(e.Path, e.Checksum)
-	if check && w.parts.Checker != nil {
+	if check == checkStructure && w.parts.Checker != nil {
 		if err := w.parts.Checker.Check(ctx, ji.img, e.Path); err != nil {
 			return w.refuse(ctx, ji.release, e.Key, err)
 		}

@@ -574,19 +574,20 @@ func (w *Worker) execute(ctx context.Context, rep *reporter, rec kvstate.Job, m 
 }
 
 // populate converts ji's image into vol, reading the download while it
-// arrives when stream is set. What the conversion reads is verified while
+// arrives when ji has one (ji.part). What the conversion reads is verified while
 // it runs: a cache hit's digest, or a streamed download's digest and
 // structure (the conversion stops at once when either fails); it returns nil
 // only if both succeed.
-func (w *Worker) populate(ctx context.Context, rep *reporter, ji *jobImage, vol volume.Volume, stream bool) error {
-	return w.populateHashed(ctx, rep, ji, vol, stream, nil)
+func (w *Worker) populate(ctx context.Context, rep *reporter, ji *jobImage, vol volume.Volume) error {
+	return w.populateHashed(ctx, rep, ji, vol, nil)
 }
 
 // populateHashed is populate telling h (when not nil) everything the
 // conversion writes, where the converter can (convert.DigestConverter);
 // h.Sum then says whether it could.
-func (w *Worker) populateHashed(ctx context.Context, rep *reporter, ji *jobImage, vol volume.Volume, stream bool, h *volume.GoldenHasher) error {
+func (w *Worker) populateHashed(ctx context.Context, rep *reporter, ji *jobImage, vol volume.Volume, h *volume.GoldenHasher) error {
 	img := ji.img
+	stream := ji.part != nil
 	conv := w.parts.Converter
 	if dc, ok := conv.(convert.DigestConverter); ok && h != nil {
 		conv = dc.WithDigest(h)
@@ -597,7 +598,7 @@ func (w *Worker) populateHashed(ctx context.Context, rep *reporter, ji *jobImage
 	go func() {
 		var err error
 		if stream {
-			err = w.finishDownload(ctx, rep, ji, true)
+			err = w.finishDownload(ctx, rep, ji, checkStructure)
 		} else if err = ji.verify(ctx); err != nil {
 			err = fmt.Errorf("verify the cached image: %w", err)
 		}

@@ -19,10 +19,11 @@ import (
 //	resolveImage   the image's checksum, the cache, the download, the inspection
 //	prepareVolume  the volume's lease, then the volume found, reused or refused
 //	populate       the space reserved, the volume created, the image written
+//	               (or the volume cloned from the image's golden)
 //	finalize       the backend's pool refreshed
 //
-// A cache_fetch job stops after resolveImage (prewarm); a volume a golden
-// can be cloned into leaves the plan after prepareVolume (provisionByClone).
+// A cache_fetch job stops after resolveImage (prewarm); where the backend
+// clones, populate is populateByClone (worker/clone.go).
 // res is what the job did, for the record and for conclude's rollback.
 type imagePlan struct {
 	w     *Worker
@@ -52,14 +53,17 @@ func (w *Worker) executeImage(ctx context.Context, rep *reporter, rec kvstate.Jo
 	if err != nil {
 		return p.res, err
 	}
+	populate := p.populate
 	if c, ok := w.clones(); ok {
-		if byClone, err := c.byClone(ctx, p.vol, p.exists); err != nil {
+		byClone, err := c.byClone(ctx, p.vol, p.exists)
+		if err != nil {
 			return p.res, err
-		} else if byClone {
-			return w.provisionByClone(ctx, rep, rec, m, &p.ji, c, p.vol, p.exists, p.res)
+		}
+		if byClone {
+			populate = func(ctx context.Context) error { return p.populateByClone(ctx, c) }
 		}
 	}
-	if err := p.populate(ctx); err != nil {
+	if err := populate(ctx); err != nil {
 		return p.res, err
 	}
 	return p.res, p.finalize(ctx)
@@ -178,7 +182,7 @@ func (p *imagePlan) populate(ctx context.Context) error {
 	stream := p.ji.part != nil && p.res.created
 	if p.ji.part != nil && !stream {
 		p.ji.dl.setQuiet(false)
-		if err := w.finishDownload(ctx, p.rep, &p.ji, true); err != nil {
+		if err := w.finishDownload(ctx, p.rep, &p.ji, checkStructure); err != nil {
 			return err
 		}
 		p.ji.part = nil
@@ -189,7 +193,7 @@ func (p *imagePlan) populate(ctx context.Context) error {
 	}
 	p.rep.progress(stages.Populate, 0, img.VirtualSize)
 	p.res.writing = true
-	err = w.populate(ctx, p.rep, &p.ji, p.vol, stream)
+	err = w.populate(ctx, p.rep, &p.ji, p.vol)
 	release() // written: the file system's free space counts it now
 	p.res.imagePath, p.res.checksum = p.ji.path, p.ji.checksum
 	return err

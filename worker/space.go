@@ -75,7 +75,7 @@ func (w *Worker) imageNeed(ctx context.Context, rep *reporter, ji *jobImage, fit
 			return ji.img.VirtualSize, nil
 		}
 		ji.dl.setQuiet(false)
-		if err := w.finishDownload(ctx, rep, ji, true); err != nil {
+		if err := w.finishDownload(ctx, rep, ji, checkStructure); err != nil {
 			return 0, err
 		}
 		ji.part = nil
