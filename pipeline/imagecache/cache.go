@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"hash"
 	"io"
 	"os"
 	"path"
@@ -352,169 +353,262 @@ func (c *Cache) verify(ctx context.Context, e kvstate.CacheEntry, want string, p
 //
 // With part non-nil the file is readable through part while it arrives.
 func (c *Cache) download(ctx context.Context, src source.Source, ref messaging.ImageRef, key, kind string, progress stages.ProgressFunc, part *Partial) (e kvstate.CacheEntry, err error) {
-	rs, resumable := src.(source.ResumableSource)
-	var info source.ObjectInfo
-	var r io.ReadCloser
-	if resumable {
-		info, err = c.statObject(ctx, src, ref)
-		if err != nil {
-			return e, err
-		}
-	} else {
-		err = c.retry(ctx, func() error {
-			var err error
-			r, info, err = src.Open(ctx, ref.Bucket, ref.Object)
-			return err
-		})
-		if err != nil {
-			return e, err
-		}
+	d := &downloading{c: c, src: src, ref: ref, key: key, kind: kind, progress: progress, part: part}
+	d.rs, d.resumable = src.(source.ResumableSource)
+	if err := d.open(ctx); err != nil {
+		return e, err
 	}
-	defer func() {
-		if r != nil {
-			_ = r.Close()
-		}
-	}()
+	defer d.closeBody()
 
-	fl, err := c.reserve(ctx, key, info.Size)
-	if err != nil {
+	if d.fl, err = c.reserve(ctx, key, d.info.Size); err != nil {
 		return e, err
 	}
 	defer c.unreserve(key)
 
-	tmp, err := os.CreateTemp(c.partialDir(), key+"-*")
-	if err != nil {
-		if errors.Is(err, syscall.ENOSPC) {
-			return e, fmt.Errorf("not enough space in the image cache %s to start downloading %s: %w", c.dir, ref.URL, err)
-		}
-		return e, fmt.Errorf("create download file in cache directory %s: %w", c.dir, err)
+	if err := d.createPartial(); err != nil {
+		return e, err
 	}
-	partialName := tmp.Name()
+	partialName := d.tmp.Name()
 	defer func() {
-		if tmp != nil {
-			_ = tmp.Close()
+		if d.tmp != nil {
+			_ = d.tmp.Close()
 		}
 		if err != nil {
 			_ = os.Remove(partialName) // gone already once renamed into place
 		}
 	}()
+	if err := d.receive(ctx); err != nil {
+		return e, err
+	}
+	return d.commit(ctx)
+}
 
-	total := info.Size
-	if part != nil {
-		if err = part.start(tmp.Name(), total); err != nil {
-			return e, err
+// downloading is one download of an image into a partial file of the
+// cache, in the order of its methods: open the object, create the partial
+// file, receive the bytes (resuming where the object store allows), commit
+// the verified file into place and the index.
+type downloading struct {
+	c         *Cache
+	src       source.Source
+	rs        source.ResumableSource
+	resumable bool
+	ref       messaging.ImageRef
+	key, kind string
+	progress  stages.ProgressFunc
+	part      *Partial
+
+	info source.ObjectInfo
+	r    io.ReadCloser // the response being read; nil between reads
+	fl   *inflight
+	tmp  *os.File // the partial file; nil once closed
+	h    hash.Hash
+	out  *writeBehind
+	// offset is what arrived; reported what progress was told of.
+	offset, reported int64
+}
+
+// open learns the object's size and ETag: by a stat where reads can
+// resume (each read then opens at its offset), else by opening the one
+// response the download reads.
+func (d *downloading) open(ctx context.Context) error {
+	var err error
+	if d.resumable {
+		d.info, err = d.c.statObject(ctx, d.src, d.ref)
+		return err
+	}
+	return d.c.retry(ctx, func() error {
+		var err error
+		d.r, d.info, err = d.src.Open(ctx, d.ref.Bucket, d.ref.Object)
+		return err
+	})
+}
+
+// closeBody closes the response being read, if any.
+func (d *downloading) closeBody() {
+	if d.r != nil {
+		_ = d.r.Close()
+		d.r = nil
+	}
+}
+
+// createPartial creates the partial file the bytes go to, and starts the
+// Partial a streaming reader waits on.
+func (d *downloading) createPartial() error {
+	c := d.c
+	tmp, err := os.CreateTemp(c.partialDir(), d.key+"-*")
+	if err != nil {
+		if errors.Is(err, syscall.ENOSPC) {
+			return fmt.Errorf("not enough space in the image cache %s to start downloading %s: %w", c.dir, d.ref.URL, err)
+		}
+		return fmt.Errorf("create download file in cache directory %s: %w", c.dir, err)
+	}
+	d.tmp = tmp
+	if d.part != nil {
+		if err := d.part.start(tmp.Name(), d.info.Size); err != nil {
+			return err
 		}
 	}
-	h := sha256.New()
-	var offset, reported int64
-	progress(stages.Download, 0, total)
-	report := func() {
-		if offset > reported {
-			reported = offset
-			progress(stages.Download, offset, total)
-		}
-		fl.written.Store(offset)
-		if part != nil {
-			part.advance(offset)
-		}
+	d.h = sha256.New()
+	d.out = &writeBehind{f: tmp}
+	return nil
+}
+
+// report tells progress, the eviction accounting and the Partial's readers
+// how much has arrived.
+func (d *downloading) report() {
+	if d.offset > d.reported {
+		d.reported = d.offset
+		d.progress(stages.Download, d.offset, d.info.Size)
 	}
+	d.fl.written.Store(d.offset)
+	if d.part != nil {
+		d.part.advance(d.offset)
+	}
+}
+
+// receive reads the object into the partial file, hashing as the bytes
+// arrive. A read that fails, stalls or ends early is resumed at its offset
+// (pinned to the ETag) where the source allows, after the retrier's wait;
+// without an ETag a resumed read could mix two versions of the object, so
+// the download starts over.
+func (d *downloading) receive(ctx context.Context) error {
+	c, total := d.c, d.info.Size
+	d.progress(stages.Download, 0, total)
 	buf := make([]byte, copyBufSize)
-	out := &writeBehind{f: tmp}
 	rt := c.newRetrier()
 	for {
-		if total >= 0 && offset == total && r == nil && offset > 0 {
-			break // everything arrived; only the end of the stream was missing
+		if total >= 0 && d.offset == total && d.r == nil && d.offset > 0 {
+			return nil // everything arrived; only the end of the stream was missing
 		}
-		actx, cancel := context.WithCancelCause(ctx)
-		if r == nil {
-			if r, err = rs.OpenAt(actx, ref.Bucket, ref.Object, offset, info.ETag); err != nil {
-				cancel(nil)
-				r = nil
-				if werr := rt.wait(ctx, err); werr != nil {
-					return e, fmt.Errorf("download %s: %w", ref.URL, werr)
-				}
-				continue
-			}
-		}
-		var timer *time.Timer
-		if resumable {
-			timer = time.AfterFunc(c.opts.StallTimeout, func() { cancel(source.ErrStalled) })
-		}
-		rerr, werr := pump(ctx, r, out, h, buf, func(n int) {
-			offset += int64(n)
-			if timer != nil {
-				timer.Reset(c.opts.StallTimeout)
-			}
-			rt.progressed()
-			report()
-		})
-		if timer != nil {
-			timer.Stop()
-		}
-		stalled := errors.Is(context.Cause(actx), source.ErrStalled)
-		cancel(nil)
-		_ = r.Close()
-		r = nil
-		if werr != nil {
-			if errors.Is(werr, syscall.ENOSPC) {
-				return e, fmt.Errorf("not enough space in the image cache %s while downloading %s (%d of %d bytes written): %w", c.dir, ref.URL, offset, total, werr)
-			}
-			return e, fmt.Errorf("write downloaded image %s: %w", tmp.Name(), werr)
-		}
-		if cerr := ctx.Err(); cerr != nil {
-			return e, fmt.Errorf("download %s: %w", ref.URL, cerr)
+		rerr, err := d.read(ctx, rt, buf)
+		if err != nil {
+			return err
 		}
 		if rerr == nil {
-			if total < 0 || offset >= total {
-				break
-			}
-			rerr = fmt.Errorf("the object store ended the response after %d of %d bytes: %w", offset, total, io.ErrUnexpectedEOF)
+			return nil
 		}
-		if stalled {
-			rerr = fmt.Errorf("%w for %s", source.ErrStalled, c.opts.StallTimeout)
-		}
-		if errors.Is(rerr, source.ErrObjectChanged) {
-			return e, fmt.Errorf("download %s: the image changed while downloading (ETag was %s); nothing was cached: %w", ref.URL, info.ETag, rerr)
-		}
-		if !resumable {
-			return e, fmt.Errorf("download %s: %w", ref.URL, rerr)
-		}
-		if info.ETag == "" && offset > 0 {
-			// Without an ETag a resumed read could mix two versions: start over.
-			if part != nil {
-				part.restart() // before the file is truncated under its readers
+		var of openFailed
+		if errors.As(rerr, &of) {
+			// Opened again at the same offset: nothing was read to doubt.
+			if werr := rt.wait(ctx, of.err); werr != nil {
+				return fmt.Errorf("download %s: %w", d.ref.URL, werr)
 			}
-			if _, err := tmp.Seek(0, io.SeekStart); err != nil {
-				return e, fmt.Errorf("restart download %s: %w", ref.URL, err)
+			continue
+		}
+		if !d.resumable {
+			return fmt.Errorf("download %s: %w", d.ref.URL, rerr)
+		}
+		if d.info.ETag == "" && d.offset > 0 {
+			if err := d.restart(); err != nil {
+				return err
 			}
-			if err := tmp.Truncate(0); err != nil {
-				return e, fmt.Errorf("restart download %s: %w", ref.URL, err)
-			}
-			h.Reset()
-			offset = 0
-			out = &writeBehind{f: tmp}
 		}
 		if werr := rt.wait(ctx, rerr); werr != nil {
-			return e, fmt.Errorf("download %s: %w", ref.URL, werr)
+			return fmt.Errorf("download %s: %w", d.ref.URL, werr)
 		}
 	}
-	n := offset
+}
+
+// read reads one response (opening it at the offset where reads resume)
+// until it ends. rerr is why the response ended before the object did (a
+// retry may go on); err ends the download.
+func (d *downloading) read(ctx context.Context, rt *retrier, buf []byte) (rerr, err error) {
+	c, total := d.c, d.info.Size
+	actx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	if d.r == nil {
+		r, err := d.rs.OpenAt(actx, d.ref.Bucket, d.ref.Object, d.offset, d.info.ETag)
+		if err != nil {
+			return openFailed{err}, nil
+		}
+		d.r = r
+	}
+	var timer *time.Timer
+	if d.resumable {
+		timer = time.AfterFunc(c.opts.StallTimeout, func() { cancel(source.ErrStalled) })
+	}
+	rerr, werr := pump(ctx, d.r, d.out, d.h, buf, func(n int) {
+		d.offset += int64(n)
+		if timer != nil {
+			timer.Reset(c.opts.StallTimeout)
+		}
+		rt.progressed()
+		d.report()
+	})
+	if timer != nil {
+		timer.Stop()
+	}
+	stalled := errors.Is(context.Cause(actx), source.ErrStalled)
+	cancel(nil)
+	d.closeBody()
+	if werr != nil {
+		if errors.Is(werr, syscall.ENOSPC) {
+			return nil, fmt.Errorf("not enough space in the image cache %s while downloading %s (%d of %d bytes written): %w", c.dir, d.ref.URL, d.offset, total, werr)
+		}
+		return nil, fmt.Errorf("write downloaded image %s: %w", d.tmp.Name(), werr)
+	}
+	if cerr := ctx.Err(); cerr != nil {
+		return nil, fmt.Errorf("download %s: %w", d.ref.URL, cerr)
+	}
+	if rerr == nil {
+		if total < 0 || d.offset >= total {
+			return nil, nil
+		}
+		rerr = fmt.Errorf("the object store ended the response after %d of %d bytes: %w", d.offset, total, io.ErrUnexpectedEOF)
+	}
+	if stalled {
+		rerr = fmt.Errorf("%w for %s", source.ErrStalled, c.opts.StallTimeout)
+	}
+	if errors.Is(rerr, source.ErrObjectChanged) {
+		return nil, fmt.Errorf("download %s: the image changed while downloading (ETag was %s); nothing was cached: %w", d.ref.URL, d.info.ETag, rerr)
+	}
+	return rerr, nil
+}
+
+// openFailed is a read whose response could not be opened.
+type openFailed struct{ err error }
+
+func (o openFailed) Error() string { return o.err.Error() }
+func (o openFailed) Unwrap() error { return o.err }
+
+// restart empties the partial file to download the object again from its
+// start.
+func (d *downloading) restart() error {
+	if d.part != nil {
+		d.part.restart() // before the file is truncated under its readers
+	}
+	if _, err := d.tmp.Seek(0, io.SeekStart); err != nil {
+		return fmt.Errorf("restart download %s: %w", d.ref.URL, err)
+	}
+	if err := d.tmp.Truncate(0); err != nil {
+		return fmt.Errorf("restart download %s: %w", d.ref.URL, err)
+	}
+	d.h.Reset()
+	d.offset = 0
+	d.out = &writeBehind{f: d.tmp}
+	return nil
+}
+
+// commit checks what arrived (its length, and its digest against the
+// published one), flushes it, and puts it in place and in the index.
+func (d *downloading) commit(ctx context.Context) (e kvstate.CacheEntry, err error) {
+	c, ref, key, n, total := d.c, d.ref, d.key, d.offset, d.info.Size
 	if total >= 0 && n != total {
 		return e, fmt.Errorf("download %s: got %d bytes, the object store announced %d", ref.URL, n, total)
 	}
-	got := hex.EncodeToString(h.Sum(nil))
-	if kind == kvstate.KeyKindSHA256 && got != key {
+	got := hex.EncodeToString(d.h.Sum(nil))
+	if d.kind == kvstate.KeyKindSHA256 && got != key {
 		return e, fmt.Errorf("checksum mismatch for %s: the .sha256 object says %s, the downloaded image hashes to %s; nothing was cached", ref.URL, key, got)
 	}
-	if err := tmp.Sync(); err != nil {
-		return e, fmt.Errorf("flush downloaded image %s: %w", tmp.Name(), err)
+	if err := d.tmp.Sync(); err != nil {
+		return e, fmt.Errorf("flush downloaded image %s: %w", d.tmp.Name(), err)
 	}
-	if err := tmp.Close(); err != nil {
-		tmp = nil
+	tmpName := d.tmp.Name()
+	err = d.tmp.Close()
+	d.tmp = nil
+	if err != nil {
 		return e, fmt.Errorf("close downloaded image: %w", err)
 	}
-	tmpName := tmp.Name()
-	tmp = nil
 	defer func() {
 		if err != nil {
 			_ = os.Remove(tmpName)
@@ -530,8 +624,8 @@ func (c *Cache) download(ctx context.Context, src source.Source, ref messaging.I
 	}
 	now := time.Now().UTC()
 	e = kvstate.CacheEntry{
-		Key: key, KeyKind: kind, Path: final, Size: n, Checksum: got,
-		SourceURL: ref.URL, ETag: info.ETag, CreatedAt: now, LastUsed: now,
+		Key: key, KeyKind: d.kind, Path: final, Size: n, Checksum: got,
+		SourceURL: ref.URL, ETag: d.info.ETag, CreatedAt: now, LastUsed: now,
 	}
 	if err := c.index.Put(ctx, c.host, e); err != nil {
 		_, _ = c.removeOwned(context.WithoutCancel(ctx), final, "download not committed")
