@@ -82,3 +82,34 @@ func Fuzzing() bool {
 	f := flag.Lookup("test.fuzzworker")
 	return f != nil && f.Value.String() == "true"
 }
+
+// Main is the body of a TestMain whose tests share s: unless the binary is
+// fuzzing, it starts s (and then also, when not nil, with a directory of
+// its own; also returns what stops what it started) before the tests and
+// stops everything after them. It returns the exit code.
+func (s *SharedMinIO) Main(m *testing.M, also func(dir string) (stop func(), err error)) int {
+	flag.Parse()
+	if Fuzzing() {
+		return m.Run()
+	}
+	dir, err := os.MkdirTemp("", "test-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(dir)
+	if err := s.Start(dir); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer s.Stop()
+	if also != nil {
+		stop, err := also(filepath.Join(dir, "also"))
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+		defer stop()
+	}
+	return m.Run()
+}

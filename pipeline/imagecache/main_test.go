@@ -2,7 +2,6 @@ package imagecache
 
 import (
 	"context"
-	"flag"
 	"fmt"
 	"os"
 	"sync/atomic"
@@ -30,37 +29,17 @@ var (
 )
 
 func TestMain(m *testing.M) {
-	os.Exit(run(m))
-}
-
-func run(m *testing.M) int {
-	// Fuzzing (coordinator and workers) needs none of the services.
-	flag.Parse()
-	if testenv.Fuzzing() {
-		return m.Run()
-	}
-	dir, err := os.MkdirTemp("", "imagecache-test-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	defer os.RemoveAll(dir)
-
-	if err := sharedMinIO.Start(dir); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	defer sharedMinIO.Stop()
-
-	ns, kv, err := startNATS(dir + "/nats")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "start nats:", err)
-		return 1
-	}
-	defer ns.WaitForShutdown()
-	defer ns.Shutdown()
-	cacheKV = kv
-	return m.Run()
+	os.Exit(sharedMinIO.Main(m, func(dir string) (func(), error) {
+		ns, kv, err := startNATS(dir)
+		if err != nil {
+			return nil, fmt.Errorf("start nats: %w", err)
+		}
+		cacheKV = kv
+		return func() {
+			ns.Shutdown()
+			ns.WaitForShutdown()
+		}, nil
+	}))
 }
 
 // startNATS runs an in-process NATS server with JetStream and makes the

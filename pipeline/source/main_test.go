@@ -1,8 +1,6 @@
 package source
 
 import (
-	"flag"
-	"fmt"
 	"os"
 	"testing"
 
@@ -13,26 +11,7 @@ import (
 var sharedMinIO testenv.SharedMinIO
 
 func TestMain(m *testing.M) {
-	os.Exit(run(m))
-}
-
-func run(m *testing.M) int {
-	flag.Parse()
-	if testenv.Fuzzing() {
-		return m.Run()
-	}
-	dir, err := os.MkdirTemp("", "source-test-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	defer os.RemoveAll(dir)
-	if err := sharedMinIO.Start(dir); err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	defer sharedMinIO.Stop()
-	return m.Run()
+	os.Exit(sharedMinIO.Main(m, nil))
 }
 
 // needMinIO returns the shared MinIO server and a fresh bucket, or skips.
