@@ -205,36 +205,11 @@ func copyRaw(ctx context.Context, img image.Image, src, target string, block boo
 		return fmt.Errorf("open image %q: %w", src, err)
 	}
 	defer in.Close()
-	direct := block || directIO(target)
-	flags := os.O_WRONLY | unix.O_NOFOLLOW
-	if direct {
-		flags |= unix.O_DIRECT
-	}
-	out, err := os.OpenFile(target, flags, 0)
+	t, err := openRawTarget(target, block)
 	if err != nil {
-		return fmt.Errorf("open volume %q: %w", target, err)
+		return err
 	}
-	defer out.Close()
-	// tail writes what O_DIRECT cannot: a last chunk that, padded to the
-	// alignment, would run past the end of the target.
-	tail, err := os.OpenFile(target, os.O_WRONLY|unix.O_NOFOLLOW, 0)
-	if err != nil {
-		return fmt.Errorf("open volume %q: %w", target, err)
-	}
-	defer tail.Close()
-	size, err := targetSize(target)
-	if err != nil {
-		return fmt.Errorf("volume %q: %w", target, err)
-	}
-	align := 1
-	switch {
-	case block:
-		if align, err = unix.IoctlGetInt(int(out.Fd()), unix.BLKSSZGET); err != nil {
-			return fmt.Errorf("logical block size of %s: %w", target, err)
-		}
-	case direct:
-		align = 4096
-	}
+	defer t.close()
 	mem, err := unix.Mmap(-1, 0, copyBufSize, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_ANON|unix.MAP_PRIVATE)
 	if err != nil {
 		return fmt.Errorf("allocate copy buffer: %w", err)
@@ -263,29 +238,92 @@ func copyRaw(ctx context.Context, img image.Image, src, target string, block boo
 					return fmt.Errorf("copy of %s stopped: %w", src, err)
 				}
 			}
-			w, dst := n, out
-			if rem := w % align; rem != 0 {
-				if off+int64(w+align-rem) <= size {
-					clear(buf[w : w+align-rem])
-					w += align - rem
-				} else {
-					dst = tail
-				}
-			}
-			if _, err := dst.WriteAt(buf[:w], off); err != nil {
-				return fmt.Errorf("write volume %q at offset %d: %w", target, off, err)
+			if err := t.writeAt(buf, n, off); err != nil {
+				return err
 			}
 		}
 		off += int64(n)
 		progress(stages.Populate, off, img.VirtualSize)
 	}
-	if err := out.Close(); err != nil {
-		return fmt.Errorf("close volume %q: %w", target, err)
+	return t.finish()
+}
+
+// rawTarget is a volume a raw copy writes: with O_DIRECT where the target
+// takes it (a block device, or a file system that allows it), each write
+// padded to the alignment; tail writes what O_DIRECT cannot, a last chunk
+// that, padded, would run past the end of the target.
+type rawTarget struct {
+	path      string
+	out, tail *os.File
+	size      int64
+	align     int
+}
+
+func openRawTarget(target string, block bool) (*rawTarget, error) {
+	direct := block || directIO(target)
+	flags := os.O_WRONLY | unix.O_NOFOLLOW
+	if direct {
+		flags |= unix.O_DIRECT
 	}
-	if err := tail.Sync(); err != nil {
-		return fmt.Errorf("flush volume %q: %w", target, err)
+	out, err := os.OpenFile(target, flags, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open volume %q: %w", target, err)
 	}
-	return tail.Close()
+	t := &rawTarget{path: target, out: out, align: 1}
+	if t.tail, err = os.OpenFile(target, os.O_WRONLY|unix.O_NOFOLLOW, 0); err != nil {
+		t.close()
+		return nil, fmt.Errorf("open volume %q: %w", target, err)
+	}
+	if t.size, err = targetSize(target); err != nil {
+		t.close()
+		return nil, fmt.Errorf("volume %q: %w", target, err)
+	}
+	switch {
+	case block:
+		if t.align, err = unix.IoctlGetInt(int(out.Fd()), unix.BLKSSZGET); err != nil {
+			t.close()
+			return nil, fmt.Errorf("logical block size of %s: %w", target, err)
+		}
+	case direct:
+		t.align = 4096
+	}
+	return t, nil
+}
+
+// writeAt writes buf[:n] at off; buf has room for the padding.
+func (t *rawTarget) writeAt(buf []byte, n int, off int64) error {
+	w, dst := n, t.out
+	if rem := w % t.align; rem != 0 {
+		if off+int64(w+t.align-rem) <= t.size {
+			clear(buf[w : w+t.align-rem])
+			w += t.align - rem
+		} else {
+			dst = t.tail
+		}
+	}
+	if _, err := dst.WriteAt(buf[:w], off); err != nil {
+		return fmt.Errorf("write volume %q at offset %d: %w", t.path, off, err)
+	}
+	return nil
+}
+
+// finish closes the O_DIRECT file and flushes the volume.
+func (t *rawTarget) finish() error {
+	if err := t.out.Close(); err != nil {
+		return fmt.Errorf("close volume %q: %w", t.path, err)
+	}
+	if err := t.tail.Sync(); err != nil {
+		return fmt.Errorf("flush volume %q: %w", t.path, err)
+	}
+	return t.tail.Close()
+}
+
+// close closes what is still open (after finish: nothing, harmlessly).
+func (t *rawTarget) close() {
+	_ = t.out.Close()
+	if t.tail != nil {
+		_ = t.tail.Close()
+	}
 }
 
 // directIO reports whether path (a regular file) can be opened with
