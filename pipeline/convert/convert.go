@@ -248,7 +248,7 @@ func copyRaw(ctx context.Context, img image.Image, src, target string, block boo
 	return t.finish()
 }
 
-// rawTarget is a volume a raw copy writes: with O_DIRECT where the target
+// rawTarget is a volume the raw copy and the native converter write: with O_DIRECT where the target
 // takes it (a block device, or a file system that allows it), each write
 // padded to the alignment; tail writes what O_DIRECT cannot, a last chunk
 // that, padded, would run past the end of the target.

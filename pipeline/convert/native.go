@@ -306,38 +306,12 @@ func (c *nativeCopy) report(n int64) {
 }
 
 func (c *nativeCopy) run(ctx, wctx context.Context, cancel context.CancelCauseFunc, block bool, workers int) error {
-	direct := block || directIO(c.target)
-	flags := os.O_WRONLY | unix.O_NOFOLLOW
-	if direct {
-		flags |= unix.O_DIRECT
-	}
-	out, err := os.OpenFile(c.target, flags, 0)
+	t, err := openRawTarget(c.target, block)
 	if err != nil {
-		return fmt.Errorf("open volume %q: %w", c.target, err)
+		return err
 	}
-	defer out.Close()
-	// tail writes what O_DIRECT cannot: a last range that, padded to the
-	// alignment, would run past the end of the target.
-	tail, err := os.OpenFile(c.target, os.O_WRONLY|unix.O_NOFOLLOW, 0)
-	if err != nil {
-		return fmt.Errorf("open volume %q: %w", c.target, err)
-	}
-	defer tail.Close()
-	tsize, err := targetSize(c.target)
-	if err != nil {
-		return fmt.Errorf("volume %q: %w", c.target, err)
-	}
-	align := int64(1)
-	switch {
-	case block:
-		a, err := unix.IoctlGetInt(int(out.Fd()), unix.BLKSSZGET)
-		if err != nil {
-			return fmt.Errorf("logical block size of %s: %w", c.target, err)
-		}
-		align = int64(a)
-	case direct:
-		align = 4096
-	}
+	defer t.close()
+	out, tail, tsize, align := t.out, t.tail, t.size, int64(t.align)
 	if align <= 0 || NativeChunkSize%align != 0 {
 		return fmt.Errorf("volume %s: logical block size %d does not divide %d", c.target, align, NativeChunkSize)
 	}
