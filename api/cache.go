@@ -138,7 +138,7 @@ func (s *Server) scopedCacheKey(ctx context.Context, w http.ResponseWriter, r *h
 		return "", false
 	}
 	entry, err := s.cache.Get(ctx, host, key)
-	if errors.Is(err, kvstate.ErrNotFound) {
+	if errors.Is(err, kvstate.ErrCacheEntryNotFound) {
 		var entries []kvstate.CacheEntry
 		if entries, err = s.cache.List(ctx, host); err == nil {
 			err = kvstate.ErrCacheEntryNotFound
@@ -150,7 +150,7 @@ func (s *Server) scopedCacheKey(ctx context.Context, w http.ResponseWriter, r *h
 			}
 		}
 	}
-	if errors.Is(err, kvstate.ErrNotFound) {
+	if errors.Is(err, kvstate.ErrCacheEntryNotFound) {
 		writeError(w, http.StatusNotFound, "image not found", fmt.Sprintf("image %s is not in the cache of hypervisor %q", key, host))
 		return "", false
 	}

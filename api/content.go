@@ -238,7 +238,7 @@ func (s *Server) settleContent(ctx context.Context, rec kvstate.Job) {
 // the next retry uploads anew.
 func (s *Server) replayContent(ctx context.Context, w http.ResponseWriter, r *http.Request, m messaging.Job, prior, key string) {
 	if _, _, err := s.jobs.Get(ctx, m.Hypervisor, prior); err != nil {
-		if errors.Is(err, kvstate.ErrNotFound) {
+		if errors.Is(err, kvstate.ErrJobNotFound) {
 			s.forgetIdempotencyKey(ctx, r, key)
 			writeError(w, http.StatusServiceUnavailable, catUnavailable, "the earlier upload with this Idempotency-Key did not finish; send it again")
 			return

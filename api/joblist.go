@@ -58,7 +58,7 @@ func (s *Server) listJobs(w http.ResponseWriter, r *http.Request) {
 	for i := offset; i < len(keys) && i < offset+limit; i++ {
 		h, id, _ := strings.Cut(keys[i], ".")
 		rec, _, err := s.jobs.Get(ctx, h, id)
-		if errors.Is(err, kvstate.ErrNotFound) {
+		if errors.Is(err, kvstate.ErrJobNotFound) {
 			continue // expired or removed since
 		}
 		if err != nil {

@@ -311,7 +311,7 @@ func (s *Server) replay(ctx context.Context, w http.ResponseWriter, r *http.Requ
 	m.JobID = prior
 	rec, _, err := s.jobs.Get(ctx, m.Hypervisor, prior)
 	switch {
-	case errors.Is(err, kvstate.ErrNotFound):
+	case errors.Is(err, kvstate.ErrJobNotFound):
 		if m.Kind == messaging.KindProvision {
 			if _, ok := s.reserveVolume(ctx, w, r, m.Hypervisor, m); !ok {
 				return
@@ -369,7 +369,7 @@ func (s *Server) resolveHost(ctx context.Context, w http.ResponseWriter, r *http
 		if err == nil {
 			return host, true
 		}
-		if !errors.Is(err, kvstate.ErrNotFound) {
+		if !errors.Is(err, kvstate.ErrHostNotFound) {
 			s.failNATS(w, r, "read host registry", err)
 			return "", false
 		}
@@ -450,6 +450,7 @@ func (s *Server) jobOf(w http.ResponseWriter, r *http.Request) (kvstate.Job, boo
 	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.NATSTimeout)
 	defer cancel()
 	rec, err := s.findJob(ctx, jobID)
+	// Neither a record nor a message: any not-found error.
 	if errors.Is(err, kvstate.ErrNotFound) {
 		writeError(w, http.StatusNotFound, catNotFound, "job not found")
 		return rec, false

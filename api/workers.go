@@ -165,7 +165,7 @@ func (s *Server) hostSettled(ctx context.Context, host string, body []byte) mess
 	// that has not caught up may still show it running.
 	var err error
 	for try := 0; try < 5; try++ {
-		if err = s.settle(ctx, host, req.JobID); !errors.Is(err, errNotEnded) && !errors.Is(err, kvstate.ErrNotFound) {
+		if err = s.settle(ctx, host, req.JobID); !errors.Is(err, errNotEnded) && !errors.Is(err, kvstate.ErrJobNotFound) {
 			break
 		}
 		time.Sleep(200 * time.Millisecond)

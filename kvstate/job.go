@@ -125,18 +125,8 @@ func NewJob(m messaging.Job, host string, now time.Time) Job {
 	}
 }
 
-// Errors returned by the job store.
+// Errors returned by the job store (the not-found errors are in errors.go).
 var (
-	// ErrNotFound: no record, entry or lease under that key. Each store
-	// returns its own error that matches it (errors.Is) and names what was
-	// missing: ErrJobNotFound, ErrHostNotFound, ErrCacheEntryNotFound.
-	ErrNotFound = errors.New("not found")
-	// ErrJobNotFound: no job record under that key.
-	ErrJobNotFound = fmt.Errorf("job record %w", ErrNotFound)
-	// ErrHostNotFound: no host registry entry under that name.
-	ErrHostNotFound = fmt.Errorf("host %w", ErrNotFound)
-	// ErrCacheEntryNotFound: no cache index entry under that key.
-	ErrCacheEntryNotFound = fmt.Errorf("cache entry %w", ErrNotFound)
 	// ErrExists: a record already exists under that key.
 	ErrExists = errors.New("job already exists")
 	// ErrSuperseded: the record belongs to another attempt of the job now
@@ -175,7 +165,8 @@ func (s Jobs) Create(ctx context.Context, j Job) (uint64, error) {
 	return rev, nil
 }
 
-// Get returns the record of host's job and its revision.
+// Get returns the record of host's job and its revision; ErrJobNotFound
+// if there is none.
 func (s Jobs) Get(ctx context.Context, host, jobID string) (Job, uint64, error) {
 	e, err := s.KV.Get(ctx, messaging.JobKey(host, jobID))
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
