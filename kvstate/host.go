@@ -134,3 +134,13 @@ func (r Hosts) List(ctx context.Context) ([]Host, error) {
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out, nil
 }
+
+// WatchAll delivers the changes of every host's entry, the current ones
+// first, until ctx ends or the watch is stopped.
+func (r Hosts) WatchAll(ctx context.Context) (*Watch[Host], error) {
+	w, err := r.KV.WatchAll(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("watch the host registry: %w", err)
+	}
+	return watch[Host](w), nil
+}

@@ -337,7 +337,22 @@ func isRevisionMismatch(err error) bool {
 		apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)
 }
 
-// Watch streams changes of one job record until ctx ends.
-func (s Jobs) Watch(ctx context.Context, host, jobID string) (jetstream.KeyWatcher, error) {
-	return s.KV.Watch(ctx, messaging.JobKey(host, jobID))
+// Watch delivers the changes of one job record until ctx ends or the
+// watch is stopped.
+func (s Jobs) Watch(ctx context.Context, host, jobID string) (*Watch[Job], error) {
+	w, err := s.KV.Watch(ctx, messaging.JobKey(host, jobID))
+	if err != nil {
+		return nil, fmt.Errorf("watch job record %s: %w", jobID, err)
+	}
+	return watch[Job](w), nil
+}
+
+// WatchAll delivers the changes of every job record, the current ones
+// first, until ctx ends or the watch is stopped.
+func (s Jobs) WatchAll(ctx context.Context) (*Watch[Job], error) {
+	w, err := s.KV.WatchAll(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("watch the job records: %w", err)
+	}
+	return watch[Job](w), nil
 }
