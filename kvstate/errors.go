@@ -17,4 +17,8 @@ var (
 	ErrHostNotFound = fmt.Errorf("host %w", ErrNotFound)
 	// ErrCacheEntryNotFound: no cache index entry under that key.
 	ErrCacheEntryNotFound = fmt.Errorf("cache entry %w", ErrNotFound)
+	// ErrQueuedJobNotFound: no message of that job in the job stream.
+	ErrQueuedJobNotFound = fmt.Errorf("queued job %w", ErrNotFound)
+	// ErrConsumerNotFound: the job stream has no consumer of that name.
+	ErrConsumerNotFound = fmt.Errorf("consumer of the job stream %w", ErrNotFound)
 )

@@ -127,6 +127,9 @@ func NewJob(m messaging.Job, host string, now time.Time) Job {
 
 // Errors returned by the job store (the not-found errors are in errors.go).
 var (
+	// ErrJobChanged: the job record was written since the revision the
+	// caller named.
+	ErrJobChanged = errors.New("job record was changed since")
 	// ErrExists: a record already exists under that key.
 	ErrExists = errors.New("job already exists")
 	// ErrSuperseded: the record belongs to another attempt of the job now
@@ -147,6 +150,8 @@ func (e *TransitionError) Error() string {
 // Jobs stores job records in the provisioner_jobs bucket.
 type Jobs struct {
 	KV jetstream.KeyValue
+	// records is the bucket's stream, for FindByID (bound by Open).
+	records jetstream.Stream
 }
 
 // Create stores a new record; ErrExists if the key is taken.
@@ -355,4 +360,39 @@ func (s Jobs) WatchAll(ctx context.Context) (*Watch[Job], error) {
 		return nil, fmt.Errorf("watch the job records: %w", err)
 	}
 	return watch[Job](w), nil
+}
+
+// TakeBack deletes the record of a job that was never queued, but only as
+// it was at revision rev (as Create wrote it): ErrJobChanged when it was
+// written since (a worker started the job, so it was queued after all) and
+// nothing is deleted.
+func (s Jobs) TakeBack(ctx context.Context, host, jobID string, rev uint64) error {
+	err := s.KV.Delete(ctx, messaging.JobKey(host, jobID), jetstream.LastRevision(rev))
+	if isRevisionMismatch(err) {
+		return fmt.Errorf("take back job record %s: %w", jobID, ErrJobChanged)
+	}
+	if err != nil {
+		return fmt.Errorf("take back job record %s: %w", jobID, err)
+	}
+	return nil
+}
+
+// FindByID returns the record of a job on whichever host it is, reading
+// the bucket's stream by subject (one direct get): ErrJobNotFound when
+// there is none, or it was deleted. It needs a Jobs bound by Open.
+func (s Jobs) FindByID(ctx context.Context, jobID string) (Job, error) {
+	if s.records == nil {
+		return Job{}, errors.New("find job record: the job bucket's stream is not bound (kvstate.Open binds it)")
+	}
+	raw, err := s.records.GetLastMsgForSubject(ctx, "$KV."+messaging.JobBucket+".*."+jobID)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return Job{}, ErrJobNotFound
+	}
+	if err != nil {
+		return Job{}, fmt.Errorf("find job record %s: %w", jobID, err)
+	}
+	if op := raw.Header.Get("KV-Operation"); op == "DEL" || op == "PURGE" {
+		return Job{}, ErrJobNotFound
+	}
+	return DecodeJob(raw.Data)
 }
