@@ -28,7 +28,7 @@ func (s *Server) jobEvents(w http.ResponseWriter, r *http.Request) {
 	}
 	// An id that is not a revision is ignored: the stream starts over.
 	after, _ := strconv.ParseUint(r.Header.Get("Last-Event-ID"), 10, 64)
-	watcher, err := s.jobs.Watch(r.Context(), rec.Hypervisor, rec.JobID)
+	watcher, err := s.state.Jobs.Watch(r.Context(), rec.Hypervisor, rec.JobID)
 	if err != nil {
 		s.failNATS(w, r, "watch job", err)
 		return

@@ -3,15 +3,12 @@ package api
 import (
 	"context"
 	"sort"
-	"strings"
 	"sync"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/libvirt-volume-provisioner/provisioner/kvstate"
-	"github.com/libvirt-volume-provisioner/provisioner/messaging"
 )
 
 // FleetOptions configure the fleet figures on /metrics (RunFleetMetrics).
@@ -96,11 +93,11 @@ func (s *Server) RunFleetMetrics(ctx context.Context, o FleetOptions) error {
 	if o.Interval <= 0 {
 		o.Interval = 15 * time.Second
 	}
-	jobsW, err := s.jobs.WatchAll(ctx)
+	jobsW, err := s.state.Jobs.WatchAll(ctx)
 	if err != nil {
 		return err
 	}
-	hostsW, err := s.hosts.WatchAll(ctx)
+	hostsW, err := s.state.Hosts.WatchAll(ctx)
 	if err != nil {
 		_ = jobsW.Stop()
 		return err
@@ -211,41 +208,13 @@ func (s *Server) refreshFleet(ctx context.Context, st *fleetState, o FleetOption
 
 	rctx, cancel := context.WithTimeout(ctx, max(s.cfg.NATSTimeout, o.Interval/2))
 	defer cancel()
-	queues, err := s.hostQueues(rctx)
+	queues, err := s.state.Queue.Backlog(rctx)
 	if err != nil {
 		s.log.WithError(err).Warn("read the hosts' queues for the fleet metrics")
 		return
 	}
 	s.publishQueues(queues, o.TopHosts)
 	s.metrics.fleet.refreshedAt.Set(float64(now.Unix()))
-}
-
-// hostQueues is each host's unacknowledged jobs: NumPending + NumAckPending
-// of the consumer filtering on its job subjects.
-func (s *Server) hostQueues(ctx context.Context) (map[string]uint64, error) {
-	out := map[string]uint64{}
-	lister := s.jobStream.ListConsumers(ctx)
-	for info := range lister.Info() {
-		host := s.consumerHost(info.Config)
-		if host == "" {
-			continue
-		}
-		out[host] += info.NumPending + uint64(info.NumAckPending)
-	}
-	return out, lister.Err()
-}
-
-// consumerHost is the host whose job subjects a consumer filters on, or "".
-func (s *Server) consumerHost(c jetstream.ConsumerConfig) string {
-	filter := c.FilterSubject
-	if filter == "" && len(c.FilterSubjects) == 1 {
-		filter = c.FilterSubjects[0]
-	}
-	host, ok := strings.CutSuffix(strings.TrimPrefix(filter, s.subjects.Prefix+".jobs."), ".>")
-	if !ok || !messaging.ValidHost(host) {
-		return ""
-	}
-	return host
 }
 
 // publishQueues sets the fleet total and the per-host gauge of the top
