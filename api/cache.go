@@ -53,7 +53,7 @@ func (s *Server) listCache(w http.ResponseWriter, r *http.Request) {
 	if !ok || !allowHost(w, r, host) {
 		return
 	}
-	entries, err := s.cache.List(ctx, host)
+	entries, err := s.state.Cache.List(ctx, host)
 	if err != nil {
 		s.failNATS(w, r, "list cache", err)
 		return
@@ -137,10 +137,10 @@ func (s *Server) scopedCacheKey(ctx context.Context, w http.ResponseWriter, r *h
 		writeError(w, http.StatusForbidden, catForbidden, id.AllowCache(messaging.ImageRef{}).Error())
 		return "", false
 	}
-	entry, err := s.cache.Get(ctx, host, key)
-	if errors.Is(err, kvstate.ErrNotFound) {
+	entry, err := s.state.Cache.Get(ctx, host, key)
+	if errors.Is(err, kvstate.ErrCacheEntryNotFound) {
 		var entries []kvstate.CacheEntry
-		if entries, err = s.cache.List(ctx, host); err == nil {
+		if entries, err = s.state.Cache.List(ctx, host); err == nil {
 			err = kvstate.ErrCacheEntryNotFound
 			for _, e := range entries {
 				if e.Checksum == key {
@@ -150,7 +150,7 @@ func (s *Server) scopedCacheKey(ctx context.Context, w http.ResponseWriter, r *h
 			}
 		}
 	}
-	if errors.Is(err, kvstate.ErrNotFound) {
+	if errors.Is(err, kvstate.ErrCacheEntryNotFound) {
 		writeError(w, http.StatusNotFound, "image not found", fmt.Sprintf("image %s is not in the cache of hypervisor %q", key, host))
 		return "", false
 	}

@@ -15,7 +15,6 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/gorilla/mux"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/libvirt-volume-provisioner/provisioner/kvstate"
 	"github.com/libvirt-volume-provisioner/provisioner/messaging"
@@ -56,35 +55,18 @@ func (s *Server) putContent(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	m.Hypervisor = host
-	var undo []func(context.Context)
-	defer func() {
-		uctx, ucancel := context.WithTimeout(context.WithoutCancel(r.Context()), s.cfg.NATSTimeout)
-		defer ucancel()
-		for _, u := range undo {
-			u(uctx)
-		}
-	}()
-	if key := r.Header.Get(HeaderIdempotencyKey); key != "" {
-		prior, release, ok := s.idempotent(ctx, w, r, key, m)
-		if !ok {
-			return
-		}
-		if prior != "" {
-			s.replayContent(ctx, w, r, m, prior, key)
-			return
-		}
-		undo = append(undo, release)
-	}
-	if !s.reserveVolumes(ctx, w, r, m, &undo) {
+	sub, ok := s.begin(ctx, w, r, m, func(prior, key string) { s.replayContent(ctx, w, r, m, prior, key) })
+	if !ok {
 		return
 	}
-	store, err := s.contentStore(ctx, host)
+	defer sub.end()
+	bucket, err := s.state.Uploads.Bucket(ctx, host)
 	if err != nil {
 		s.failNATS(w, r, "open the content bucket", err)
 		return
 	}
-	undo = append(undo, func(ctx context.Context) { s.removeContent(ctx, host, m.JobID) })
-	if !s.storeBody(w, r, store, &m) {
+	sub.onUndo(func(ctx context.Context) { s.removeContent(ctx, host, m.JobID) })
+	if !s.storeBody(w, r, bucket, &m) {
 		return
 	}
 	m.Normalize()
@@ -94,7 +76,7 @@ func (s *Server) putContent(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel = context.WithTimeout(r.Context(), s.cfg.NATSTimeout)
 	defer cancel()
-	s.enqueue(ctx, w, r, m, &undo)
+	sub.enqueue(ctx, m)
 }
 
 // contentJob reads the upload's path, query and headers into its job
@@ -135,11 +117,11 @@ func (s *Server) contentJob(w http.ResponseWriter, r *http.Request) (messaging.J
 	return m, true
 }
 
-// storeBody puts the request's body into store as m's object, counting and
+// storeBody puts the request's body into bucket as m's object, counting and
 // hashing it, and fills in m.Content; it answers the request itself (413,
 // 400) when the body is too large, ends early or does not match its
 // declared digest, and then leaves nothing stored.
-func (s *Server) storeBody(w http.ResponseWriter, r *http.Request, store jetstream.ObjectStore, m *messaging.Job) bool {
+func (s *Server) storeBody(w http.ResponseWriter, r *http.Request, bucket kvstate.UploadBucket, m *messaging.Job) bool {
 	// A large body takes longer than the server's read timeout.
 	rc := http.NewResponseController(w)
 	_ = rc.SetReadDeadline(time.Now().Add(s.cfg.ContentReadTimeout))
@@ -151,7 +133,7 @@ func (s *Server) storeBody(w http.ResponseWriter, r *http.Request, store jetstre
 	// body's read error ends the upload instead.
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(r.Context()), s.cfg.ContentReadTimeout)
 	defer cancel()
-	_, err := store.Put(ctx, jetstream.ObjectMeta{Name: object}, body)
+	err := bucket.Put(ctx, object, body)
 	got := hex.EncodeToString(body.sum.Sum(nil))
 	declared := m.Content
 	switch {
@@ -198,29 +180,10 @@ func (c *countingReader) Read(p []byte) (int, error) {
 	return n, err
 }
 
-// contentStore is host's content bucket, created at its first upload.
-func (s *Server) contentStore(ctx context.Context, host string) (jetstream.ObjectStore, error) {
-	name := messaging.ContentBucket(host)
-	store, err := s.js.ObjectStore(ctx, name)
-	if errors.Is(err, jetstream.ErrBucketNotFound) {
-		store, err = s.js.CreateObjectStore(ctx, jetstream.ObjectStoreConfig{Bucket: name, Storage: jetstream.FileStorage,
-			Replicas: s.cfg.Replicas, TTL: s.cfg.ContentTTL,
-			Description: "uploads waiting for host " + host + "'s worker; removed when their job ends"})
-		if errors.Is(err, jetstream.ErrBucketExists) {
-			store, err = s.js.ObjectStore(ctx, name)
-		}
-	}
-	return store, err
-}
-
 // removeContent deletes a job's upload from host's content bucket, if it
 // is there.
 func (s *Server) removeContent(ctx context.Context, host, jobID string) {
-	store, err := s.js.ObjectStore(ctx, messaging.ContentBucket(host))
-	if err != nil {
-		return
-	}
-	if err := store.Delete(ctx, messaging.ContentObject(jobID)); err != nil && !errors.Is(err, jetstream.ErrObjectNotFound) {
+	if err := s.state.Uploads.Remove(ctx, host, messaging.ContentObject(jobID)); err != nil {
 		s.log.WithError(err).WithField("job_id", jobID).Warn("remove an upload from the content bucket")
 	}
 }
@@ -237,8 +200,8 @@ func (s *Server) settleContent(ctx context.Context, rec kvstate.Job) {
 // earlier upload that never got a record (cut short) gives its key up, so
 // the next retry uploads anew.
 func (s *Server) replayContent(ctx context.Context, w http.ResponseWriter, r *http.Request, m messaging.Job, prior, key string) {
-	if _, _, err := s.jobs.Get(ctx, m.Hypervisor, prior); err != nil {
-		if errors.Is(err, kvstate.ErrNotFound) {
+	if _, _, err := s.state.Jobs.Get(ctx, m.Hypervisor, prior); err != nil {
+		if errors.Is(err, kvstate.ErrJobNotFound) {
 			s.forgetIdempotencyKey(ctx, r, key)
 			writeError(w, http.StatusServiceUnavailable, catUnavailable, "the earlier upload with this Idempotency-Key did not finish; send it again")
 			return

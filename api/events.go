@@ -8,9 +8,6 @@ import (
 	"strconv"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
-
-	"github.com/libvirt-volume-provisioner/provisioner/kvstate"
 	"github.com/libvirt-volume-provisioner/provisioner/rest"
 )
 
@@ -31,7 +28,7 @@ func (s *Server) jobEvents(w http.ResponseWriter, r *http.Request) {
 	}
 	// An id that is not a revision is ignored: the stream starts over.
 	after, _ := strconv.ParseUint(r.Header.Get("Last-Event-ID"), 10, 64)
-	watcher, err := s.jobs.Watch(r.Context(), rec.Hypervisor, rec.JobID)
+	watcher, err := s.state.Jobs.Watch(r.Context(), rec.Hypervisor, rec.JobID)
 	if err != nil {
 		s.failNATS(w, r, "watch job", err)
 		return
@@ -53,25 +50,22 @@ func (s *Server) jobEvents(w http.ResponseWriter, r *http.Request) {
 			if stream.send(": keep-alive\n\n") != nil {
 				return
 			}
-		case e, open := <-watcher.Updates():
+		case c, open := <-watcher.Changes():
 			if !open {
 				return
 			}
-			if e == nil || e.Operation() != jetstream.KeyValuePut {
+			if c == nil || c.Deleted || c.Err != nil {
 				continue
 			}
-			j, err := kvstate.DecodeJob(e.Value())
-			if err != nil {
-				continue
-			}
-			if e.Revision() <= after {
+			j := c.Value
+			if c.Revision <= after {
 				if j.Status.Terminal() {
 					return
 				}
 				continue
 			}
 			data, _ := json.Marshal(rest.EventOf(j))
-			if stream.send(fmt.Sprintf("id: %s\nevent: progress\ndata: %s\n\n", strconv.FormatUint(e.Revision(), 10), data)) != nil {
+			if stream.send(fmt.Sprintf("id: %s\nevent: progress\ndata: %s\n\n", strconv.FormatUint(c.Revision, 10), data)) != nil {
 				return
 			}
 			if j.Status.Terminal() {

@@ -2,17 +2,13 @@ package api
 
 import (
 	"context"
-	"encoding/json"
 	"sort"
-	"strings"
 	"sync"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/libvirt-volume-provisioner/provisioner/kvstate"
-	"github.com/libvirt-volume-provisioner/provisioner/messaging"
 )
 
 // FleetOptions configure the fleet figures on /metrics (RunFleetMetrics).
@@ -97,11 +93,11 @@ func (s *Server) RunFleetMetrics(ctx context.Context, o FleetOptions) error {
 	if o.Interval <= 0 {
 		o.Interval = 15 * time.Second
 	}
-	jobsW, err := s.jobs.KV.WatchAll(ctx)
+	jobsW, err := s.state.Jobs.WatchAll(ctx)
 	if err != nil {
 		return err
 	}
-	hostsW, err := s.hosts.KV.WatchAll(ctx)
+	hostsW, err := s.state.Hosts.WatchAll(ctx)
 	if err != nil {
 		_ = jobsW.Stop()
 		return err
@@ -117,7 +113,7 @@ func (s *Server) RunFleetMetrics(ctx context.Context, o FleetOptions) error {
 			select {
 			case <-ctx.Done():
 				return
-			case e, ok := <-jobsW.Updates():
+			case c, ok := <-jobsW.Changes():
 				if !ok {
 					if ctx.Err() != nil {
 						return
@@ -125,14 +121,14 @@ func (s *Server) RunFleetMetrics(ctx context.Context, o FleetOptions) error {
 					s.log.Warn("the watch of the job bucket ended: the fleet metrics and the job list stop changing")
 					return
 				}
-				if e != nil {
-					s.countJob(st, e)
+				if c != nil {
+					s.countJob(st, c)
 				} else {
 					st.mu.Lock()
 					st.ready = true
 					st.mu.Unlock()
 				}
-			case e, ok := <-hostsW.Updates():
+			case c, ok := <-hostsW.Changes():
 				if !ok {
 					if ctx.Err() != nil {
 						return
@@ -140,8 +136,8 @@ func (s *Server) RunFleetMetrics(ctx context.Context, o FleetOptions) error {
 					s.log.Warn("the watch of the host registry ended: the fleet metrics stop changing")
 					return
 				}
-				if e != nil {
-					seeHost(st, e)
+				if c != nil {
+					seeHost(st, c)
 				}
 			case <-tick.C:
 				s.refreshFleet(ctx, st, o)
@@ -152,23 +148,19 @@ func (s *Server) RunFleetMetrics(ctx context.Context, o FleetOptions) error {
 }
 
 // countJob applies one change of the job bucket to the counts.
-func (s *Server) countJob(st *fleetState, e jetstream.KeyValueEntry) {
+func (s *Server) countJob(st *fleetState, c *kvstate.Change[kvstate.Job]) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
-	old, had := st.jobs[e.Key()]
+	old, had := st.jobs[c.Key]
 	if had {
 		st.counts[old.status]--
-		delete(st.jobs, e.Key())
+		delete(st.jobs, c.Key)
 	}
-	if e.Operation() == jetstream.KeyValuePut {
-		var rec struct {
-			Status    kvstate.Status `json:"status"`
-			CreatedAt time.Time      `json:"created_at"`
-		}
-		if json.Unmarshal(e.Value(), &rec) == nil && rec.Status != "" {
-			st.jobs[e.Key()] = seenJob{status: rec.Status, created: rec.CreatedAt, at: e.Created()}
-			st.counts[rec.Status]++
-		}
+	// A record is counted by its status alone: one with a field of another
+	// type (c.Err) still counts.
+	if rec := c.Value; !c.Deleted && rec.Status != "" {
+		st.jobs[c.Key] = seenJob{status: rec.Status, created: rec.CreatedAt, at: c.At}
+		st.counts[rec.Status]++
 	}
 	s.publishCounts(st)
 }
@@ -181,14 +173,13 @@ func (s *Server) publishCounts(st *fleetState) {
 	f.active.Set(float64(st.counts[kvstate.StatusRunning]))
 }
 
-func seeHost(st *fleetState, e jetstream.KeyValueEntry) {
-	if e.Operation() != jetstream.KeyValuePut {
-		delete(st.hosts, e.Key())
+func seeHost(st *fleetState, c *kvstate.Change[kvstate.Host]) {
+	if c.Deleted {
+		delete(st.hosts, c.Key)
 		return
 	}
-	var h kvstate.Host
-	if json.Unmarshal(e.Value(), &h) == nil {
-		st.hosts[e.Key()] = h
+	if c.Err == nil {
+		st.hosts[c.Key] = c.Value
 	}
 }
 
@@ -217,41 +208,13 @@ func (s *Server) refreshFleet(ctx context.Context, st *fleetState, o FleetOption
 
 	rctx, cancel := context.WithTimeout(ctx, max(s.cfg.NATSTimeout, o.Interval/2))
 	defer cancel()
-	queues, err := s.hostQueues(rctx)
+	queues, err := s.state.Queue.Backlog(rctx)
 	if err != nil {
 		s.log.WithError(err).Warn("read the hosts' queues for the fleet metrics")
 		return
 	}
 	s.publishQueues(queues, o.TopHosts)
 	s.metrics.fleet.refreshedAt.Set(float64(now.Unix()))
-}
-
-// hostQueues is each host's unacknowledged jobs: NumPending + NumAckPending
-// of the consumer filtering on its job subjects.
-func (s *Server) hostQueues(ctx context.Context) (map[string]uint64, error) {
-	out := map[string]uint64{}
-	lister := s.jobStream.ListConsumers(ctx)
-	for info := range lister.Info() {
-		host := s.consumerHost(info.Config)
-		if host == "" {
-			continue
-		}
-		out[host] += info.NumPending + uint64(info.NumAckPending)
-	}
-	return out, lister.Err()
-}
-
-// consumerHost is the host whose job subjects a consumer filters on, or "".
-func (s *Server) consumerHost(c jetstream.ConsumerConfig) string {
-	filter := c.FilterSubject
-	if filter == "" && len(c.FilterSubjects) == 1 {
-		filter = c.FilterSubjects[0]
-	}
-	host, ok := strings.CutSuffix(strings.TrimPrefix(filter, s.subjects.Prefix+".jobs."), ".>")
-	if !ok || !messaging.ValidHost(host) {
-		return ""
-	}
-	return host
 }
 
 // publishQueues sets the fleet total and the per-host gauge of the top

@@ -36,9 +36,3 @@ func TestPublishQueuesKeepsTheLongestQueuesOnly(t *testing.T) {
 	require.NotContains(t, got, "hv-b")
 	require.NotContains(t, got, "hv-a")
 }
-
-func TestConsumerHostIsTheHostOfItsFilter(t *testing.T) {
-	t.Parallel()
-	s := &Server{subjects: messaging.NewSubjects("")}
-	require.Equal(t, "hv-01", s.consumerHost(messaging.ConsumerConfig(s.subjects, "hv-01", messaging.MinAckWait, messaging.MinMaxDeliver)))
-}

@@ -5,8 +5,6 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/libvirt-volume-provisioner/provisioner/rest"
 )
 
@@ -24,7 +22,7 @@ func (s *Server) health(w http.ResponseWriter, r *http.Request) {
 		h.Checks["nats"] = "ok"
 		ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 		defer cancel()
-		hosts, err := s.hosts.List(ctx)
+		hosts, err := s.state.Hosts.List(ctx)
 		alive := 0
 		for _, x := range hosts {
 			if x.Alive(time.Now()) {
@@ -56,11 +54,9 @@ func (s *Server) ready(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
 	defer cancel()
-	for _, kv := range []jetstream.KeyValue{s.jobs.KV, s.cache.KV, s.hosts.KV} {
-		if _, err := kv.Status(ctx); err != nil {
-			writeError(w, http.StatusServiceUnavailable, catUnavailable, "KV bucket "+kv.Bucket()+" does not answer: "+err.Error())
-			return
-		}
+	if err := s.state.Check(ctx); err != nil {
+		writeError(w, http.StatusServiceUnavailable, catUnavailable, err.Error())
+		return
 	}
 	writeJSON(w, http.StatusOK, map[string]string{"status": "ready"})
 }

@@ -16,7 +16,7 @@ func (s *Server) listHosts(w http.ResponseWriter, r *http.Request) {
 	}
 	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.NATSTimeout)
 	defer cancel()
-	hosts, err := s.hosts.List(ctx)
+	hosts, err := s.state.Hosts.List(ctx)
 	if err != nil {
 		s.failNATS(w, r, "read host registry", err)
 		return

@@ -57,8 +57,8 @@ func (s *Server) listJobs(w http.ResponseWriter, r *http.Request) {
 	defer cancel()
 	for i := offset; i < len(keys) && i < offset+limit; i++ {
 		h, id, _ := strings.Cut(keys[i], ".")
-		rec, _, err := s.jobs.Get(ctx, h, id)
-		if errors.Is(err, kvstate.ErrNotFound) {
+		rec, _, err := s.state.Jobs.Get(ctx, h, id)
+		if errors.Is(err, kvstate.ErrJobNotFound) {
 			continue // expired or removed since
 		}
 		if err != nil {

@@ -3,7 +3,6 @@ package api
 import (
 	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -14,11 +13,6 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/gorilla/mux"
-	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
-	"go.opentelemetry.io/otel/attribute"
-	"go.opentelemetry.io/otel/codes"
-	"go.opentelemetry.io/otel/trace"
 
 	"github.com/libvirt-volume-provisioner/provisioner/kvstate"
 	"github.com/libvirt-volume-provisioner/provisioner/messaging"
@@ -129,97 +123,12 @@ func (s *Server) submit(w http.ResponseWriter, r *http.Request, m messaging.Job)
 		return
 	}
 	m.Hypervisor = host
-	// undo takes back what this request reserved when it cannot finish.
-	var undo []func(context.Context)
-	defer func() {
-		if len(undo) == 0 {
-			return
-		}
-		uctx, ucancel := context.WithTimeout(context.WithoutCancel(r.Context()), s.cfg.NATSTimeout)
-		defer ucancel()
-		for _, u := range undo {
-			u(uctx)
-		}
-	}()
-	if key := r.Header.Get(HeaderIdempotencyKey); key != "" {
-		prior, release, ok := s.idempotent(ctx, w, r, key, m)
-		if !ok {
-			return
-		}
-		if prior != "" {
-			s.replay(ctx, w, r, m, prior)
-			return
-		}
-		undo = append(undo, release)
-	}
-	if !s.reserveVolumes(ctx, w, r, m, &undo) {
+	sub, ok := s.begin(ctx, w, r, m, func(prior, _ string) { s.replay(ctx, w, r, m, prior) })
+	if !ok {
 		return
 	}
-	s.enqueue(ctx, w, r, m, &undo)
-}
-
-// reserveVolumes reserves the job's volume and seed volume (409 when
-// another job has one), adding their release to undo.
-func (s *Server) reserveVolumes(ctx context.Context, w http.ResponseWriter, r *http.Request, m messaging.Job, undo *[]func(context.Context)) bool {
-	if m.Kind == messaging.KindCacheFetch {
-		return true
-	}
-	for _, vol := range []string{m.VolumeName, m.SeedVolume()} {
-		if vol == "" {
-			continue
-		}
-		v := m
-		v.VolumeName = vol
-		release, ok := s.reserveVolume(ctx, w, r, m.Hypervisor, v)
-		if !ok {
-			return false
-		}
-		*undo = append(*undo, release)
-	}
-	return true
-}
-
-// enqueue records m's job as pending and publishes it, answering the
-// request; what undo holds is taken back when nothing was queued.
-func (s *Server) enqueue(ctx context.Context, w http.ResponseWriter, r *http.Request, m messaging.Job, undo *[]func(context.Context)) {
-	rec := kvstate.NewJob(m, m.Hypervisor, m.SubmittedAt)
-	rec.TraceID, _, _ = telemetry.IDs(ctx)
-	rev, err := s.jobs.Create(ctx, rec)
-	if err != nil {
-		s.failNATS(w, r, "record job", err)
-		return
-	}
-	err = s.queue(ctx, m)
-	if err != nil {
-		switch queued, known := s.queued(m.Hypervisor, m.JobID); {
-		case queued:
-			// The publish landed but its answer was lost (an election).
-			err = nil
-		case !known || !refused(err):
-			// It may have landed, or still land (a publish in flight
-			// when its answer timed out is not yet on the leader): keep
-			// the record, the reservation and the Idempotency-Key, so a
-			// retry with the key finishes this submission (replay)
-			// instead of starting a second job on the same volume.
-			*undo = nil
-			s.failNATS(w, r, "queue job (it may have been queued: retry with the same Idempotency-Key)", err)
-			return
-		}
-	}
-	if err != nil {
-		// Nothing was queued: take the record back so no phantom job stays pending.
-		// Only the record as created: a record a worker has moved on
-		// means the message landed after all, and its job is under way.
-		delCtx, delCancel := context.WithTimeout(context.Background(), s.cfg.NATSTimeout)
-		derr := s.jobs.KV.Delete(delCtx, messaging.JobKey(m.Hypervisor, m.JobID), jetstream.LastRevision(rev))
-		delCancel()
-		if derr == nil || !kvstate.IsRevisionMismatch(derr) {
-			s.failNATS(w, r, "queue job", err)
-			return
-		}
-	}
-	*undo = nil
-	s.accepted(ctx, w, r, m)
+	defer sub.end()
+	sub.enqueue(ctx, m)
 }
 
 // imageAllowed checks a job's image against the configured endpoints and
@@ -245,62 +154,6 @@ func (s *Server) imageAllowed(w http.ResponseWriter, m messaging.Job) (messaging
 	return ref, true
 }
 
-// accepted answers a submission whose job is queued.
-func (s *Server) accepted(ctx context.Context, w http.ResponseWriter, r *http.Request, m messaging.Job) {
-	s.metrics.jobs.WithLabelValues("started").Inc()
-	s.log.WithFields(telemetry.LogFields(ctx)).WithFields(map[string]any{"job_id": m.JobID, "host": m.Hypervisor, "kind": m.Kind, "volume": m.VolumeName,
-		"request_id": requestID(r), "caller": m.Caller}).Info("job accepted")
-	w.Header().Set("Location", "/api/v1/jobs/"+m.JobID)
-	writeJSON(w, http.StatusAccepted, rest.Accepted{JobID: m.JobID})
-}
-
-// queue publishes m's job message (its job id as the message id, so a
-// repeat within the stream's duplicate window is dropped).
-func (s *Server) queue(ctx context.Context, m messaging.Job) error {
-	host := m.Hypervisor
-	data, _ := json.Marshal(m)
-	msg := nats.NewMsg(s.subjects.Job(host, m.JobID))
-	msg.Data = data
-	msg.Header.Set(messaging.HeaderJobVersion, fmt.Sprint(m.Version))
-	pctx, span := s.tracer.Start(ctx, "publish "+s.subjects.Prefix+".jobs."+host, trace.WithSpanKind(trace.SpanKindProducer),
-		trace.WithAttributes(attribute.String("messaging.system", "nats"), attribute.String("messaging.destination.name", msg.Subject),
-			attribute.String("job_id", m.JobID), attribute.String("host", host), attribute.String("volume", m.VolumeName), attribute.String("kind", m.Kind)))
-	telemetry.Propagator.Inject(pctx, messaging.HeaderCarrier(msg.Header))
-	_, err := s.js.PublishMsg(pctx, msg, jetstream.WithMsgID(m.JobID))
-	if err != nil {
-		span.RecordError(err)
-		span.SetStatus(codes.Error, err.Error())
-	}
-	span.End()
-	return err
-}
-
-// queued reports whether host's job has a message in the job stream, and
-// known false when the stream's leader did not answer. It asks the leader:
-// a direct get may be answered by a replica that has not seen the message
-// yet.
-func (s *Server) queued(host, jobID string) (queued, known bool) {
-	ctx, cancel := context.WithTimeout(context.Background(), s.cfg.NATSTimeout)
-	defer cancel()
-	req, _ := json.Marshal(map[string]string{"last_by_subj": s.subjects.Job(host, jobID)})
-	msg, err := s.nc.RequestWithContext(ctx, "$JS.API.STREAM.MSG.GET."+messaging.JobStream, req)
-	if err != nil {
-		return false, false
-	}
-	var resp struct {
-		Error *struct {
-			Code int `json:"code"`
-		} `json:"error"`
-	}
-	if json.Unmarshal(msg.Data, &resp) != nil {
-		return false, false
-	}
-	if resp.Error == nil {
-		return true, true
-	}
-	return false, resp.Error.Code == http.StatusNotFound
-}
-
 // replay answers a submission whose Idempotency-Key names the earlier job
 // prior, finishing that submission if it was cut short (an API replica
 // stopped between recording the key and queueing the job): a job with no
@@ -309,9 +162,9 @@ func (s *Server) queued(host, jobID string) (queued, known bool) {
 func (s *Server) replay(ctx context.Context, w http.ResponseWriter, r *http.Request, m messaging.Job, prior string) {
 	w.Header().Set("Idempotent-Replayed", "true")
 	m.JobID = prior
-	rec, _, err := s.jobs.Get(ctx, m.Hypervisor, prior)
+	rec, _, err := s.state.Jobs.Get(ctx, m.Hypervisor, prior)
 	switch {
-	case errors.Is(err, kvstate.ErrNotFound):
+	case errors.Is(err, kvstate.ErrJobNotFound):
 		if m.Kind == messaging.KindProvision {
 			if _, ok := s.reserveVolume(ctx, w, r, m.Hypervisor, m); !ok {
 				return
@@ -319,13 +172,13 @@ func (s *Server) replay(ctx context.Context, w http.ResponseWriter, r *http.Requ
 		}
 		rec = kvstate.NewJob(m, m.Hypervisor, m.SubmittedAt)
 		rec.TraceID, _, _ = telemetry.IDs(ctx)
-		if _, err := s.jobs.Create(ctx, rec); err != nil && !errors.Is(err, kvstate.ErrExists) {
+		if _, err := s.state.Jobs.Create(ctx, rec); err != nil && !errors.Is(err, kvstate.ErrExists) {
 			s.failNATS(w, r, "record job", err)
 			return
 		}
 		fallthrough
 	case err == nil && rec.Status == kvstate.StatusPending:
-		if err := s.queue(ctx, m); err != nil && !alreadyQueued(err) {
+		if err := s.queue(ctx, m); err != nil && !errors.Is(err, kvstate.ErrAlreadyQueued) {
 			s.failNATS(w, r, "queue job", err)
 			return
 		}
@@ -336,21 +189,6 @@ func (s *Server) replay(ctx context.Context, w http.ResponseWriter, r *http.Requ
 	}
 	w.Header().Set("Location", "/api/v1/jobs/"+prior)
 	writeJSON(w, http.StatusAccepted, rest.Accepted{JobID: prior})
-}
-
-// refused reports a publish that certainly stored nothing: the stream
-// answered with an error, or nothing listened on the subject (nats.go
-// reports that as ErrNoStreamResponse once its retries are spent).
-func refused(err error) bool {
-	var apiErr *jetstream.APIError
-	return errors.As(err, &apiErr) || errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrNoStreamResponse)
-}
-
-// alreadyQueued reports the job stream's refusal of a second message for
-// one job subject (a message of the job is still queued).
-func alreadyQueued(err error) bool {
-	var apiErr *jetstream.APIError
-	return errors.As(err, &apiErr) && strings.Contains(apiErr.Description, "maximum messages per subject")
 }
 
 // resolveHost picks the request's hypervisor or the configured default and
@@ -365,16 +203,16 @@ func (s *Server) resolveHost(ctx context.Context, w http.ResponseWriter, r *http
 		return "", false
 	}
 	if host != "" {
-		_, err := s.hosts.Get(ctx, host)
+		_, err := s.state.Hosts.Get(ctx, host)
 		if err == nil {
 			return host, true
 		}
-		if !errors.Is(err, kvstate.ErrNotFound) {
+		if !errors.Is(err, kvstate.ErrHostNotFound) {
 			s.failNATS(w, r, "read host registry", err)
 			return "", false
 		}
 	}
-	hosts, err := s.hosts.List(ctx)
+	hosts, err := s.state.Hosts.List(ctx)
 	if err != nil {
 		s.failNATS(w, r, "read host registry", err)
 		return "", false
@@ -410,31 +248,19 @@ func jobIDFromPath(w http.ResponseWriter, r *http.Request) (string, bool) {
 // still waiting in the job stream (published straight to NATS), whose record
 // it then creates so the job can be read and cancelled.
 func (s *Server) findJob(ctx context.Context, jobID string) (kvstate.Job, error) {
-	raw, err := s.recordStream.GetLastMsgForSubject(ctx, "$KV."+messaging.JobBucket+".*."+jobID)
-	if err == nil {
-		op := raw.Header.Get("KV-Operation")
-		if op != "DEL" && op != "PURGE" {
-			return kvstate.DecodeJob(raw.Data)
-		}
-	} else if !errors.Is(err, jetstream.ErrMsgNotFound) {
-		return kvstate.Job{}, err
+	rec, err := s.state.Jobs.FindByID(ctx, jobID)
+	if !errors.Is(err, kvstate.ErrJobNotFound) {
+		return rec, err
 	}
-	raw, err = s.jobStream.GetLastMsgForSubject(ctx, s.subjects.AnyHostJob(jobID))
-	if errors.Is(err, jetstream.ErrMsgNotFound) {
-		return kvstate.Job{}, kvstate.ErrJobNotFound
-	}
+	queued, err := s.state.Queue.Find(ctx, jobID)
 	if err != nil {
 		return kvstate.Job{}, err
 	}
-	host, _, err := s.subjects.ParseJob(raw.Subject)
-	if err != nil {
-		return kvstate.Job{}, kvstate.ErrJobNotFound
-	}
-	rec, _, _ := kvstate.FromMessage(raw.Data, host, jobID, raw.Time)
-	if _, err := s.jobs.Create(ctx, rec); err != nil && !errors.Is(err, kvstate.ErrExists) {
+	rec, _, _ = kvstate.FromMessage(queued.Data, queued.Host, jobID, queued.Time)
+	if _, err := s.state.Jobs.Create(ctx, rec); err != nil && !errors.Is(err, kvstate.ErrExists) {
 		return kvstate.Job{}, err
 	}
-	rec, _, err = s.jobs.Get(ctx, host, jobID)
+	rec, _, err = s.state.Jobs.Get(ctx, queued.Host, jobID)
 	return rec, err
 }
 
@@ -450,6 +276,7 @@ func (s *Server) jobOf(w http.ResponseWriter, r *http.Request) (kvstate.Job, boo
 	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.NATSTimeout)
 	defer cancel()
 	rec, err := s.findJob(ctx, jobID)
+	// Neither a record (ErrJobNotFound) nor a message (ErrQueuedJobNotFound).
 	if errors.Is(err, kvstate.ErrNotFound) {
 		writeError(w, http.StatusNotFound, catNotFound, "job not found")
 		return rec, false
@@ -482,7 +309,7 @@ func (s *Server) cancelJob(w http.ResponseWriter, r *http.Request) {
 	jobID := rec.JobID
 	ctx, cancel := context.WithTimeout(r.Context(), s.cfg.NATSTimeout)
 	defer cancel()
-	updated, _, err := s.jobs.Update(ctx, rec.Hypervisor, jobID, func(j *kvstate.Job) error {
+	updated, _, err := s.state.Jobs.Update(ctx, rec.Hypervisor, jobID, func(j *kvstate.Job) error {
 		if j.Status.Terminal() {
 			return &kvstate.TransitionError{From: j.Status, To: kvstate.StatusCancelled}
 		}
@@ -514,9 +341,5 @@ func (s *Server) cancelJob(w http.ResponseWriter, r *http.Request) {
 // dropQueued removes a cancelled job's message from the queue, best effort:
 // a worker that already holds it sees the cancelled record and acks it.
 func (s *Server) dropQueued(ctx context.Context, host, jobID string) {
-	raw, err := s.jobStream.GetLastMsgForSubject(ctx, s.subjects.Job(host, jobID))
-	if err != nil {
-		return
-	}
-	_ = s.jobStream.DeleteMsg(ctx, raw.Sequence)
+	_ = s.state.Queue.Drop(ctx, host, jobID)
 }

@@ -1,21 +1,15 @@
 package api
 
 import (
-	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
-	"strings"
 	"testing"
 	"time"
 
-	"github.com/sirupsen/logrus"
 	"github.com/stretchr/testify/require"
 
 	"github.com/libvirt-volume-provisioner/provisioner/auth"
-	"github.com/libvirt-volume-provisioner/provisioner/internal/testenv"
 	"github.com/libvirt-volume-provisioner/provisioner/kvstate"
 	"github.com/libvirt-volume-provisioner/provisioner/messaging"
 )
@@ -25,9 +19,9 @@ import (
 // client's retry with the same key reaches another replica: it must queue
 // that job, not answer with a job that never runs.
 func TestRetryFinishesASubmissionCutShort(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	srv, b := newTestServer(t)
+	t.Parallel()
+	tb := setup(t)
+	srv, ctx := tb.srv, testCtx(t)
 	subjects := srv.subjects
 
 	const body = `{"image_url":"http://minio:9000/images/base.qcow2","volume_name":"vm-1","volume_size_gb":1}`
@@ -35,18 +29,13 @@ func TestRetryFinishesASubmissionCutShort(t *testing.T) {
 	m.Normalize()
 	// What the stopped replica wrote: the key, and nothing else.
 	const earlier = "0b6f1a2c-6a57-4c8e-9a57-3f4f5f0e2a11"
-	sum := sha256.Sum256([]byte(auth.Anonymous.Name + "\n" + "retry-me"))
-	rec, _ := json.Marshal(idempotencyRecord{JobID: earlier, RequestHash: requestHash(m), CreatedAt: time.Now().UTC()})
-	_, err := srv.idem.Create(ctx, hex.EncodeToString(sum[:]), rec)
+	claim, err := srv.state.Idempotency.Claim(ctx, auth.Anonymous.Name, "retry-me",
+		kvstate.IdempotencyRecord{JobID: earlier, RequestHash: requestHash(m), CreatedAt: time.Now().UTC()})
 	require.NoError(t, err)
+	require.True(t, claim.New())
 
 	post := func() *httptest.ResponseRecorder {
-		req := httptest.NewRequest(http.MethodPost, "/api/v1/jobs", strings.NewReader(body))
-		req.Header.Set("Content-Type", "application/json")
-		req.Header.Set(HeaderIdempotencyKey, "retry-me")
-		rr := httptest.NewRecorder()
-		srv.router.ServeHTTP(rr, req)
-		return rr
+		return tb.submit(t, body, "retry-me")
 	}
 	for range 2 { // the retry, and a second retry that finds the job queued
 		rr := post()
@@ -54,41 +43,18 @@ func TestRetryFinishesASubmissionCutShort(t *testing.T) {
 		require.Equal(t, "true", rr.Header().Get("Idempotent-Replayed"))
 		require.JSONEq(t, `{"job_id":"`+earlier+`"}`, rr.Body.String())
 	}
-	job, _, err := srv.jobs.Get(ctx, "h1", earlier)
-	require.NoError(t, err)
+	job := tb.record(t, "h1", earlier)
 	require.Equal(t, kvstate.StatusPending, job.Status)
 	require.Equal(t, "vm-1", job.VolumeName)
-	msg, err := srv.jobStream.GetLastMsgForSubject(ctx, subjects.Job("h1", earlier))
+	msg, err := tb.jobStream.GetLastMsgForSubject(ctx, subjects.Job("h1", earlier))
 	require.NoError(t, err, "the job is queued")
 	var queued messaging.Job
 	require.NoError(t, json.Unmarshal(msg.Data, &queued))
 	require.Equal(t, earlier, queued.JobID)
-	info, err := srv.jobStream.Info(ctx)
+	info, err := tb.jobStream.Info(ctx)
 	require.NoError(t, err)
 	require.Equal(t, uint64(1), info.State.Msgs, "queued once")
-	lease, err := b.Volumes.Get(ctx, messaging.VolumeKey("h1", "vm-1"))
-	require.NoError(t, err)
-	require.Contains(t, string(lease.Value()), earlier, "the volume is reserved for the job")
-}
-
-// newTestServer is an API server on an in-process JetStream, with host h1
-// registered.
-func newTestServer(t *testing.T) (*Server, messaging.Buckets) {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	js := testenv.JetStream(t)
-	subjects := messaging.NewSubjects("")
-	require.NoError(t, messaging.Setup(ctx, js, subjects, messaging.DefaultLimits()))
-	b, err := messaging.BindBuckets(ctx, js)
-	require.NoError(t, err)
-	_, err = kvstate.Hosts{KV: b.Hosts}.Claim(ctx, kvstate.Host{Name: "h1", MachineID: "m1", StartedAt: time.Now().UTC(), LastSeen: time.Now().UTC(), Heartbeat: time.Minute})
-	require.NoError(t, err)
-	log := logrus.New()
-	log.SetLevel(logrus.WarnLevel)
-	srv, err := New(ctx, Config{DefaultHypervisor: "h1"}, js.Conn(), subjects, log)
-	require.NoError(t, err)
-	return srv, b
+	require.Equal(t, earlier, tb.leaseHolder(t, "h1", "vm-1"), "the volume is reserved for the job")
 }
 
 // Under the limits layout a job's message leaves the stream once its record
@@ -96,21 +62,21 @@ func newTestServer(t *testing.T) (*Server, messaging.Buckets) {
 // while the record says otherwise. The sweep removes what no worker
 // reported.
 func TestSettledRemovesOnlyEndedJobs(t *testing.T) {
-	srv, _ := newTestServer(t)
-	ctx := t.Context()
+	t.Parallel()
+	tb := setup(t)
+	srv, ctx := tb.srv, testCtx(t)
 	queue := func(id string) {
 		m := messaging.Job{JobID: id, Kind: messaging.KindProvision, Hypervisor: "h1", ImageURL: "http://minio:9000/images/base.qcow2", VolumeName: "vm-" + id[:4], VolumeSizeGB: 1}
 		m.Normalize()
-		_, err := srv.jobs.Create(ctx, kvstate.NewJob(m, "h1", time.Now()))
+		_, err := srv.state.Jobs.Create(ctx, kvstate.NewJob(m, "h1", time.Now()))
 		require.NoError(t, err)
 		require.NoError(t, srv.queue(ctx, m))
 	}
 	inStream := func(id string) bool {
-		_, err := srv.jobStream.GetLastMsgForSubject(ctx, srv.subjects.Job("h1", id))
-		return err == nil
+		return tb.queued(t, "h1", id)
 	}
 	end := func(id string) {
-		_, _, err := srv.jobs.Update(ctx, "h1", id, func(j *kvstate.Job) error {
+		_, _, err := srv.state.Jobs.Update(ctx, "h1", id, func(j *kvstate.Job) error {
 			j.Status = kvstate.StatusFailed
 			return nil
 		})

@@ -10,8 +10,6 @@ import (
 	"net/http"
 	"time"
 
-	"github.com/nats-io/nats.go/jetstream"
-
 	"github.com/libvirt-volume-provisioner/provisioner/kvstate"
 	"github.com/libvirt-volume-provisioner/provisioner/messaging"
 	"github.com/libvirt-volume-provisioner/provisioner/rest"
@@ -20,17 +18,6 @@ import (
 // HeaderIdempotencyKey makes a submission safe to retry: the same key (per
 // caller) with the same body returns the same job.
 const HeaderIdempotencyKey = rest.HeaderIdempotencyKey
-
-// reservationTTL bounds how long a volume stays reserved for a job that
-// never starts; a job that ended frees it at once.
-const reservationTTL = 24 * time.Hour
-
-// idempotencyRecord is stored under a hash of the caller and the key.
-type idempotencyRecord struct {
-	JobID       string    `json:"job_id"`
-	RequestHash string    `json:"request_hash"`
-	CreatedAt   time.Time `json:"created_at"`
-}
 
 // requestHash identifies what a submission asks for.
 func requestHash(m messaging.Job) string {
@@ -57,54 +44,25 @@ func validIdempotencyKey(k string) bool {
 	return true
 }
 
-// idempotent records key for m's job. prior is the job of the same request
-// accepted earlier under key ("" if none: the key is now m's); ok is false
-// when it answered with an error. release forgets the key again.
-func (s *Server) idempotent(ctx context.Context, w http.ResponseWriter, r *http.Request, key string, m messaging.Job) (prior string, release func(context.Context), ok bool) {
-	if !validIdempotencyKey(key) {
-		writeError(w, http.StatusBadRequest, catInvalid, "Idempotency-Key must be 1 to 255 printable ASCII characters")
-		return "", nil, false
-	}
-	sum := sha256.Sum256([]byte(identity(r).Name + "\n" + key))
-	kvKey := hex.EncodeToString(sum[:])
-	want := idempotencyRecord{JobID: m.JobID, RequestHash: requestHash(m), CreatedAt: time.Now().UTC()}
-	data, _ := json.Marshal(want)
-	rev, err := s.idem.Create(ctx, kvKey, data)
-	if err == nil {
-		return "", func(ctx context.Context) { _ = s.idem.Delete(ctx, kvKey, jetstream.LastRevision(rev)) }, true
-	}
-	if !errors.Is(err, jetstream.ErrKeyExists) {
-		s.failNATS(w, r, "record idempotency key", err)
-		return "", nil, false
-	}
-	e, err := s.idem.Get(ctx, kvKey)
-	if err != nil {
-		s.failNATS(w, r, "read idempotency key", err)
-		return "", nil, false
-	}
-	var got idempotencyRecord
-	if err := json.Unmarshal(e.Value(), &got); err != nil {
-		s.failNATS(w, r, "read idempotency key", err)
-		return "", nil, false
-	}
-	if got.RequestHash != want.RequestHash {
-		writeError(w, http.StatusUnprocessableEntity, catInvalid,
-			fmt.Sprintf("Idempotency-Key %q was already used for a different request (job %s)", key, got.JobID))
-		return "", nil, false
-	}
-	return got.JobID, nil, true
+// idempotencyRecord is what an Idempotency-Key records for m's job.
+func idempotencyRecord(m messaging.Job) kvstate.IdempotencyRecord {
+	return kvstate.IdempotencyRecord{JobID: m.JobID, RequestHash: requestHash(m), CreatedAt: time.Now().UTC()}
+}
+
+// keyReused is the 422 message of a key used before for another request.
+func keyReused(key, jobID string) string {
+	return fmt.Sprintf("Idempotency-Key %q was already used for a different request (job %s)", key, jobID)
 }
 
 // reserveVolume takes the volume's lease for m's job, so two jobs never
 // write one volume: a pending or running job on the same volume makes it a
 // 409 naming that job.
 func (s *Server) reserveVolume(ctx context.Context, w http.ResponseWriter, r *http.Request, host string, m messaging.Job) (func(context.Context), bool) {
-	leases := kvstate.Leases{KV: s.volumes, Active: kvstate.JobActive(s.jobs, host)}
-	held, err := leases.Acquire(ctx, host, m.VolumeName, m.JobID, reservationTTL)
+	held, err := s.state.Reservations.Reserve(ctx, host, m.VolumeName, m.JobID)
 	var busy *kvstate.LeaseHeldError
 	if errors.As(err, &busy) {
 		status := "active"
-		if j, _, err := s.jobs.Get(ctx, host, busy.JobID); err == nil {
+		if j, _, err := s.state.Jobs.Get(ctx, host, busy.JobID); err == nil {
 			status = string(j.Status)
 		}
 		writeError(w, http.StatusConflict, catConflict,
@@ -124,20 +82,11 @@ func (s *Server) releaseVolume(ctx context.Context, host, volume, jobID string) 
 	if volume == "" {
 		return
 	}
-	key := messaging.VolumeKey(host, volume)
-	e, err := s.volumes.Get(ctx, key)
-	if err != nil {
-		return
-	}
-	var l kvstate.Lease
-	if json.Unmarshal(e.Value(), &l) == nil && l.JobID == jobID {
-		_ = s.volumes.Delete(ctx, key, jetstream.LastRevision(e.Revision()))
-	}
+	_ = s.state.Reservations.Cancel(ctx, host, volume, jobID)
 }
 
 // forgetIdempotencyKey deletes the caller's key, so its next use starts a
 // new submission.
 func (s *Server) forgetIdempotencyKey(ctx context.Context, r *http.Request, key string) {
-	sum := sha256.Sum256([]byte(identity(r).Name + "\n" + key))
-	_ = s.idem.Delete(ctx, hex.EncodeToString(sum[:]))
+	_ = s.state.Idempotency.Forget(ctx, identity(r).Name, key)
 }

@@ -4,7 +4,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"fmt"
 	"net/http"
 	"strconv"
 	"strings"
@@ -85,22 +84,15 @@ type Config struct {
 type Server struct {
 	cfg      Config
 	nc       *nats.Conn
-	js       jetstream.JetStream
 	subjects messaging.Subjects
-	jobs     kvstate.Jobs
-	cache    kvstate.CacheIndex
-	hosts    kvstate.Hosts
-	volumes  jetstream.KeyValue
-	idem     jetstream.KeyValue
-	// recordStream backs the job bucket and jobStream is the job queue,
-	// bound once: lookups by job id are direct gets on them.
-	recordStream, jobStream jetstream.Stream
-	log                     *logrus.Logger
-	started                 time.Time
-	metrics                 *metrics
-	router                  *mux.Router
-	tracer                  trace.Tracer
-	allowed                 guard
+	// state is everything the API reads and writes in JetStream.
+	state   kvstate.State
+	log     *logrus.Logger
+	started time.Time
+	metrics *metrics
+	router  *mux.Router
+	tracer  trace.Tracer
+	allowed guard
 	// index is the job bucket's view that RunFleetMetrics keeps (nil
 	// until it runs); the job list reads it.
 	index atomic.Pointer[fleetState]
@@ -136,21 +128,9 @@ func New(ctx context.Context, cfg Config, nc *nats.Conn, subjects messaging.Subj
 	if err != nil {
 		return nil, err
 	}
-	b, err := messaging.BindBuckets(ctx, js)
+	state, err := kvstate.Open(ctx, js, subjects)
 	if err != nil {
 		return nil, err
-	}
-	idem, err := js.KeyValue(ctx, messaging.IdempotencyBucket)
-	if err != nil {
-		return nil, fmt.Errorf("bind KV bucket %s: %w", messaging.IdempotencyBucket, err)
-	}
-	recordStream, err := js.Stream(ctx, "KV_"+messaging.JobBucket)
-	if err != nil {
-		return nil, fmt.Errorf("bind the job records' stream: %w", err)
-	}
-	jobStream, err := js.Stream(ctx, messaging.JobStream)
-	if err != nil {
-		return nil, fmt.Errorf("bind stream %s: %w", messaging.JobStream, err)
 	}
 	if cfg.Dispatch == "" {
 		cfg.Dispatch = messaging.DispatchLimits
@@ -179,8 +159,8 @@ func New(ctx context.Context, cfg Config, nc *nats.Conn, subjects messaging.Subj
 	for i, e := range cfg.ImageEndpoints {
 		cfg.ImageEndpoints[i] = strings.ToLower(e)
 	}
-	s := &Server{cfg: cfg, nc: nc, js: js, subjects: subjects, log: log, started: time.Now(), metrics: newMetrics(),
-		jobs: kvstate.Jobs{KV: b.Jobs}, cache: kvstate.CacheIndex{KV: b.Cache}, hosts: kvstate.Hosts{KV: b.Hosts}, volumes: b.Volumes, idem: idem, recordStream: recordStream, jobStream: jobStream,
+	state.Uploads.Replicas, state.Uploads.TTL = cfg.Replicas, cfg.ContentTTL
+	s := &Server{cfg: cfg, nc: nc, subjects: subjects, state: state, log: log, started: time.Now(), metrics: newMetrics(),
 		tracer:  cfg.TracerProvider.Tracer("github.com/libvirt-volume-provisioner/provisioner/api"),
 		allowed: newGuard(cfg.ListenAddr, cfg.AllowedHosts, cfg.CORSOrigins)}
 	s.routes()

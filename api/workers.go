@@ -10,7 +10,6 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/nats-io/nats.go"
-	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/libvirt-volume-provisioner/provisioner/kvstate"
 	"github.com/libvirt-volume-provisioner/provisioner/messaging"
@@ -107,13 +106,13 @@ func (s *Server) hostConsumer(ctx context.Context, host string, body []byte) mes
 	if req.Unavailable {
 		s.replaceLostConsumer(ctx, host, cfg.Durable)
 	}
-	cons, err := s.js.CreateOrUpdateConsumer(ctx, messaging.JobStream, cfg)
+	name, err := s.state.Queue.EnsureConsumer(ctx, cfg)
 	if err != nil {
 		s.log.WithError(err).WithField("host", host).Warn("create the consumer of a worker")
 		return messaging.HostReply{Error: messaging.HostConsumerError(err, host, s.cfg.MaxHosts).Error()}
 	}
-	s.log.WithFields(map[string]any{"host": host, "consumer": cons.CachedInfo().Name, "ack_wait": ackWait.String(), "max_deliver": req.MaxDeliver}).Info("worker consumer created or updated")
-	return messaging.HostReply{Consumer: cons.CachedInfo().Name}
+	s.log.WithFields(map[string]any{"host": host, "consumer": name, "ack_wait": ackWait.String(), "max_deliver": req.MaxDeliver}).Info("worker consumer created or updated")
+	return messaging.HostReply{Consumer: name}
 }
 
 // consumerAnswerWithin bounds how long a consumer's leader may take to
@@ -129,9 +128,9 @@ func (s *Server) replaceLostConsumer(ctx context.Context, host, name string) {
 	var err error
 	for try := 0; try < 2; try++ { // one late answer is not a lost consumer
 		ictx, cancel := context.WithTimeout(ctx, consumerAnswerWithin)
-		_, err = s.js.Consumer(ictx, messaging.JobStream, name)
+		err = s.state.Queue.CheckConsumer(ictx, name)
 		cancel()
-		if err == nil || errors.Is(err, jetstream.ErrConsumerNotFound) {
+		if err == nil || errors.Is(err, kvstate.ErrConsumerNotFound) {
 			return
 		}
 	}
@@ -139,7 +138,7 @@ func (s *Server) replaceLostConsumer(ctx context.Context, host, name string) {
 	log.WithError(err).Warn("the consumer of a worker does not answer; creating it again")
 	dctx, cancel := context.WithTimeout(ctx, consumerAnswerWithin)
 	defer cancel()
-	if err := s.js.DeleteConsumer(dctx, messaging.JobStream, name); err != nil && !errors.Is(err, jetstream.ErrConsumerNotFound) {
+	if err := s.state.Queue.DeleteConsumer(dctx, name); err != nil {
 		// The delete is proposed to the meta leader whether or not the
 		// dead consumer's node answers it.
 		log.WithError(err).Info("delete the lost consumer: no answer (its node is gone); creating it anyway")
@@ -156,7 +155,7 @@ func (s *Server) hostSettled(ctx context.Context, host string, body []byte) mess
 		return messaging.HostReply{Error: "malformed settled request"}
 	}
 	if s.cfg.Dispatch != messaging.DispatchLimits {
-		if rec, _, err := s.jobs.Get(ctx, host, req.JobID); err == nil {
+		if rec, _, err := s.state.Jobs.Get(ctx, host, req.JobID); err == nil {
 			s.settleContent(ctx, rec)
 		}
 		return messaging.HostReply{}
@@ -165,7 +164,7 @@ func (s *Server) hostSettled(ctx context.Context, host string, body []byte) mess
 	// that has not caught up may still show it running.
 	var err error
 	for try := 0; try < 5; try++ {
-		if err = s.settle(ctx, host, req.JobID); !errors.Is(err, errNotEnded) && !errors.Is(err, kvstate.ErrNotFound) {
+		if err = s.settle(ctx, host, req.JobID); !errors.Is(err, errNotEnded) && !errors.Is(err, kvstate.ErrJobNotFound) {
 			break
 		}
 		time.Sleep(200 * time.Millisecond)
@@ -186,7 +185,7 @@ var errNotEnded = errors.New("the job has not ended")
 
 // settle purges host's job message if its record is terminal.
 func (s *Server) settle(ctx context.Context, host, jobID string) error {
-	rec, _, err := s.jobs.Get(ctx, host, jobID)
+	rec, _, err := s.state.Jobs.Get(ctx, host, jobID)
 	if err != nil {
 		return fmt.Errorf("settle job %s: %w", jobID, err)
 	}
@@ -194,7 +193,7 @@ func (s *Server) settle(ctx context.Context, host, jobID string) error {
 		return fmt.Errorf("settle job %s: %w (%s)", jobID, errNotEnded, rec.Status)
 	}
 	s.settleContent(ctx, rec)
-	if err := s.jobStream.Purge(ctx, jetstream.WithPurgeSubject(s.subjects.Job(host, jobID))); err != nil {
+	if err := s.state.Queue.Purge(ctx, host, jobID); err != nil {
 		return fmt.Errorf("settle job %s: remove its message: %w", jobID, err)
 	}
 	return nil
@@ -235,17 +234,13 @@ func (s *Server) SweepSettled(ctx context.Context, interval time.Duration) {
 
 // sweepOnce settles every job in the stream whose record is terminal.
 func (s *Server) sweepOnce(ctx context.Context) (int, error) {
-	info, err := s.jobStream.Info(ctx, jetstream.WithSubjectFilter(s.subjects.AllJobs()))
+	waiting, err := s.state.Queue.Waiting(ctx)
 	if err != nil {
 		return 0, err
 	}
 	n := 0
-	for subject := range info.State.Subjects {
-		host, jobID, err := s.subjects.ParseJob(subject)
-		if err != nil {
-			continue
-		}
-		if err := s.settle(ctx, host, jobID); err == nil {
+	for _, j := range waiting {
+		if err := s.settle(ctx, j.Host, j.JobID); err == nil {
 			n++
 		}
 		if ctx.Err() != nil {
@@ -257,7 +252,7 @@ func (s *Server) sweepOnce(ctx context.Context) (int, error) {
 
 // hostCacheList returns host's cache index entries.
 func (s *Server) hostCacheList(ctx context.Context, host string, _ []byte) messaging.HostReply {
-	entries, err := s.cache.List(ctx, host)
+	entries, err := s.state.Cache.List(ctx, host)
 	if err != nil {
 		return messaging.HostReply{Error: err.Error()}
 	}

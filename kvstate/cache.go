@@ -132,7 +132,7 @@ func (c CacheIndex) List(ctx context.Context, host string) ([]CacheEntry, error)
 	for key := range lister.Keys() {
 		digest := strings.TrimPrefix(key, host+".")
 		e, err := c.Get(ctx, host, digest)
-		if errors.Is(err, ErrNotFound) {
+		if errors.Is(err, ErrCacheEntryNotFound) {
 			continue
 		}
 		if err != nil {

@@ -5,9 +5,11 @@ import (
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/stretchr/testify/require"
 
 	"github.com/libvirt-volume-provisioner/provisioner/internal/testenv"
+	"github.com/libvirt-volume-provisioner/provisioner/kvstate"
 	"github.com/libvirt-volume-provisioner/provisioner/messaging"
 )
 
@@ -30,4 +32,16 @@ func testCtx(t *testing.T) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	t.Cleanup(cancel)
 	return ctx
+}
+
+// startState is startBuckets bound as kvstate.Open binds it for the API,
+// with the client it was bound on.
+func startState(t *testing.T) (kvstate.State, jetstream.JetStream) {
+	t.Helper()
+	js := testenv.JetStream(t)
+	ctx := testCtx(t)
+	require.NoError(t, messaging.Setup(ctx, js, messaging.NewSubjects(""), messaging.DefaultLimits()))
+	st, err := kvstate.Open(ctx, js, messaging.NewSubjects(""))
+	require.NoError(t, err)
+	return st, js
 }

@@ -99,7 +99,7 @@ func (r Hosts) Renew(ctx context.Context, h Host, rev uint64) (uint64, error) {
 	return newRev, err
 }
 
-// Get returns one host.
+// Get returns one host; ErrHostNotFound if there is none.
 func (r Hosts) Get(ctx context.Context, name string) (Host, error) {
 	var h Host
 	e, err := r.KV.Get(ctx, name)
@@ -123,7 +123,7 @@ func (r Hosts) List(ctx context.Context) ([]Host, error) {
 	var out []Host
 	for key := range lister.Keys() {
 		h, err := r.Get(ctx, key)
-		if errors.Is(err, ErrNotFound) {
+		if errors.Is(err, ErrHostNotFound) {
 			continue
 		}
 		if err != nil {
@@ -133,4 +133,14 @@ func (r Hosts) List(ctx context.Context) ([]Host, error) {
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out, nil
+}
+
+// WatchAll delivers the changes of every host's entry, the current ones
+// first, until ctx ends or the watch is stopped.
+func (r Hosts) WatchAll(ctx context.Context) (*Watch[Host], error) {
+	w, err := r.KV.WatchAll(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("watch the host registry: %w", err)
+	}
+	return watch[Host](w), nil
 }

@@ -125,18 +125,11 @@ func NewJob(m messaging.Job, host string, now time.Time) Job {
 	}
 }
 
-// Errors returned by the job store.
+// Errors returned by the job store (the not-found errors are in errors.go).
 var (
-	// ErrNotFound: no record, entry or lease under that key. Each store
-	// returns its own error that matches it (errors.Is) and names what was
-	// missing: ErrJobNotFound, ErrHostNotFound, ErrCacheEntryNotFound.
-	ErrNotFound = errors.New("not found")
-	// ErrJobNotFound: no job record under that key.
-	ErrJobNotFound = fmt.Errorf("job record %w", ErrNotFound)
-	// ErrHostNotFound: no host registry entry under that name.
-	ErrHostNotFound = fmt.Errorf("host %w", ErrNotFound)
-	// ErrCacheEntryNotFound: no cache index entry under that key.
-	ErrCacheEntryNotFound = fmt.Errorf("cache entry %w", ErrNotFound)
+	// ErrJobChanged: the job record was written since the revision the
+	// caller named.
+	ErrJobChanged = errors.New("job record was changed since")
 	// ErrExists: a record already exists under that key.
 	ErrExists = errors.New("job already exists")
 	// ErrSuperseded: the record belongs to another attempt of the job now
@@ -157,6 +150,8 @@ func (e *TransitionError) Error() string {
 // Jobs stores job records in the provisioner_jobs bucket.
 type Jobs struct {
 	KV jetstream.KeyValue
+	// records is the bucket's stream, for FindByID (bound by Open).
+	records jetstream.Stream
 }
 
 // Create stores a new record; ErrExists if the key is taken.
@@ -175,7 +170,8 @@ func (s Jobs) Create(ctx context.Context, j Job) (uint64, error) {
 	return rev, nil
 }
 
-// Get returns the record of host's job and its revision.
+// Get returns the record of host's job and its revision; ErrJobNotFound
+// if there is none.
 func (s Jobs) Get(ctx context.Context, host, jobID string) (Job, uint64, error) {
 	e, err := s.KV.Get(ctx, messaging.JobKey(host, jobID))
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
@@ -346,7 +342,57 @@ func isRevisionMismatch(err error) bool {
 		apiErr.ErrorCode == jetstream.JSErrCodeStreamWrongLastSequenceConstant)
 }
 
-// Watch streams changes of one job record until ctx ends.
-func (s Jobs) Watch(ctx context.Context, host, jobID string) (jetstream.KeyWatcher, error) {
-	return s.KV.Watch(ctx, messaging.JobKey(host, jobID))
+// Watch delivers the changes of one job record until ctx ends or the
+// watch is stopped.
+func (s Jobs) Watch(ctx context.Context, host, jobID string) (*Watch[Job], error) {
+	w, err := s.KV.Watch(ctx, messaging.JobKey(host, jobID))
+	if err != nil {
+		return nil, fmt.Errorf("watch job record %s: %w", jobID, err)
+	}
+	return watch[Job](w), nil
+}
+
+// WatchAll delivers the changes of every job record, the current ones
+// first, until ctx ends or the watch is stopped.
+func (s Jobs) WatchAll(ctx context.Context) (*Watch[Job], error) {
+	w, err := s.KV.WatchAll(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("watch the job records: %w", err)
+	}
+	return watch[Job](w), nil
+}
+
+// TakeBack deletes the record of a job that was never queued, but only as
+// it was at revision rev (as Create wrote it): ErrJobChanged when it was
+// written since (a worker started the job, so it was queued after all) and
+// nothing is deleted.
+func (s Jobs) TakeBack(ctx context.Context, host, jobID string, rev uint64) error {
+	err := s.KV.Delete(ctx, messaging.JobKey(host, jobID), jetstream.LastRevision(rev))
+	if isRevisionMismatch(err) {
+		return fmt.Errorf("take back job record %s: %w", jobID, ErrJobChanged)
+	}
+	if err != nil {
+		return fmt.Errorf("take back job record %s: %w", jobID, err)
+	}
+	return nil
+}
+
+// FindByID returns the record of a job on whichever host it is, reading
+// the bucket's stream by subject (one direct get): ErrJobNotFound when
+// there is none, or it was deleted. It needs a Jobs bound by Open.
+func (s Jobs) FindByID(ctx context.Context, jobID string) (Job, error) {
+	if s.records == nil {
+		return Job{}, errors.New("find job record: the job bucket's stream is not bound (kvstate.Open binds it)")
+	}
+	raw, err := s.records.GetLastMsgForSubject(ctx, "$KV."+messaging.JobBucket+".*."+jobID)
+	if errors.Is(err, jetstream.ErrMsgNotFound) {
+		return Job{}, ErrJobNotFound
+	}
+	if err != nil {
+		return Job{}, fmt.Errorf("find job record %s: %w", jobID, err)
+	}
+	if op := raw.Header.Get("KV-Operation"); op == "DEL" || op == "PURGE" {
+		return Job{}, ErrJobNotFound
+	}
+	return DecodeJob(raw.Data)
 }

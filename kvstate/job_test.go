@@ -312,19 +312,19 @@ func TestJobsWatch(t *testing.T) {
 	require.NoError(t, err)
 	defer func() { require.NoError(t, w.Stop()) }()
 
-	e := <-w.Updates()
+	e := <-w.Changes()
 	require.NotNil(t, e)
-	require.Equal(t, "hv-01."+jobID1, e.Key())
-	rec, err := kvstate.DecodeJob(e.Value())
-	require.NoError(t, err)
+	require.Equal(t, "hv-01."+jobID1, e.Key)
+	require.NoError(t, e.Err)
+	rec := e.Value
 	require.Equal(t, kvstate.StatusPending, rec.Status)
-	require.Nil(t, <-w.Updates(), "initial values end with nil")
+	require.Nil(t, <-w.Changes(), "initial values end with nil")
 
 	_, _, err = jobs.Update(ctx, "hv-01", jobID1, func(j *kvstate.Job) error { j.Status = kvstate.StatusRunning; return nil })
 	require.NoError(t, err)
-	e = <-w.Updates()
-	rec, err = kvstate.DecodeJob(e.Value())
-	require.NoError(t, err)
+	e = <-w.Changes()
+	require.NoError(t, e.Err)
+	rec = e.Value
 	require.Equal(t, kvstate.StatusRunning, rec.Status)
 }
 

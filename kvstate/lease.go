@@ -149,7 +149,7 @@ func (h *HeldLease) Release(ctx context.Context) error {
 func JobActive(jobs Jobs, host string) func(ctx context.Context, jobID string) (bool, error) {
 	return func(ctx context.Context, jobID string) (bool, error) {
 		j, _, err := jobs.Get(ctx, host, jobID)
-		if errors.Is(err, ErrNotFound) {
+		if errors.Is(err, ErrJobNotFound) {
 			return false, nil
 		}
 		if err != nil {

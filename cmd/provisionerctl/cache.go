@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -27,31 +26,23 @@ func (a *app) cacheLsCommand() *cobra.Command {
 		Use:   "ls",
 		Short: "List the images cached on a host (--hypervisor)",
 		Args:  noArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := a.client()
-			if err != nil {
-				return err
-			}
+		RunE: a.withClient(func(cmd *cobra.Command, _ []string, c *client.Client) error {
 			list, err := c.ListImages(cmd.Context(), client.CacheQuery{Hypervisor: a.hypervisor, Offset: offset, Limit: limit})
 			if err != nil {
 				return err
 			}
-			if a.output == "json" {
-				return a.printJSON(list)
-			}
-			tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "CHECKSUM\tSIZE\tPATH")
-			for _, im := range list.Images {
-				fmt.Fprintf(tw, "%s\t%s\t%s\n", im.Checksum, bytesText(im.Size), im.Path)
-			}
-			if err := tw.Flush(); err != nil {
-				return err
-			}
-			if list.Offset+len(list.Images) < list.Count {
-				fmt.Fprintf(a.stderr, "%d of %d images shown; see --offset and --limit\n", len(list.Images), list.Count)
-			}
-			return nil
-		},
+			return a.print(list, func() error {
+				rows := make([][]string, len(list.Images))
+				for i, im := range list.Images {
+					rows[i] = []string{im.Checksum, bytesText(im.Size), im.Path}
+				}
+				if err := a.table([]string{"CHECKSUM", "SIZE", "PATH"}, rows); err != nil {
+					return err
+				}
+				a.pageNote(list.Offset, len(list.Images), list.Count, "images")
+				return nil
+			})
+		}),
 	}
 	cmd.Flags().IntVar(&offset, "offset", 0, "skip this many images")
 	cmd.Flags().IntVar(&limit, "limit", 0, "at most this many images (the API's default: 100)")
@@ -111,21 +102,16 @@ func (a *app) cacheRmCommand() *cobra.Command {
 		Use:   "rm CHECKSUM",
 		Short: "Remove an image from a host's cache (--hypervisor) by its checksum or cache key",
 		Args:  exactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.client()
-			if err != nil {
-				return err
-			}
+		RunE: a.withClient(func(cmd *cobra.Command, args []string, c *client.Client) error {
 			out, err := c.DeleteImage(cmd.Context(), a.hypervisor, args[0])
 			if err != nil {
 				return err
 			}
-			if a.output == "json" {
-				return a.printJSON(out)
-			}
-			fmt.Fprintf(a.stdout, "%s %s from %s\n", out.Status, out.Checksum, out.Hypervisor)
-			return nil
-		},
+			return a.print(out, func() error {
+				_, err := fmt.Fprintf(a.stdout, "%s %s from %s\n", out.Status, out.Checksum, out.Hypervisor)
+				return err
+			})
+		}),
 	}
 }
 
@@ -134,29 +120,23 @@ func (a *app) hostsCommand() *cobra.Command {
 		Use:   "hosts",
 		Short: "List the hypervisors and whether their workers are alive",
 		Args:  noArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := a.client()
-			if err != nil {
-				return err
-			}
+		RunE: a.withClient(func(cmd *cobra.Command, _ []string, c *client.Client) error {
 			hosts, err := c.Hosts(cmd.Context())
 			if err != nil {
 				return err
 			}
-			if a.output == "json" {
-				return a.printJSON(hosts)
-			}
-			tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "HOST\tSTATE\tLAST_SEEN\tACTIVE_JOBS\tVERSION")
-			for _, h := range hosts {
-				state := "stale"
-				if h.Alive {
-					state = "alive"
+			return a.print(hosts, func() error {
+				rows := make([][]string, len(hosts))
+				for i, h := range hosts {
+					state := "stale"
+					if h.Alive {
+						state = "alive"
+					}
+					rows[i] = []string{h.Name, state, fmt.Sprintf("%s ago", time.Since(h.LastSeen).Round(time.Second)), fmt.Sprint(h.ActiveJobs), h.Version}
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%s ago\t%d\t%s\n", h.Name, state, time.Since(h.LastSeen).Round(time.Second), h.ActiveJobs, h.Version)
-			}
-			return tw.Flush()
-		},
+				return a.table([]string{"HOST", "STATE", "LAST_SEEN", "ACTIVE_JOBS", "VERSION"}, rows)
+			})
+		}),
 	}
 }
 
@@ -193,11 +173,10 @@ func (a *app) tokenCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if a.output == "json" {
-				return a.printJSON(map[string]any{"token": tok, "expires": time.Unix(claims.Expires, 0).UTC()})
-			}
-			_, err = fmt.Fprintln(a.stdout, tok)
-			return err
+			return a.print(map[string]any{"token": tok, "expires": time.Unix(claims.Expires, 0).UTC()}, func() error {
+				_, err := fmt.Fprintln(a.stdout, tok)
+				return err
+			})
 		},
 	}
 	f := create.Flags()

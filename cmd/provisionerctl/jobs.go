@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"strings"
-	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -90,22 +89,16 @@ func (a *app) submitCommand() *cobra.Command {
 
 // accepted prints submitted jobs, or follows them with wait.
 func (a *app) accepted(ctx context.Context, c *client.Client, jobs []tracked, wait bool) error {
-	if !wait {
-		if a.output == "json" {
-			out := make([]rest.Accepted, len(jobs))
-			for i, j := range jobs {
-				out[i] = rest.Accepted{JobID: j.jobID}
-			}
-			return a.printJSON(out)
-		}
-		tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
-		fmt.Fprintln(tw, "JOB_ID\tFOR")
-		for _, j := range jobs {
-			fmt.Fprintf(tw, "%s\t%s\n", j.jobID, j.label)
-		}
-		return tw.Flush()
+	if wait {
+		return a.followJobs(ctx, c, jobs)
 	}
-	return a.followJobs(ctx, c, jobs)
+	out := make([]rest.Accepted, len(jobs))
+	rows := make([][]string, len(jobs))
+	for i, j := range jobs {
+		out[i] = rest.Accepted{JobID: j.jobID}
+		rows[i] = []string{j.jobID, j.label}
+	}
+	return a.print(out, func() error { return a.table([]string{"JOB_ID", "FOR"}, rows) })
 }
 
 // followJobs shows the jobs' progress on stderr until they end, then
@@ -126,14 +119,14 @@ func (a *app) followJobs(ctx context.Context, c *client.Client, jobs []tracked) 
 			done = append(done, j)
 		}
 	}
-	if a.output == "json" {
-		if perr := a.printJSON(done); perr != nil {
-			return perr
+	perr := a.print(done, func() error {
+		if len(done) == 0 {
+			return nil
 		}
-	} else if len(done) > 0 {
-		if perr := a.jobTable(done); perr != nil {
-			return perr
-		}
+		return a.jobTable(done)
+	})
+	if perr != nil {
+		return perr
 	}
 	var je *client.JobError
 	if errors.As(err, &je) {
@@ -162,21 +155,16 @@ func (a *app) watchCommand() *cobra.Command {
 		Use:   "watch JOB_ID...",
 		Short: "Follow jobs until they end (a live bar each on a terminal); exit 1 if one fails",
 		Args:  minArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.client()
+		RunE: a.withClient(func(cmd *cobra.Command, args []string, c *client.Client) error {
+			jobs, err := eachArg(cmd.Context(), args, func(ctx context.Context, id string) (tracked, error) {
+				j, err := c.Get(ctx, id)
+				return tracked{jobID: j.JobID, label: jobLabel(j)}, err
+			})
 			if err != nil {
 				return err
 			}
-			jobs := make([]tracked, len(args))
-			for i, id := range args {
-				j, err := c.Get(cmd.Context(), id)
-				if err != nil {
-					return err
-				}
-				jobs[i] = tracked{jobID: j.JobID, label: jobLabel(j)}
-			}
 			return a.followJobs(cmd.Context(), c, jobs)
-		},
+		}),
 	}
 }
 
@@ -194,42 +182,30 @@ func (a *app) getCommand() *cobra.Command {
 		Use:   "get JOB_ID...",
 		Short: "Show jobs' records",
 		Args:  minArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.client()
+		RunE: a.withClient(func(cmd *cobra.Command, args []string, c *client.Client) error {
+			jobs, err := eachArg(cmd.Context(), args, c.Get)
 			if err != nil {
 				return err
 			}
-			var jobs []rest.Job
-			for _, id := range args {
-				j, err := c.Get(cmd.Context(), id)
-				if err != nil {
-					return err
-				}
-				jobs = append(jobs, j)
+			var v any = jobs
+			if len(jobs) == 1 {
+				v = jobs[0]
 			}
-			if a.output == "json" {
-				if len(jobs) == 1 {
-					return a.printJSON(jobs[0])
-				}
-				return a.printJSON(jobs)
-			}
-			return a.jobTable(jobs)
-		},
+			return a.print(v, func() error { return a.jobTable(jobs) })
+		}),
 	}
 }
 
 func (a *app) jobTable(jobs []rest.Job) error {
-	tw := tabwriter.NewWriter(a.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "JOB_ID\tHYPERVISOR\tVOLUME\tSTATUS\tSTAGE\tPERCENT\tUPDATED\tERROR")
-	for _, j := range jobs {
+	rows := make([][]string, len(jobs))
+	for i, j := range jobs {
 		stage, pct := "", ""
 		if j.Progress != nil {
 			stage, pct = j.Progress.Stage, fmt.Sprintf("%d%%", j.Progress.Percent)
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", j.JobID, j.Hypervisor, j.VolumeName, j.Status, stage, pct,
-			j.UpdatedAt.Local().Format(time.DateTime), j.Error)
+		rows[i] = []string{j.JobID, j.Hypervisor, j.VolumeName, string(j.Status), stage, pct, j.UpdatedAt.Local().Format(time.DateTime), j.Error}
 	}
-	return tw.Flush()
+	return a.table([]string{"JOB_ID", "HYPERVISOR", "VOLUME", "STATUS", "STAGE", "PERCENT", "UPDATED", "ERROR"}, rows)
 }
 
 func (a *app) cancelCommand() *cobra.Command {
@@ -237,27 +213,18 @@ func (a *app) cancelCommand() *cobra.Command {
 		Use:   "cancel JOB_ID...",
 		Short: "Cancel pending or running jobs",
 		Args:  minArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := a.client()
+		RunE: a.withClient(func(cmd *cobra.Command, args []string, c *client.Client) error {
+			out, err := eachArg(cmd.Context(), args, c.Cancel)
 			if err != nil {
 				return err
 			}
-			var out []rest.Cancelled
-			for _, id := range args {
-				r, err := c.Cancel(cmd.Context(), id)
-				if err != nil {
-					return err
+			return a.print(out, func() error {
+				for _, r := range out {
+					fmt.Fprintf(a.stdout, "%s %s\n", r.JobID, r.Status)
 				}
-				out = append(out, r)
-			}
-			if a.output == "json" {
-				return a.printJSON(out)
-			}
-			for _, r := range out {
-				fmt.Fprintf(a.stdout, "%s %s\n", r.JobID, r.Status)
-			}
-			return nil
-		},
+				return nil
+			})
+		}),
 	}
 }
 
@@ -289,11 +256,7 @@ func (a *app) jobsCommand() *cobra.Command {
 		Short:   "List jobs, newest first",
 		Example: "  provisionerctl jobs --status failed --hypervisor hv-1 --limit 20",
 		Args:    noArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, err := a.client()
-			if err != nil {
-				return err
-			}
+		RunE: a.withClient(func(cmd *cobra.Command, _ []string, c *client.Client) error {
 			q := client.JobQuery{Hypervisor: a.hypervisor, Offset: offset, Limit: limit}
 			for _, s := range trimmed(statuses) {
 				q.Statuses = append(q.Statuses, rest.Status(s))
@@ -302,17 +265,14 @@ func (a *app) jobsCommand() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if a.output == "json" {
-				return a.printJSON(list)
-			}
-			if err := a.jobTable(list.Jobs); err != nil {
-				return err
-			}
-			if list.Offset+len(list.Jobs) < list.Count {
-				fmt.Fprintf(a.stderr, "%d of %d jobs shown; see --offset and --limit\n", len(list.Jobs), list.Count)
-			}
-			return nil
-		},
+			return a.print(list, func() error {
+				if err := a.jobTable(list.Jobs); err != nil {
+					return err
+				}
+				a.pageNote(list.Offset, len(list.Jobs), list.Count, "jobs")
+				return nil
+			})
+		}),
 	}
 	f := cmd.Flags()
 	f.StringSliceVar(&statuses, "status", nil, "only jobs in these states: pending, running, completed, failed, cancelled")

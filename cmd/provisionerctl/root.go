@@ -202,11 +202,4 @@ func (a *app) tlsConfig() (*tls.Config, error) {
 	return tc, nil
 }
 
-// printJSON writes v indented.
-func (a *app) printJSON(v any) error {
-	enc := json.NewEncoder(a.stdout)
-	enc.SetIndent("", "  ")
-	return enc.Encode(v)
-}
-
 func getenv(name string) string { return os.Getenv(name) }
