@@ -43,12 +43,28 @@ func TestRedeliveryWhileRunningIsNotStarted(t *testing.T) {
 		require.NoError(t, err)
 		// $JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<ts>.<pending>
 		ack := fmt.Sprintf("$JS.ACK.PROVISIONER_JOBS.worker-h1.1.%d.%d.%d.0", raw.Sequence, info.Delivered.Consumer, time.Now().UnixNano())
-		require.NoError(t, nc.Publish(ack, []byte("-NAK")))
-		require.NoError(t, nc.Flush())
+		// Sent again every 2 s until the server redelivers: on a loaded
+		// machine a NAK can be lost, and another for the same delivery
+		// does nothing more.
+		nak := func() error {
+			if err := nc.Publish(ack, []byte("-NAK")); err != nil {
+				return err
+			}
+			return nc.Flush()
+		}
+		require.NoError(t, nak())
+		sent := time.Now()
 		require.Eventually(t, func() bool {
 			info, err := cons.Info(t.Context())
-			return err == nil && info.NumRedelivered > 0
-		}, 10*time.Second, 50*time.Millisecond, "the NAK made the server deliver the job again")
+			if err == nil && info.NumRedelivered > 0 {
+				return true
+			}
+			if time.Since(sent) > 2*time.Second {
+				_ = nak() // a failure shows as no redelivery
+				sent = time.Now()
+			}
+			return false
+		}, 20*time.Second, 50*time.Millisecond, "the NAK made the server deliver the job again")
 		time.Sleep(1500 * time.Millisecond)
 	}
 
