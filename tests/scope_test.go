@@ -177,6 +177,7 @@ func TestAllowDemoWorkerReadOnly(t *testing.T) {
 	require.NoError(t, err)
 	obj, err := c.GetObject(ctx, images, "demo/base.qcow2", minio.GetObjectOptions{})
 	require.NoError(t, err)
+	defer obj.Close()
 	data, err := io.ReadAll(obj)
 	require.NoError(t, err, "the worker reads the images bucket")
 	require.NotEmpty(t, data)
