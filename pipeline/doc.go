@@ -1,5 +1,12 @@
-// Package pipeline holds the stages of a job, one subpackage per concern,
-// in the order a job meets them:
+// Package pipeline is a job as a plan: Plan's methods are an image job's
+// stages in the order Run calls them (ResolveImage, PrepareVolume,
+// Populate or PopulateByClone, Finalize), and Space is the free space the
+// running plans of a host hold. A plan reports through a Reporter and
+// locks its volume through a function it is given: the broker (consumer,
+// slots, leases, acks) and the job's record are the worker package's.
+//
+// The parts the stages use are one subpackage per concern, in the order a
+// job meets them:
 //
 //   - source: the object store images come from (MinIO through minio-go):
 //     the published checksum, and reads that resume at an offset.
@@ -15,6 +22,5 @@
 //   - stages: the stage names a job's progress reports, and the progress
 //     callback.
 //
-// The volumes themselves are the volume package's backends; the broker
-// (consumer, slots, leases, acks) is the worker package's.
+// The volumes themselves are the volume package's backends.
 package pipeline

@@ -48,7 +48,7 @@ func (w *Worker) executeContent(ctx context.Context, rep *reporter, rec kvstate.
 		markCreated: rep.markVolumeCreated, stage: stages.Populate}
 	var st volumeState
 	err = w.writeRaw(ctx, rep, rec, rw, lease, &st)
-	res.created, res.writing, res.volumePath, res.volumeSize, res.checksum = st.created, st.writing, st.path, st.size, c.SHA256
+	res.Created, res.Writing, res.VolumePath, res.VolumeSize, res.Checksum = st.created, st.writing, st.path, st.size, c.SHA256
 	if err == nil {
 		rep.progress(stages.Finalize, 0, 0)
 	}

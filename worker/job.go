@@ -5,14 +5,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/libvirt-volume-provisioner/provisioner/pipeline/convert"
-	"github.com/libvirt-volume-provisioner/provisioner/pipeline/imagecache"
+	"github.com/libvirt-volume-provisioner/provisioner/pipeline"
 	"github.com/libvirt-volume-provisioner/provisioner/pipeline/stages"
 
 	"github.com/google/uuid"
@@ -25,7 +23,6 @@ import (
 	"github.com/libvirt-volume-provisioner/provisioner/kvstate"
 	"github.com/libvirt-volume-provisioner/provisioner/messaging"
 	"github.com/libvirt-volume-provisioner/provisioner/telemetry"
-	"github.com/libvirt-volume-provisioner/provisioner/volume"
 )
 
 // Causes that stop a running job.
@@ -532,24 +529,16 @@ func (w *Worker) attemptHeartbeat(ctx context.Context, att *kvstate.Attempt) err
 	return err
 }
 
+// result is what a job did: its image plan's result, and what it did to
+// its cloud-init seed volume.
 type result struct {
-	cacheHit   bool
-	imagePath  string
-	volumePath string
-	volumeSize int64
-	checksum   string
-	created    bool
-	// cloned: the volume is a clone of the image's golden.
-	cloned bool
-	// writing is set once the volume's content is being replaced.
-	writing bool
-	// seed is what the job did to its cloud-init seed volume.
+	pipeline.Result
 	seed volumeState
 }
 
 // execute runs the job's stages: the image into the volume, the cloud-init
 // seed into the seed volume (after the image; a job without image writes
-// only the seed), or uploaded content into the volume. res.created and
+// only the seed), or uploaded content into the volume. res.Created and
 // res.seed tell the caller what to roll back.
 func (w *Worker) execute(ctx context.Context, rep *reporter, rec kvstate.Job, m messaging.Job, lease *leaseRenewer) (res result, err error) {
 	if m.Kind == messaging.KindContent {
@@ -571,81 +560,6 @@ func (w *Worker) execute(ctx context.Context, rep *reporter, rec kvstate.Job, m 
 		rep.progress(stages.Finalize, 0, 0)
 	}
 	return res, err
-}
-
-// populate converts ji's image into vol, reading the download while it
-// arrives when ji has one (ji.part). What the conversion reads is verified while
-// it runs: a cache hit's digest, or a streamed download's digest and
-// structure (the conversion stops at once when either fails); it returns nil
-// only if both succeed.
-func (w *Worker) populate(ctx context.Context, rep *reporter, ji *jobImage, vol volume.Volume) error {
-	return w.populateHashed(ctx, rep, ji, vol, nil)
-}
-
-// populateHashed is populate telling h (when not nil) everything the
-// conversion writes, where the converter can (convert.DigestConverter);
-// h.Sum then says whether it could.
-func (w *Worker) populateHashed(ctx context.Context, rep *reporter, ji *jobImage, vol volume.Volume, h *volume.GoldenHasher) error {
-	img := ji.img
-	stream := ji.part != nil
-	conv := w.parts.Converter
-	if dc, ok := conv.(convert.DigestConverter); ok && h != nil {
-		conv = dc.WithDigest(h)
-	}
-	convCtx, stopConv := context.WithCancelCause(ctx)
-	defer stopConv(nil)
-	verified := make(chan error, 1)
-	go func() {
-		var err error
-		if stream {
-			err = w.finishDownload(ctx, rep, ji, checkStructure)
-		} else if err = ji.verify(ctx); err != nil {
-			err = fmt.Errorf("verify the cached image: %w", err)
-		}
-		if err != nil {
-			stopConv(err)
-		}
-		verified <- err
-	}()
-	var err error
-	if stream {
-		err = conv.(StreamConverter).ConvertStream(convCtx, img, ji.part, vol, rep.progress)
-	} else {
-		err = conv.Convert(convCtx, img, ji.path, vol, rep.progress)
-	}
-	aborted := false
-	// A read past the end of a download that ended short (a truncated
-	// image) is not the conversion failing on its own: the download's
-	// verdict, still being reached, says why.
-	if stream && err != nil && !errors.Is(err, imagecache.ErrStreamRestarted) && !errors.Is(err, io.ErrUnexpectedEOF) && !errors.Is(err, io.EOF) {
-		select {
-		case <-ji.part.Done(): // the download ended: its outcome comes first
-		default:
-			// The conversion failed on its own: the download is not needed,
-			// and its abort is not the error to report.
-			ji.part.Abort()
-			aborted = true
-		}
-	}
-	if verr := <-verified; verr != nil && !aborted {
-		return verr
-	}
-	if errors.Is(err, imagecache.ErrStreamRestarted) || (stream && err == nil && ji.part.Restarted()) {
-		// The download started over mid-way (perhaps on another version
-		// of the object); it is whole and verified now: convert again
-		// from the cached file.
-		if h != nil {
-			h.Reset()
-		}
-		err = conv.Convert(ctx, img, ji.path, vol, rep.progress)
-	}
-	if err != nil {
-		if cause := context.Cause(ctx); cause != nil {
-			return cause
-		}
-		return fmt.Errorf("populate volume %q: %w", vol.Name, err)
-	}
-	return nil
 }
 
 // publishProgress publishes a running attempt's progress as an event.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"syscall"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -114,11 +115,11 @@ func (w *Worker) complete(e *ending) outcome {
 		j.Status = kvstate.StatusCompleted
 		j.FinishedAt = &now
 		j.Progress = e.rep.final()
-		j.CacheHit = &e.res.cacheHit
-		j.ImagePath = e.res.imagePath
-		j.VolumePath = e.res.volumePath
-		j.Checksum = e.res.checksum
-		j.Cloned = e.res.cloned
+		j.CacheHit = &e.res.CacheHit
+		j.ImagePath = e.res.ImagePath
+		j.VolumePath = e.res.VolumePath
+		j.Checksum = e.res.Checksum
+		j.Cloned = e.res.Cloned
 		j.SeedVolumePath = e.res.seed.path
 	})
 	e.final, e.recordErr = final, err
@@ -156,7 +157,7 @@ func (w *Worker) conclude(ctx context.Context, o outcome, e *ending) outcome {
 		w.metrics.jobs.WithLabelValues(string(kvstate.StatusCompleted)).Inc()
 		w.metrics.duration.WithLabelValues("completed").Observe(time.Since(e.started).Seconds())
 		w.publishEvent(host, jobID, e.final)
-		e.log.WithFields(logrus.Fields{"cache_hit": e.res.cacheHit, "volume_path": e.res.volumePath, "seconds": time.Since(e.started).Seconds(), "stage": stages.Finalize}).Info("job completed")
+		e.log.WithFields(logrus.Fields{"cache_hit": e.res.CacheHit, "volume_path": e.res.VolumePath, "seconds": time.Since(e.started).Seconds(), "stage": stages.Finalize}).Info("job completed")
 		return o
 	}
 	if errors.Is(e.cause, errRunTime) {
@@ -190,14 +191,14 @@ func (w *Worker) conclude(ctx context.Context, o outcome, e *ending) outcome {
 // back the seed volume. It returns err with what undoing said.
 func (w *Worker) undo(ctx context.Context, e *ending) error {
 	err, res := e.err, e.res
-	if !res.created && res.writing && res.volumePath != "" {
-		if zerr := convert.ZeroEnds(res.volumePath, res.volumeSize); zerr != nil {
+	if !res.Created && res.Writing && res.VolumePath != "" {
+		if zerr := convert.ZeroEnds(res.VolumePath, res.VolumeSize); zerr != nil {
 			err = fmt.Errorf("%w (and zeroing the volume's first and last MiB failed: %v)", err, zerr)
 		} else if err != nil {
 			err = fmt.Errorf("%w; the volume's first and last MiB were zeroed so the half-written disk does not boot", err)
 		}
 	}
-	if res.created {
+	if res.Created {
 		if derr := w.parts.Backend.Delete(ctx, e.job.VolumeName); derr != nil {
 			e.log.WithError(derr).Error("rollback: could not remove the volume this job created")
 			if err != nil {
@@ -209,6 +210,20 @@ func (w *Worker) undo(ctx context.Context, e *ending) error {
 	}
 	if res.seed.created || res.seed.writing {
 		err = w.rollback(ctx, res.seed, err)
+	}
+	return err
+}
+
+// errFilledUp is the cause given to a job whose writes found the volumes'
+// file system full (ENOSPC) although its check passed: something else
+// wrote there meanwhile.
+var errFilledUp = errors.New("the volumes' file system filled up while the job was writing (something else wrote there after the job's free-space check); nothing the job wrote is kept: the volume or golden it created was removed")
+
+// filledUp gives a job's error the cause a person can act on when a write
+// found the file system full.
+func filledUp(err error) error {
+	if err != nil && errors.Is(err, syscall.ENOSPC) && !errors.Is(err, errFilledUp) {
+		return fmt.Errorf("%w: %w", errFilledUp, err)
 	}
 	return err
 }

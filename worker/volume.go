@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"time"
 
 	"github.com/libvirt-volume-provisioner/provisioner/pipeline/convert"
 	"github.com/libvirt-volume-provisioner/provisioner/pipeline/image"
@@ -55,17 +54,11 @@ func (w *Worker) writeRaw(ctx context.Context, rep *reporter, rec kvstate.Job, r
 	if err := w.volumeAllowed(rw.volume); err != nil {
 		return err
 	}
-	held, err := w.leases.Acquire(ctx, rec.Hypervisor, rw.volume, rec.JobID, w.cfg.AckWait)
+	unlock, err := w.lockVolume(ctx, rec, rw.volume, lease)
+	defer unlock()
 	if err != nil {
 		return err
 	}
-	lease.add(held)
-	defer func() {
-		lease.remove(held)
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
-		defer cancel()
-		_ = held.Release(rctx)
-	}()
 	vol, exists, err := w.parts.Backend.Lookup(ctx, rw.volume)
 	if err != nil {
 		return err

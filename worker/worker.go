@@ -10,11 +10,8 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/libvirt-volume-provisioner/provisioner/pipeline/convert"
-	"github.com/libvirt-volume-provisioner/provisioner/pipeline/image"
+	"github.com/libvirt-volume-provisioner/provisioner/pipeline"
 	"github.com/libvirt-volume-provisioner/provisioner/pipeline/imagecache"
-	"github.com/libvirt-volume-provisioner/provisioner/pipeline/source"
-	"github.com/libvirt-volume-provisioner/provisioner/pipeline/stages"
 
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -26,7 +23,6 @@ import (
 
 	"github.com/libvirt-volume-provisioner/provisioner/kvstate"
 	"github.com/libvirt-volume-provisioner/provisioner/messaging"
-	"github.com/libvirt-volume-provisioner/provisioner/volume"
 )
 
 // Slots is how many jobs a worker runs at once; the consumer's
@@ -82,67 +78,21 @@ type Config struct {
 	ImageBuckets messaging.ImageSources
 }
 
-// Parts are the pipeline's implementations a worker drives.
-type Parts struct {
-	Source    Source
-	Cache     ImageCache
-	Backend   volume.Backend
-	Converter convert.Converter
-	// Checker, when set, checks a newly downloaded image's structure
-	// (qemu-img check) before it is used.
-	Checker ImageChecker
-}
+// Parts are the pipeline's implementations a worker drives; each job's
+// plan (pipeline.Plan) works with them.
+type Parts = pipeline.Parts
 
-// StreamConverter is a Converter that can also read a qcow2 image while it
-// downloads (convert.Native).
-type StreamConverter interface {
-	ConvertStream(ctx context.Context, img image.Image, part image.Arriving, vol volume.Volume, progress stages.ProgressFunc) error
-}
-
-// The worker finds these capabilities by type assertion: a signature that
-// drifts must fail the build, not switch a capability off.
-var (
-	_ convert.Converter       = convert.Native{}
-	_ StreamConverter         = convert.Native{}
-	_ convert.DigestConverter = convert.Native{}
-	_ convert.Converter       = convert.QemuImg{}
-	_ ImageChecker            = convert.QemuImg{}
-	_ ImageCache              = (*imagecache.Cache)(nil)
-	_ GoldenCache             = (*imagecache.Cache)(nil)
-	_ Source                  = (*source.MinIO)(nil)
+// Source and ImageCache are the image store and the host's image cache as
+// the worker needs them (pipeline.Source, pipeline.ImageCache).
+type (
+	Source     = pipeline.Source
+	ImageCache = pipeline.ImageCache
 )
-
-// ImageChecker refuses a corrupt or truncated image.
-type ImageChecker interface {
-	Check(ctx context.Context, img image.Image, path string) error
-}
-
-// Source is the image store as the worker needs it.
-type Source interface {
-	source.Source
-	// Endpoint is the configured endpoint, host:port.
-	Endpoint() string
-}
-
-// ImageCache is the host's image cache as the worker needs it.
-type ImageCache interface {
-	// Acquire makes sure the image is cached (or, to stream it, being
-	// downloaded) and keeps it from eviction and removal until the
-	// Fetch's Release; the worker checks a hit's digest (Fetch.Verify)
-	// while it converts.
-	Acquire(ctx context.Context, src source.Source, ref messaging.ImageRef, o imagecache.AcquireOptions) (*imagecache.Fetch, error)
-	// Remove deletes an entry and its file (an image found to be unusable).
-	Remove(ctx context.Context, key string) error
-	// ReconcileReport brings the directory and the index into agreement.
-	ReconcileReport(ctx context.Context) (imagecache.ReconcileSummary, error)
-	// Dir is the cache directory.
-	Dir() string
-}
 
 // Worker runs one host's jobs.
 type Worker struct {
 	cfg      Config
-	space    spaceHeld
+	space    pipeline.Space
 	nc       *nats.Conn
 	js       jetstream.JetStream
 	subjects messaging.Subjects

@@ -64,10 +64,18 @@ func (s *SharedMinIO) Server(t testing.TB) *MinIO {
 func (s *SharedMinIO) Bucket(t testing.TB) (*MinIO, string) {
 	t.Helper()
 	m := s.Server(t)
-	bucket := fmt.Sprintf("t%d-%s", s.n.Add(1), strings.ToLower(strings.NewReplacer("/", "-", "_", "-").Replace(t.Name())))
+	// S3 bucket names are lower-case letters, digits and hyphens.
+	name := strings.Map(func(r rune) rune {
+		if r >= 'a' && r <= 'z' || r >= '0' && r <= '9' {
+			return r
+		}
+		return '-'
+	}, strings.ToLower(t.Name()))
+	bucket := fmt.Sprintf("t%d-%s", s.n.Add(1), name)
 	if len(bucket) > 63 {
-		bucket = strings.TrimRight(bucket[:63], "-")
+		bucket = bucket[:63]
 	}
+	bucket = strings.TrimRight(bucket, "-")
 	require.NoError(t, m.Bucket(context.Background(), bucket))
 	return m, bucket
 }

@@ -1,29 +1,20 @@
-package worker
+package pipeline
 
 import (
 	"context"
 	"errors"
 	"fmt"
 
+	"github.com/libvirt-volume-provisioner/provisioner/pipeline/convert"
 	"github.com/libvirt-volume-provisioner/provisioner/pipeline/imagecache"
 	"github.com/libvirt-volume-provisioner/provisioner/pipeline/stages"
 
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
 
-	"github.com/libvirt-volume-provisioner/provisioner/kvstate"
 	"github.com/libvirt-volume-provisioner/provisioner/messaging"
 	"github.com/libvirt-volume-provisioner/provisioner/volume"
 )
-
-// GoldenCache is the part of the image cache that keeps each image's golden
-// (imagecache.Cache).
-type GoldenCache interface {
-	LockGolden(ctx context.Context, key string) (func(), error)
-	Golden(ctx context.Context, key string) (volume.Golden, bool, error)
-	AttachGolden(ctx context.Context, g volume.Golden) (kvstate.Golden, error)
-	VerifyGolden(ctx context.Context, g volume.Golden) error
-}
 
 // cloneParts are the backend's clones and the cache's goldens.
 type cloneParts struct {
@@ -33,15 +24,15 @@ type cloneParts struct {
 
 // clones returns the clone parts when the backend can clone here and the
 // cache keeps goldens.
-func (w *Worker) clones() (cloneParts, bool) {
-	cl, ok := w.parts.Backend.(volume.Cloner)
+func (p *Plan) clones() (cloneParts, bool) {
+	cl, ok := p.Parts.Backend.(volume.Cloner)
 	if !ok {
 		return cloneParts{}, false
 	}
 	if ok, _ := cl.CloneSupport(); !ok {
 		return cloneParts{}, false
 	}
-	gc, ok := w.parts.Cache.(GoldenCache)
+	gc, ok := p.Parts.Cache.(GoldenCache)
 	return cloneParts{backend: cl, cache: gc}, ok
 }
 
@@ -62,13 +53,17 @@ func (c cloneParts) byClone(ctx context.Context, vol volume.Volume, exists bool)
 	return r.Reclonable(ctx, vol)
 }
 
-// populateByClone is the plan's populate stage by cloning: the job's volume
+// PopulateByClone is the plan's populate stage by cloning: the job's volume
 // becomes a clone of the image's golden, made first when there is none
 // (the first job of an image converts it once into the golden, every later
 // one only clones). An existing volume is replaced whole by a fresh clone;
 // a new one is created by the clone.
-func (p *imagePlan) populateByClone(ctx context.Context, c cloneParts) error {
-	w, rep, m, ji, res := p.w, p.rep, p.job, &p.ji, &p.res
+func (p *Plan) PopulateByClone(ctx context.Context) error {
+	c, ok := p.clones()
+	if !ok {
+		return errors.New("the volume cannot be cloned here: the backend cannot clone on this host, or the cache keeps no goldens")
+	}
+	m, ji, res := p.Job, &p.ji, &p.res
 	want := m.VolumeSizeBytes()
 	if p.exists {
 		want = p.vol.Size
@@ -81,32 +76,32 @@ func (p *imagePlan) populateByClone(ctx context.Context, c cloneParts) error {
 		return err
 	}
 	defer unlock()
-	g, made, err := w.golden(ctx, rep, m, ji, c)
+	g, made, err := p.golden(ctx, c)
 	if err != nil {
 		return err
 	}
-	res.imagePath, res.checksum = ji.path, ji.checksum
+	res.ImagePath, res.Checksum = ji.path, ji.checksum
 	trace.SpanFromContext(ctx).SetAttributes(attribute.Bool("cloned", true), attribute.Bool("golden_made", made))
-	rep.progress(stages.Populate, 0, ji.img.VirtualSize)
+	p.Report.Progress(stages.Populate, 0, ji.img.VirtualSize)
 	var vol volume.Volume
 	if p.exists {
 		// Reclone renames a whole clone over the volume: the old content
 		// stays until then, so a failure leaves it as it was.
 		vol, err = c.backend.Reclone(ctx, g, p.vol)
 	} else {
-		if err := rep.markVolumeCreated(ctx); err != nil {
+		if err := p.Report.MarkVolumeCreated(ctx); err != nil {
 			return err
 		}
 		vol, err = c.backend.Clone(ctx, g, m.VolumeName, want)
-		res.created = err == nil
+		res.Created = err == nil
 	}
 	if err != nil {
 		return fmt.Errorf("clone volume %q from the image's golden: %w", m.VolumeName, err)
 	}
 	p.vol = vol
-	res.volumePath, res.volumeSize, res.cloned = vol.Path, vol.Size, true
-	rep.progress(stages.Populate, ji.img.VirtualSize, ji.img.VirtualSize)
-	rep.log.WithField("golden", g.Path).WithField("golden_made", made).Info("volume cloned from the image's golden")
+	res.VolumePath, res.VolumeSize, res.Cloned = vol.Path, vol.Size, true
+	p.Report.Progress(stages.Populate, ji.img.VirtualSize, ji.img.VirtualSize)
+	p.Report.Log().WithField("golden", g.Path).WithField("golden_made", made).Info("volume cloned from the image's golden")
 	return nil
 }
 
@@ -115,18 +110,19 @@ func (p *imagePlan) populateByClone(ctx context.Context, c cloneParts) error {
 // unchanged since: its inode's ctime) unless the job asks for a full
 // verification: then the cached image's digest and the golden's are both
 // checked first, and a golden that fails is made again.
-func (w *Worker) golden(ctx context.Context, rep *reporter, m messaging.Job, ji *jobImage, c cloneParts) (g volume.Golden, made bool, err error) {
+func (p *Plan) golden(ctx context.Context, c cloneParts) (g volume.Golden, made bool, err error) {
+	ji := &p.ji
 	g, ok, err := c.cache.Golden(ctx, ji.key)
 	if err != nil {
 		return g, false, err
 	}
-	if ok && m.Verify == messaging.VerifyFull {
-		rep.progress(stages.Verify, 0, 0)
+	if ok && p.Job.Verify == messaging.VerifyFull {
+		p.Report.Progress(stages.Verify, 0, 0)
 		if err := ji.verify(ctx); err != nil {
 			return g, false, fmt.Errorf("verify the cached image: %w", err)
 		}
 		if err := c.cache.VerifyGolden(ctx, g); errors.Is(err, imagecache.ErrGoldenCorrupt) {
-			rep.log.WithError(err).Warn("the image's golden failed its verification; making it again")
+			p.Report.Log().WithError(err).Warn("the image's golden failed its verification; making it again")
 			ok = false
 		} else if err != nil {
 			return g, false, fmt.Errorf("verify the image's golden: %w", err)
@@ -135,15 +131,16 @@ func (w *Worker) golden(ctx context.Context, rep *reporter, m messaging.Job, ji 
 	if ok {
 		return g, false, nil
 	}
-	g, err = w.makeGolden(ctx, rep, ji, c)
+	g, err = p.makeGolden(ctx, c)
 	return g, err == nil, err
 }
 
 // makeGolden converts the image into a new golden (streaming a download
 // still arriving: the golden is the job's own), and seals it and records it
 // on the cache entry only once the image verified.
-func (w *Worker) makeGolden(ctx context.Context, rep *reporter, ji *jobImage, c cloneParts) (g volume.Golden, err error) {
-	release, err := w.reserveImage(ctx, rep, ji, "the image's golden", 0)
+func (p *Plan) makeGolden(ctx context.Context, c cloneParts) (g volume.Golden, err error) {
+	ji := &p.ji
+	release, err := p.reserveImage(ctx, "the image's golden", 0)
 	if err != nil {
 		return g, err
 	}
@@ -159,29 +156,30 @@ func (w *Worker) makeGolden(ctx context.Context, rep *reporter, ji *jobImage, c 
 	}()
 	stream := ji.part != nil
 	if stream {
-		rep.log.Info("converting the image into its golden while it downloads; it is kept only once its digest verified")
+		p.Report.Log().Info("converting the image into its golden while it downloads; it is kept only once its digest verified")
 	}
-	rep.progress(stages.Populate, 0, ji.img.VirtualSize)
-	h := w.goldenHasher(c, prep.Size)
-	if err := w.populateHashed(ctx, rep, ji, prep, h); err != nil {
+	p.Report.Progress(stages.Populate, 0, ji.img.VirtualSize)
+	h := p.goldenHasher(c, prep.Size)
+	if err := p.write(ctx, prep, h); err != nil {
 		return g, err
 	}
 	ji.part = nil // committed and verified
-	g, err = w.sealGolden(ctx, rep, c, ji.key, prep, h)
+	g, err = p.sealGolden(ctx, c, ji.key, prep, h)
 	if err != nil {
 		return g, fmt.Errorf("seal the image's golden: %w", err)
 	}
 	if _, err := c.cache.AttachGolden(ctx, g); err != nil {
 		return g, err
 	}
-	rep.log.WithField("golden", g.Path).WithField("immutable", g.Immutable).Info("made the image's golden")
+	p.Report.Log().WithField("golden", g.Path).WithField("immutable", g.Immutable).Info("made the image's golden")
 	return g, nil
 }
 
 // prewarmGolden is a cache fetch job's last stage where volumes are clones:
 // it makes the image's golden too, so the next job of the image only
 // clones. An image that has one is verified as any cache fetch's.
-func (w *Worker) prewarmGolden(ctx context.Context, rep *reporter, ji *jobImage, c cloneParts) error {
+func (p *Plan) prewarmGolden(ctx context.Context, c cloneParts) error {
+	ji := &p.ji
 	unlock, err := c.cache.LockGolden(ctx, ji.key)
 	if err != nil {
 		return err
@@ -195,6 +193,35 @@ func (w *Worker) prewarmGolden(ctx context.Context, rep *reporter, ji *jobImage,
 		}
 		return nil
 	}
-	_, err = w.makeGolden(ctx, rep, ji, c)
+	_, err = p.makeGolden(ctx, c)
 	return err
+}
+
+// goldenHasher returns a hasher for a golden of size bytes when the
+// converter can hash what it writes (convert.DigestConverter) and the
+// backend can seal with that digest (volume.DigestSealer); nil otherwise,
+// and the golden is read back when sealed.
+func (p *Plan) goldenHasher(c cloneParts, size int64) *volume.GoldenHasher {
+	if _, ok := p.Parts.Converter.(convert.DigestConverter); !ok {
+		return nil
+	}
+	if _, ok := c.backend.(volume.DigestSealer); !ok {
+		return nil
+	}
+	return volume.NewGoldenHasher(size)
+}
+
+// sealGolden seals the prepared golden of key with the digest h computed
+// while it was written, or, without one, has the backend read it back.
+func (p *Plan) sealGolden(ctx context.Context, c cloneParts, key string, prep volume.Volume, h *volume.GoldenHasher) (volume.Golden, error) {
+	ds, ok := c.backend.(volume.DigestSealer)
+	if h == nil || !ok {
+		return c.backend.SealGolden(ctx, key, prep)
+	}
+	digest, err := h.Sum()
+	if err != nil {
+		p.Report.Log().WithError(err).Warn("the golden was not hashed while it was written; reading it back to hash it")
+		return c.backend.SealGolden(ctx, key, prep)
+	}
+	return ds.SealGoldenDigest(ctx, key, prep, digest)
 }
