@@ -56,17 +56,15 @@ func (sub *submission) onUndo(f func(context.Context)) { sub.undo = append(sub.u
 // keep drops what end would take back: the job is queued, or may be.
 func (sub *submission) keep() { sub.undo = nil }
 
-// end takes back what the submission reserved, unless kept. It outlives
-// the request's cancellation (a client that went away leaves nothing
-// reserved).
+// end takes back what the submission reserved, unless kept, last taken
+// first, each with a time of its own (one slow step does not leave the
+// others undone). It outlives the request's cancellation (a client that
+// went away leaves nothing reserved).
 func (sub *submission) end() {
-	if len(sub.undo) == 0 {
-		return
-	}
-	ctx, cancel := context.WithTimeout(context.WithoutCancel(sub.r.Context()), sub.s.cfg.NATSTimeout)
-	defer cancel()
-	for _, u := range sub.undo {
-		u(ctx)
+	for i := len(sub.undo) - 1; i >= 0; i-- {
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(sub.r.Context()), sub.s.cfg.NATSTimeout)
+		sub.undo[i](ctx)
+		cancel()
 	}
 	sub.undo = nil
 }
@@ -126,6 +124,16 @@ func (sub *submission) enqueue(ctx context.Context, m messaging.Job) {
 	rec.TraceID, _, _ = telemetry.IDs(ctx)
 	rev, err := s.state.Jobs.Create(ctx, rec)
 	if err != nil {
+		if kvstate.MayHaveStored(err) {
+			// The record may still land (a write whose answer an election
+			// lost): keep the Idempotency-Key and the reservation with
+			// it, so a retry with the key finishes this submission
+			// (replay) instead of meeting this job pending on its own
+			// volume.
+			sub.keep()
+			s.failNATS(w, r, "record job (it may have been recorded: retry with the same Idempotency-Key)", err)
+			return
+		}
 		s.failNATS(w, r, "record job", err)
 		return
 	}

@@ -80,7 +80,7 @@ func (q JobQueue) Publish(ctx context.Context, m messaging.Job) error {
 	var apiErr *jetstream.APIError
 	isAPI := errors.As(err, &apiErr)
 	return &publishError{err: err,
-		refused: isAPI || errors.Is(err, nats.ErrNoResponders) || errors.Is(err, jetstream.ErrNoStreamResponse),
+		refused: !MayHaveStored(err),
 		dupe:    isAPI && strings.Contains(apiErr.Description, "maximum messages per subject")}
 }
 

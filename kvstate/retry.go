@@ -40,6 +40,19 @@ func Transient(err error) bool {
 	return false
 }
 
+// MayHaveStored reports whether a JetStream write (a KV create, update or
+// delete, a publish) that failed with err may still have been stored: it
+// timed out or lost its connection. A write the server answered with an
+// error, or that found nothing to answer it (no stream, no responders),
+// certainly stored nothing.
+func MayHaveStored(err error) bool {
+	if err == nil {
+		return false
+	}
+	var apiErr *jetstream.APIError
+	return !errors.As(err, &apiErr) && !errors.Is(err, nats.ErrNoResponders) && !errors.Is(err, jetstream.ErrNoStreamResponse)
+}
+
 // Retrying wraps kv so that its reads and writes of single keys retry
 // transient errors (Transient) with jittered backoff for up to budget, or
 // until ctx ends. Writes stay safe to repeat: a Create or Update whose
