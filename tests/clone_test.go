@@ -130,15 +130,12 @@ func TestReflinkVolumesAreClonesOfAGolden(t *testing.T) {
 	requireVolume(t, vol("vm-5"), ref, gib)
 }
 
-func TestVolumesWithoutReflinksAreConverted(t *testing.T) {
-	t.Parallel()
-	e := newEnv(t, envOptions{noWorker: true})
-	volDir := filepath.Join(testenv.FileSystem(t, testenv.Ext4), "volumes")
-	w := e.startWorker("h1", "PROVISIONER_VOLUME_DIR="+volDir)
-	require.Contains(t, w.output(), "clones are not possible here; every volume is converted into")
-	require.Contains(t, w.output(), "(ext4) has no reflinks")
-	qcow2, ref := image(t, 48<<20, 92)
-	url := e.upload("images/base.qcow2", qcow2, true)
+// requireConvertedEachTime provisions vm-1, vm-2 and vm-1 again (1 GiB,
+// in volDir) from url, the first a miss, and requires every job converted
+// into, none cloned, each volume reading as ref, and no golden listed with
+// the cached image.
+func (e *env) requireConvertedEachTime(t *testing.T, url, ref, volDir string) {
+	t.Helper()
 	for i, name := range []string{"vm-1", "vm-2", "vm-1"} {
 		id := e.submit(map[string]any{"image_url": url, "volume_name": name, "volume_size_gb": 1})
 		j := e.waitStatus(id, "completed")
@@ -148,6 +145,20 @@ func TestVolumesWithoutReflinksAreConverted(t *testing.T) {
 	}
 	images := e.do(http.MethodGet, "/api/v1/cache/images", nil).json(t)["images"].([]any)
 	require.NotContains(t, images[0], "golden")
+}
+
+// TestVolumesWithoutReflinksAreConverted: on ext4 the file backend says
+// clones are not possible, converts into every volume, and keeps no golden.
+func TestVolumesWithoutReflinksAreConverted(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, envOptions{noWorker: true})
+	volDir := filepath.Join(testenv.FileSystem(t, testenv.Ext4), "volumes")
+	w := e.startWorker("h1", "PROVISIONER_VOLUME_DIR="+volDir)
+	require.Contains(t, w.output(), "clones are not possible here; every volume is converted into")
+	require.Contains(t, w.output(), "(ext4) has no reflinks")
+	qcow2, ref := image(t, 48<<20, 92)
+	url := e.upload("images/base.qcow2", qcow2, true)
+	e.requireConvertedEachTime(t, url, ref, volDir)
 	require.NoDirExists(t, filepath.Join(volDir, ".golden"))
 }
 

@@ -26,8 +26,7 @@ func fsDirPool(t *testing.T, name, kind string, sizeMiB int64) string {
 	}
 	dir := filepath.Join(mnt, "pool")
 	require.NoError(t, os.Mkdir(dir, 0o755))
-	virsh(t, "pool-create-as", name, "dir", "--target", dir)
-	t.Cleanup(func() { _ = exec.Command("virsh", "-c", testenv.LibvirtURI, "pool-destroy", name).Run() })
+	createDirPool(t, name, dir)
 	return dir
 }
 
@@ -38,9 +37,7 @@ func fsDirPool(t *testing.T, name, kind string, sizeMiB int64) string {
 // and whole after the golden is evicted.
 func TestLibvirtDirPoolClones(t *testing.T) {
 	t.Parallel()
-	testenv.Libvirtd(t)
-	suffix := fmt.Sprintf("%d", time.Now().UnixNano()%1e9)
-	volPool, imgPool := "itc-vols-"+suffix, "itc-images-"+suffix
+	volPool, imgPool := poolNames(t, "itc")
 	volDir := fsDirPool(t, volPool, testenv.XFS, 512)
 	dirPool(t, imgPool)
 	e := newEnv(t, envOptions{noWorker: true})
@@ -83,7 +80,7 @@ func TestLibvirtDirPoolClones(t *testing.T) {
 	require.NotContains(t, virsh(t, "vol-list", volPool), ".clone-", "no temporary clone is left in the pool")
 
 	// A volume a running domain has attached is refused and left as it is.
-	domain := "itc-dom-" + suffix
+	domain := strings.Replace(volPool, "-vols-", "-dom-", 1)
 	xml := filepath.Join(t.TempDir(), "dom.xml")
 	require.NoError(t, os.WriteFile(xml, []byte(fmt.Sprintf(`<domain type='qemu'><name>%s</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>
 <os><type arch='x86_64' machine='pc'>hvm</type></os><devices><emulator>%s</emulator>
@@ -138,9 +135,7 @@ func TestLibvirtDirPoolClones(t *testing.T) {
 // volume that would not fit is refused before it is created.
 func TestLibvirtDirPoolWithoutReflinks(t *testing.T) {
 	t.Parallel()
-	testenv.Libvirtd(t)
-	suffix := fmt.Sprintf("%d", time.Now().UnixNano()%1e9)
-	volPool, imgPool := "itn-vols-"+suffix, "itn-images-"+suffix
+	volPool, imgPool := poolNames(t, "itn")
 	volDir := fsDirPool(t, volPool, testenv.Ext4, 3<<10) // volumes are allocated whole here
 	dirPool(t, imgPool)
 	e := newEnv(t, envOptions{noWorker: true})
@@ -149,15 +144,7 @@ func TestLibvirtDirPoolWithoutReflinks(t *testing.T) {
 	require.Contains(t, w.output(), "libvirt cannot clone volumes with reflink")
 	qcow2, ref := image(t, 24<<20, 96)
 	url := e.upload("images/lvn.qcow2", qcow2, true)
-	for i, name := range []string{"vm-1", "vm-2", "vm-1"} {
-		id := e.submit(map[string]any{"image_url": url, "volume_name": name, "volume_size_gb": 1})
-		j := e.waitStatus(id, "completed")
-		require.Equal(t, i > 0, *j.CacheHit)
-		require.False(t, e.cloned(id))
-		requireVolume(t, filepath.Join(volDir, name), ref, gib)
-	}
-	images := e.do(http.MethodGet, "/api/v1/cache/images", nil).json(t)["images"].([]any)
-	require.NotContains(t, images[0], "golden")
+	e.requireConvertedEachTime(t, url, ref, volDir)
 	require.NotContains(t, virsh(t, "vol-list", volPool), ".golden")
 
 	id := e.submit(map[string]any{"image_url": url, "volume_name": "vm-big", "volume_size_gb": 4})
@@ -170,9 +157,7 @@ func TestLibvirtDirPoolWithoutReflinks(t *testing.T) {
 // its golden, and the volumes cloned from it stay whole.
 func TestLibvirtDirPoolGoldenEvictedByCap(t *testing.T) {
 	t.Parallel()
-	testenv.Libvirtd(t)
-	suffix := fmt.Sprintf("%d", time.Now().UnixNano()%1e9)
-	volPool, imgPool := "itcap-vols-"+suffix, "itcap-images-"+suffix
+	volPool, imgPool := poolNames(t, "itcap")
 	volDir := fsDirPool(t, volPool, testenv.XFS, 512)
 	dirPool(t, imgPool)
 	e := newEnv(t, envOptions{noWorker: true})

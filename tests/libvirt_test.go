@@ -22,6 +22,15 @@ func virsh(t *testing.T, args ...string) string {
 	return string(out)
 }
 
+// poolNames starts libvirtd if it is not running and returns names of the
+// test's own for a volumes pool and an images pool.
+func poolNames(t *testing.T, prefix string) (volPool, imgPool string) {
+	t.Helper()
+	testenv.Libvirtd(t)
+	suffix := fmt.Sprintf("%d", time.Now().UnixNano()%1e9)
+	return prefix + "-vols-" + suffix, prefix + "-images-" + suffix
+}
+
 // dirPool creates a transient dir pool in a new world-traversable directory
 // (QEMU runs as libvirt-qemu) and destroys it when the test ends.
 func dirPool(t *testing.T, name string) string {
@@ -29,9 +38,16 @@ func dirPool(t *testing.T, name string) string {
 	dir := t.TempDir()
 	require.NoError(t, os.Chmod(dir, 0o755))
 	require.NoError(t, os.Chmod(filepath.Dir(dir), 0o755))
+	createDirPool(t, name, dir)
+	return dir
+}
+
+// createDirPool creates the transient dir pool name in dir and destroys it
+// when the test ends.
+func createDirPool(t *testing.T, name, dir string) {
+	t.Helper()
 	virsh(t, "pool-create-as", name, "dir", "--target", dir)
 	t.Cleanup(func() { _ = exec.Command("virsh", "-c", testenv.LibvirtURI, "pool-destroy", name).Run() })
-	return dir
 }
 
 // TestLibvirtBackend runs jobs through the libvirt backend against a real
@@ -39,9 +55,7 @@ func dirPool(t *testing.T, name string) string {
 // reuse, rollback, and refusal of a volume a running domain has attached.
 func TestLibvirtBackend(t *testing.T) {
 	t.Parallel()
-	testenv.Libvirtd(t)
-	suffix := fmt.Sprintf("%d", time.Now().UnixNano()%1e9)
-	volPool, imgPool := "it-vols-"+suffix, "it-images-"+suffix
+	volPool, imgPool := poolNames(t, "it")
 	dirPool(t, volPool)
 	imagesDir := dirPool(t, imgPool)
 
@@ -78,7 +92,7 @@ func TestLibvirtBackend(t *testing.T) {
 
 	// A volume attached to a running domain is refused and left untouched.
 	testenv.QemuSystem(t)
-	domain := "it-dom-" + suffix
+	domain := strings.Replace(volPool, "-vols-", "-dom-", 1)
 	xml := filepath.Join(t.TempDir(), "dom.xml")
 	require.NoError(t, os.WriteFile(xml, []byte(fmt.Sprintf(`<domain type='qemu'><name>%s</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>
 <os><type arch='x86_64' machine='pc'>hvm</type></os><devices><emulator>%s</emulator>
@@ -103,9 +117,7 @@ func TestLibvirtBackend(t *testing.T) {
 // to overwrite the seed.
 func TestLibvirtCloudInitSeed(t *testing.T) {
 	t.Parallel()
-	testenv.Libvirtd(t)
-	suffix := fmt.Sprintf("%d", time.Now().UnixNano()%1e9)
-	volPool, imgPool := "it-seed-vols-"+suffix, "it-seed-images-"+suffix
+	volPool, imgPool := poolNames(t, "it-seed")
 	dirPool(t, volPool)
 	dirPool(t, imgPool)
 	e := newEnv(t, envOptions{noWorker: true})
@@ -129,7 +141,7 @@ func TestLibvirtCloudInitSeed(t *testing.T) {
 		require.Equal(t, "cidata", strings.TrimSpace(string(out)), "blkid sees the NoCloud label")
 	}
 
-	domain := "it-seed-dom-" + suffix
+	domain := strings.Replace(volPool, "-vols-", "-dom-", 1)
 	domXML := filepath.Join(t.TempDir(), "dom.xml")
 	require.NoError(t, os.WriteFile(domXML, []byte(fmt.Sprintf(`<domain type='qemu'><name>%s</name><memory unit='MiB'>64</memory><vcpu>1</vcpu>
 <os><type arch='x86_64' machine='pc'>hvm</type></os><devices><emulator>%s</emulator>

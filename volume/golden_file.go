@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 
 	"github.com/libvirt-volume-provisioner/provisioner/internal/fsutil"
@@ -76,6 +77,25 @@ func RemoveGoldenFile(p string) error {
 // ValidGoldenKey accepts cache keys as the cache makes them (hex digests),
 // so that a key is safe in a file or volume name.
 func ValidGoldenKey(key string) error { return validKey(key) }
+
+// GoldenKeysIn is a backend's GoldenKeys from the directory entries where
+// it keeps its goldens: keyOf names the key of an entry that is a golden
+// or one being prepared (false for any other). Each valid key comes once,
+// sorted.
+func GoldenKeysIn(ents []os.DirEntry, keyOf func(name string) (key string, ok bool)) []string {
+	seen := map[string]bool{}
+	for _, d := range ents {
+		if key, ok := keyOf(d.Name()); ok && ValidGoldenKey(key) == nil {
+			seen[key] = true
+		}
+	}
+	keys := make([]string, 0, len(seen))
+	for k := range seen {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
 
 // validKey accepts cache keys as the cache makes them: hex digests.
 func validKey(key string) error {

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"sort"
 	"strings"
 	"syscall"
 
@@ -264,28 +263,16 @@ func (b Backend) GoldenKeys(context.Context) ([]string, error) {
 	if err != nil {
 		return nil, fmt.Errorf("list goldens in %s: %w", gdir, err)
 	}
-	seen := map[string]bool{}
-	for _, d := range ents {
-		name := d.Name()
-		var key string
+	return volume.GoldenKeysIn(ents, func(name string) (string, bool) {
 		switch {
 		case strings.HasPrefix(name, preparePrefix):
-			key, _, _ = strings.Cut(strings.TrimPrefix(name, preparePrefix), "-")
+			key, _, _ := strings.Cut(strings.TrimPrefix(name, preparePrefix), "-")
+			return key, true
 		case strings.HasSuffix(name, goldenExt):
-			key = strings.TrimSuffix(name, goldenExt)
-		default:
-			continue
+			return strings.TrimSuffix(name, goldenExt), true
 		}
-		if volume.ValidGoldenKey(key) == nil {
-			seen[key] = true
-		}
-	}
-	keys := make([]string, 0, len(seen))
-	for k := range seen {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys, nil
+		return "", false
+	}), nil
 }
 
 // Clone creates volume name as a reflink of g, then grows it to size.

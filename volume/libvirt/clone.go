@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"sort"
 	"strings"
 	"syscall"
 
@@ -318,28 +317,19 @@ func (b *Backend) GoldenKeys(context.Context) ([]string, error) {
 	if err != nil {
 		return nil, fmt.Errorf("list goldens in %s: %w", b.s.poolPath, err)
 	}
-	seen := map[string]bool{}
-	for _, d := range ents {
-		rest, ok := strings.CutPrefix(d.Name(), goldenPrefix)
+	return volume.GoldenKeysIn(ents, func(name string) (string, bool) {
+		rest, ok := strings.CutPrefix(name, goldenPrefix)
 		if !ok {
-			continue
+			return "", false
 		}
-		key, sealed := strings.CutSuffix(rest, goldenExt)
-		if i := strings.Index(rest, goldenPrepare); !sealed && i > 0 {
-			key = rest[:i]
-		} else if !sealed {
-			continue
+		if key, sealed := strings.CutSuffix(rest, goldenExt); sealed {
+			return key, true
 		}
-		if volume.ValidGoldenKey(key) == nil {
-			seen[key] = true
+		if i := strings.Index(rest, goldenPrepare); i > 0 {
+			return rest[:i], true
 		}
-	}
-	keys := make([]string, 0, len(seen))
-	for k := range seen {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	return keys, nil
+		return "", false
+	}), nil
 }
 
 // Clone makes the volume name a reflink clone of g (libvirt's
