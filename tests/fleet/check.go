@@ -94,7 +94,7 @@ func judge(subs []*submission, recs map[string]kvstate.Job, t *tally) verdict {
 	for _, s := range subs {
 		if s.err != nil {
 			v.notAccepted++
-			v.example(fmt.Sprintf("not accepted (%s, host %s): %v", s.via, s.host, s.err))
+			v.example(fmt.Sprintf("not accepted (%s, host %s): %v (first try: %v)", s.via, s.host, s.err, s.firstErr))
 			continue
 		}
 		v.accepted++

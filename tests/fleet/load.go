@@ -37,6 +37,8 @@ type submission struct {
 	sent     time.Time
 	accepted time.Time
 	err      error
+	// firstErr is the first try's error, when there was a retry.
+	firstErr error
 	// note says how a REST submission was answered after a retry (which
 	// replica, replayed or not, and the first error), for the findings.
 	note string
@@ -100,6 +102,9 @@ func (l *loader) submit(ctx context.Context, s *submission, i int) {
 			}
 			s.accepted, s.err = time.Now(), nil
 			return
+		}
+		if s.firstErr == nil {
+			s.firstErr = err
 		}
 		s.err = err
 		if time.Now().After(deadline) || ctx.Err() != nil {
