@@ -60,7 +60,7 @@ func (w *Worker) recordCancelled(ctx context.Context, host, jobID string) bool {
 	defer cancel()
 	j, _, err := w.jobs.Get(rctx, host, jobID)
 	if err != nil {
-		if !errors.Is(err, kvstate.ErrNotFound) && ctx.Err() == nil {
+		if !errors.Is(err, kvstate.ErrJobNotFound) && ctx.Err() == nil {
 			w.log.WithError(err).WithField("job_id", jobID).Debug("read the job record for a cancel")
 		}
 		return false

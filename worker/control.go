@@ -37,7 +37,7 @@ func (w *Worker) serveControl(ctx context.Context) (func(), error) {
 		}
 		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
-		if _, err := index.Get(rctx, w.cfg.Host, req.Key); errors.Is(err, kvstate.ErrNotFound) {
+		if _, err := index.Get(rctx, w.cfg.Host, req.Key); errors.Is(err, kvstate.ErrCacheEntryNotFound) {
 			// Not a cache key: it may be an image's content checksum (what
 			// the cache list shows; images without a .sha256 are keyed by
 			// their URL's hash).

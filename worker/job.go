@@ -182,7 +182,7 @@ func (w *Worker) markRunning(ctx context.Context, log *logrus.Entry, msg jetstre
 // straight to NATS).
 func (w *Worker) jobRecord(ctx context.Context, rec kvstate.Job) (kvstate.Job, uint64, error) {
 	cur, rev, err := w.jobs.Get(ctx, rec.Hypervisor, rec.JobID)
-	if !errors.Is(err, kvstate.ErrNotFound) {
+	if !errors.Is(err, kvstate.ErrJobNotFound) {
 		return cur, rev, err
 	}
 	rev, err = w.jobs.Create(ctx, rec)

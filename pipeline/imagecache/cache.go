@@ -30,7 +30,7 @@ const maxStemLen = 100
 
 // Index is the cache index the Cache needs; kvstate.CacheIndex is one.
 type Index interface {
-	// Get returns one entry, or kvstate.ErrNotFound when there is none.
+	// Get returns one entry, or kvstate.ErrCacheEntryNotFound when there is none.
 	Get(ctx context.Context, host, key string) (kvstate.CacheEntry, error)
 	// Put stores or replaces an entry.
 	Put(ctx context.Context, host string, e kvstate.CacheEntry) error
@@ -232,7 +232,7 @@ func (c *Cache) keyOf(ctx context.Context, src source.Source, ref messaging.Imag
 // revalidated against the object first: another ETag or size makes it stale.
 func (c *Cache) lookup(ctx context.Context, src source.Source, ref messaging.ImageRef, key, kind string, check HitCheck, progress stages.ProgressFunc) (kvstate.CacheEntry, bool, error) {
 	e, err := c.index.Get(ctx, c.host, key)
-	if errors.Is(err, kvstate.ErrNotFound) {
+	if errors.Is(err, kvstate.ErrCacheEntryNotFound) {
 		return e, false, nil
 	}
 	if err != nil {

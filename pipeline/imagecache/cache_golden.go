@@ -61,7 +61,7 @@ func (c *Cache) LockGolden(ctx context.Context, key string) (func(), error) {
 }
 
 // updateEntry changes key's entry under its lock; fn may not return an
-// error matching kvstate.ErrNotFound.
+// error matching kvstate.ErrCacheEntryNotFound.
 func (c *Cache) updateEntry(ctx context.Context, key string, fn func(e *kvstate.CacheEntry) error) error {
 	unlock, err := c.lock(ctx, key)
 	if err != nil {
@@ -84,7 +84,7 @@ func (c *Cache) updateEntry(ctx context.Context, key string, fn func(e *kvstate.
 // golden that changed is dropped, and ok is false: make it again.
 func (c *Cache) Golden(ctx context.Context, key string) (g volume.Golden, ok bool, err error) {
 	e, err := c.index.Get(ctx, c.host, key)
-	if errors.Is(err, kvstate.ErrNotFound) {
+	if errors.Is(err, kvstate.ErrCacheEntryNotFound) {
 		return g, false, nil
 	}
 	if err != nil {
@@ -183,7 +183,7 @@ func (c *Cache) DropGolden(ctx context.Context, key, why string) error {
 		e.Golden = nil
 		return nil
 	})
-	if err != nil && !errors.Is(err, kvstate.ErrNotFound) {
+	if err != nil && !errors.Is(err, kvstate.ErrCacheEntryNotFound) {
 		return fmt.Errorf("drop the golden of %s from its cache entry (%s): %w", key, why, err)
 	}
 	c.changed(ctx)
@@ -375,7 +375,7 @@ func (c *Cache) scrubDrop(ctx context.Context, e kvstate.CacheEntry, drop func(c
 	}
 	defer unlock()
 	cur, err := c.index.Get(ctx, c.host, e.Key)
-	if errors.Is(err, kvstate.ErrNotFound) {
+	if errors.Is(err, kvstate.ErrCacheEntryNotFound) {
 		return true, nil
 	}
 	if err != nil {

@@ -81,7 +81,7 @@ func (f *goldenFixture) ensureGolden(t *testing.T, ref messaging.ImageRef) (kvst
 func (f *goldenFixture) entry(t *testing.T, key string) (kvstate.CacheEntry, bool) {
 	t.Helper()
 	e, err := f.index.Get(context.Background(), f.host, key)
-	if errors.Is(err, kvstate.ErrNotFound) {
+	if errors.Is(err, kvstate.ErrCacheEntryNotFound) {
 		return e, false
 	}
 	require.NoError(t, err)

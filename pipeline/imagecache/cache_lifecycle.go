@@ -280,7 +280,7 @@ func (c *Cache) evictLocked(ctx context.Context, need int64) (EvictSummary, erro
 			continue
 		}
 		cur, err := c.index.Get(ctx, c.host, e.Key)
-		if errors.Is(err, kvstate.ErrNotFound) {
+		if errors.Is(err, kvstate.ErrCacheEntryNotFound) {
 			unlock()
 			total -= e.Bytes()
 			continue
@@ -338,7 +338,7 @@ func (c *Cache) Remove(ctx context.Context, key string) error {
 		return &ImageInUseError{Key: key}
 	}
 	e, err := c.index.Get(ctx, c.host, key)
-	if errors.Is(err, kvstate.ErrNotFound) {
+	if errors.Is(err, kvstate.ErrCacheEntryNotFound) {
 		return nil
 	}
 	if err != nil {

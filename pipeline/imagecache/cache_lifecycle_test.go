@@ -50,7 +50,7 @@ func TestCacheEvictionSkipsImagesInUse(t *testing.T) {
 	require.Greater(t, changes.Load(), before+1, "the download and the eviction both report a change")
 	require.NoFileExists(t, eB.Path, "B, the least recently used image not in use, is evicted")
 	_, err = index.Get(ctx, host, digestB)
-	require.ErrorIs(t, err, kvstate.ErrNotFound)
+	require.ErrorIs(t, err, kvstate.ErrCacheEntryNotFound)
 	require.FileExists(t, eA.Path)
 	require.FileExists(t, eC.Path)
 	require.ElementsMatch(t, []string{filepath.Base(eA.Path), filepath.Base(eC.Path)}, cacheFiles(t, cache))
@@ -64,7 +64,7 @@ func TestCacheEvictionSkipsImagesInUse(t *testing.T) {
 	require.False(t, hit)
 	require.NoFileExists(t, eA.Path)
 	_, err = index.Get(ctx, host, digestA)
-	require.ErrorIs(t, err, kvstate.ErrNotFound)
+	require.ErrorIs(t, err, kvstate.ErrCacheEntryNotFound)
 	entries, err := index.List(ctx, host)
 	require.NoError(t, err)
 	var keys []string

@@ -180,7 +180,7 @@ func TestCacheReplacedFileSurvives(t *testing.T) {
 				requireIntact(t, b.entry.Path, b.digest)
 				if name != "download" {
 					_, err := b.index.Get(context.Background(), b.host, b.entry.Key)
-					require.ErrorIs(t, err, kvstate.ErrNotFound, "the entry goes, the file stays")
+					require.ErrorIs(t, err, kvstate.ErrCacheEntryNotFound, "the entry goes, the file stays")
 				}
 			})
 		}
@@ -262,7 +262,7 @@ func TestCacheReconcileAdoptsLegacyFiles(t *testing.T) {
 	requireIntact(t, paths[2], userC)
 	requireIntact(t, oldPartial, oldDigest)
 	_, err = index.Get(ctx, host, digestC)
-	require.ErrorIs(t, err, kvstate.ErrNotFound)
+	require.ErrorIs(t, err, kvstate.ErrCacheEntryNotFound)
 
 	// Adopted files are the cache's own: a delete removes them.
 	e, err := index.Get(ctx, host, digestA)

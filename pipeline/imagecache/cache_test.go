@@ -134,7 +134,7 @@ func TestCacheChecksumMismatch(t *testing.T) {
 	require.ErrorContains(t, err, "nothing was cached")
 	require.Empty(t, cacheFiles(t, f.cache))
 	_, err = f.index.Get(ctx, f.host, wrong)
-	require.ErrorIs(t, err, kvstate.ErrNotFound)
+	require.ErrorIs(t, err, kvstate.ErrCacheEntryNotFound)
 	entries, err := f.index.List(ctx, f.host)
 	require.NoError(t, err)
 	require.Empty(t, entries)
@@ -241,7 +241,7 @@ func TestCacheCancelRemovesPartial(t *testing.T) {
 	require.ErrorIs(t, err, context.Canceled)
 	require.Empty(t, cacheFiles(t, f.cache))
 	_, err = f.index.Get(context.Background(), f.host, f.digest)
-	require.True(t, errors.Is(err, kvstate.ErrNotFound))
+	require.True(t, errors.Is(err, kvstate.ErrCacheEntryNotFound))
 }
 
 func TestCacheMissingImage(t *testing.T) {
@@ -278,7 +278,7 @@ func TestCacheReconcile(t *testing.T) {
 	require.NoError(t, os.Remove(e.Path))
 	require.NoError(t, f.cache.Reconcile(ctx))
 	_, err = f.index.Get(ctx, f.host, e.Key)
-	require.ErrorIs(t, err, kvstate.ErrNotFound)
+	require.ErrorIs(t, err, kvstate.ErrCacheEntryNotFound)
 	require.Empty(t, cacheFiles(t, f.cache))
 }
 
