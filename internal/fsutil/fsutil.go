@@ -1,6 +1,6 @@
 // Package fsutil holds the small file-system steps the cache and the volume
 // backends share: flushing a directory, renaming without replacing, reading
-// and writing small state files, recognising zeros.
+// and writing small state files, recognising zeros, naming a file system.
 package fsutil
 
 import (
@@ -105,4 +105,26 @@ func NextData(f *os.File, off, size int64) int64 {
 // IsBlockDevice reports whether st is a block device (not a character one).
 func IsBlockDevice(st os.FileInfo) bool {
 	return st.Mode()&os.ModeDevice != 0 && st.Mode()&os.ModeCharDevice == 0
+}
+
+// KindOf names the file system dir is on, for messages: xfs, btrfs, ext4,
+// tmpfs, overlayfs, or its type number.
+func KindOf(dir string) string {
+	var st unix.Statfs_t
+	if unix.Statfs(dir, &st) != nil {
+		return "unknown file system"
+	}
+	switch st.Type {
+	case unix.XFS_SUPER_MAGIC:
+		return "xfs"
+	case unix.BTRFS_SUPER_MAGIC:
+		return "btrfs"
+	case unix.EXT4_SUPER_MAGIC:
+		return "ext4"
+	case unix.TMPFS_MAGIC:
+		return "tmpfs"
+	case unix.OVERLAYFS_SUPER_MAGIC:
+		return "overlayfs"
+	}
+	return fmt.Sprintf("file system type %#x", st.Type)
 }

@@ -87,11 +87,7 @@ func probeClone(dir, gdir string) *fileClones {
 
 // cloneErrReason says why FICLONE failed with err in dir.
 func cloneErrReason(dir string, err error) string {
-	var fs unix.Statfs_t
-	kind := ""
-	if unix.Statfs(dir, &fs) == nil {
-		kind = fsName(fs.Type)
-	}
+	kind := fsutil.KindOf(dir)
 	switch {
 	case errors.Is(err, unix.EXDEV):
 		return fmt.Sprintf("%s and its %s directory are on different file systems (%v)", dir, goldenDirName, err)
@@ -99,22 +95,6 @@ func cloneErrReason(dir string, err error) string {
 		return fmt.Sprintf("the file system of %s (%s) has no reflinks (FICLONE: %v); XFS made with reflink=1 and btrfs have them", dir, kind, err)
 	}
 	return fmt.Sprintf("FICLONE in %s (%s) failed: %v", dir, kind, err)
-}
-
-func fsName(t int64) string {
-	switch t {
-	case unix.XFS_SUPER_MAGIC:
-		return "xfs"
-	case unix.BTRFS_SUPER_MAGIC:
-		return "btrfs"
-	case unix.EXT4_SUPER_MAGIC:
-		return "ext4"
-	case unix.TMPFS_MAGIC:
-		return "tmpfs"
-	case unix.OVERLAYFS_SUPER_MAGIC:
-		return "overlayfs"
-	}
-	return fmt.Sprintf("type %#x", t)
 }
 
 // initGoldenDir creates (or checks) the golden directory: a directory of

@@ -164,30 +164,13 @@ func (b *Backend) probeReflink(ctx context.Context) error {
 		c, err := pool.StorageVolCreateXMLFrom(cdesc, vol, golibvirt.STORAGE_VOL_CREATE_REFLINK)
 		if err != nil {
 			return fmt.Errorf("libvirt cannot clone volumes with reflink in storage pool %q (%s, %s): %w; XFS made with reflink=1 and btrfs have reflinks",
-				b.s.poolName, b.s.poolPath, fsName(b.s.poolPath), clean(err))
+				b.s.poolName, b.s.poolPath, fsutil.KindOf(b.s.poolPath), clean(err))
 		}
 		return c.Free()
 	})
 }
 
 // fsName names the file system holding dir.
-func fsName(dir string) string {
-	var st unix.Statfs_t
-	if unix.Statfs(dir, &st) != nil {
-		return "unknown file system"
-	}
-	switch st.Type {
-	case unix.XFS_SUPER_MAGIC:
-		return "xfs"
-	case unix.BTRFS_SUPER_MAGIC:
-		return "btrfs"
-	case unix.EXT4_SUPER_MAGIC:
-		return "ext4"
-	case unix.TMPFS_MAGIC:
-		return "tmpfs"
-	}
-	return fmt.Sprintf("file system type %#x", st.Type)
-}
 
 func randomSuffix() string {
 	var b [6]byte
