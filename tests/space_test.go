@@ -43,6 +43,25 @@ func fill(t *testing.T, dir string, keep int64) string {
 	return p
 }
 
+// unfill removes the filler fill made in dir and waits until the file
+// system counts its space as free again: XFS frees an unlinked file's
+// blocks in the background, so a statfs just after the unlink may still
+// see them used (and a job's free-space check refuse what now fits).
+func unfill(t *testing.T, dir, filler string) {
+	t.Helper()
+	st, err := os.Stat(filler)
+	require.NoError(t, err)
+	var before unix.Statfs_t
+	require.NoError(t, unix.Statfs(dir, &before))
+	require.NoError(t, os.Remove(filler))
+	want := int64(before.Bavail)*before.Frsize + st.Size()*9/10
+	require.Eventually(t, func() bool {
+		unix.Sync()
+		var now unix.Statfs_t
+		return unix.Statfs(dir, &now) == nil && int64(now.Bavail)*now.Frsize >= want
+	}, 30*time.Second, 50*time.Millisecond, "the filler's space is free again")
+}
+
 func noGolden(t *testing.T, volDir string) {
 	t.Helper()
 	ents, err := os.ReadDir(filepath.Join(volDir, ".golden"))
@@ -79,7 +98,7 @@ func TestJobThatWouldOverfillFailsBeforeWriting(t *testing.T) {
 			require.NoFileExists(t, filepath.Join(volDir, "vm-1"))
 			noGolden(t, volDir)
 
-			require.NoError(t, os.Remove(filler))
+			unfill(t, mnt, filler)
 			id = e.submit(map[string]any{"image_url": url, "volume_name": "vm-1", "volume_size_gb": 1})
 			e.waitStatus(id, "completed")
 			requireVolume(t, filepath.Join(volDir, "vm-1"), ref, gib)
@@ -116,7 +135,7 @@ func TestFileSystemFillingUpFailsTheJobCleanly(t *testing.T) {
 				require.NotContains(t, img, "golden")
 			}
 
-			require.NoError(t, os.Remove(filler))
+			unfill(t, mnt, filler)
 			id = e.submit(map[string]any{"image_url": url, "volume_name": "vm-1", "volume_size_gb": 1})
 			e.waitStatus(id, "completed")
 			requireVolume(t, filepath.Join(volDir, "vm-1"), ref, gib)
