@@ -141,8 +141,13 @@ func (e *env) httpClient() *http.Client {
 	if e.client != nil {
 		return e.client
 	}
-	return http.DefaultClient
+	return defaultClient
 }
+
+// defaultClient is the tests' HTTP client for the API: no request of a
+// test waits longer than a minute for its answer (a stuck request fails
+// the test instead of holding the package until its timeout).
+var defaultClient = &http.Client{Timeout: time.Minute}
 
 type envOptions struct {
 	// client is the HTTP client for the API (http.DefaultClient when nil).

@@ -124,7 +124,11 @@ func TestSIGTERMLetsRunningJobsFinish(t *testing.T) {
 	id = e.submit(map[string]any{"image_url": url, "volume_name": "vm-cut", "volume_size_gb": 1})
 	e.waitJob(id, 30*time.Second, func(j job) bool { return j.Progress != nil && j.Progress.Stage == "populating" })
 	require.NoError(t, w.cmd.Process.Signal(syscall.SIGTERM))
-	<-w.done
+	select {
+	case <-w.done:
+	case <-time.After(time.Minute):
+		t.Fatalf("the worker did not stop within a minute of SIGTERM with a 500ms grace:\n%s", w.output())
+	}
 	require.Contains(t, w.output(), `"msg":"job interrupted by shutdown; it will be redelivered"`)
 	require.False(t, qemuImgWriting(e.volumePath("h1", "vm-cut")), "no qemu-img outlives the worker")
 	e.startWorker("h1")

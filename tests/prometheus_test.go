@@ -92,7 +92,7 @@ type promSample struct {
 
 // promQuery runs an instant query against Prometheus' HTTP API.
 func promQuery(base, query string) ([]promSample, error) {
-	resp, err := http.Get(base + "/api/v1/query?query=" + url.QueryEscape(query))
+	resp, err := promHTTP.Get(base + "/api/v1/query?query=" + url.QueryEscape(query))
 	if err != nil {
 		return nil, err
 	}
@@ -177,6 +177,7 @@ func startPrometheus(t *testing.T, config string) string {
 	var logBuf bytes.Buffer
 	logs := &lockedWriter{w: &logBuf}
 	cmd.Stdout, cmd.Stderr = logs, logs
+	cmd.WaitDelay = 5 * time.Second // a child holding the pipe does not keep Wait
 	require.NoError(t, cmd.Start())
 	done := make(chan struct{})
 	go func() { _ = cmd.Wait(); close(done) }()
@@ -195,7 +196,7 @@ func startPrometheus(t *testing.T, config string) string {
 	base := "http://" + addr
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		resp, err := http.Get(base + "/-/ready")
+		resp, err := promHTTP.Get(base + "/-/ready")
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == http.StatusOK {
@@ -350,7 +351,7 @@ func requireRulesHealthy(t *testing.T, base string) {
 	var last string
 	deadline := time.Now().Add(15 * time.Second)
 	for time.Now().Before(deadline) {
-		resp, err := http.Get(base + "/api/v1/rules")
+		resp, err := promHTTP.Get(base + "/api/v1/rules")
 		require.NoError(t, err)
 		body, err := io.ReadAll(resp.Body)
 		resp.Body.Close()
@@ -432,7 +433,7 @@ func TestPromtoolCheckMetrics(t *testing.T) {
 	e.waitStatus(e.submit(map[string]any{"image_url": imageURL, "volume_name": "vm-lint", "volume_size_gb": 1}), "completed")
 
 	for name, u := range map[string]string{"api": e.apiURL + "/metrics", "worker": "http://" + workerAddr(t, w) + "/metrics"} {
-		resp, err := http.Get(u)
+		resp, err := promHTTP.Get(u)
 		require.NoError(t, err)
 		body, err := io.ReadAll(resp.Body)
 		resp.Body.Close()
@@ -466,3 +467,7 @@ func (l *lockedWriter) String() string {
 	defer l.mu.Unlock()
 	return l.w.String()
 }
+
+// promHTTP is the client for Prometheus's and the exporters' HTTP: a
+// stuck request fails the test within a minute.
+var promHTTP = &http.Client{Timeout: time.Minute}

@@ -2,6 +2,7 @@ package tests
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
 	"io"
@@ -27,9 +28,17 @@ type ctlRun struct {
 
 // ctlCmd is provisionerctl against server, with no config file of the
 // machine's.
+// ctlDeadline bounds one provisionerctl run in these tests.
+const ctlDeadline = 3 * time.Minute
+
 func ctlCmd(t *testing.T, server string, args ...string) *exec.Cmd {
 	t.Helper()
-	cmd := exec.Command(filepath.Join(binDir, "provisionerctl"), args...)
+	// A command that follows a job (--wait, watch) ends with the job; none
+	// may outlive ctlDeadline.
+	ctx, cancel := context.WithTimeout(context.Background(), ctlDeadline)
+	t.Cleanup(cancel)
+	cmd := exec.CommandContext(ctx, filepath.Join(binDir, "provisionerctl"), args...)
+	cmd.WaitDelay = 5 * time.Second
 	cmd.Env = append(os.Environ(), "PROVISIONER_SERVER="+server, "PROVISIONER_CONFIG=", "HOME="+t.TempDir())
 	return cmd
 }
@@ -79,7 +88,16 @@ func ctlInTerminal(t *testing.T, server string, args ...string) *ptyRun {
 // wait returns the exit code and everything the terminal showed.
 func (r *ptyRun) wait(t *testing.T) (int, string) {
 	t.Helper()
-	code := exitCode(t, r.cmd.Wait())
+	waited := make(chan error, 1)
+	go func() { waited <- r.cmd.Wait() }()
+	var err error
+	select {
+	case err = <-waited:
+	case <-time.After(ctlDeadline):
+		_ = r.cmd.Process.Kill()
+		t.Fatalf("provisionerctl on a terminal did not end within %v; the terminal showed:\n%s", ctlDeadline, r.out.String())
+	}
+	code := exitCode(t, err)
 	select {
 	case <-r.done:
 	case <-time.After(5 * time.Second):

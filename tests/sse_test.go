@@ -153,7 +153,13 @@ func TestSSEEventsArriveWhileTheJobRuns(t *testing.T) {
 	j := e.getJob(id)
 	require.Contains(t, []string{"pending", "running"}, j.Status, "the first event (%s) arrived only after the job ended", first)
 	require.NotContains(t, first, `"status":"completed"`)
-	for range lines { // the rest, until the stream ends with the job
+	rest := time.After(2 * time.Minute)
+	for more := true; more; { // the rest, until the stream ends with the job
+		select {
+		case _, more = <-lines:
+		case <-rest:
+			t.Fatal("the event stream did not end within 2 minutes of the job's first event")
+		}
 	}
 	require.Equal(t, "completed", e.waitStatus(id, "completed").Status)
 }
