@@ -2,6 +2,7 @@ package pipeline
 
 import (
 	"context"
+	"errors"
 	"fmt"
 
 	"github.com/sirupsen/logrus"
@@ -28,10 +29,11 @@ import (
 // Lock for its volume lease, and settles what Run returns.
 type Plan struct {
 	Parts Parts
-	// Space is the space the host's running plans hold; one per worker.
+	// Space is the space the host's running plans hold; one per worker
+	// (nil: the plan counts only its own).
 	Space *Space
-	// Report is where the plan reports; Lock takes the volume's lease
-	// (unlock is never nil).
+	// Report is where the plan reports; Lock takes the volume's lease,
+	// so that no other job writes the volume until unlock (both required).
 	Report Reporter
 	Lock   func(ctx context.Context, volume string) (unlock func(), err error)
 	// Job is the job's message; VolumeCreated says the job's record shows
@@ -88,6 +90,12 @@ type Reporter interface {
 // Run runs the plan's stages in order. What it returns says what the plan
 // did, also when it fails.
 func (p *Plan) Run(ctx context.Context) (Result, error) {
+	if p.Report == nil || p.Lock == nil {
+		return p.res, errors.New("a plan needs a Reporter and a volume Lock")
+	}
+	if p.Space == nil {
+		p.Space = &Space{}
+	}
 	if err := p.ResolveImage(ctx); err != nil {
 		return p.res, err
 	}
