@@ -77,6 +77,22 @@ func (b *Backend) scan(ctx context.Context) (map[string]thinLV, ThinPoolUsage, e
 // (lvchange -p r) and renames it .golden-<key>, replacing an older golden
 // of key.
 func (b *Backend) SealGolden(ctx context.Context, key string, prepared volume.Volume) (volume.Golden, error) {
+	return b.sealGolden(ctx, key, prepared, "")
+}
+
+// SealGoldenDigest is SealGolden with the golden's digest computed while
+// it was written (volume.GoldenHasher): the golden is not read back.
+func (b *Backend) SealGoldenDigest(ctx context.Context, key string, prepared volume.Volume, digest string) (volume.Golden, error) {
+	if digest == "" {
+		return volume.Golden{}, fmt.Errorf("seal golden of %s: no digest given", key)
+	}
+	return b.sealGolden(ctx, key, prepared, digest)
+}
+
+var _ volume.DigestSealer = (*Backend)(nil)
+
+// sealGolden seals prepared; digest "" reads the golden back to hash it.
+func (b *Backend) sealGolden(ctx context.Context, key string, prepared volume.Volume, digest string) (volume.Golden, error) {
 	if err := b.thinReady(); err != nil {
 		return volume.Golden{}, err
 	}
@@ -98,9 +114,10 @@ func (b *Backend) SealGolden(ctx context.Context, key string, prepared volume.Vo
 	if err := ensureFlushed(lv.Path); err != nil {
 		return volume.Golden{}, fmt.Errorf("flush golden of %s: %w", key, err)
 	}
-	digest, err := hashLV(ctx, lv)
-	if err != nil {
-		return volume.Golden{}, fmt.Errorf("hash golden of %s: %w", key, err)
+	if digest == "" {
+		if digest, err = hashLV(ctx, lv); err != nil {
+			return volume.Golden{}, fmt.Errorf("hash golden of %s: %w", key, err)
+		}
 	}
 	if err := b.change(ctx, lvmCommand("lvchange", "--yes", "--permission", "r", b.VG+"/"+name)...); err != nil {
 		return volume.Golden{}, fmt.Errorf("make golden of %s read-only: %w", key, err)

@@ -443,3 +443,39 @@ func newTestCache(t *testing.T, opts imagecache.Options) (*imagecache.Cache, kvs
 	require.NoError(t, err)
 	return c, index, host
 }
+
+// TestLVMGuestThinGoldenSealedWithDigest: a golden whose digest was
+// computed while it was written (as the worker makes one, the converter
+// feeding a volume.GoldenHasher) is sealed with that digest without being
+// read back; it is the digest the LV's content has, and the golden is as
+// sealed as one hashed by reading it.
+func TestLVMGuestThinGoldenSealedWithDigest(t *testing.T) {
+	t.Parallel()
+	b := guestThin(t)
+	ctx := t.Context()
+	qcow2, raw := guestImages(t)
+	key := thinKey(t)
+	img, err := image.Inspect(qcow2, "qcow2")
+	require.NoError(t, err)
+	prep, err := b.PrepareGolden(ctx, key, img.VirtualSize)
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = b.RemoveGolden(context.Background(), key) })
+	_, err = b.SealGoldenDigest(ctx, key, prep, "")
+	require.ErrorContains(t, err, "no digest given")
+
+	h := volume.NewGoldenHasher(prep.Size)
+	require.NoError(t, convert.Native{}.WithDigest(h).Convert(ctx, img, qcow2, prep, nil))
+	digest, err := h.Sum()
+	require.NoError(t, err)
+	g, err := b.SealGoldenDigest(ctx, key, prep, digest)
+	require.NoError(t, err)
+	require.Equal(t, digest, g.Digest)
+	requireLVHolds(t, g.Path, raw, g.Size)
+	read, err := b.DigestGolden(ctx, g.Path)
+	require.NoError(t, err)
+	require.Equal(t, read, g.Digest, "the digest of what was written is the digest of the LV")
+	lv, ok, err := b.thinLV(ctx, lvGoldenPrefix+key)
+	require.NoError(t, err)
+	require.True(t, ok)
+	require.True(t, lv.readOnly(), "sealed read-only: %s", lv.Attr)
+}
