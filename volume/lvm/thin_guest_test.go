@@ -50,6 +50,15 @@ func guestThin(t *testing.T) *Backend {
 	return b
 }
 
+// thinImages is the guest's thin backend and the test images (the qcow2,
+// and the raw disk it holds): how most thin tests begin.
+func thinImages(t *testing.T) (b *Backend, qcow2, raw string) {
+	t.Helper()
+	b = guestThin(t)
+	qcow2, raw = guestImages(t)
+	return b, qcow2, raw
+}
+
 // thinKey is a cache key of the test's own.
 func thinKey(t *testing.T) string {
 	sum := sha256.Sum256([]byte(t.Name()))
@@ -114,9 +123,8 @@ func imageData(t *testing.T, ref string) int64 {
 // and independent; then the golden is evicted while they live.
 func TestLVMGuestThinGoldenAndClones(t *testing.T) {
 	t.Parallel()
-	b := guestThin(t)
+	b, qcow2, raw := thinImages(t)
 	ctx := t.Context()
-	qcow2, raw := guestImages(t)
 	key := thinKey(t)
 	g := thinGolden(t, b, key, qcow2)
 
@@ -191,9 +199,8 @@ func TestLVMGuestThinGoldenAndClones(t *testing.T) {
 
 func TestLVMGuestThinReclone(t *testing.T) {
 	t.Parallel()
-	b := guestThin(t)
+	b, qcow2, raw := thinImages(t)
 	ctx := t.Context()
-	qcow2, raw := guestImages(t)
 	g := thinGolden(t, b, thinKey(t), qcow2)
 	vol := cloneLV(t, b, g, "lvt-reclone", guestLVSize)
 	fillDevice(t, vol.Path, vol.Size, 0xEF)
@@ -230,9 +237,8 @@ func TestLVMGuestThinReclone(t *testing.T) {
 // reclone leaves the volume's name missing; ReconcileThin gives it the
 // whole new snapshot. Not parallel: ReconcileThin looks at every LV.
 func TestLVMGuestThinReconcileSwap(t *testing.T) {
-	b := guestThin(t)
+	b, qcow2, raw := thinImages(t)
 	ctx := t.Context()
-	qcow2, raw := guestImages(t)
 	g := thinGolden(t, b, thinKey(t), qcow2)
 	vol := cloneLV(t, b, g, "lvt-swap", guestLVSize)
 	fillDevice(t, vol.Path, vol.Size, 0xEF)
@@ -262,9 +268,8 @@ func TestLVMGuestThinReconcileSwap(t *testing.T) {
 // removed with its image by a delete, while a clone of it stays whole.
 func TestLVMGuestThinCache(t *testing.T) {
 	t.Parallel()
-	b := guestThin(t)
+	b, qcow2, raw := thinImages(t)
 	ctx := t.Context()
-	qcow2, raw := guestImages(t)
 	cache, index, host := newTestCache(t, imagecache.Options{})
 	cache.SetGoldens(b)
 	e := putCacheEntry(t, cache, index, host, qcow2)
@@ -344,9 +349,8 @@ func putCacheEntry(t *testing.T, c *imagecache.Cache, index kvstate.CacheIndex, 
 // uses a small pool of its own (errors when full).
 func TestLVMGuestThinPoolFull(t *testing.T) {
 	t.Parallel()
-	shared := guestThin(t)
+	shared, qcow2, _ := thinImages(t)
 	ctx := t.Context()
-	qcow2, _ := guestImages(t)
 	img, err := image.Inspect(qcow2, "qcow2")
 	require.NoError(t, err)
 	const pool = "lvt-smallpool"
@@ -451,9 +455,8 @@ func newTestCache(t *testing.T, opts imagecache.Options) (*imagecache.Cache, kvs
 // sealed as one hashed by reading it.
 func TestLVMGuestThinGoldenSealedWithDigest(t *testing.T) {
 	t.Parallel()
-	b := guestThin(t)
+	b, qcow2, raw := thinImages(t)
 	ctx := t.Context()
-	qcow2, raw := guestImages(t)
 	key := thinKey(t)
 	img, err := image.Inspect(qcow2, "qcow2")
 	require.NoError(t, err)
