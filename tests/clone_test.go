@@ -14,6 +14,27 @@ import (
 )
 
 // cloned reports the record's cloned flag.
+// cloneSetup is a worker whose volumes are reflink clones and an image
+// uploaded for it.
+type cloneSetup struct {
+	w          *proc
+	url        string // the image's URL
+	qcow2, ref string // the image, and the raw disk it holds
+	vol        func(name string) string
+}
+
+// cloningWorker starts h1's worker with env, requires it to say its
+// volumes are reflink clones, and uploads a new image of size bytes as
+// object; vol is the path of a volume in volDir by name.
+func (e *env) cloningWorker(volDir, object string, size int64, seed uint64, env ...string) cloneSetup {
+	e.t.Helper()
+	w := e.startWorker("h1", env...)
+	require.Contains(e.t, w.output(), "volumes are reflink clones of a golden per image")
+	qcow2, ref := image(e.t, size, seed)
+	return cloneSetup{w: w, url: e.upload(object, qcow2, true), qcow2: qcow2, ref: ref,
+		vol: func(name string) string { return filepath.Join(volDir, name) }}
+}
+
 func (e *env) cloned(id string) bool {
 	e.t.Helper()
 	v, _ := e.do(http.MethodGet, "/api/v1/jobs/"+id, nil).json(e.t)["cloned"].(bool)
@@ -38,11 +59,8 @@ func TestReflinkVolumesAreClonesOfAGolden(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, envOptions{noWorker: true})
 	volDir := filepath.Join(testenv.FileSystem(t, testenv.XFS), "volumes")
-	w := e.startWorker("h1", "PROVISIONER_VOLUME_DIR="+volDir)
-	require.Contains(t, w.output(), "volumes are reflink clones of a golden per image")
-	qcow2, ref := image(t, 48<<20, 91)
-	url := e.upload("images/base.qcow2", qcow2, true)
-	vol := func(name string) string { return filepath.Join(volDir, name) }
+	cs := e.cloningWorker(volDir, "images/base.qcow2", 48<<20, 91, "PROVISIONER_VOLUME_DIR="+volDir)
+	w, url, qcow2, ref, vol := cs.w, cs.url, cs.qcow2, cs.ref, cs.vol
 
 	// The first job makes the golden (streamed while downloading), then clones.
 	id := e.submit(map[string]any{"image_url": url, "volume_name": "vm-1", "volume_size_gb": 1})

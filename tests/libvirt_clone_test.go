@@ -41,12 +41,9 @@ func TestLibvirtDirPoolClones(t *testing.T) {
 	volDir := fsDirPool(t, volPool, testenv.XFS, 512)
 	dirPool(t, imgPool)
 	e := newEnv(t, envOptions{noWorker: true})
-	w := e.startWorker("h1", "PROVISIONER_VOLUME_BACKEND=libvirt", "PROVISIONER_LIBVIRT_POOL="+volPool, "PROVISIONER_LIBVIRT_IMAGES_POOL="+imgPool,
-		"PROVISIONER_SCRUB_INTERVAL=2s")
-	require.Contains(t, w.output(), "volumes are reflink clones of a golden per image")
-	qcow2, ref := image(t, 40<<20, 95)
-	url := e.upload("images/lvc.qcow2", qcow2, true)
-	vol := func(name string) string { return filepath.Join(volDir, name) }
+	cs := e.cloningWorker(volDir, "images/lvc.qcow2", 40<<20, 95, "PROVISIONER_VOLUME_BACKEND=libvirt", "PROVISIONER_LIBVIRT_POOL="+volPool,
+		"PROVISIONER_LIBVIRT_IMAGES_POOL="+imgPool, "PROVISIONER_SCRUB_INTERVAL=2s")
+	w, url, qcow2, ref, vol := cs.w, cs.url, cs.qcow2, cs.ref, cs.vol
 
 	id := e.submit(map[string]any{"image_url": url, "volume_name": "vm-1", "volume_size_gb": 1})
 	j := e.waitStatus(id, "completed")
