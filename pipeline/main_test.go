@@ -1,18 +1,14 @@
 package pipeline
 
 import (
-	"bytes"
 	"context"
-	"errors"
 	"os"
 	"path/filepath"
-	"slices"
 	"sync"
 	"testing"
 
 	"github.com/sirupsen/logrus"
 	"github.com/stretchr/testify/require"
-	"golang.org/x/sys/unix"
 
 	"github.com/libvirt-volume-provisioner/provisioner/internal/testenv"
 	"github.com/libvirt-volume-provisioner/provisioner/kvstate"
@@ -159,37 +155,4 @@ func (h *host) plan(m messaging.Job) (*Plan, *recorder) {
 		}, nil
 	}
 	return &Plan{Parts: h.parts, Space: &h.space, Report: rec, Lock: lock, Job: m}, rec
-}
-
-// requireHolds fails unless the volume file at path is size bytes that
-// read as ref's bytes followed by zeros.
-func requireHolds(t *testing.T, path, ref string, size int64) {
-	t.Helper()
-	want, err := os.ReadFile(ref)
-	require.NoError(t, err)
-	f, err := os.Open(path)
-	require.NoError(t, err)
-	defer f.Close()
-	st, err := f.Stat()
-	require.NoError(t, err)
-	require.Equal(t, size, st.Size(), "the volume's size")
-	got := make([]byte, len(want))
-	_, err = f.ReadAt(got, 0)
-	require.NoError(t, err)
-	require.True(t, bytes.Equal(got, want), "the volume reads as the image")
-	// Past the image: every data extent the file has there reads as zeros.
-	buf := make([]byte, 4*MiB)
-	for off := int64(len(want)); off < size; {
-		data, err := unix.Seek(int(f.Fd()), off, unix.SEEK_DATA)
-		if errors.Is(err, unix.ENXIO) {
-			return // holes to the end
-		}
-		require.NoError(t, err)
-		n, err := f.ReadAt(buf, data)
-		if n == 0 {
-			require.NoError(t, err)
-		}
-		require.Equal(t, -1, slices.IndexFunc(buf[:n], func(b byte) bool { return b != 0 }), "past the image the volume reads as zeros (at %d)", data)
-		off = data + int64(n)
-	}
 }

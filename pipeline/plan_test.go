@@ -149,7 +149,7 @@ func TestRun(t *testing.T) {
 				require.NotNil(t, rec.hit, s.name)
 				require.Equal(t, s.wantHit, *rec.hit, s.name)
 				require.True(t, rec.seen(stages.Inspect, stages.Volume, stages.Populate, stages.Finalize), "%s: stages in order: %v", s.name, rec.stages)
-				requireHolds(t, path, ref, gib)
+				testenv.RequireVolumeIs(t, path, gib, ref)
 			}
 		})
 	}
@@ -214,7 +214,7 @@ func TestRunByClone(t *testing.T) {
 	g, ok, err := h.parts.Cache.(GoldenCache).Golden(t.Context(), fetch.ji.key)
 	require.NoError(t, err)
 	require.True(t, ok, "the cache fetch made the image's golden")
-	requireHolds(t, g.Path, ref, g.Size)
+	testenv.RequireVolumeIs(t, g.Path, g.Size, ref)
 	goldenBefore, err := os.Stat(g.Path)
 	require.NoError(t, err)
 
@@ -226,7 +226,7 @@ func TestRunByClone(t *testing.T) {
 		path := filepath.Join(h.dir, name)
 		require.Equal(t, Result{CacheHit: true, ImagePath: res.ImagePath, Checksum: res.Checksum, VolumePath: path, VolumeSize: gib, Created: wantCreated, Cloned: true}, res)
 		require.Equal(t, wantCreated, rec.created)
-		requireHolds(t, path, ref, gib)
+		testenv.RequireVolumeIs(t, path, gib, ref)
 	}
 	provision("vm-1", true)
 	provision("vm-2", true)
@@ -237,8 +237,8 @@ func TestRunByClone(t *testing.T) {
 	_, err = f.WriteAt([]byte("the guest's own data"), 4096)
 	require.NoError(t, err)
 	require.NoError(t, f.Close())
-	requireHolds(t, filepath.Join(h.dir, "vm-2"), ref, gib)
-	requireHolds(t, g.Path, ref, g.Size)
+	testenv.RequireVolumeIs(t, filepath.Join(h.dir, "vm-2"), gib, ref)
+	testenv.RequireVolumeIs(t, g.Path, g.Size, ref)
 
 	// Provisioning vm-1 again gives it a fresh clone.
 	provision("vm-1", false)
