@@ -44,7 +44,8 @@ type Source interface {
 	Endpoint() string
 }
 
-// ImageCache is the host's image cache as a plan needs it.
+// ImageCache is the host's image cache as a plan (Acquire, Remove) and the
+// worker that runs the plans (ReconcileReport, Dir) need it.
 type ImageCache interface {
 	// Acquire makes sure the image is cached (or, to stream it, being
 	// downloaded) and keeps it from eviction and removal until the
