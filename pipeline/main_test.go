@@ -128,13 +128,14 @@ func newHost(t *testing.T, conv convert.Converter, dir string, clones bool) *hos
 }
 
 // put uploads a qcow2 image of virtual size bytes (its published checksum
-// with it) and returns its URL and what a volume filled from it holds.
-func (h *host) put(name string, size int64, seed uint64) (url, ref string) {
+// with it) and returns its URL, its SHA-256, and what a volume filled from
+// it holds.
+func (h *host) put(name string, size int64, seed uint64) (url, digest, ref string) {
 	h.t.Helper()
 	qcow2, _ := testenv.QCOW2Image(h.t, h.t.TempDir(), size, seed)
-	url, _, err := h.m.PutImage(h.t.Context(), h.bucket, name, qcow2, true)
+	url, digest, err := h.m.PutImage(h.t.Context(), h.bucket, name, qcow2, true)
 	require.NoError(h.t, err)
-	return url, testenv.QemuRawReference(h.t, qcow2)
+	return url, digest, testenv.QemuRawReference(h.t, qcow2)
 }
 
 // plan is the plan of job m on this host, with a recorder; its Lock refuses

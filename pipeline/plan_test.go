@@ -123,7 +123,7 @@ func TestRun(t *testing.T) {
 		t.Run(name, func(t *testing.T) {
 			t.Parallel()
 			h := newHost(t, conv, t.TempDir(), false)
-			url, ref := h.put("disk.qcow2", 64*MiB, 7)
+			url, digest, ref := h.put("disk.qcow2", 64*MiB, 7)
 			job := func(name string) messaging.Job {
 				return messaging.Job{Kind: messaging.KindProvision, ImageURL: url, VolumeName: name, VolumeSizeGB: 1}
 			}
@@ -142,7 +142,7 @@ func TestRun(t *testing.T) {
 				res, err := p.Run(t.Context())
 				require.NoError(t, err, s.name)
 				path := filepath.Join(h.dir, s.volume)
-				require.Equal(t, Result{CacheHit: s.wantHit, ImagePath: res.ImagePath, Checksum: res.Checksum, VolumePath: path, VolumeSize: gib, Created: s.wantCreated, Writing: true}, res, s.name)
+				require.Equal(t, Result{CacheHit: s.wantHit, ImagePath: res.ImagePath, Checksum: digest, VolumePath: path, VolumeSize: gib, Created: s.wantCreated, Writing: true}, res, s.name)
 				require.NotEmpty(t, res.ImagePath, s.name)
 				require.FileExists(t, res.ImagePath, "%s: the image stays cached", s.name)
 				require.Equal(t, s.wantCreated, rec.created, "%s: the record says the job created the volume", s.name)
@@ -204,7 +204,7 @@ func TestRunByClone(t *testing.T) {
 	h := newHost(t, convert.Native{}, testenv.FileSystem(t, testenv.XFS), true)
 	ok, why := h.parts.Backend.(volume.Cloner).CloneSupport()
 	require.True(t, ok, "XFS with reflink=1 clones: %s", why)
-	url, ref := h.put("disk.qcow2", 64*MiB, 11)
+	url, digest, ref := h.put("disk.qcow2", 64*MiB, 11)
 
 	fetch, rec := h.plan(messaging.Job{Kind: messaging.KindCacheFetch, ImageURL: url})
 	res, err := fetch.Run(t.Context())
@@ -224,7 +224,7 @@ func TestRunByClone(t *testing.T) {
 		res, err := p.Run(t.Context())
 		require.NoError(t, err)
 		path := filepath.Join(h.dir, name)
-		require.Equal(t, Result{CacheHit: true, ImagePath: res.ImagePath, Checksum: res.Checksum, VolumePath: path, VolumeSize: gib, Created: wantCreated, Cloned: true}, res)
+		require.Equal(t, Result{CacheHit: true, ImagePath: res.ImagePath, Checksum: digest, VolumePath: path, VolumeSize: gib, Created: wantCreated, Cloned: true}, res)
 		require.Equal(t, wantCreated, rec.created)
 		testenv.RequireVolumeIs(t, path, gib, ref)
 	}
